@@ -1,0 +1,102 @@
+"""The ``imgae-dx`` console script: one parser (the contract in DESIGN.md), lazy subcommands.
+
+Each subcommand lives in ``imgae_dx/cli/<name>.py`` and exposes ``run(args) -> int``; it is
+imported only when chosen, so ``imgae-dx --help`` stays fast and needs no torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from imgae_dx import __version__
+
+DEFAULT_SOURCE = "kaggle:nih-chest-xrays/data"
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as ``error: …`` and exit code 2, no traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="imgae-dx",
+        description="Unsupervised chest X-ray anomaly detection (U-Net DAE vs Reversed Autoencoder), "
+        "streamed from Kaggle's NIH ChestX-ray14 archive by byte ranges.",
+    )
+    p.add_argument("--version", action="version", version=f"imgae-dx {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    s = sub.add_parser("sample-data", help="write a synthetic NIH-layout archive OUT_DIR/data.zip")
+    s.add_argument("out_dir", metavar="OUT_DIR")
+    s.add_argument("--images-per-stage", type=int, default=300)
+    s.add_argument("--stages", type=int, default=3, help="number of images_NNN stages")
+    s.add_argument("--seed", type=int, default=0)
+
+    s = sub.add_parser("setup-kaggle", help="install and verify Kaggle credentials")
+    s.add_argument("--api-key-path", default=None, help="kaggle.json or an access-token file")
+    s.add_argument("--dataset", default="nih-chest-xrays/data")
+    s.add_argument("--no-verify", action="store_true", help="install only; do not contact Kaggle")
+
+    s = sub.add_parser("stream", help="run the data path alone (no training): counts, speed, memory")
+    s.add_argument("--config", default=None)
+    s.add_argument("--source", default=None, help=f"default {DEFAULT_SOURCE}")
+    s.add_argument("--stages", default=None, help="all | images_001,images_002")
+    s.add_argument("--split", choices=["train", "val", "test", "all"], default="all")
+    s.add_argument("--image-size", type=int, default=None)
+    s.add_argument("--limit", type=int, default=None, help="stop after N images")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+
+    s = sub.add_parser("train", help="progressive streaming training")
+    s.add_argument("--config", default=None)
+    s.add_argument("--source", default=None)
+    s.add_argument("--stages", default=None)
+    s.add_argument("--epochs-per-stage", type=int, default=None)
+    s.add_argument("--model", choices=["unet", "ra", "ae", "all"], default=None)
+    s.add_argument("--image-size", type=int, default=None)
+    s.add_argument("--batch-size", type=int, default=None)
+    s.add_argument("--out", default=None, metavar="RUN_DIR")
+    s.add_argument("--resume", action="store_true")
+    s.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
+    s.add_argument("--logger", choices=["jsonl", "tensorboard", "wandb"], default=None)
+
+    s = sub.add_parser("evaluate", help="score the test split with each trained model")
+    s.add_argument("--run", required=True, metavar="RUN_DIR")
+    s.add_argument("--source", default=None)
+    s.add_argument("--stages", default=None)
+
+    s = sub.add_parser("report", help="write RUN_DIR/report.html and plots")
+    s.add_argument("run_dir", metavar="RUN_DIR")
+
+    s = sub.add_parser("notebook", help="generate the research notebook")
+    s.add_argument("--out", default=None, metavar="PATH")
+
+    s = sub.add_parser("demo", help="the main job on the embedded sample dataset, offline")
+    s.add_argument("--out", default=None, metavar="DIR")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    module = importlib.import_module(f"imgae_dx.cli.{args.command.replace('-', '_')}")
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except CLIError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # user-facing errors of the library carry their own clear message
+        from imgae_dx.errors import UserError
+
+        if isinstance(e, UserError):
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,316 @@
+"""Validated configuration: YAML files + command-line overrides → one :class:`Config`.
+
+Every hyperparameter lives here (nothing hidden in code). ``load_config`` merges, in order,
+the packaged defaults (``configs/streaming_config.yaml`` and ``configs/model_configs/*.yaml``),
+an optional cloud profile (``configs/cloud_configs/{local,colab}.yaml``), an optional user file,
+and dotted overrides (``{"training.batch_size": 16}``). Unknown keys and bad values raise
+:class:`ConfigError` naming the key, the value given and what is allowed.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from imgae_dx.errors import UserError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+MODEL_NAMES: tuple[str, ...] = ("unet", "ra", "ae")
+
+
+class ConfigError(UserError, ValueError):
+    """A configuration value is missing, unknown or invalid (message says which and how to fix)."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------------------- data
+class HttpConfig(_Strict):
+    timeout_s: float = Field(30.0, gt=0, description="connect/read timeout of one HTTP request")
+    retries: int = Field(8, ge=0, description="retries per byte range before giving up")
+    backoff_s: float = Field(0.25, ge=0, description="first retry delay; doubles each try, with jitter")
+    backoff_max_s: float = Field(30.0, gt=0, description="cap of one retry delay")
+    pool_connections: int = Field(8, ge=1, description="pooled keep-alive connections per host")
+
+
+class DataConfig(_Strict):
+    image_size: int = Field(128, ge=16, le=1024, description="model resolution in pixels (square)")
+    view: Literal["PA", "AP", "all"] = Field("PA", description="view-position cohort of every split")
+    val_fraction: float = Field(
+        0.1, gt=0, lt=0.5, description="share of train_val patients held out (patient-disjoint) as val"
+    )
+    max_request_mb: float = Field(16.0, gt=0, le=256, description="largest coalesced range request")
+    gap_bridge_kb: float = Field(
+        256.0, ge=0, description="unwanted bytes between members read through instead of splitting"
+    )
+    requests_in_flight: int = Field(4, ge=1, le=64, description="range requests fetched ahead")
+    decode_workers: int = Field(2, ge=1, le=128, description="threads decoding PNGs")
+    shuffle_buffer: int = Field(256, ge=1, description="images in the bounded shuffle buffer")
+    cache: Literal["memory", "disk", "off"] = Field(
+        "memory", description="preprocessed-image cache: RAM spilling to disk, disk only, or none"
+    )
+    cache_dir: str | None = Field(None, description="folder of the disk cache shard (default: run folder)")
+    memory_budget_mb: float = Field(
+        512.0, gt=0, description="bound of the pipeline's buffers (in-flight, shuffle, cache)"
+    )
+    index_cache_dir: str = Field(
+        "~/.cache/imgae_dx", description="where archive indexes persist between runs"
+    )
+    http: HttpConfig = Field(default_factory=HttpConfig)
+
+    @field_validator("image_size")
+    @classmethod
+    def _divisible(cls, v: int) -> int:
+        if v % 32:
+            raise ValueError(f"must be divisible by 32 (e.g. 64, 128, 256), got {v}")
+        return v
+
+
+# ------------------------------------------------------------------------------------- models
+class AnomalyConfig(_Strict):
+    map: Literal["l1", "l2", "clahe", "ssim"] = Field("l1", description="per-pixel anomaly map")
+    score: Literal["mean", "max", "topk"] = Field("mean", description="image score from the map")
+    topk_percent: float = Field(1.0, gt=0, le=100, description="top-k %% of pixels for score=topk")
+    smoothing_sigma: float = Field(0.0, ge=0, description="Gaussian smoothing of the map (pixels)")
+
+
+class OptimConfig(_Strict):
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+class UNetConfig(_Strict):
+    depth: int = Field(5, ge=2, le=7, description="resolution levels")
+    base_channels: int = Field(64, ge=4, description="channels of the first level, doubled per level")
+    groups: int = Field(8, ge=1, description="GroupNorm groups")
+    skip_connections: bool = True
+    noise_std: float = Field(0.2, ge=0, description="std of the coarse denoising noise (0 = plain AE)")
+    noise_resolution: int = Field(16, ge=1, description="grid the noise is drawn at, then upsampled")
+    optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=1e-4))
+    anomaly: AnomalyConfig = Field(default_factory=AnomalyConfig)
+
+
+class RAConfig(_Strict):
+    zdim: int = Field(128, ge=2)
+    channels: tuple[int, ...] = (64, 128, 256, 512, 512)
+    beta_rec: float = 0.5
+    beta_kl: float = 1.0
+    beta_neg: float = 128.0
+    gamma_r: float = 1e-8
+    exp_elbo_weight: float = 0.25
+    embedding_weight: float = 0.005
+    inference_samples: int = Field(0, ge=0, description="0 = use z=mu; K>0 averages K samples")
+    optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=5e-5))
+    anomaly: AnomalyConfig = Field(default_factory=AnomalyConfig)
+
+
+class AEConfig(_Strict):
+    latent_dim: int = Field(16, ge=1)
+    channels: tuple[int, ...] = (32, 64, 128, 256)
+    optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=1e-3))
+    anomaly: AnomalyConfig = Field(default_factory=AnomalyConfig)
+
+
+class ModelsConfig(_Strict):
+    unet: UNetConfig = Field(default_factory=UNetConfig)
+    ra: RAConfig = Field(default_factory=RAConfig)
+    ae: AEConfig = Field(default_factory=AEConfig)
+
+
+# ----------------------------------------------------------------------------------- training
+class TrainingConfig(_Strict):
+    epochs_per_stage: int = Field(5, ge=1)
+    batch_size: int = Field(32, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: Literal["bf16", "fp16", "off"] = Field("bf16", description="autocast dtype on CUDA")
+    channels_last: bool = True
+    compile: bool = False
+    grad_clip: float | None = Field(1.0, gt=0)
+    scheduler: Literal["cosine", "constant"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    early_stopping_patience: int | None = Field(None, ge=1, description="epochs without val gain")
+    checkpoint_every_steps: int = Field(200, ge=1)
+    checkpoint_every_minutes: float = Field(10.0, gt=0)
+    log_every_steps: int = Field(10, ge=1)
+    live_plot_every_s: float = Field(30.0, gt=0)
+    memory_check_every_steps: int = Field(50, ge=1)
+    val_max_images: int | None = Field(None, ge=1, description="cap on val images per epoch")
+
+
+class LoggingConfig(_Strict):
+    logger: Literal["jsonl", "tensorboard", "wandb"] = "jsonl"
+    wandb_project: str = "imgae-dx"
+    wandb_entity: str | None = None
+    progress: bool = True
+
+
+class EvaluationConfig(_Strict):
+    bootstrap: int = Field(1000, ge=0, description="bootstrap resamples (patients) for 95% CIs")
+    top_percent_localisation: float = Field(1.0, gt=0, le=100)
+    examples: int = Field(6, ge=0, description="most/least anomalous test images in the report")
+    max_images: int | None = Field(None, ge=1)
+
+
+class Config(_Strict):
+    seed: int = 42
+    source: str = Field("kaggle:nih-chest-xrays/data", description="kaggle:OWNER/SLUG, URL, .zip, folder")
+    stages: str | list[str] = Field("all", description="'all' or a list of images_NNN")
+    models: list[Literal["unet", "ra", "ae"]] = Field(default_factory=lambda: ["unet", "ra"])
+    out: str = "runs/latest"
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelsConfig = Field(default_factory=ModelsConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+
+    @field_validator("stages")
+    @classmethod
+    def _stages(cls, v: str | list[str]) -> str | list[str]:
+        import re
+
+        items = v.split(",") if isinstance(v, str) and v != "all" else ([] if v == "all" else v)
+        for s in items:
+            if not re.fullmatch(r"images_\d{3}", s.strip()):
+                raise ValueError(f"stage {s!r} is not 'all' or a name like images_001")
+        return v if v == "all" else [s.strip() for s in items]
+
+    @field_validator("models")
+    @classmethod
+    def _models(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("at least one model is needed (unet, ra, ae)")
+        return list(dict.fromkeys(v))
+
+    def to_yaml(self) -> str:
+        """The resolved configuration as YAML (contains no secrets: none are ever stored here)."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# ------------------------------------------------------------------------------------ loading
+def _configs_root() -> Path:
+    return Path(str(resources.files("imgae_dx") / "configs"))
+
+
+def packaged_config_path(*parts: str) -> Path:
+    """Path of a YAML file shipped inside the package, e.g. ``("cloud_configs", "colab.yaml")``."""
+    return _configs_root().joinpath(*parts)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top, got {type(data).__name__}")
+    return data
+
+
+def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in extra.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _set_dotted(d: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    cur = d
+    for k in keys[:-1]:
+        nxt = cur.setdefault(k, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"cannot set {dotted!r}: {k!r} is not a section")
+        cur = nxt
+    cur[keys[-1]] = value
+
+
+def format_validation_error(err: ValidationError, origin: str = "config") -> str:
+    """One line per problem: ``key: got VALUE — what is allowed``."""
+    lines = [f"invalid configuration ({origin}):"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        if e["type"] == "extra_forbidden":
+            parent = _parent_fields(e["loc"][:-1])
+            allowed = f"; allowed keys here: {', '.join(parent)}" if parent else ""
+            lines.append(f"  {key}: unknown key{allowed}")
+        else:
+            lines.append(f"  {key}: got {e.get('input')!r} — {e['msg']}")
+    return "\n".join(lines)
+
+
+def _parent_fields(loc: tuple[Any, ...]) -> list[str]:
+    model: Any = Config
+    for part in loc:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        model = field.annotation
+    return sorted(getattr(model, "model_fields", {}).keys())
+
+
+def default_dict() -> dict[str, Any]:
+    """Packaged defaults: streaming_config.yaml plus model_configs/{unet,ra,ae}.yaml."""
+    base = _read_yaml(packaged_config_path("streaming_config.yaml"))
+    for name in MODEL_NAMES:
+        p = packaged_config_path("model_configs", f"{name}.yaml")
+        if p.exists():
+            base = _deep_merge(base, {"model": {name: _read_yaml(p)}})
+    return base
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    profile: str | None = None,
+) -> Config:
+    """Build the validated config.
+
+    Args:
+        path: user YAML file (same shape as ``configs/streaming_config.yaml``), optional.
+        overrides: dotted keys → values (command-line flags), applied last; ``None`` values skipped.
+        profile: ``"local"`` or ``"colab"`` to merge ``configs/cloud_configs/PROFILE.yaml``.
+    """
+    data = default_dict()
+    origin = "packaged defaults"
+    if profile:
+        p = packaged_config_path("cloud_configs", f"{profile}.yaml")
+        if not p.exists():
+            raise ConfigError(f"unknown cloud profile {profile!r}; allowed: local, colab")
+        data = _deep_merge(data, _read_yaml(p))
+    if path is not None:
+        data = _deep_merge(data, _read_yaml(Path(path)))
+        origin = str(path)
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    for k, v in given.items():
+        _set_dotted(data, k, v)
+    if given:
+        origin += " + command-line flags"
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, origin)) from None
+
+
+def config_from_yaml_text(text: str) -> Config:
+    """Re-read a resolved ``config.yaml`` (as written to a run folder)."""
+    try:
+        return Config.model_validate(yaml.safe_load(text) or {})
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, "run config")) from None
