@@ -79,9 +79,23 @@ class AnomalyConfig(_Strict):
     score: Literal["mean", "max", "topk"] = Field("mean", description="image score from the map")
     topk_percent: float = Field(1.0, gt=0, le=100, description="top-k %% of pixels for score=topk")
     smoothing_sigma: float = Field(0.0, ge=0, description="Gaussian smoothing of the map (pixels)")
+    clahe_clip_limit: float = Field(
+        2.56, gt=0, description="CLAHE clip limit (OpenCV units; 2.56 = skimage's default 0.01)"
+    )
+    clahe_tiles: int = Field(8, ge=1, description="CLAHE tile grid (tiles per side)")
+    ssim_window: int = Field(11, ge=3, description="SSIM Gaussian window size (odd)")
+    ssim_sigma: float = Field(1.5, gt=0, description="SSIM Gaussian window sigma")
+
+    @field_validator("ssim_window")
+    @classmethod
+    def _odd_window(cls, v: int) -> int:
+        if v % 2 == 0:
+            raise ValueError(f"must be odd (e.g. 7, 11), got {v}")
+        return v
 
 
 class OptimConfig(_Strict):
+    name: Literal["adam", "adamw"] = Field("adam", description="optimiser (RA: one per encoder/decoder)")
     lr: float = Field(1e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
@@ -94,27 +108,37 @@ class UNetConfig(_Strict):
     skip_connections: bool = True
     noise_std: float = Field(0.2, ge=0, description="std of the coarse denoising noise (0 = plain AE)")
     noise_resolution: int = Field(16, ge=1, description="grid the noise is drawn at, then upsampled")
+    output_activation: Literal["sigmoid", "linear"] = Field(
+        "sigmoid", description="last layer: sigmoid keeps reconstructions in [0, 1]"
+    )
     optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=1e-4))
     anomaly: AnomalyConfig = Field(default_factory=AnomalyConfig)
 
 
 class RAConfig(_Strict):
-    zdim: int = Field(128, ge=2)
-    channels: tuple[int, ...] = (64, 128, 256, 512, 512)
-    beta_rec: float = 0.5
-    beta_kl: float = 1.0
-    beta_neg: float = 128.0
-    gamma_r: float = 1e-8
-    exp_elbo_weight: float = 0.25
-    embedding_weight: float = 0.005
+    zdim: int = Field(128, ge=2, description="latent size")
+    channels: tuple[int, ...] = Field(
+        (64, 128, 256, 512, 512),
+        description="encoder widths; one average-pooled scale (embedding) each; decoder reversed",
+    )
+    beta_rec: float = Field(0.5, gt=0, description="weight of the reconstruction error")
+    beta_kl: float = Field(1.0, ge=0, description="weight of the KL term on real data")
+    beta_neg: float = Field(128.0, ge=0, description="KL weight inside the expELBO of fakes")
+    gamma_r: float = Field(1e-8, ge=0, description="decoder weight of rec-of-rec / rec-of-fake terms")
+    exp_elbo_weight: float = Field(0.25, ge=0, description="encoder weight of the two expELBO terms")
+    embedding_weight: float = Field(0.005, ge=0, description="weight of the reversed-embedding loss")
     inference_samples: int = Field(0, ge=0, description="0 = use z=mu; K>0 averages K samples")
+    lrelu_slope: float = Field(0.2, ge=0, description="LeakyReLU negative slope (paper: 0.2)")
     optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=5e-5))
     anomaly: AnomalyConfig = Field(default_factory=AnomalyConfig)
 
 
 class AEConfig(_Strict):
-    latent_dim: int = Field(16, ge=1)
-    channels: tuple[int, ...] = (32, 64, 128, 256)
+    latent_dim: int = Field(16, ge=1, description="size of the fully connected bottleneck")
+    channels: tuple[int, ...] = Field(
+        (32, 64, 128, 256), description="encoder widths, one stride-2 conv each (reversed in decoder)"
+    )
+    lrelu_slope: float = Field(0.2, ge=0, description="LeakyReLU negative slope")
     optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=1e-3))
     anomaly: AnomalyConfig = Field(default_factory=AnomalyConfig)
 

@@ -1,0 +1,58 @@
+"""``imgae-dx evaluate --run RUN_DIR [--source SRC] [--stages …]``: test metrics, then the report."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Any
+
+
+def _num(v: Any, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "n/a"
+    return f"{v:.{digits}f}"
+
+
+def summary_lines(metrics: dict[str, Any]) -> list[str]:
+    """The evaluation as a few printable lines: per-model table and the paired comparison."""
+    c = metrics.get("counts", {})
+    lines = [
+        f"test split: {c.get('images', 0)} images ({c.get('normal', 0)} normal, {c.get('abnormal', 0)} "
+        f"abnormal) of {c.get('patients', 0)} patients, view {metrics.get('view', '?')}, "
+        f"stages {','.join(metrics.get('stages', []))}",
+        f"{'model':<6} {'AUROC [95% CI]':<24} {'AUPRC [95% CI]':<24} {'FPR@95TPR':>9} {'Sens@90Spec':>11}",
+    ]
+    for name, m in metrics.get("models", {}).items():
+        a, p = m.get("auroc_ci") or [None, None], m.get("auprc_ci") or [None, None]
+        lines.append(
+            f"{name:<6} {_num(m.get('auroc')) + ' [' + _num(a[0]) + ', ' + _num(a[1]) + ']':<24} "
+            f"{_num(m.get('auprc')) + ' [' + _num(p[0]) + ', ' + _num(p[1]) + ']':<24} "
+            f"{_num(m.get('fpr_at_95_tpr')):>9} {_num(m.get('sensitivity_at_90_specificity')):>11}"
+        )
+    comp = metrics.get("comparison")
+    if comp:
+        pv = comp.get("delong_p")
+        ptxt = "n/a" if pv is None else (f"{pv:.2e}" if pv < 1e-3 else f"{pv:.3f}")
+        bp = comp.get("bootstrap_p")
+        lines.append(
+            f"{comp['a']} vs {comp['b']}: ΔAUROC {_num(comp.get('diff'))}, DeLong p = {ptxt}, "
+            f"paired patient-bootstrap p = {_num(bp)}"
+        )
+    return lines
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate RUN_DIR's models on the test split, write eval/ and report.html, print a summary."""
+    import logging
+
+    from imgae_dx.training.cloud_evaluator import evaluate_run
+    from imgae_dx.visualization.report import write_report
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    metrics = evaluate_run(args.run, source=args.source, stages=args.stages)
+    for line in summary_lines(metrics):
+        print(line)
+    report = write_report(args.run)
+    print(f"metrics: {args.run}/eval/metrics.json")
+    print(f"report:  {report}")
+    return 0

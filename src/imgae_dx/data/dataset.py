@@ -1,0 +1,720 @@
+"""``StreamingNIHDataset``: one stage's split, streamed from the archive by byte ranges.
+
+Pipeline (per epoch)::
+
+    split member ids ─ coalesce ─▶ canonical RangeRequests (offset order)
+      ─ permute (seed, stage, split, epoch) ─▶ request j → rank j % world, worker (j // world) % workers
+      ─ this rank's member ids, truncated to the common count ─ seeded shuffle buffer ─▶ ORDER
+    ORDER ─ skip consumed prefix / cached / known-bad ─▶ requests still needed
+      ─ Prefetcher (requests_in_flight ahead) ─ thread pool: extract + CRC + PNG decode + area resize
+      ─ reassembled in ORDER ─ cache (uint8) ─▶ float tensors 1×H×W in [0, 1]
+
+The order is computed from ids alone, before anything is fetched: it is a pure function of
+``(seed, stage, split, epoch, rank, world_size)`` (and of the DataLoader worker count when used
+with workers), never of decode threads or timing. That makes resume exact: the state is
+``{stage, split, epoch, position, seed, fingerprint}``; a restored dataset regenerates the order,
+skips the consumed prefix and fetches only requests still needed — with any ``decode_workers``.
+
+Every rank yields the same number of samples: per-rank counts are computed from the plan and
+truncated to the smallest (a multiple of ``batch_size`` with ``drop_last``). An undecodable
+member (CRC still wrong after re-reading, truncated/corrupt PNG) is counted as skipped and
+replaced, deterministically, by the next decodable image of the rank's order (or, at the end of
+the order, the previous one), so counts stay equal and DDP never waits on a short rank.
+
+Memory is bounded by configuration: requests in flight (``requests_in_flight × max_request_mb``),
+the reassembly window (≈ ``shuffle_buffer`` + one request's images, uint8) and the cache (its own
+byte budget); all are registered with the :class:`~imgae_dx.data.memory.MemoryManager`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from imgae_dx.data.cache import ImageCache
+from imgae_dx.data.decode import decode_png
+from imgae_dx.errors import ArchiveError, CheckpointError, UserError
+from imgae_dx.streaming.fetcher import Prefetcher, RangeRequest, coalesce
+
+if TYPE_CHECKING:
+    from imgae_dx.config import DataConfig
+    from imgae_dx.data.memory import MemoryManager
+    from imgae_dx.data.nih_index import NIHIndex
+
+MB = 1024 * 1024
+#: Re-reads of a member whose CRC fails before it is declared corrupt (transit corruption heals).
+CRC_REREADS = 3
+#: Smallest number of requests per (rank, worker) the planner aims for (load balance of tiny splits).
+MIN_REQUESTS_PER_SHARE = 4
+#: Images of one request the reassembly window budgets for, on top of the shuffle buffer.
+WINDOW_SLACK_IMAGES = 256
+
+
+@dataclass
+class Batch:
+    """One batch: ``images`` B×1×H×W float in [0, 1], ``members`` B (archive ids), ids, labels B."""
+
+    images: torch.Tensor
+    members: torch.Tensor
+    image_ids: list[str]
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+
+@dataclass
+class _Share:
+    """What one (rank, worker) reads in one epoch."""
+
+    requests: list[RangeRequest]  # in input order (the last may be cut to the count)
+    order: np.ndarray  # member ids in output order (len == count)
+
+
+# ------------------------------------------------------------------------------ helpers
+def _rng(*parts: object) -> np.random.Generator:
+    """A generator seeded by a stable hash of ``parts`` (same on every machine and Python)."""
+    digest = hashlib.sha256("|".join(str(p) for p in parts).encode()).digest()
+    return np.random.default_rng(np.frombuffer(digest[:16], dtype=np.uint32))
+
+
+def shuffle_buffer_order(n: int, buffer: int, rng: np.random.Generator) -> np.ndarray:
+    """Output order of a bounded shuffle buffer over inputs ``0..n-1`` (an int64 permutation).
+
+    Inputs enter the buffer one by one; whenever it holds more than its current capacity, a
+    randomly chosen held input is emitted. The capacity ramps up (half the inputs seen so far)
+    to ``buffer``, so the first outputs do not wait for a full buffer (first-batch latency), and
+    output ``p`` is always one of the inputs ``0..max(2p + 1, p + buffer)``: the stream needs a
+    bounded number of images ahead. What is left at the end is emitted in random order.
+    """
+    cap_max = max(1, int(buffer))
+    out = np.empty(n, dtype=np.int64)
+    if n == 0:
+        return out
+    u = rng.random(n).tolist()
+    held: list[int] = []
+    k = 0
+    for i in range(n):
+        held.append(i)
+        cap = min(cap_max, (i + 1) // 2)
+        while len(held) > cap:
+            j = int(u[k] * len(held))
+            out[k] = held[j]
+            held[j] = held[-1]
+            held.pop()
+            k += 1
+    rest = np.asarray(held, dtype=np.int64)[rng.permutation(len(held))]
+    out[k:] = rest
+    return out
+
+
+def _sub_request(index: Any, req: RangeRequest, members: Sequence[int] | np.ndarray) -> RangeRequest:
+    """``req`` narrowed to ``members`` (a subset of its members, offset order kept)."""
+    ms = np.asarray(members, dtype=np.int64)
+    if len(ms) == len(req.members):
+        return req
+    starts, ends = index.spans(ms)
+    return RangeRequest(int(starts.min()), int(ends.max()), ms)
+
+
+def pipeline_budget(cfg: DataConfig) -> dict[str, int]:
+    """Split ``cfg.memory_budget_mb`` between the pipeline's buffers (bytes).
+
+    ``in_flight``: requests fetched ahead plus the one being decoded (+1 arriving);
+    ``window``: decoded images waiting for their turn (shuffle buffer + slack); ``cache``: the rest.
+
+    Raises:
+        ConfigError: the budget does not even cover the in-flight requests and the window.
+    """
+    from imgae_dx.config import ConfigError
+
+    total = int(cfg.memory_budget_mb * MB)
+    in_flight = int((cfg.requests_in_flight + 2) * cfg.max_request_mb * MB)
+    window = (cfg.shuffle_buffer + WINDOW_SLACK_IMAGES) * cfg.image_size * cfg.image_size
+    cache = total - in_flight - window
+    if cache < 0:
+        raise ConfigError(
+            f"data.memory_budget_mb={cfg.memory_budget_mb:g} is below what the pipeline needs: "
+            f"{in_flight / MB:.0f} MB for data.requests_in_flight={cfg.requests_in_flight} × "
+            f"data.max_request_mb={cfg.max_request_mb:g} (+2) and {window / MB:.1f} MB for the "
+            f"shuffle window; raise the budget or lower those settings"
+        )
+    return {"total": total, "in_flight": in_flight, "window": window, "cache": cache}
+
+
+def make_cache(cfg: DataConfig, cache_dir: str | Path | None = None) -> ImageCache | None:
+    """The image cache the configuration asks for (``None`` when ``cache: off``).
+
+    Its RAM budget is what :func:`pipeline_budget` leaves for it; the disk shard goes to
+    ``cfg.cache_dir``, else ``cache_dir`` (typically ``RUN_DIR/cache``), else a temporary folder.
+    """
+    if cfg.cache == "off":
+        return None
+    budget = pipeline_budget(cfg)["cache"]
+    folder = cfg.cache_dir or cache_dir
+    return ImageCache(cfg.image_size, budget, cfg.cache, folder)
+
+
+# ------------------------------------------------------------------------------ dataset
+class StreamingNIHDataset(IterableDataset):
+    """One stage's split of NIH ChestX-ray14 streamed from an archive (see the module doc).
+
+    Args:
+        archive: an opened :class:`~imgae_dx.streaming.sources.Archive` (``reader``, ``index``,
+            ``identity``).
+        index: the :class:`~imgae_dx.data.nih_index.NIHIndex` of that archive.
+        stage: ``images_NNN``.
+        split: ``train`` | ``val`` | ``test``.
+        cfg: the ``data`` section of the configuration.
+        seed: run seed (fixes the split's val slice and every order).
+        batch_size: batch size of :meth:`batches` (and the unit of the per-rank truncation).
+        rank, world_size: distributed position; requests are dealt round-robin over ranks.
+        cache: preprocessed-image cache (shared between datasets is fine), or ``None``.
+        memory: the run's memory manager; the dataset registers its buffers with it.
+        drop_last: truncate every rank to a multiple of ``batch_size`` (DDP needs equal counts).
+        members: explicit member ids instead of ``index.split(...)`` (benchmarks, custom subsets).
+
+    Samples are dicts ``{"image": FloatTensor 1×H×W in [0, 1], "member": int, "image_id": str,
+    "label": int}``; :meth:`batches` yields :class:`Batch` objects.
+    """
+
+    def __init__(
+        self,
+        archive: Any,
+        index: NIHIndex,
+        stage: str,
+        split: str,
+        cfg: DataConfig,
+        *,
+        seed: int,
+        batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+        cache: ImageCache | None = None,
+        memory: MemoryManager | None = None,
+        drop_last: bool = True,
+        members: Sequence[int] | np.ndarray | None = None,
+    ) -> None:
+        super().__init__()
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in 0..world_size-1 (world_size={world_size})")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if split not in ("train", "val", "test"):
+            raise UserError(f"unknown split {split!r}; allowed: train, val, test")
+        if cache is not None and cache.image_size != cfg.image_size:
+            raise ValueError(
+                f"the cache holds {cache.image_size}px images but data.image_size is {cfg.image_size}"
+            )
+        self.archive = archive
+        self.nih = index
+        self.stage = stage
+        self.split = split
+        self.cfg = cfg
+        self.seed = int(seed)
+        self.batch_size = int(batch_size)
+        self.rank = int(rank)
+        self.world_size = int(world_size)
+        self.cache = cache if (cache is None or cache.mode != "off") else None
+        self.memory = memory
+        self.drop_last = bool(drop_last)
+        self.image_size = int(cfg.image_size)
+        if members is None:
+            members = index.split(stage, split, view=cfg.view, val_fraction=cfg.val_fraction, seed=seed)
+        self.members = np.unique(np.asarray(members, dtype=np.int64))
+        self.epoch = 0
+        self._position = 0
+        self._resume_pending = False
+        self._last_good: int | None = None
+        self._known_bad: set[int] = set()
+        self._records: dict[int, tuple[str, int]] = {}
+        self._requests_cache: dict[int, list[RangeRequest]] = {}
+        self._shares_cache: dict[tuple[int, int], list[list[tuple[list[RangeRequest], int]]]] = {}
+        self._lock = threading.Lock()
+        self._active: _Fetch | None = None
+        self._stats = {
+            "images": 0, "skipped": 0, "bytes_fetched": 0, "requests": 0, "cache_hits": 0,
+            "cache_misses": 0, "crc_rereads": 0, "decode_s": 0.0,
+        }
+        self._first_batch_s: float | None = None
+        self._t_iter: float | None = None
+        self._busy_s = 0.0
+        self._tag = f"{stage}/{split}/rank{rank}#{id(self):x}"
+        if memory is not None:
+            memory.register(f"{self._tag}:in_flight", self._in_flight_bytes, stage=stage, free=self.release)
+            memory.register(f"{self._tag}:window", self._window_bytes, stage=stage)
+            self._register_cache()
+
+    def _register_cache(self) -> None:
+        """(Re-)register the cache under this dataset's stage: the stage iterating owns it."""
+        cache, memory = self.cache, self.memory
+        if cache is not None and memory is not None:
+            memory.register(f"cache#{id(cache):x}", lambda: cache.nbytes, stage=self.stage, free=cache.clear)
+
+    # --------------------------------------------------------------------------- plan
+    @property
+    def fingerprint(self) -> str:
+        """Hash of everything that fixes the order (not decode threads, in-flight depth or size)."""
+        h = hashlib.sha256()
+        h.update(self.members.tobytes())
+        meta = {
+            "source": getattr(self.archive, "identity", ""), "stage": self.stage, "split": self.split,
+            "seed": self.seed, "world": self.world_size, "batch": self.batch_size,
+            "drop_last": self.drop_last, "max_request_mb": self.cfg.max_request_mb,
+            "gap_bridge_kb": self.cfg.gap_bridge_kb, "shuffle_buffer": self.cfg.shuffle_buffer,
+        }
+        h.update(json.dumps(meta, sort_keys=True).encode())
+        return h.hexdigest()[:16]
+
+    def _canonical_requests(self, workers: int) -> list[RangeRequest]:
+        """Requests over the split's members in offset order (small enough to balance shares)."""
+        if workers in self._requests_cache:
+            return self._requests_cache[workers]
+        index = self.archive.index
+        max_req = int(self.cfg.max_request_mb * MB)
+        if len(self.members):
+            starts, ends = index.spans(self.members)
+            total = int((ends - starts).sum())
+            balanced = total // (MIN_REQUESTS_PER_SHARE * self.world_size * workers)
+            max_req = max(1, min(max_req, balanced))
+        reqs = coalesce(index, self.members, max_req, int(self.cfg.gap_bridge_kb * 1024))
+        self._requests_cache[workers] = reqs
+        return reqs
+
+    def _counts(self, epoch: int, workers: int) -> list[list[tuple[list[RangeRequest], int]]]:
+        """For every rank and worker: (its requests in order, how many of their images it yields)."""
+        key = (epoch, workers)
+        if key in self._shares_cache:
+            return self._shares_cache[key]
+        reqs = self._canonical_requests(workers)
+        perm = _rng(self.seed, self.stage, self.split, epoch, "requests").permutation(len(reqs))
+        world = self.world_size
+        shares: list[list[list[RangeRequest]]] = [[[] for _ in range(workers)] for _ in range(world)]
+        for j, k in enumerate(perm.tolist()):
+            shares[j % world][(j // world) % workers].append(reqs[k])
+        n = [[sum(len(r.members) for r in shares[r][w]) for w in range(workers)] for r in range(world)]
+        bs = self.batch_size
+        if self.drop_last:
+            batches = [[c // bs for c in row] for row in n]
+            target = min(sum(row) for row in batches)
+            counts = []
+            for row in batches:
+                row = list(row)
+                extra = sum(row) - target
+                while extra > 0:  # take batches from the worker holding most, lowest id first
+                    w = max(range(workers), key=lambda i: (row[i], -i))
+                    row[w] -= 1
+                    extra -= 1
+                counts.append([b * bs for b in row])
+        else:
+            target = min(sum(row) for row in n)
+            counts = []
+            for row in n:
+                left, out = target, []
+                for c in row:
+                    out.append(min(c, left))
+                    left -= out[-1]
+                counts.append(out)
+        result = [[(shares[r][w], counts[r][w]) for w in range(workers)] for r in range(world)]
+        if len(self._shares_cache) > 4:
+            self._shares_cache.clear()
+        self._shares_cache[key] = result
+        return result
+
+    def _share(self, epoch: int, worker: int = 0, workers: int = 1) -> _Share:
+        """This rank's (and worker's) requests and output order for ``epoch``."""
+        reqs, count = self._counts(epoch, workers)[self.rank][worker]
+        index = self.archive.index
+        kept: list[RangeRequest] = []
+        ids: list[np.ndarray] = []
+        left = count
+        for r in reqs:
+            if left <= 0:
+                break
+            take = r.members[:left] if len(r.members) > left else r.members
+            kept.append(_sub_request(index, r, take))
+            ids.append(take)
+            left -= len(take)
+        inputs = np.concatenate(ids) if ids else np.empty(0, np.int64)
+        rng = _rng(self.seed, self.stage, self.split, epoch, self.rank, self.world_size, worker, "shuffle")
+        order = inputs[shuffle_buffer_order(len(inputs), self.cfg.shuffle_buffer, rng)]
+        return _Share(kept, order)
+
+    def order(self, epoch: int | None = None) -> np.ndarray:
+        """Member ids this rank yields in ``epoch`` (default: the current one), computed without I/O."""
+        return self._share(self.epoch if epoch is None else epoch).order.copy()
+
+    def __len__(self) -> int:
+        """Samples this rank yields per epoch (in-process iteration)."""
+        return self._counts(self.epoch, 1)[self.rank][0][1]
+
+    def num_batches(self) -> int:
+        """Batches this rank yields this epoch; equal on every rank."""
+        n = len(self)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    # --------------------------------------------------------------------------- state
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch (a new epoch starts at position 0; the current one keeps its position)."""
+        if int(epoch) != self.epoch:
+            self.epoch = int(epoch)
+            self._position = 0
+            self._resume_pending = False
+
+    @property
+    def position(self) -> int:
+        """Samples of the current epoch already consumed."""
+        return self._position
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{stage, split, epoch, position, seed, fingerprint, last_good}`` for a checkpoint."""
+        return {
+            "stage": self.stage, "split": self.split, "epoch": self.epoch, "position": self._position,
+            "seed": self.seed, "fingerprint": self.fingerprint, "last_good": self._last_good,
+        }
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        """Restore a position; the next iteration continues exactly where the saved one stopped.
+
+        Raises:
+            CheckpointError: the state belongs to another stage/split/seed or another plan
+                (different members, world size, batch size, request or shuffle settings).
+        """
+        want = {"stage": self.stage, "split": self.split, "seed": self.seed, "fingerprint": self.fingerprint}
+        diff = [f"{k}: saved {sd.get(k)!r}, now {v!r}" for k, v in want.items() if sd.get(k) != v]
+        if diff:
+            raise CheckpointError(
+                "cannot resume the data stream: the saved position belongs to a different plan ("
+                + "; ".join(diff)
+                + "). Resume with the same source, stage, seed, world size, batch size and "
+                "data.max_request_mb / gap_bridge_kb / shuffle_buffer, or start the stage afresh."
+            )
+        position = int(sd["position"])
+        if position < 0:
+            raise CheckpointError(f"invalid saved data position {position}")
+        self.epoch = int(sd["epoch"])
+        self._position = position
+        self._last_good = None if sd.get("last_good") is None else int(sd["last_good"])
+        self._resume_pending = True
+
+    # --------------------------------------------------------------------------- stats
+    def stats(self) -> dict[str, Any]:
+        """Counters: images, skipped, bytes_fetched, requests, cache hits/misses, speed, timing."""
+        with self._lock:
+            out: dict[str, Any] = dict(self._stats)
+        out["first_batch_s"] = self._first_batch_s
+        out["busy_s"] = round(self._busy_s, 4)
+        out["images_per_s"] = out["images"] / self._busy_s if self._busy_s > 0 else 0.0
+        return out
+
+    def _add(self, **kw: float) -> None:
+        with self._lock:
+            for k, v in kw.items():
+                self._stats[k] += v
+
+    def _in_flight_bytes(self) -> int:
+        f = self._active
+        return 0 if f is None else f.raw_bytes()
+
+    def _window_bytes(self) -> int:
+        f = self._active
+        return 0 if f is None else f.held_images() * self.image_size * self.image_size
+
+    def release(self) -> None:
+        """Stop an active iteration's prefetch and drop its buffers (``cleanup_stage`` calls this)."""
+        f = self._active
+        if f is not None:
+            f.close()
+        self._active = None
+        self._requests_cache.clear()
+        self._shares_cache.clear()
+
+    def close(self) -> None:
+        """Release buffers and unregister from the memory manager."""
+        self.release()
+        if self.memory is not None:
+            self.memory.unregister(f"{self._tag}:in_flight")
+            self.memory.unregister(f"{self._tag}:window")
+
+    # --------------------------------------------------------------------------- records
+    def _record(self, member: int) -> tuple[str, int]:
+        rec = self._records.get(member)
+        if rec is None:
+            r = self.nih.record(member)
+            rec = (str(r.image), int(r.label))
+            if len(self._records) > 200_000:
+                self._records.clear()
+            self._records[member] = rec
+        return rec
+
+    # --------------------------------------------------------------------------- iteration
+    def _iter_uint8(self) -> Iterator[tuple[int, np.ndarray]]:
+        """(member, uint8 H×W) in this rank's order, from the saved position on."""
+        info = get_worker_info()
+        if info is not None and info.num_workers > 1:
+            worker, workers, start = info.id, info.num_workers, 0
+            tracked = False
+        else:
+            worker, workers, tracked = 0, 1, True
+            start = self._position
+            if start >= len(self) and not self._resume_pending:
+                start = 0  # a finished epoch iterated again replays it
+            self._resume_pending = False
+        share = self._share(self.epoch, worker, workers)
+        order = share.order
+        total = len(order)
+        if tracked:
+            self._position = min(start, total)
+        if start >= total:
+            return
+        need = set(order[start:].tolist())
+        cache = self.cache
+        fetch_reqs: list[RangeRequest] = []
+        index = self.archive.index
+        for req in share.requests:
+            ms = [m for m in req.members.tolist()
+                  if m in need and m not in self._known_bad and (cache is None or m not in cache)]
+            if ms:
+                fetch_reqs.append(_sub_request(index, req, ms))
+        self._register_cache()
+        fetch = _Fetch(self, fetch_reqs)
+        self._active = fetch
+        t0 = time.perf_counter()
+        try:
+            for p in range(start, total):
+                m = int(order[p])
+                img = fetch.take(m)
+                if img is None:
+                    self._add(skipped=1)
+                    m, img = self._substitute(fetch, order, p)
+                else:
+                    self._last_good = m
+                if tracked:
+                    self._position = p + 1
+                self._add(images=1)
+                self._busy_s += time.perf_counter() - t0
+                yield m, img
+                t0 = time.perf_counter()
+        finally:
+            fetch.close()
+            if self._active is fetch:
+                self._active = None
+
+    def _substitute(self, fetch: _Fetch, order: np.ndarray, p: int) -> tuple[int, np.ndarray]:
+        """Deterministic stand-in for the undecodable member at ``order[p]``."""
+        for q in range(p + 1, len(order)):
+            mq = int(order[q])
+            img = fetch.peek(mq)
+            if img is not None:
+                return mq, img
+        if self._last_good is not None:
+            img = fetch.peek(self._last_good)
+            if img is not None:
+                return self._last_good, img
+        raise ArchiveError(
+            f"no decodable image left in {self.stage}/{self.split} for rank {self.rank} "
+            f"({len(self._known_bad)} members failed to decode); the archive looks corrupt"
+        )
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for m, img in self._iter_uint8():
+            image_id, label = self._record(m)
+            t = torch.from_numpy(np.array(img, dtype=np.uint8)).unsqueeze(0).float().div_(255.0)
+            yield {"image": t, "member": m, "image_id": image_id, "label": label}
+
+    def batches(self) -> Iterator[Batch]:
+        """Batches of ``batch_size`` (the last one smaller only without ``drop_last``)."""
+        bs, size = self.batch_size, self.image_size
+        t_start = time.perf_counter()
+        buf = np.empty((bs, 1, size, size), np.uint8)
+        members: list[int] = []
+        n = 0
+        for m, img in self._iter_uint8():
+            buf[n, 0] = img
+            members.append(m)
+            n += 1
+            if n == bs:
+                yield self._make_batch(buf, members, t_start)
+                buf = np.empty((bs, 1, size, size), np.uint8)
+                members, n = [], 0
+        if n and not self.drop_last:
+            yield self._make_batch(buf[:n], members, t_start)
+
+    def _make_batch(self, buf: np.ndarray, members: list[int], t_start: float) -> Batch:
+        recs = [self._record(m) for m in members]
+        images = torch.from_numpy(buf).float().div_(255.0)
+        if self._first_batch_s is None:
+            self._first_batch_s = round(time.perf_counter() - t_start, 4)
+        return Batch(
+            images=images,
+            members=torch.tensor(members, dtype=torch.long),
+            image_ids=[r[0] for r in recs],
+            labels=torch.tensor([r[1] for r in recs], dtype=torch.long),
+        )
+
+
+# ------------------------------------------------------------------------------ fetch + decode
+class _Fetch:
+    """One iteration's fetching and decoding: requests in input order, images handed out by id."""
+
+    _BAD = None
+
+    def __init__(self, ds: StreamingNIHDataset, requests: list[RangeRequest]) -> None:
+        self.ds = ds
+        self.index = ds.archive.index
+        self.reader = ds.archive.reader
+        self.requests = requests
+        self.prefetcher: Prefetcher | None = (
+            Prefetcher(self.reader, requests, ds.cfg.requests_in_flight) if requests else None
+        )
+        self._it: Iterator[tuple[RangeRequest, bytes]] | None = (
+            iter(self.prefetcher) if self.prefetcher is not None else None
+        )
+        workers = ds.cfg.decode_workers
+        self.pool: ThreadPoolExecutor | None = None
+        self.workers = workers
+        self.futures: dict[int, Future[np.ndarray]] = {}
+        self.ready: dict[int, np.ndarray | None] = {}
+        self._lock = threading.Lock()
+        self._undone = 0
+        self._raw = 0  # bytes of fetched requests still referenced by pending decodes
+        self._ahead = 2 * workers + 2
+        self._window = ds.cfg.shuffle_buffer + WINDOW_SLACK_IMAGES
+        self._closed = False
+
+    # ----------------------------------------------------------------- accounting
+    def raw_bytes(self) -> int:
+        pf = self.prefetcher
+        return self._raw + (pf.buffered_bytes() if pf is not None else 0)
+
+    def held_images(self) -> int:
+        return len(self.futures) + len(self.ready)
+
+    # ----------------------------------------------------------------- decode (threads)
+    def _decode(self, member: int, data: bytes, start: int, req_left: list[int], nbytes: int) -> np.ndarray:
+        t = time.perf_counter()
+        try:
+            for attempt in range(CRC_REREADS + 1):
+                try:
+                    raw = self.index.extract(member, data, start)
+                    break
+                except ArchiveError:
+                    if attempt == CRC_REREADS:
+                        raise
+                    s, e = self.index.span(member)
+                    data = self.reader.read(s, e - s)  # a fresh copy heals corruption in transit
+                    start = s
+                    self.ds._add(crc_rereads=1, bytes_fetched=e - s, requests=1)
+            return decode_png(raw, self.ds.image_size)
+        finally:
+            with self._lock:
+                self._undone -= 1
+                req_left[0] -= 1
+                if req_left[0] == 0:
+                    self._raw -= nbytes
+            self.ds._add(decode_s=time.perf_counter() - t)
+
+    def _pump(self) -> bool:
+        """Fetch the next request and submit its members for decoding; False when none is left."""
+        if self._it is None or self._closed:
+            return False
+        try:
+            req, data = next(self._it)
+        except StopIteration:
+            self._it = None
+            return False
+        if self.pool is None:
+            self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="imgae-decode")
+        self.ds._add(bytes_fetched=len(data), requests=1)
+        members = req.members.tolist()
+        left = [len(members)]
+        with self._lock:
+            self._undone += len(members)
+            self._raw += len(data)
+        for m in members:
+            self.futures[m] = self.pool.submit(self._decode, m, data, req.start, left, len(data))
+        return True
+
+    def _top_up(self) -> None:
+        while self._undone < self._ahead and self.held_images() < self._window and self._pump():
+            pass
+
+    # ----------------------------------------------------------------- consumer side
+    def _resolve(self, m: int) -> np.ndarray | None:
+        """Image of member ``m`` (None: undecodable), from cache, decoded futures or a lone read."""
+        if m in self.ready:
+            return self.ready[m]
+        ds = self.ds
+        if m in ds._known_bad:
+            return self._BAD
+        if m not in self.futures and ds.cache is not None:
+            img = ds.cache.get(m)
+            if img is not None:
+                ds._add(cache_hits=1)
+                self.ready[m] = img
+                return img
+        while m not in self.futures and self._pump():
+            pass
+        fut = self.futures.pop(m, None)
+        if fut is None:  # not planned (cache cleared meanwhile, or a stand-in from before a resume)
+            fut = self._single(m)
+        img: np.ndarray | None
+        try:
+            img = fut.result()
+        except ArchiveError:  # DecodeError included: counted as skipped by the dataset
+            img = self._BAD
+            ds._known_bad.add(m)
+        ds._add(cache_misses=1)
+        if img is not None and ds.cache is not None:
+            ds.cache.put(m, img)
+        self.ready[m] = img
+        self._top_up()
+        return img
+
+    def _single(self, m: int) -> Future[np.ndarray]:
+        s, e = self.index.span(m)
+        data = self.reader.read(s, e - s)
+        self.ds._add(bytes_fetched=len(data), requests=1)
+        if self.pool is None:
+            self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="imgae-decode")
+        with self._lock:
+            self._undone += 1
+            self._raw += len(data)
+        return self.pool.submit(self._decode, m, data, s, [1], len(data))
+
+    def take(self, m: int) -> np.ndarray | None:
+        """Image of ``m`` for emission (removed from the window)."""
+        img = self._resolve(m)
+        self.ready.pop(m, None)
+        return img
+
+    def peek(self, m: int) -> np.ndarray | None:
+        """Image of ``m`` kept in the window (a stand-in that is also emitted later)."""
+        return self._resolve(m)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self.prefetcher is not None:
+            self.prefetcher.close()
+        for f in self.futures.values():
+            f.cancel()
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        self.futures.clear()
+        self.ready.clear()
+        self._it = None
+        self._raw = 0

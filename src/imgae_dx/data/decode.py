@@ -1,0 +1,127 @@
+"""PNG bytes → 8-bit grayscale image at model resolution (uint8, H×W).
+
+One job: turn the bytes of one archive member into the array the cache stores. Decoding uses
+``cv2.imdecode`` (libpng; releases the GIL, so a thread pool decodes in parallel) with
+``IMREAD_UNCHANGED`` and converts explicitly, so every PNG flavour the NIH archive (or a user's
+folder) may hold ends up the same way:
+
+* 8-bit gray → as is; 16-bit gray → scaled to 8 bit (``v / 257``, rounded);
+* RGB / RGBA / gray+alpha / palette (libpng expands these to BGR or BGRA) → luminance
+  (``cv2.COLOR_BGR(A)2GRAY``); the alpha channel is ignored (NIH's ~519 RGBA files are opaque).
+
+Before decoding, the image size is read from the IHDR chunk and anything larger than
+``max_side`` pixels on a side is refused (a "decompression bomb" would otherwise allocate
+gigabytes). The image is then resized with area averaging (``cv2.INTER_AREA``) to
+``image_size × image_size``. Anything that cannot be decoded raises :class:`DecodeError`, which
+the dataset counts as a skipped image.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import cv2
+import numpy as np
+
+from imgae_dx.errors import ArchiveError
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+DEFAULT_MAX_SIDE = 8192
+
+
+class DecodeError(ArchiveError):
+    """A member's bytes are not a decodable PNG (truncated, corrupt, too large, wrong format)."""
+
+
+def png_size(data: bytes | memoryview) -> tuple[int, int, int, int]:
+    """Read ``(width, height, bit_depth, color_type)`` from the IHDR chunk without decoding.
+
+    Raises:
+        DecodeError: the bytes do not start with a PNG signature followed by an IHDR chunk.
+    """
+    head = bytes(data[:33])
+    if len(head) < 33 or head[:8] != PNG_SIGNATURE:
+        raise DecodeError("not a PNG file (missing PNG signature)")
+    length, ctype = struct.unpack(">I4s", head[8:16])
+    if ctype != b"IHDR" or length != 13:
+        raise DecodeError("malformed PNG: the first chunk is not a 13-byte IHDR")
+    width, height, depth, color = struct.unpack(">IIBB", head[16:26])
+    return int(width), int(height), int(depth), int(color)
+
+
+def decode_gray(data: bytes | memoryview, *, max_side: int = DEFAULT_MAX_SIDE) -> np.ndarray:
+    """Decode PNG bytes to an 8-bit grayscale array at the original resolution.
+
+    Args:
+        data: the PNG file's bytes.
+        max_side: refuse images wider or taller than this (checked on the IHDR, before decoding).
+
+    Returns:
+        uint8 array of shape ``H×W``.
+
+    Raises:
+        DecodeError: not a PNG, too large, truncated or otherwise undecodable.
+    """
+    width, height, _, _ = png_size(data)
+    if width == 0 or height == 0:
+        raise DecodeError(f"PNG declares an empty image ({width}×{height})")
+    if width > max_side or height > max_side:
+        raise DecodeError(
+            f"PNG declares {width}×{height} pixels, more than the {max_side}×{max_side} allowed "
+            "(refused before decoding to avoid a decompression bomb)"
+        )
+    buf = np.frombuffer(data, dtype=np.uint8)
+    try:
+        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    except cv2.error as e:  # pragma: no cover - libpng errors normally surface as None
+        raise DecodeError(f"PNG decode failed: {e}") from None
+    if img is None:
+        raise DecodeError("PNG decode failed (truncated or corrupt image data)")
+    return to_gray8(img)
+
+
+def to_gray8(img: np.ndarray) -> np.ndarray:
+    """Convert a decoded image (H×W, H×W×C with C in 1..4; uint8 or uint16) to uint8 H×W."""
+    if img.ndim == 3:
+        channels = img.shape[2]
+        if channels == 1:
+            img = img[:, :, 0]
+        elif channels == 2:  # gray + alpha (some decoders keep it): drop alpha
+            img = np.ascontiguousarray(img[:, :, 0])
+        elif channels == 3:
+            img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+        elif channels == 4:
+            img = cv2.cvtColor(img, cv2.COLOR_BGRA2GRAY)
+        else:
+            raise DecodeError(f"unsupported image with {channels} channels")
+    elif img.ndim != 2:
+        raise DecodeError(f"unsupported image of shape {img.shape}")
+    if img.dtype == np.uint8:
+        return img
+    if img.dtype == np.uint16:
+        return cv2.convertScaleAbs(img, alpha=1.0 / 257.0)
+    raise DecodeError(f"unsupported pixel type {img.dtype}")
+
+
+def resize_area(img: np.ndarray, image_size: int) -> np.ndarray:
+    """Resize a uint8 H×W image to ``image_size × image_size`` with area averaging.
+
+    Non-square inputs are stretched (NIH images are all square). Returns a C-contiguous uint8
+    array; the input is returned unchanged when it already has the target size.
+    """
+    if img.shape == (image_size, image_size):
+        return np.ascontiguousarray(img)
+    return cv2.resize(img, (image_size, image_size), interpolation=cv2.INTER_AREA)
+
+
+def decode_png(
+    data: bytes | memoryview, image_size: int, *, max_side: int = DEFAULT_MAX_SIDE
+) -> np.ndarray:
+    """PNG bytes → uint8 ``image_size × image_size`` grayscale (decode, convert, area resize).
+
+    Raises:
+        DecodeError: the bytes cannot be decoded (the dataset skips and counts such members).
+    """
+    if image_size <= 0:
+        raise ValueError(f"image_size must be positive, got {image_size}")
+    return resize_area(decode_gray(data, max_side=max_side), image_size)

@@ -1,0 +1,564 @@
+"""NIH ChestX-ray14 metadata: parsers, the join to archive members, stages and patient-disjoint splits.
+
+The metadata files come with the dataset (at the archive's root, or in one top folder):
+
+- ``Data_Entry_2017.csv``: one row per image. Its header is malformed (bracketed names with commas,
+  a trailing comma), so columns are read **by position**: 0 image, 1 labels (``|``-separated,
+  ``No Finding`` = normal), 2 follow-up, 3 patient id, 4 age, 5 gender, 6 view position.
+- ``BBox_List_2017.csv``: ``image, label, x, y, w, h`` (1024 px frame) and trailing empty fields; it
+  spells ``Infiltrate`` where Data_Entry says ``Infiltration`` (normalised here).
+- ``train_val_list.txt`` / ``test_list.txt``: the official patient-disjoint split, one image per line.
+
+The metadata lists all 112,120 images whatever part of the dataset a source holds: rows are joined to
+archive members by basename, and rows without a member are simply not used.
+
+Splits (``NIHIndex.split``): ``train`` = normal images of train_val patients outside a seeded,
+patient-disjoint validation slice; ``val`` = normal images of that slice; ``test`` = every image
+(normal and abnormal) of test_list patients. A view filter (PA / AP / all) applies to every split.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from imgae_dx.errors import MetadataError, UserError
+
+DATA_ENTRY_NAME = "Data_Entry_2017.csv"
+BBOX_NAME = "BBox_List_2017.csv"
+TRAIN_VAL_NAME = "train_val_list.txt"
+TEST_NAME = "test_list.txt"
+METADATA_NAMES = (DATA_ENTRY_NAME, BBOX_NAME, TRAIN_VAL_NAME, TEST_NAME)
+DATA_ENTRY_HEADER = (
+    "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
+    "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],"
+)
+BBOX_HEADER = "Image Index,Finding Label,Bbox [x,y,w,h],,,"
+NORMAL_LABEL = "No Finding"
+FINDINGS = (
+    "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion", "Emphysema", "Fibrosis",
+    "Hernia", "Infiltration", "Mass", "Nodule", "Pleural_Thickening", "Pneumonia", "Pneumothorax",
+)
+BBOX_SPELLING = {"Infiltrate": "Infiltration"}
+VIEWS = ("PA", "AP")
+SPLITS = ("train", "val", "test")
+_LAYOUT_HINT = (
+    "an NIH ChestX-ray14 archive holds Data_Entry_2017.csv, BBox_List_2017.csv, train_val_list.txt "
+    "and test_list.txt at its root (or in one top folder) next to images_NNN/images/*.png"
+)
+_STAGE_RE = re.compile(r"^images_(\d{3})$")
+_MAX_REPORTED = 5  # malformed lines quoted in a report
+_UNUSABLE_SHARE = 0.5  # more malformed rows than this share makes a file unusable
+
+
+@dataclass
+class ParseReport:
+    """What a parser skipped: counts and the first few offending lines (``file:line: why``)."""
+
+    file: str
+    rows: int = 0
+    malformed: int = 0
+    examples: list[str] = field(default_factory=list)
+
+    def bad(self, line: int, why: str) -> None:
+        self.malformed += 1
+        if len(self.examples) < _MAX_REPORTED:
+            self.examples.append(f"{self.file}:{line}: {why}")
+
+    def check_usable(self) -> None:
+        """Raise MetadataError when nothing (or mostly nothing) parsed."""
+        total = self.rows + self.malformed
+        if self.rows == 0 or (self.malformed > 10 and self.malformed > _UNUSABLE_SHARE * total):
+            first = self.examples[0] if self.examples else f"{self.file}: no data rows"
+            raise MetadataError(
+                f"{self.file} is unusable: {self.rows} valid and {self.malformed} malformed rows "
+                f"(first problem: {first}); re-download the dataset's metadata files"
+            )
+
+    def __str__(self) -> str:
+        s = f"{self.file}: {self.rows} rows"
+        if self.malformed:
+            s += f", {self.malformed} malformed skipped (e.g. {'; '.join(self.examples[:2])})"
+        return s
+
+
+@dataclass
+class DataEntryTable:
+    """Data_Entry_2017.csv as columns (row i of every array is one image)."""
+
+    image: np.ndarray  # object array of basenames, e.g. "00000001_000.png"
+    labels: np.ndarray  # object array of the raw "A|B" label strings
+    follow_up: np.ndarray  # int32
+    patient: np.ndarray  # int64
+    age: np.ndarray  # int32, -1 when unreadable
+    sex: np.ndarray  # object array ("M" / "F" / "")
+    view: np.ndarray  # object array ("PA", "AP", …)
+    normal: np.ndarray  # bool: labels == "No Finding"
+    report: ParseReport
+
+    def __len__(self) -> int:
+        return len(self.image)
+
+
+def _text(data: bytes, name: str) -> str:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise MetadataError(f"{name}: expected bytes, got {type(data).__name__}")
+    try:
+        return bytes(data).decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = bytes(data)[: e.start].count(b"\n") + 1
+        raise MetadataError(f"{name}:{line}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def _rows(text: str, name: str):
+    """csv rows with 1-based line numbers; a csv-level error becomes MetadataError (file, line)."""
+    reader = csv.reader(io.StringIO(text, newline=""), strict=False)
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise MetadataError(f"{name}:{reader.line_num}: unreadable CSV ({e})") from None
+        yield reader.line_num, row
+
+
+def _is_header(row: list[str], first: str) -> bool:
+    return bool(row) and row[0].strip().lower() == first.lower()
+
+
+def parse_data_entry(data: bytes, name: str = DATA_ENTRY_NAME) -> DataEntryTable:
+    """Parse Data_Entry_2017.csv by position (header malformed: bracketed names, trailing comma).
+
+    Tolerates CRLF, quoted fields, trailing commas and a missing header. Malformed rows (too few
+    fields, empty image or labels, non-integer patient id, duplicates) are skipped and counted in
+    ``table.report``; MetadataError (file and line) when the file is not text or mostly unusable.
+    """
+    text = _text(data, name)
+    rep = ParseReport(name)
+    image: list[str] = []
+    labels: list[str] = []
+    follow: list[int] = []
+    patient: list[int] = []
+    age: list[int] = []
+    sex: list[str] = []
+    view: list[str] = []
+    seen: set[str] = set()
+    first = True
+    for line, row in _rows(text, name):
+        if first:
+            first = False
+            if _is_header(row, "Image Index"):
+                continue
+        if not row or all(not c.strip() for c in row):
+            continue
+        if len(row) < 7:
+            rep.bad(line, f"{len(row)} fields, expected at least 7")
+            continue
+        img, lab = row[0].strip(), row[1].strip()
+        if not img or not lab:
+            rep.bad(line, "empty image name or labels")
+            continue
+        if "/" in img or "\\" in img:
+            img = re.split(r"[/\\]", img)[-1]
+        try:
+            pid = int(row[3].strip())
+            fu = int(row[2].strip()) if row[2].strip() else -1
+        except ValueError:
+            rep.bad(line, f"patient id {row[3]!r} / follow-up {row[2]!r} not integers")
+            continue
+        if pid < 0 or pid >= 2**62 or not -(2**31) < fu < 2**31:
+            rep.bad(line, f"patient id {pid} or follow-up {fu} out of range")
+            continue
+        if img in seen:
+            rep.bad(line, f"duplicate image {img}")
+            continue
+        seen.add(img)
+        a = row[4].strip().upper().rstrip("YMD")  # "58" or NIH's original "058Y"
+        image.append(img)
+        labels.append("|".join(p.strip() for p in lab.split("|") if p.strip()) or lab)
+        follow.append(fu)
+        patient.append(pid)
+        age.append(int(a) if a.isdigit() and len(a) < 5 else -1)
+        sex.append(row[5].strip())
+        view.append(row[6].strip().upper())
+        rep.rows += 1
+    rep.check_usable()
+    lab_arr = np.array(labels, dtype=object)
+    return DataEntryTable(
+        image=np.array(image, dtype=object), labels=lab_arr,
+        follow_up=np.array(follow, dtype=np.int32), patient=np.array(patient, dtype=np.int64),
+        age=np.array(age, dtype=np.int32), sex=np.array(sex, dtype=object),
+        view=np.array(view, dtype=object), normal=lab_arr == NORMAL_LABEL, report=rep,
+    )
+
+
+Box = tuple[str, float, float, float, float]  # finding, x, y, w, h (1024 px frame)
+
+
+def parse_bbox_list(data: bytes, name: str = BBOX_NAME) -> tuple[dict[str, list[Box]], ParseReport]:
+    """Parse BBox_List_2017.csv → {image: [(finding, x, y, w, h), …]}; ``Infiltrate`` → ``Infiltration``.
+
+    Header ``Image Index,Finding Label,Bbox [x,y,w,h],,,`` (skipped when present); trailing empty
+    fields tolerated. Rows with fewer than 6 fields or non-finite / negative-size boxes are counted
+    as malformed. An empty list (header only) is valid: the archive then simply has no boxes.
+    """
+    text = _text(data, name)
+    rep = ParseReport(name)
+    boxes: dict[str, list[Box]] = {}
+    first = True
+    for line, row in _rows(text, name):
+        if first:
+            first = False
+            if _is_header(row, "Image Index"):
+                continue
+        if not row or all(not c.strip() for c in row):
+            continue
+        if len(row) < 6:
+            rep.bad(line, f"{len(row)} fields, expected at least 6")
+            continue
+        img, lab = row[0].strip(), row[1].strip()
+        try:
+            x, y, w, h = (float(v) for v in row[2:6])
+        except ValueError:
+            rep.bad(line, "box coordinates are not numbers")
+            continue
+        if not img or not lab or not all(math.isfinite(v) for v in (x, y, w, h)) or w < 0 or h < 0:
+            rep.bad(line, "empty name/label or invalid box")
+            continue
+        boxes.setdefault(img, []).append((BBOX_SPELLING.get(lab, lab), x, y, w, h))
+        rep.rows += 1
+    if rep.malformed > 10 and rep.malformed > _UNUSABLE_SHARE * (rep.rows + rep.malformed):
+        rep.check_usable()
+    return boxes, rep
+
+
+def parse_image_list(data: bytes, name: str) -> tuple[list[str], ParseReport]:
+    """Parse train_val_list.txt / test_list.txt: one image basename per line (CRLF, blanks ok)."""
+    text = _text(data, name)
+    rep = ParseReport(name)
+    out: list[str] = []
+    for line, raw in enumerate(text.splitlines(), 1):
+        s = raw.strip()
+        if not s:
+            continue
+        if any(c.isspace() for c in s) or "," in s:
+            rep.bad(line, f"not one image name: {s[:60]!r}")
+            continue
+        out.append(s)
+        rep.rows += 1
+    rep.check_usable()
+    return out, rep
+
+
+# ------------------------------------------------------------------------------------- index
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image of the archive with its metadata.
+
+    ``findings`` is empty for normal (``No Finding``) images; ``label`` is 0 normal / 1 abnormal;
+    ``boxes`` are ``(finding, x, y, w, h)`` in the 1024 px frame of BBox_List_2017.csv.
+    """
+
+    image: str
+    patient: int
+    view: str
+    findings: tuple[str, ...]
+    label: int
+    boxes: list[Box]
+    stage: str
+    member: int
+    follow_up: int = -1
+    age: int = -1
+    sex: str = ""
+    split: str = ""  # official list: "train_val", "test" or "" (in neither)
+
+
+def _stage_of(name: str) -> tuple[str | None, str]:
+    """(stage, basename) of an archive member path like ``[top/]images_001/images/X.png``."""
+    parts = name.replace("\\", "/").split("/")
+    base = parts[-1]
+    for p in parts[:-1]:
+        if _STAGE_RE.match(p):
+            return p, base
+    return None, base
+
+
+def _unit_hash(patient: np.ndarray, seed: int) -> np.ndarray:
+    """Per-patient uniform [0, 1) from a splitmix64 hash of (patient, seed): stable across stages."""
+    with np.errstate(over="ignore"):
+        z = patient.astype(np.uint64) + np.uint64((seed * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+class NIHIndex:
+    """The NIH metadata joined to an archive's members.
+
+    Arrays over *joined* images (rows that have a member), sorted by member id:
+    ``member`` (int64), ``row`` (into ``table``), ``stage_idx`` (into ``stages()``), ``patient``,
+    ``normal`` (bool), ``view`` (object), ``official`` (0 train_val, 1 test, -1 in neither list).
+    """
+
+    def __init__(self, table: DataEntryTable, boxes: dict[str, list[Box]], train_val: list[str],
+                 test: list[str], member_names: Sequence[str] | np.ndarray,
+                 reports: list[ParseReport] | None = None):
+        self.table = table
+        self.boxes = boxes
+        self.reports = list(reports or [table.report])
+        # official split per metadata row
+        row_of = {img: i for i, img in enumerate(table.image.tolist())}
+        official_row = np.full(len(table), -1, dtype=np.int8)
+        tv_rows = np.array([row_of[n] for n in train_val if n in row_of], dtype=np.int64)
+        te_rows = np.array([row_of[n] for n in test if n in row_of], dtype=np.int64)
+        official_row[tv_rows] = 0
+        both = np.intersect1d(tv_rows, te_rows)
+        if len(both):
+            ex = ", ".join(table.image[both[:3]].tolist())
+            raise MetadataError(
+                f"{len(both)} images are in both {TRAIN_VAL_NAME} and {TEST_NAME} (e.g. {ex}); "
+                "the official lists must be disjoint"
+            )
+        official_row[te_rows] = 1
+        overlap = np.intersect1d(table.patient[tv_rows], table.patient[te_rows])
+        if len(overlap):
+            ex = ", ".join(str(int(p)) for p in overlap[:5])
+            raise MetadataError(
+                f"{len(overlap)} patients have images in both {TRAIN_VAL_NAME} and {TEST_NAME} "
+                f"(e.g. patient {ex}); splits must be patient-disjoint — check the list files"
+            )
+        self.unlisted_rows = int((official_row < 0).sum())
+        self.official_row = official_row
+        # join members by basename
+        stage_names: list[str] = []
+        stage_pos: dict[str, int] = {}
+        members: list[int] = []
+        rows: list[int] = []
+        stage_idx: list[int] = []
+        self.duplicate_members = 0
+        self.unmatched_members = 0
+        joined: set[int] = set()
+        names = member_names.tolist() if isinstance(member_names, np.ndarray) else member_names
+        for mid, name in enumerate(names):
+            if not isinstance(name, str) or not name.lower().endswith(".png"):
+                continue
+            stage, base = _stage_of(name)
+            if stage is None:
+                continue
+            r = row_of.get(base)
+            if r is None:
+                self.unmatched_members += 1
+                continue
+            if r in joined:
+                self.duplicate_members += 1
+                continue
+            joined.add(r)
+            if stage not in stage_pos:
+                stage_pos[stage] = len(stage_names)
+                stage_names.append(stage)
+            members.append(mid)
+            rows.append(r)
+            stage_idx.append(stage_pos[stage])
+        order = sorted(range(len(stage_names)), key=lambda i: stage_names[i])
+        remap = np.empty(len(stage_names), dtype=np.int32)
+        remap[order] = np.arange(len(order), dtype=np.int32)
+        self._stages = [stage_names[i] for i in order]
+        self.member = np.array(members, dtype=np.int64)
+        self.row = np.array(rows, dtype=np.int64)
+        self.stage_idx = remap[np.array(stage_idx, dtype=np.int64)] if stage_idx else np.zeros(0, np.int32)
+        self.patient = table.patient[self.row]
+        self.normal = table.normal[self.row]
+        self.view = table.view[self.row]
+        self.official = official_row[self.row]
+        self.rows_without_member = len(table) - len(self.member)
+
+    # construction ---------------------------------------------------------------------------
+    @classmethod
+    def from_files(cls, data_entry: bytes, bbox: bytes | None, train_val: bytes, test: bytes,
+                   member_names: Sequence[str] | np.ndarray) -> NIHIndex:
+        """Build from the four metadata files' bytes and the archive's member names (id = position).
+
+        ``bbox`` may be None (no boxes). Raises MetadataError on unusable files or overlapping lists.
+        """
+        table = parse_data_entry(data_entry)
+        reports = [table.report]
+        boxes: dict[str, list[Box]] = {}
+        if bbox is not None:
+            boxes, r = parse_bbox_list(bbox)
+            reports.append(r)
+        tv, r1 = parse_image_list(train_val, TRAIN_VAL_NAME)
+        te, r2 = parse_image_list(test, TEST_NAME)
+        return cls(table, boxes, tv, te, member_names, reports + [r1, r2])
+
+    @classmethod
+    def from_archive(cls, archive: Any) -> NIHIndex:
+        """Read the metadata through ``archive.read_member(name)`` and join ``archive.index`` names.
+
+        Metadata may sit at the root or in one top folder. MetadataError names missing files.
+        """
+        index = archive.index
+        names = _member_names(index)
+        found = find_metadata_members(names)
+        missing = [m for m in METADATA_NAMES if m not in found]
+        if missing:
+            ident = getattr(archive, "identity", "the archive")
+            raise MetadataError(f"{ident} lacks {', '.join(missing)}; {_LAYOUT_HINT}")
+        data = {m: archive.read_member(found[m]) for m in METADATA_NAMES}
+        return cls.from_files(data[DATA_ENTRY_NAME], data[BBOX_NAME], data[TRAIN_VAL_NAME],
+                              data[TEST_NAME], names)
+
+    # queries ----------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.member)
+
+    def stages(self) -> list[str]:
+        """Stages (``images_NNN``) that have at least one joined member, in order."""
+        return list(self._stages)
+
+    def resolve_stages(self, spec: str | Sequence[str] | None) -> list[str]:
+        """``"all"`` / None → every stage; ``"images_001,images_003"`` or a list → those, in order given.
+
+        Unknown stage → UserError listing the available ones.
+        """
+        if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "all")):
+            if not self._stages:
+                raise UserError("the archive holds no images_NNN/images/*.png listed in the metadata")
+            return self.stages()
+        items = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else [str(s).strip() for s in spec]
+        items = [s for s in items if s]
+        if any(s.lower() == "all" for s in items):
+            return self.resolve_stages("all")
+        unknown = [s for s in items if s not in self._stages]
+        if unknown or not items:
+            raise UserError(
+                f"unknown stage(s) {', '.join(unknown) or '(none given)'}; available: "
+                f"{', '.join(self._stages) or '(none)'} or 'all'"
+            )
+        out: list[str] = []
+        for s in items:
+            if s not in out:
+                out.append(s)
+        return out
+
+    def val_patients_mask(self, val_fraction: float, seed: int) -> np.ndarray:
+        """Bool over joined images: patient belongs to the seeded validation slice of train_val."""
+        if not 0.0 <= val_fraction < 1.0:
+            raise UserError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        return (_unit_hash(self.patient, seed) < val_fraction) & (self.official == 0)
+
+    def split(self, stage: str | Sequence[str] | None, split: str, view: str = "PA",
+              val_fraction: float = 0.1, seed: int = 42) -> np.ndarray:
+        """Member ids (int64, ascending) of one split of one stage (or several / ``"all"``).
+
+        train: normal images of train_val patients not in the val slice; val: normal images of the
+        val slice (a seeded, patient-disjoint share ``val_fraction`` of train_val patients, the same
+        slice whatever the stage); test: all images of test_list patients. ``view``: PA, AP or all.
+        """
+        if split not in SPLITS:
+            raise UserError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+        stages = self.resolve_stages(stage)
+        smask = np.isin(self.stage_idx, [self._stages.index(s) for s in stages])
+        vmask = self._view_mask(view)
+        valm = self.val_patients_mask(val_fraction, seed)
+        if split == "test":
+            m = self.official == 1
+        elif split == "val":
+            m = valm & self.normal
+        else:
+            m = (self.official == 0) & ~valm & self.normal
+        return np.sort(self.member[m & smask & vmask])
+
+    def _view_mask(self, view: str) -> np.ndarray:
+        v = (view or "all").strip().upper()
+        if v == "ALL":
+            return np.ones(len(self.member), dtype=bool)
+        if v not in VIEWS:
+            raise UserError(f"unknown view {view!r}; expected PA, AP or all")
+        return self.view == v
+
+    def check_disjoint(self, val_fraction: float = 0.1, seed: int = 42) -> None:
+        """Raise MetadataError if any patient falls in two of train / val / test."""
+        valm = self.val_patients_mask(val_fraction, seed)
+        groups = {"train": (self.official == 0) & ~valm, "val": valm, "test": self.official == 1}
+        pats = {k: np.unique(self.patient[m]) for k, m in groups.items()}
+        for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+            both = np.intersect1d(pats[a], pats[b])
+            if len(both):
+                raise MetadataError(
+                    f"patients in both {a} and {b} (e.g. {int(both[0])}): splits are not patient-disjoint"
+                )
+
+    def _pos(self, member_id: int) -> int:
+        i = int(np.searchsorted(self.member, member_id))
+        if i >= len(self.member) or self.member[i] != member_id:
+            raise KeyError(f"archive member {member_id} is not an image listed in {DATA_ENTRY_NAME}")
+        return i
+
+    def record(self, member_id: int) -> ImageRecord:
+        """Metadata of one joined member (KeyError when the member is not a listed image)."""
+        i = self._pos(member_id)
+        r = int(self.row[i])
+        t = self.table
+        img = str(t.image[r])
+        normal = bool(t.normal[r])
+        findings = () if normal else tuple(f for f in str(t.labels[r]).split("|") if f and f != NORMAL_LABEL)
+        off = int(self.official[i])
+        return ImageRecord(
+            image=img, patient=int(t.patient[r]), view=str(t.view[r]), findings=findings,
+            label=0 if normal else 1, boxes=list(self.boxes.get(img, [])),
+            stage=self._stages[int(self.stage_idx[i])], member=int(member_id),
+            follow_up=int(t.follow_up[r]), age=int(t.age[r]), sex=str(t.sex[r]),
+            split={0: "train_val", 1: "test"}.get(off, ""),
+        )
+
+    def labels(self, member_ids: np.ndarray) -> np.ndarray:
+        """0/1 labels (int64) of many members at once."""
+        pos = np.searchsorted(self.member, member_ids)
+        pos = np.clip(pos, 0, max(len(self.member) - 1, 0))
+        if len(member_ids) and not np.array_equal(self.member[pos], np.asarray(member_ids)):
+            raise KeyError("some member ids are not listed images")
+        return (~self.normal[pos]).astype(np.int64)
+
+    def summary(self) -> dict[str, Any]:
+        """Counts for logs and ``imgae-dx stream``: rows, joined images, stages, skipped rows."""
+        return {
+            "metadata_rows": len(self.table),
+            "images": len(self.member),
+            "stages": {s: int((self.stage_idx == i).sum()) for i, s in enumerate(self._stages)},
+            "rows_without_member": self.rows_without_member,
+            "unlisted_rows": self.unlisted_rows,
+            "malformed": {r.file: r.malformed for r in self.reports if r.malformed},
+            "boxes": sum(len(v) for v in self.boxes.values()),
+        }
+
+
+def _member_names(index: Any) -> list[str]:
+    names = getattr(index, "names", None)
+    if callable(names):
+        names = names()
+    if names is not None and not callable(names):
+        return list(names)
+    return [index.name(i) for i in range(len(index))]
+
+
+def find_metadata_members(names: Sequence[str]) -> dict[str, str]:
+    """{metadata file: member name} for those found at the root or one folder deep (root wins)."""
+    found: dict[str, tuple[int, str]] = {}
+    wanted = set(METADATA_NAMES)
+    for n in names:
+        parts = n.replace("\\", "/").strip("/").split("/")
+        if len(parts) > 2 or parts[-1] not in wanted:
+            continue
+        depth = len(parts)
+        if parts[-1] not in found or depth < found[parts[-1]][0]:
+            found[parts[-1]] = (depth, n)
+    return {k: v[1] for k, v in found.items()}

@@ -1,0 +1,151 @@
+"""Anomaly maps and image scores from an input and its reconstruction.
+
+Maps (per pixel, B×1×H×W, float32, larger = more anomalous):
+
+* ``l1``    — ``|x − x̂|``
+* ``l2``    — ``(x − x̂)²``
+* ``clahe`` — ``|CLAHE(x) − CLAHE(x̂)|``: both images clamped to [0, 1] and contrast-equalised
+  (CLAHE, OpenCV, per image) before the residual, as the RA paper's evaluation does
+  (``skimage.exposure.equalize_adapthist`` there; ``clahe_clip_limit`` 2.56 in OpenCV units equals
+  skimage's default 0.01). Runs on the CPU (OpenCV) and is not differentiable.
+* ``ssim``  — ``1 − SSIM(x, x̂)``, the local SSIM map with a Gaussian window (data range 1).
+
+An optional Gaussian smoothing (``smoothing_sigma`` > 0, reflect padding) is applied to the map.
+
+Scores (per image, B): ``mean`` of the map, ``max``, or ``topk`` = mean of the top
+``topk_percent`` % pixels (at least one).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from imgae_dx.config import AnomalyConfig
+
+
+def gaussian_kernel1d(sigma: float, radius: int | None = None, *, device=None) -> Tensor:
+    """Normalised 1-D Gaussian, length ``2·radius + 1`` (default radius ``ceil(3σ)``), float32."""
+    if radius is None:
+        radius = max(1, int(math.ceil(3.0 * sigma)))
+    t = torch.arange(-radius, radius + 1, dtype=torch.float32, device=device)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    return k / k.sum()
+
+
+def _separable_filter(x: Tensor, k1d: Tensor, padding_mode: str) -> Tensor:
+    """Filter x (B×C×H×W) with the outer product of ``k1d`` per channel, same size out."""
+    c = x.shape[1]
+    r = (k1d.numel() - 1) // 2
+    kh = k1d.view(1, 1, -1, 1).expand(c, 1, -1, 1)
+    kw = k1d.view(1, 1, 1, -1).expand(c, 1, 1, -1)
+    if padding_mode == "zeros":
+        y = F.conv2d(x, kh, padding=(r, 0), groups=c)
+        return F.conv2d(y, kw, padding=(0, r), groups=c)
+    y = F.conv2d(F.pad(x, (0, 0, r, r), mode=padding_mode), kh, groups=c)
+    return F.conv2d(F.pad(y, (r, r, 0, 0), mode=padding_mode), kw, groups=c)
+
+
+def _pad_mode(h: int, w: int, r: int) -> str:
+    # reflect padding needs the pad to be smaller than the side; replicate works for any size
+    return "reflect" if r < min(h, w) else "replicate"
+
+
+def gaussian_smooth(m: Tensor, sigma: float) -> Tensor:
+    """Gaussian-smooth a map B×1×H×W (float32) with standard deviation ``sigma`` pixels."""
+    if sigma <= 0:
+        return m
+    k = gaussian_kernel1d(sigma, device=m.device)
+    r = (k.numel() - 1) // 2
+    return _separable_filter(m, k, _pad_mode(m.shape[-2], m.shape[-1], r))
+
+
+def ssim_map(x: Tensor, y: Tensor, window: int = 11, sigma: float = 1.5) -> Tensor:
+    """Local SSIM of x and y (B×1×H×W in [0, 1], data range 1) → B×1×H×W (float32/float64).
+
+    Gaussian-weighted means/variances (``window`` odd, ``sigma``), constants
+    C1 = 0.01², C2 = 0.03² (Wang et al. 2004); borders reflect-padded so the map keeps the size.
+    """
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    x = x.to(dtype)
+    y = y.to(dtype)
+    k = gaussian_kernel1d(sigma, radius=window // 2, device=x.device).to(dtype)
+    mode = _pad_mode(x.shape[-2], x.shape[-1], window // 2)
+    c1, c2 = 0.01**2, 0.03**2
+    # moments of the image minus its global mean: same values, far less float cancellation
+    mx = x.mean(dim=(-2, -1), keepdim=True)
+    my = y.mean(dim=(-2, -1), keepdim=True)
+    xc, yc = x - mx, y - my
+    mu_xc = _separable_filter(xc, k, mode)
+    mu_yc = _separable_filter(yc, k, mode)
+    sxx = (_separable_filter(xc * xc, k, mode) - mu_xc * mu_xc).clamp_min(0)
+    syy = (_separable_filter(yc * yc, k, mode) - mu_yc * mu_yc).clamp_min(0)
+    sxy = _separable_filter(xc * yc, k, mode) - mu_xc * mu_yc
+    mu_x, mu_y = mu_xc + mx, mu_yc + my
+    num = (2 * mu_x * mu_y + c1) * (2 * sxy + c2)
+    den = (mu_x * mu_x + mu_y * mu_y + c1) * (sxx + syy + c2)
+    return num / den
+
+
+def clahe_equalise(x: Tensor, clip_limit: float = 2.56, tiles: int = 8) -> Tensor:
+    """CLAHE of each image of x (B×1×H×W, values clamped to [0, 1]) → B×1×H×W float32 in [0, 1].
+
+    Quantises to 8 bits (as the equalisation works on 256 bins), runs OpenCV on the CPU and
+    returns a tensor on x's device.
+    """
+    import cv2  # lazy: only this map needs OpenCV
+
+    arr = (x.detach().float().clamp(0, 1) * 255.0).round().to(torch.uint8).cpu().numpy()
+    clahe = cv2.createCLAHE(clipLimit=float(clip_limit), tileGridSize=(int(tiles), int(tiles)))
+    out = np.empty_like(arr)
+    for i in range(arr.shape[0]):
+        out[i, 0] = clahe.apply(np.ascontiguousarray(arr[i, 0]))
+    return torch.from_numpy(out).to(x.device).float().div_(255.0)
+
+
+def anomaly_map(x: Tensor, recon: Tensor, cfg: AnomalyConfig) -> Tensor:
+    """Per-pixel anomaly map of x vs its reconstruction (both B×1×H×W) → B×1×H×W float32."""
+    if x.shape != recon.shape:
+        raise ValueError(f"input {tuple(x.shape)} and reconstruction {tuple(recon.shape)} differ")
+    x = x.float()
+    recon = recon.float()
+    if cfg.map == "l1":
+        m = (x - recon).abs()
+    elif cfg.map == "l2":
+        m = (x - recon).square()
+    elif cfg.map == "clahe":
+        m = (clahe_equalise(x, cfg.clahe_clip_limit, cfg.clahe_tiles)
+             - clahe_equalise(recon, cfg.clahe_clip_limit, cfg.clahe_tiles)).abs()
+    elif cfg.map == "ssim":
+        m = 1.0 - ssim_map(x.clamp(0, 1), recon.clamp(0, 1), cfg.ssim_window, cfg.ssim_sigma)
+    else:  # pragma: no cover - the config schema forbids other values
+        raise ValueError(f"unknown anomaly map {cfg.map!r}")
+    return gaussian_smooth(m, cfg.smoothing_sigma)
+
+
+def image_score(m: Tensor, cfg: AnomalyConfig) -> Tensor:
+    """Per-image score of a map B×1×H×W → B (float32): mean, max or top-k % mean."""
+    flat = m.float().flatten(1)
+    if cfg.score == "mean":
+        return flat.mean(dim=1)
+    if cfg.score == "max":
+        return flat.amax(dim=1)
+    if cfg.score == "topk":
+        k = max(1, int(round(flat.shape[1] * cfg.topk_percent / 100.0)))
+        return flat.topk(k, dim=1).values.mean(dim=1)
+    raise ValueError(f"unknown score {cfg.score!r}")  # pragma: no cover
+
+
+class AnomalyScorer:
+    """Holds an :class:`AnomalyConfig`; ``scorer(x, recon) -> (map B×1×H×W, score B)``."""
+
+    def __init__(self, cfg: AnomalyConfig | None = None) -> None:
+        self.cfg = cfg or AnomalyConfig()
+
+    def __call__(self, x: Tensor, recon: Tensor) -> tuple[Tensor, Tensor]:
+        m = anomaly_map(x, recon, self.cfg)
+        return m, image_score(m, self.cfg)

@@ -1,0 +1,444 @@
+"""Training objectives: one interface the trainer calls for every model (no per-model branches).
+
+An :class:`Objective` owns the model's optimiser(s) and performs a whole training step
+(forward, losses, backward, gradient sync, clipping, optimiser step) given a :class:`StepContext`
+the trainer builds once (autocast, DDP all-reduce, clipping, GradScaler, RNG):
+
+* :class:`UNetObjective` — denoising: ``x̃ = x + up(N(0, noise_std) at noise_resolution²)``
+  (bilinear upsampling to H×W), target the clean x, per-pixel MSE.
+* :class:`AEObjective` — plain per-pixel MSE.
+* :class:`RAObjective` — Soft-IntroVAE with the reversed-embedding loss (Bercea et al. 2023),
+  alternating an encoder update and a decoder update with two Adam optimisers.
+
+Every ``train_step``/``val_loss`` returns Python floats (one device sync per call); ``"loss"`` is
+the headline, for every model the per-pixel MSE between the clean input and its reconstruction
+(U-Net: of the noisy input), so figures are comparable across models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from imgae_dx.config import AEConfig, OptimConfig, RAConfig, UNetConfig
+from imgae_dx.errors import CheckpointError
+from imgae_dx.models.reversed_ae import ReversedAutoencoder, randn_like_gen, reparameterize
+
+
+def _no_sync(params: Iterable[nn.Parameter]) -> None:
+    return None
+
+
+@dataclass
+class StepContext:
+    """What the trainer hands every step.
+
+    Attributes:
+        autocast: zero-argument factory of the autocast context (``nullcontext`` for fp32).
+        grad_sync: called after every backward with the parameters just differentiated, before
+            clipping and the optimiser step (all-reduce of their gradients under DDP).
+        grad_clip: max global gradient norm per optimiser step, or None.
+        scaler: a ``torch.amp.GradScaler`` for fp16, or None.
+        generator: RNG for the objective's noise (corruption, reparameterisation, fakes);
+            None uses the global RNG. A seeded generator makes runs reproducible.
+    """
+
+    autocast: Callable[[], AbstractContextManager[Any]] = nullcontext
+    grad_sync: Callable[[Iterable[nn.Parameter]], None] = _no_sync
+    grad_clip: float | None = None
+    scaler: torch.amp.GradScaler | None = None
+    generator: torch.Generator | None = None
+
+    @classmethod
+    def for_device(
+        cls,
+        device: torch.device | str,
+        amp: str = "off",
+        *,
+        grad_clip: float | None = None,
+        generator: torch.Generator | None = None,
+        grad_sync: Callable[[Iterable[nn.Parameter]], None] | None = None,
+    ) -> StepContext:
+        """Build a context: ``amp`` is ``"bf16"``, ``"fp16"`` (CUDA, with a GradScaler) or ``"off"``."""
+        dev = torch.device(device)
+        if amp not in ("bf16", "fp16", "off"):
+            raise ValueError(f"amp must be bf16, fp16 or off, got {amp!r}")
+        scaler = None
+        if amp == "off":
+            autocast: Callable[[], AbstractContextManager[Any]] = nullcontext
+        else:
+            dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+
+            def autocast() -> AbstractContextManager[Any]:
+                return torch.autocast(device_type=dev.type, dtype=dtype)
+
+            if amp == "fp16" and dev.type == "cuda":
+                scaler = torch.amp.GradScaler("cuda")
+        return cls(autocast=autocast, grad_sync=grad_sync or _no_sync, grad_clip=grad_clip,
+                   scaler=scaler, generator=generator)
+
+
+def build_optimizer(params: Iterable[nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
+    """Adam or AdamW from an :class:`OptimConfig` (fused kernels when every parameter is on CUDA)."""
+    params = list(params)
+    fused = bool(params) and all(p.is_cuda for p in params)
+    cls = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
+    return cls(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay,
+               fused=fused or None)
+
+
+# ------------------------------------------------------------------------------ loss functions
+def reconstruction_error(x: Tensor, y: Tensor) -> Tensor:
+    """Squared error summed over pixels: x, y B×C×H×W → B (float32)."""
+    return (x.float() - y.float()).square().flatten(1).sum(dim=1)
+
+
+def kl_divergence(mu: Tensor, logvar: Tensor) -> Tensor:
+    """KL(N(μ, σ²) ‖ N(0, I)) per sample: μ, log σ² B×zdim → B (float32)."""
+    mu, logvar = mu.float(), logvar.float()
+    return -0.5 * (1.0 + logvar - logvar.exp() - mu.square()).sum(dim=1)
+
+
+def embedding_loss(a: Sequence[Tensor], b: Sequence[Tensor]) -> Tensor:
+    """Reversed-embedding loss: Σ over scales of 0.5·MSE(a_i, b_i) + mean_B(1 − cos(a_i, b_i)).
+
+    a_i, b_i: B×C_i×H_i×W_i (cosine over each sample's flattened map) → scalar (float32).
+    """
+    if len(a) != len(b):
+        raise ValueError(f"embedding lists differ in length: {len(a)} vs {len(b)}")
+    total = torch.zeros((), device=a[0].device, dtype=torch.float32)
+    for ea, eb in zip(a, b, strict=True):
+        ea, eb = ea.float(), eb.float()
+        total = total + 0.5 * F.mse_loss(ea, eb)
+        total = total + (1.0 - F.cosine_similarity(ea.flatten(1), eb.flatten(1), dim=1)).mean()
+    return total
+
+
+def exp_elbo(rec_err: Tensor, kl: Tensor, scale: float, beta_rec: float, beta_neg: float) -> Tensor:
+    """Soft-IntroVAE's expELBO: mean_B exp(−2·scale·(β_rec·rec + β_neg·KL)); rec, KL: B → scalar."""
+    return torch.exp(-2.0 * scale * (beta_rec * rec_err + beta_neg * kl)).mean()
+
+
+def coarse_noise(
+    x: Tensor, std: float, resolution: int, generator: torch.Generator | None = None
+) -> Tensor:
+    """N(0, std²) noise drawn at resolution×resolution, bilinearly upsampled to x's H×W.
+
+    x: B×C×H×W → noise B×C×H×W float32 (``align_corners=False``).
+    """
+    b, c, h, w = x.shape
+    shape = torch.empty((b, c, resolution, resolution), device=x.device)
+    n = randn_like_gen(shape, generator) * std
+    if (resolution, resolution) == (h, w):
+        return n
+    return F.interpolate(n, size=(h, w), mode="bilinear", align_corners=False)
+
+
+# ---------------------------------------------------------------------------------- objectives
+class Objective:
+    """Base: owns ``optimizers``; subclasses implement ``train_step`` and ``val_loss``."""
+
+    name: str = "objective"
+
+    def __init__(self, model: nn.Module, optimizers: dict[str, torch.optim.Optimizer]) -> None:
+        self.model = model
+        self.optimizers = optimizers
+
+    # -- interface ------------------------------------------------------------------------------
+    def train_step(self, x: Tensor, ctx: StepContext) -> dict[str, float]:
+        """One optimisation step on x (B×1×H×W in [0, 1]); returns named losses (``"loss"``)."""
+        raise NotImplementedError
+
+    def val_loss(self, x: Tensor, ctx: StepContext) -> dict[str, float]:
+        """Validation losses on x (B×1×H×W), no gradients; ``"loss"`` is comparable per model."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """Optimisers' state (the model's weights are saved by the trainer)."""
+        return {"objective": self.name,
+                "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()}}
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; raises :class:`CheckpointError` on a mismatch."""
+        if not isinstance(sd, dict) or "optimizers" not in sd:
+            raise CheckpointError(f"{self.name}: objective state lacks 'optimizers'; "
+                                  "the checkpoint is not from ImgAE-Dx or is corrupt")
+        if sd.get("objective") != self.name:
+            raise CheckpointError(f"objective state is for {sd.get('objective')!r}, "
+                                  f"not {self.name!r}: load the checkpoint of the same model")
+        opt = sd["optimizers"]
+        if set(opt) != set(self.optimizers):
+            raise CheckpointError(f"{self.name}: optimisers {sorted(opt)} in the checkpoint, "
+                                  f"expected {sorted(self.optimizers)}")
+        for k, o in self.optimizers.items():
+            o.load_state_dict(opt[k])
+
+    def compile(self, **kwargs: Any) -> None:
+        """``torch.compile`` (in place) the modules the step calls; kwargs go to ``compile``."""
+        self.model.compile(**kwargs)
+
+    # -- helpers --------------------------------------------------------------------------------
+    def _optimize(self, opt_name: str, loss: Tensor, params: list[nn.Parameter],
+                  ctx: StepContext, *, only_these: bool) -> Tensor | None:
+        """zero_grad → backward (only into ``params`` if ``only_these``) → grad_sync → clip → step.
+
+        Returns the pre-clipping gradient norm when clipping, else None.
+        """
+        opt = self.optimizers[opt_name]
+        opt.zero_grad(set_to_none=True)
+        scaled = ctx.scaler.scale(loss) if ctx.scaler is not None else loss
+        if only_these:
+            scaled.backward(inputs=params)
+        else:
+            scaled.backward()
+        ctx.grad_sync(params)
+        norm = None
+        if ctx.grad_clip is not None:
+            if ctx.scaler is not None:
+                ctx.scaler.unscale_(opt)
+            norm = torch.nn.utils.clip_grad_norm_(params, ctx.grad_clip)
+        if ctx.scaler is not None:
+            ctx.scaler.step(opt)
+        else:
+            opt.step()
+        return norm
+
+
+def _floats(d: dict[str, Tensor | None]) -> dict[str, float]:
+    """Tensors → floats with a single device sync."""
+    keys = [k for k, v in d.items() if v is not None]
+    vals = torch.stack([d[k].detach().float().reshape(()) for k in keys]).tolist()  # type: ignore[union-attr]
+    return dict(zip(keys, vals, strict=True))
+
+
+class _MSEObjective(Objective):
+    """Shared by U-Net (denoising) and AE: per-pixel MSE to the clean input, one optimiser."""
+
+    def __init__(self, model: nn.Module, optim: OptimConfig) -> None:
+        super().__init__(model, {"model": build_optimizer(model.parameters(), optim)})
+        self.params = [p for p in model.parameters() if p.requires_grad]
+
+    def corrupt(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
+        """Model input for training; identity here (U-Net adds coarse noise)."""
+        return x
+
+    def train_step(self, x: Tensor, ctx: StepContext) -> dict[str, float]:
+        xin = self.corrupt(x, ctx.generator)
+        with ctx.autocast():
+            y = self.model(xin)
+        loss = F.mse_loss(y.float(), x.float())
+        norm = self._optimize("model", loss, self.params, ctx, only_these=False)
+        if ctx.scaler is not None:
+            ctx.scaler.update()
+        return _floats({"loss": loss, "grad_norm": norm})
+
+    @torch.no_grad()
+    def val_loss(self, x: Tensor, ctx: StepContext) -> dict[str, float]:
+        with ctx.autocast():
+            y = self.model(x)
+        return _floats({"loss": F.mse_loss(y.float(), x.float())})
+
+
+class AEObjective(_MSEObjective):
+    """Plain AE: loss = mean over pixels of (AE(x) − x)²."""
+
+    name = "ae"
+
+    def __init__(self, model: nn.Module, cfg: AEConfig) -> None:
+        super().__init__(model, cfg.optim)
+        self.cfg = cfg
+
+
+class UNetObjective(_MSEObjective):
+    """Denoising U-Net: loss = mean((UNet(x + coarse_noise) − x)²).
+
+    ``val_loss`` reports ``loss`` (the same denoising loss with noise from a fixed-seed RNG, so
+    epochs compare) and ``mse_clean`` (reconstruction of the uncorrupted input).
+    """
+
+    name = "unet"
+    VAL_NOISE_SEED = 0
+
+    def __init__(self, model: nn.Module, cfg: UNetConfig) -> None:
+        super().__init__(model, cfg.optim)
+        self.cfg = cfg
+
+    def corrupt(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
+        """x + N(0, noise_std) drawn at noise_resolution², upsampled; x itself if noise_std = 0."""
+        if self.cfg.noise_std <= 0:
+            return x
+        return x + coarse_noise(x, self.cfg.noise_std, self.cfg.noise_resolution, generator).to(x.dtype)
+
+    @torch.no_grad()
+    def val_loss(self, x: Tensor, ctx: StepContext) -> dict[str, float]:
+        g = torch.Generator(device=x.device).manual_seed(self.VAL_NOISE_SEED)
+        xin = self.corrupt(x, g)
+        with ctx.autocast():
+            y_noisy = self.model(xin)
+            y_clean = self.model(x) if self.cfg.noise_std > 0 else y_noisy
+        return _floats({"loss": F.mse_loss(y_noisy.float(), x.float()),
+                        "mse_clean": F.mse_loss(y_clean.float(), x.float())})
+
+
+@dataclass
+class _EncoderStepOut:
+    """What the decoder step reuses from the encoder step."""
+
+    z: Tensor                    # B×zdim, reparameterised latent of x (pre-update encoder)
+    noise: Tensor                # B×zdim, latent of the fakes
+    fake: Tensor | None          # B×1×H×W, dec(noise), graph through the decoder kept
+    terms: dict[str, Tensor] = field(default_factory=dict)
+
+
+class RAObjective(Objective):
+    """Soft-IntroVAE + reversed-embedding loss with alternating E/D updates (Bercea et al. 2023).
+
+    Per batch x (B×1×H×W), scale = 1/(H·W), rec(a, b) = Σ_pixels (a − b)² (per image), KL per
+    image summed over zdim; "mean" below = batch mean. Noise is drawn from ``ctx.generator`` in
+    this order: z_fake ~ N(0, I), ε (real), ε (rec), ε (fake) [encoder step], ε (rec), ε (fake)
+    [decoder step] — all B×zdim.
+
+    Encoder step (only encoder parameters change)::
+
+        fake = D(z_fake);  μ, logσ², e(x) = E(x);  z = μ + σ·ε;  x̂ = D(z)
+        μ_r, logσ²_r, e(x̂) = E(x̂.detach());  x̂_r = D(μ_r + σ_r·ε)
+        μ_f, logσ²_f = E(fake.detach());     x̂_f = D(μ_f + σ_f·ε)
+        L_E = scale·(β_rec·mean rec(x, x̂) + β_kl·mean KL(μ, logσ²))
+              + w_exp·(expELBO(rec(x̂, x̂_r), KL_r) + expELBO(rec(fake, x̂_f), KL_f))
+              + w_emb·Σ_scales [0.5·MSE(e(x), e(x̂)) + mean(1 − cos(e(x), e(x̂)))]
+        expELBO(r, k) = mean exp(−2·scale·(β_rec·r + β_neg·k))
+
+    (As in the authors' code, the target x̂ of rec(x̂, x̂_r) is not detached, so the encoder also
+    receives that gradient through x̂ = D(E(x)); the re-encoded inputs are detached. The single
+    encoder pass on x̂.detach() serves both the embeddings and the expELBO, where the authors'
+    code runs that identical pass twice.)
+
+    Decoder step (only decoder parameters change), with the updated encoder::
+
+        x̂ = D(z.detach());  μ_r, logσ²_r = E(x̂);  μ_f, logσ²_f = E(fake)
+        x̂_r = D((μ_r + σ_r·ε).detach());  x̂_f = D((μ_f + σ_f·ε).detach())
+        L_D = scale·(β_rec·mean rec(x, x̂) + 0.5·β_kl·(mean KL_r + mean KL_f)
+                     + γ_r·0.5·β_rec·(mean rec(x̂.detach(), x̂_r) + mean rec(fake.detach(), x̂_f)))
+
+    ``fake`` is computed once and reused by the decoder step (the decoder has not changed in
+    between, so it equals the authors' second evaluation).
+    """
+
+    name = "ra"
+
+    def __init__(self, model: ReversedAutoencoder, cfg: RAConfig) -> None:
+        self.enc_params = list(model.encoder.parameters())
+        self.dec_params = list(model.decoder.parameters())
+        super().__init__(model, {"encoder": build_optimizer(self.enc_params, cfg.optim),
+                                 "decoder": build_optimizer(self.dec_params, cfg.optim)})
+        self.cfg = cfg
+        self.ra = model
+
+    def compile(self, **kwargs: Any) -> None:
+        self.ra.encoder.compile(**kwargs)
+        self.ra.decoder.compile(**kwargs)
+
+    def _noise(self, like: Tensor, g: torch.Generator | None) -> Tensor:
+        return randn_like_gen(like, g)
+
+    # -- the two steps --------------------------------------------------------------------------
+    def encoder_loss(self, x: Tensor, noise: Tensor, ctx: StepContext) -> _EncoderStepOut:
+        """Forward passes and L_E (see class docstring); no backward. x: B×1×H×W."""
+        c = self.cfg
+        enc, dec = self.ra.encoder, self.ra.decoder
+        scale = 1.0 / (x.shape[-2] * x.shape[-1])
+        g = ctx.generator
+        with ctx.autocast():
+            fake = dec(noise)
+            mu, logvar, emb_real = enc(x)
+            mu, logvar = mu.float(), logvar.float()
+            z = reparameterize(mu, logvar, self._noise(mu, g))
+            rec = dec(z)
+            mu_r, logvar_r, emb_rec = enc(rec.detach())
+            mu_r, logvar_r = mu_r.float(), logvar_r.float()
+            rec_rec = dec(reparameterize(mu_r, logvar_r, self._noise(mu_r, g)))
+            mu_f, logvar_f, _ = enc(fake.detach())
+            mu_f, logvar_f = mu_f.float(), logvar_f.float()
+            rec_fake = dec(reparameterize(mu_f, logvar_f, self._noise(mu_f, g)))
+        rec_err = reconstruction_error(x, rec).mean()
+        kl_real = kl_divergence(mu, logvar).mean()
+        kl_rec = kl_divergence(mu_r, logvar_r)
+        kl_fake = kl_divergence(mu_f, logvar_f)
+        exp_rec = exp_elbo(reconstruction_error(rec, rec_rec), kl_rec, scale, c.beta_rec, c.beta_neg)
+        exp_fake = exp_elbo(reconstruction_error(fake.detach(), rec_fake), kl_fake, scale,
+                            c.beta_rec, c.beta_neg)
+        emb = embedding_loss(emb_real, emb_rec)
+        loss_real = scale * (c.beta_rec * rec_err + c.beta_kl * kl_real)
+        loss_e = loss_real + c.exp_elbo_weight * (exp_rec + exp_fake) + c.embedding_weight * emb
+        terms = {"loss_encoder": loss_e, "rec": rec_err, "mse": scale * rec_err,
+                 "kl_real": kl_real, "exp_elbo_rec": exp_rec, "exp_elbo_fake": exp_fake,
+                 "emb": emb}
+        return _EncoderStepOut(z=z, noise=noise, fake=fake, terms=terms)
+
+    def decoder_loss(self, x: Tensor, e: _EncoderStepOut, ctx: StepContext) -> dict[str, Tensor]:
+        """Forward passes and L_D (see class docstring); no backward."""
+        c = self.cfg
+        enc, dec = self.ra.encoder, self.ra.decoder
+        scale = 1.0 / (x.shape[-2] * x.shape[-1])
+        g = ctx.generator
+        with ctx.autocast():
+            fake = e.fake if e.fake is not None else dec(e.noise)
+            rec = dec(e.z.detach())
+            mu_r, logvar_r, _ = enc(rec)
+            mu_r, logvar_r = mu_r.float(), logvar_r.float()
+            z_r = reparameterize(mu_r, logvar_r, self._noise(mu_r, g))
+            mu_f, logvar_f, _ = enc(fake)
+            mu_f, logvar_f = mu_f.float(), logvar_f.float()
+            z_f = reparameterize(mu_f, logvar_f, self._noise(mu_f, g))
+            rec_rec = dec(z_r.detach())
+            rec_fake = dec(z_f.detach())
+        rec_err = reconstruction_error(x, rec).mean()
+        rr = reconstruction_error(rec.detach(), rec_rec).mean()
+        rf = reconstruction_error(fake.detach(), rec_fake).mean()
+        kl_rec = kl_divergence(mu_r, logvar_r).mean()
+        kl_fake = kl_divergence(mu_f, logvar_f).mean()
+        loss_d = scale * (c.beta_rec * rec_err + 0.5 * c.beta_kl * (kl_rec + kl_fake)
+                          + c.gamma_r * 0.5 * c.beta_rec * (rr + rf))
+        return {"loss_decoder": loss_d, "rec_decoder": rec_err, "kl_rec": kl_rec,
+                "kl_fake": kl_fake, "rec_rec": rr, "rec_fake": rf}
+
+    def encoder_step(self, x: Tensor, ctx: StepContext) -> _EncoderStepOut:
+        """Draw z_fake, compute L_E and update the encoder only."""
+        noise = self._noise(torch.empty((x.shape[0], self.ra.zdim), device=x.device), ctx.generator)
+        out = self.encoder_loss(x, noise, ctx)
+        norm = self._optimize("encoder", out.terms["loss_encoder"], self.enc_params, ctx,
+                              only_these=True)
+        if norm is not None:
+            out.terms["grad_norm_encoder"] = norm
+        return out
+
+    def decoder_step(self, x: Tensor, e: _EncoderStepOut, ctx: StepContext) -> dict[str, Tensor]:
+        """Compute L_D with the updated encoder and update the decoder only."""
+        terms = self.decoder_loss(x, e, ctx)
+        norm = self._optimize("decoder", terms["loss_decoder"], self.dec_params, ctx,
+                              only_these=True)
+        if norm is not None:
+            terms["grad_norm_decoder"] = norm
+        return terms
+
+    def train_step(self, x: Tensor, ctx: StepContext) -> dict[str, float]:
+        e = self.encoder_step(x, ctx)
+        d = self.decoder_step(x, e, ctx)
+        if ctx.scaler is not None:
+            ctx.scaler.update()
+        return _floats({"loss": e.terms["mse"], **e.terms, **d})
+
+    @torch.no_grad()
+    def val_loss(self, x: Tensor, ctx: StepContext) -> dict[str, float]:
+        """``loss``: per-pixel MSE of the z = μ reconstruction; ``kl``: mean KL of x."""
+        with ctx.autocast():
+            mu, logvar, _ = self.ra.encoder(x)
+            y = self.ra.decoder(mu)
+        return _floats({"loss": F.mse_loss(y.float(), x.float()),
+                        "kl": kl_divergence(mu, logvar).mean()})

@@ -1,0 +1,89 @@
+"""U-Net denoising autoencoder (the model; the denoising objective is in ``objectives.py``).
+
+Levels ``i = 0 … depth−1`` have ``base_channels·2^i`` channels; each level is two
+conv3×3 → GroupNorm → SiLU. Down: 2×2 average pooling; up: 2×2 stride-2 transposed conv halving the
+channels, then (with ``skip_connections``) concatenation with the encoder feature of that level.
+Output: 1×1 conv to one channel, sigmoid (or linear). For x: B×1×H×W, H and W divisible by
+``2^(depth−1)``; the bottleneck is B×(base·2^(depth−1))×H/2^(depth−1)×W/2^(depth−1).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from imgae_dx.config import UNetConfig
+from imgae_dx.models.base import ReconstructionModel, conv_out_hw
+
+
+class ConvBlock(nn.Sequential):
+    """(conv3×3 → GroupNorm → SiLU) × 2: B×cin×H×W → B×cout×H×W."""
+
+    def __init__(self, cin: int, cout: int, groups: int) -> None:
+        super().__init__(
+            nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+            nn.GroupNorm(groups, cout),
+            nn.SiLU(inplace=True),
+            nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+            nn.GroupNorm(groups, cout),
+            nn.SiLU(inplace=True),
+        )
+
+
+class UpBlock(nn.Module):
+    """Transposed conv ×2 (cin → cout), optional skip concat, ConvBlock → B×cout×2H×2W."""
+
+    def __init__(self, cin: int, cout: int, groups: int, skip: bool) -> None:
+        super().__init__()
+        self.skip = skip
+        self.up = nn.ConvTranspose2d(cin, cout, kernel_size=2, stride=2)
+        self.block = ConvBlock(2 * cout if skip else cout, cout, groups)
+
+    def forward(self, x: Tensor, skip: Tensor | None) -> Tensor:
+        """x: B×cin×h×w, skip: B×cout×2h×2w (ignored without skips) → B×cout×2h×2w."""
+        y = self.up(x)
+        if self.skip and skip is not None:
+            y = torch.cat([y, skip], dim=1)
+        return self.block(y)
+
+
+class UNet(ReconstructionModel):
+    """U-Net autoencoder (see module docstring). ``forward(x)``: B×1×H×W → B×1×H×W."""
+
+    name = "unet"
+
+    def __init__(self, image_size: int, cfg: UNetConfig) -> None:
+        super().__init__(image_size, cfg.anomaly)
+        self.cfg = cfg
+        self.downsamplings = cfg.depth - 1
+        conv_out_hw(image_size, self.downsamplings, self.name)
+        widths = [cfg.base_channels * 2**i for i in range(cfg.depth)]
+        for w in widths:
+            if w % cfg.groups:
+                raise ValueError(
+                    f"unet: GroupNorm groups={cfg.groups} must divide every level width {widths}; "
+                    "set model.unet.groups to a divisor of base_channels"
+                )
+        self.widths = widths
+        self.inc = ConvBlock(1, widths[0], cfg.groups)
+        self.pool = nn.AvgPool2d(2)
+        self.downs = nn.ModuleList(
+            ConvBlock(widths[i - 1], widths[i], cfg.groups) for i in range(1, cfg.depth)
+        )
+        self.ups = nn.ModuleList(
+            UpBlock(widths[i], widths[i - 1], cfg.groups, cfg.skip_connections)
+            for i in range(cfg.depth - 1, 0, -1)
+        )
+        self.out = nn.Conv2d(widths[0], 1, kernel_size=1)
+        self.out_act: nn.Module = nn.Sigmoid() if cfg.output_activation == "sigmoid" else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: B×1×H×W → reconstruction B×1×H×W."""
+        feats = []
+        h = self.inc(x)
+        for down in self.downs:
+            feats.append(h)
+            h = down(self.pool(h))
+        for up, skip in zip(self.ups, reversed(feats), strict=True):
+            h = up(h, skip)
+        return self.out_act(self.out(h))

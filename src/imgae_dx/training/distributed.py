@@ -1,0 +1,166 @@
+"""Distributed helpers for ``torchrun``: environment detection, process group, gradient averaging.
+
+Under ``torchrun`` each process sees ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` (and
+``MASTER_ADDR``/``MASTER_PORT``). :func:`init_distributed` joins the process group (``nccl`` on
+CUDA, ``gloo`` on CPU). Gradients are averaged by :func:`all_reduce_grads`, which the trainer
+passes to objectives as ``StepContext.grad_sync``: objectives such as RA run several forwards and
+backwards per step through sub-modules (encoder, decoder), which ``DistributedDataParallel``'s
+forward hook cannot see, so every model uses this explicit all-reduce (bucketed into one flat
+tensor per dtype) — mathematically the same averaging DDP performs. Buffers (e.g. BatchNorm
+statistics) are broadcast from rank 0 after each step, as DDP's ``broadcast_buffers`` does.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process stands in the job."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def detect() -> DistInfo:
+    """Read ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` as set by ``torchrun`` (defaults: one process)."""
+
+    def _int(name: str, default: int) -> int:
+        v = os.environ.get(name)
+        try:
+            return int(v) if v not in (None, "") else default
+        except ValueError:
+            return default
+
+    world = max(1, _int("WORLD_SIZE", 1))
+    rank = _int("RANK", 0)
+    local = _int("LOCAL_RANK", rank)
+    return DistInfo(rank=rank, world_size=world, local_rank=local)
+
+
+def init_distributed(device: torch.device, timeout_s: float = 1800.0) -> DistInfo:
+    """Join the process group when launched by ``torchrun`` with more than one process.
+
+    Args:
+        device: the device this rank trains on (``cuda`` → ``nccl`` backend, else ``gloo``).
+    """
+    info = detect()
+    if not info.distributed or not dist.is_available():
+        return DistInfo()
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend=backend, timeout=_dt.timedelta(seconds=timeout_s))
+    return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=info.local_rank)
+
+
+def is_initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def is_main() -> bool:
+    """True on rank 0 (or when not distributed)."""
+    return not is_initialized() or dist.get_rank() == 0
+
+
+def barrier() -> None:
+    if is_initialized():
+        dist.barrier()
+
+
+def cleanup() -> None:
+    """Leave the process group (idempotent)."""
+    if is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_grads(params: Iterable[torch.nn.Parameter]) -> None:
+    """Average the ``.grad`` of ``params`` over all ranks in place (no-op when not distributed).
+
+    Grads are flattened into one buffer per (device, dtype) so each step costs one collective per
+    bucket. A parameter without a gradient on this rank contributes zeros.
+    """
+    if not is_initialized():
+        return
+    world = dist.get_world_size()
+    plist = [p for p in params if p.requires_grad]
+    for p in plist:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    buckets: dict[tuple[torch.device, torch.dtype], list[torch.nn.Parameter]] = {}
+    for p in plist:
+        buckets.setdefault((p.grad.device, p.grad.dtype), []).append(p)
+    for group in buckets.values():
+        flat = torch.cat([p.grad.reshape(-1) for p in group])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat.div_(world)
+        offset = 0
+        for p in group:
+            n = p.grad.numel()
+            p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
+            offset += n
+
+
+def broadcast_module(module: torch.nn.Module, buffers_only: bool = False) -> None:
+    """Copy rank 0's parameters (unless ``buffers_only``) and buffers to every rank."""
+    if not is_initialized():
+        return
+    with torch.no_grad():
+        tensors = [] if buffers_only else list(module.parameters())
+        tensors += list(module.buffers())
+        for t in tensors:
+            dist.broadcast(t.data, src=0)
+
+
+def all_reduce_sum(values: list[float], device: torch.device | str = "cpu") -> list[float]:
+    """Sum a short list of floats over ranks (float64)."""
+    if not is_initialized():
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+def any_flag(flag: bool, device: torch.device | str = "cpu") -> bool:
+    """True on every rank if ``flag`` is true on any rank (used to stop all ranks together)."""
+    if not is_initialized():
+        return flag
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` as a list indexed by rank (``[obj]`` when not distributed)."""
+    if not is_initialized():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank."""
+    if not is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

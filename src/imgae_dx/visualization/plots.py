@@ -1,0 +1,284 @@
+"""Report figures (matplotlib, headless ``Agg``): every function writes one PNG and returns its path.
+
+Inputs are plain data read from a run folder (``eval/metrics.json``, ``eval/scores.csv``,
+``eval/examples.npz``, ``metrics.jsonl``); nothing here knows about models or streaming. A figure
+whose data is missing is not drawn (the function returns ``None``), never faked.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MODEL_COLOURS = {"unet": "#1f77b4", "ra": "#d62728", "ae": "#2ca02c"}
+_FALLBACK = ["#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def colour(model: str, i: int = 0) -> str:
+    """Stable colour of a model across every figure."""
+    return MODEL_COLOURS.get(model, _FALLBACK[i % len(_FALLBACK)])
+
+
+def _save(fig: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    _plt().close(fig)
+    return path
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "n/a"
+    return f"{v:.{digits}f}"
+
+
+def _ci_text(m: Mapping[str, Any], key: str) -> str:
+    ci = m.get(f"{key}_ci")
+    if not ci or ci[0] is None:
+        return _fmt(m.get(key))
+    return f"{_fmt(m.get(key))} [{_fmt(ci[0])}, {_fmt(ci[1])}]"
+
+
+# ------------------------------------------------------------------------------ ROC / PR
+def plot_roc_pr(metrics: Mapping[str, Any], path: Path) -> Path | None:
+    """ROC and precision-recall curves of every model on one chart each, with bootstrap 95 % bands.
+
+    Args:
+        metrics: ``eval/metrics.json`` content; uses ``models[m]["curves"]`` (``grid``: FPR for
+            ROC and recall for PR; ``roc_tpr``, ``roc_lo``, ``roc_hi``, ``pr_precision``, ``pr_lo``,
+            ``pr_hi`` on that grid) and the headline numbers.
+    """
+    models = {k: v for k, v in metrics.get("models", {}).items() if v.get("curves")}
+    if not models:
+        return None
+    plt = _plt()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.8))
+    prevalence = None
+    counts = metrics.get("counts", {})
+    if counts.get("images"):
+        prevalence = counts.get("abnormal", 0) / counts["images"]
+    for i, (name, m) in enumerate(models.items()):
+        c = m["curves"]
+        g = np.asarray(c["grid"], dtype=float)
+        col = colour(name, i)
+        ax1.plot(g, c["roc_tpr"], color=col, lw=2, drawstyle="steps-post",
+                 label=f"{name}  AUROC {_ci_text(m, 'auroc')}")
+        if c.get("roc_lo") is not None and None not in c["roc_lo"]:
+            ax1.fill_between(g, c["roc_lo"], c["roc_hi"], color=col, alpha=0.18, step="post")
+        ax2.plot(g, c["pr_precision"], color=col, lw=2,
+                 label=f"{name}  AUPRC {_ci_text(m, 'auprc')}")
+        if c.get("pr_lo") is not None and None not in c["pr_lo"]:
+            ax2.fill_between(g, c["pr_lo"], c["pr_hi"], color=col, alpha=0.18)
+    ax1.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance")
+    ax1.set(xlabel="false positive rate", ylabel="true positive rate (sensitivity)",
+            title="ROC (shaded: patient-bootstrap 95% band)", xlim=(0, 1), ylim=(0, 1.01))
+    if prevalence is not None:
+        ax2.axhline(prevalence, ls="--", color="grey", lw=1, label=f"chance ({prevalence:.2f})")
+    ax2.set(xlabel="recall", ylabel="precision", title="Precision-recall", xlim=(0, 1), ylim=(0, 1.01))
+    for ax in (ax1, ax2):
+        ax.legend(loc="lower right" if ax is ax1 else "upper right", fontsize=8)
+        ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+# ------------------------------------------------------------------------------ histograms
+def plot_score_histograms(
+    labels: np.ndarray, scores: Mapping[str, np.ndarray], path: Path
+) -> Path | None:
+    """Per model, the distribution of anomaly scores of normal vs abnormal test images.
+
+    Args:
+        labels: (N,) 0/1. scores: model → (N,) scores.
+    """
+    if not scores or labels.size == 0:
+        return None
+    plt = _plt()
+    names = list(scores)
+    fig, axes = plt.subplots(1, len(names), figsize=(5.2 * len(names), 3.8), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        s = np.asarray(scores[name], dtype=float)
+        bins = np.histogram_bin_edges(s, bins=40)
+        for lab, txt, col in ((0, "normal", "#4c72b0"), (1, "abnormal", "#dd8452")):
+            v = s[labels == lab]
+            if v.size:
+                ax.hist(v, bins=bins, alpha=0.55, density=True, color=col, label=f"{txt} (n={v.size})")
+        ax.set(title=f"{name}: anomaly score", xlabel="score (higher = more anomalous)", ylabel="density")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+# ------------------------------------------------------------------------------ per finding
+def plot_per_finding(metrics: Mapping[str, Any], path: Path) -> Path | None:
+    """Horizontal bars: AUROC of each finding's images vs normals, one bar per model, with counts."""
+    models = {k: v.get("per_finding", {}) for k, v in metrics.get("models", {}).items()}
+    findings = sorted({f for pf in models.values() for f in pf})
+    if not findings:
+        return None
+    plt = _plt()
+    h = max(3.0, 0.42 * len(findings) * max(1, len(models)) ** 0.5 + 1)
+    fig, ax = plt.subplots(figsize=(8.5, h))
+    width = 0.8 / max(1, len(models))
+    y = np.arange(len(findings))
+    for i, (name, pf) in enumerate(models.items()):
+        vals = [pf.get(f, {}).get("auroc") for f in findings]
+        vals = [v if v is not None else np.nan for v in vals]
+        ax.barh(y + i * width - 0.4 + width / 2, vals, height=width, color=colour(name, i), label=name)
+    any_pf = next(iter(models.values()))
+    ax.set_yticks(y, [f"{f} (n={any_pf.get(f, {}).get('n_pos', '?')})" for f in findings], fontsize=8)
+    ax.axvline(0.5, ls="--", color="grey", lw=1)
+    ax.set(xlim=(0, 1), xlabel="AUROC vs normal test images", title="AUROC per finding")
+    ax.invert_yaxis()
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3, axis="x")
+    return _save(fig, path)
+
+
+# ------------------------------------------------------------------------------ training logs
+def _is_val(rec: Mapping[str, Any]) -> bool:
+    return rec.get("split") == "val" or rec.get("kind") == "val" or rec.get("phase") == "val"
+
+
+def plot_losses(records: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
+    """Training loss (per logged step) and validation loss per model, stages marked.
+
+    Args:
+        records: ``metrics.jsonl`` rows: ``step, stage, model, loss`` for training; validation as
+            ``val_loss`` on a row, or rows with ``split == "val"`` holding ``loss``.
+    """
+    models: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    stage_starts: dict[str, dict[str, float]] = {}
+    for r in records:
+        m, step = r.get("model"), r.get("step")
+        if m is None or step is None:
+            continue
+        d = models.setdefault(str(m), {"train": [], "val": []})
+        val = r.get("val_loss") if r.get("val_loss") is not None else (r.get("loss") if _is_val(r) else None)
+        if val is not None:
+            d["val"].append((float(step), float(val)))
+        if not _is_val(r) and r.get("loss") is not None:
+            d["train"].append((float(step), float(r["loss"])))
+        if r.get("stage") is not None:
+            stage_starts.setdefault(str(m), {}).setdefault(str(r["stage"]), float(step))
+    models = {k: v for k, v in models.items() if v["train"] or v["val"]}
+    if not models:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(models), figsize=(5.6 * len(models), 3.8), squeeze=False)
+    for i, (ax, (name, d)) in enumerate(zip(axes[0], models.items(), strict=True)):
+        col = colour(name, i)
+        if d["train"]:
+            t = np.asarray(sorted(d["train"]))
+            ax.plot(t[:, 0], t[:, 1], color=col, lw=1, alpha=0.8, label="train")
+        if d["val"]:
+            v = np.asarray(sorted(d["val"]))
+            ax.plot(v[:, 0], v[:, 1], "o-", color="black", ms=4, lw=1, label="validation (normal)")
+        for stage, s0 in sorted(stage_starts.get(name, {}).items(), key=lambda kv: kv[1]):
+            ax.axvline(s0, color="grey", ls=":", lw=1)
+            ax.text(s0, 1.0, f" {stage}", transform=ax.get_xaxis_transform(), fontsize=7,
+                    va="top", rotation=90, color="grey")
+        ax.set(title=f"{name}: loss per stage", xlabel="optimiser step", ylabel="loss")
+        if (np.asarray([p[1] for p in d["train"] + d["val"]]) > 0).all():
+            ax.set_yscale("log")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_throughput(records: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
+    """Training images/s and resident memory (RSS, MB) over the run.
+
+    The models train on the same batches, so these are run-wide figures: one point per logged
+    training step (validation rows add RSS points).
+    """
+    rows = [r for r in records if r.get("step") is not None and
+            (r.get("images_per_s") is not None or r.get("rss_mb") is not None)]
+    if not rows:
+        return None
+    plt = _plt()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
+    has_time = all(r.get("time") is not None or r.get("elapsed_s") is not None for r in rows)
+    t0 = min((float(r.get("elapsed_s", r.get("time", 0.0))) for r in rows), default=0.0) if has_time else 0.0
+
+    def x_of(r: Mapping[str, Any]) -> float:
+        return float(r.get("elapsed_s", r.get("time", 0.0))) - t0 if has_time else float(r["step"])
+
+    ips: dict[float, float] = {}
+    rss: dict[float, float] = {}
+    for r in rows:
+        x = x_of(r)
+        if r.get("images_per_s") is not None and not _is_val(r):
+            ips.setdefault(x, float(r["images_per_s"]))
+        if r.get("rss_mb") is not None:
+            rss[x] = max(rss.get(x, 0.0), float(r["rss_mb"]))
+    if ips:
+        xs = sorted(ips)
+        ax1.plot(xs, [ips[x] for x in xs], color="#444", lw=1, marker="." if len(xs) < 60 else None)
+    if rss:
+        xs = sorted(rss)
+        ax2.plot(xs, [rss[x] for x in xs], color="#8c564b", lw=1, marker="." if len(xs) < 60 else None)
+    xl = "elapsed seconds" if has_time else "step"
+    ax1.set(title="training throughput (all models, same batches)", xlabel=xl, ylabel="images/s")
+    ax2.set(title="resident memory of the process (RSS)", xlabel=xl, ylabel="MB")
+    ax1.set_ylim(bottom=0)
+    ax2.set_ylim(bottom=0)
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+# ------------------------------------------------------------------------------ examples
+def plot_examples(
+    model: str,
+    items: Sequence[Mapping[str, Any]],
+    path: Path,
+) -> Path | None:
+    """Grid: one row per image (input, reconstruction, anomaly heat-map overlay with its boxes).
+
+    Args:
+        items: dicts with ``image`` (H×W uint8 or float in [0, 1]), ``reconstruction`` (H×W),
+            ``anomaly_map`` (H×W), ``title`` (str), ``boxes`` (list of (finding, x, y, w, h) in map
+            pixels).
+    """
+    if not items:
+        return None
+    plt = _plt()
+    from matplotlib.patches import Rectangle
+
+    n = len(items)
+    fig, axes = plt.subplots(n, 3, figsize=(7.2, 2.45 * n), squeeze=False, layout="constrained")
+    for r, it in enumerate(items):
+        img = np.asarray(it["image"], dtype=float)
+        img = img / 255.0 if img.max() > 1.0 else img
+        rec = np.asarray(it["reconstruction"], dtype=float)
+        rec = rec / 255.0 if rec.max() > 1.0 else rec
+        amap = np.asarray(it["anomaly_map"], dtype=float)
+        axes[r, 0].imshow(img, cmap="gray", vmin=0, vmax=1)
+        axes[r, 1].imshow(rec, cmap="gray", vmin=0, vmax=1)
+        axes[r, 2].imshow(img, cmap="gray", vmin=0, vmax=1)
+        hi = np.percentile(amap, 99.5) if amap.size else 1.0
+        axes[r, 2].imshow(amap, cmap="inferno", alpha=0.55, vmin=float(amap.min()), vmax=float(max(hi, amap.min() + 1e-12)))
+        for finding, x, y, w, h in it.get("boxes", []):
+            axes[r, 2].add_patch(Rectangle((x, y), w, h, fill=False, ec="#00ff66", lw=1.5))
+            axes[r, 2].text(x, y - 1, str(finding), color="#00ff66", fontsize=6, va="bottom")
+        axes[r, 0].set_ylabel(it.get("title", ""), fontsize=7)
+        for c in range(3):
+            axes[r, c].set_xticks([])
+            axes[r, c].set_yticks([])
+    for c, t in enumerate(("input", "reconstruction", "anomaly map (box: ground truth)")):
+        axes[0, c].set_title(t, fontsize=9)
+    fig.suptitle(f"{model}: most and least anomalous test images", fontsize=10)
+    return _save(fig, path)

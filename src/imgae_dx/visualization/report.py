@@ -1,0 +1,397 @@
+"""``write_report(run_dir)``: RUN_DIR/report.html (one self-contained file) and RUN_DIR/plots/*.png.
+
+The page embeds every figure as a base64 PNG and its style inline: no network, no external CSS or
+JavaScript, so it can be mailed, archived or opened offline. It is built only from what the run
+folder holds:
+
+- ``config.yaml`` (the resolved configuration),
+- ``metrics.jsonl`` (training log: loss, validation loss, images/s, RSS),
+- ``eval/metrics.json``, ``eval/scores.csv`` and ``eval/examples/<model>.npz`` (from the evaluator).
+
+Parts whose inputs are missing (e.g. not evaluated yet) are stated as missing, never invented.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+import math
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from imgae_dx.errors import RunFolderError
+from imgae_dx.visualization import plots
+
+METRIC_LABELS: tuple[tuple[str, str], ...] = (
+    ("auroc", "AUROC"),
+    ("auprc", "AUPRC"),
+    ("f1_max", "F1-max*"),
+    ("fpr_at_95_tpr", "FPR @ 95% TPR ↓"),
+    ("sensitivity_at_90_specificity", "Sensitivity @ 90% spec."),
+)
+
+_CSS = """
+body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:0;color:#1d2330;background:#f6f7f9}
+main{max-width:1100px;margin:0 auto;padding:24px 28px 60px;background:#fff}
+h1{font-size:1.6em;margin:.2em 0}h2{font-size:1.25em;margin-top:1.8em;border-bottom:1px solid #dde;padding-bottom:.2em}
+h3{font-size:1.05em}
+table{border-collapse:collapse;margin:.6em 0;font-size:.92em}
+th,td{border:1px solid #d6d9e0;padding:4px 9px;text-align:right}th{background:#eef1f6}
+td:first-child,th:first-child{text-align:left}
+img{max-width:100%;height:auto;display:block;margin:.5em 0;border:1px solid #eee}
+.note{background:#fff8e1;border-left:4px solid #f0b400;padding:10px 14px;margin:1em 0}
+.headline{background:#eef6ff;border-left:4px solid #1f77b4;padding:10px 14px;margin:1em 0;font-size:1.05em}
+.muted{color:#667}pre{background:#f3f4f7;padding:10px;overflow:auto;font-size:.82em;max-height:520px}
+"""
+
+
+# ------------------------------------------------------------------------------ reading
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, json.JSONDecodeError) as e:
+        raise RunFolderError(f"{path} cannot be read as JSON ({e}); re-run `imgae-dx evaluate`") from None
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Rows of ``metrics.jsonl``; a torn last line (run killed mid-write) is ignored."""
+    rows: list[dict[str, Any]] = []
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return rows
+    for line in text.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(r, dict):
+            rows.append(r)
+    return rows
+
+
+def read_scores(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray], list[dict[str, str]]]:
+    """``eval/scores.csv`` → (labels (N,), model → scores (N,), raw rows)."""
+    try:
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            fields = reader.fieldnames or []
+    except FileNotFoundError:
+        return np.zeros(0, np.int64), {}, []
+    fixed = {"image", "patient", "view", "findings", "label", "stage"}
+    models = [c for c in fields if c not in fixed]
+    labels = np.asarray([int(r["label"]) for r in rows], dtype=np.int64)
+    scores = {m: np.asarray([float(r[m]) for r in rows], dtype=np.float64) for m in models}
+    return labels, scores, rows
+
+
+def save_examples(path: Path, items: Sequence[Mapping[str, Any]]) -> Path:
+    """Write example images for the report to ``path`` (``eval/examples/<model>.npz``).
+
+    Args:
+        items: dicts with ``image_id`` (str), ``title`` (str), ``image`` and ``reconstruction``
+            (H×W float in [0, 1] or uint8), ``anomaly_map`` (H×W float), ``boxes`` (list of
+            (finding, x, y, w, h) in map pixels).
+    """
+
+    def u8(a: Any) -> np.ndarray:
+        a = np.asarray(a)
+        return a if a.dtype == np.uint8 else (np.clip(a, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez_compressed(
+        tmp,
+        image_ids=np.asarray([str(i["image_id"]) for i in items]),
+        titles=np.asarray([str(i.get("title", i["image_id"])) for i in items]),
+        images=np.stack([u8(i["image"]) for i in items]),
+        reconstructions=np.stack([u8(i["reconstruction"]) for i in items]),
+        maps=np.stack([np.asarray(i["anomaly_map"], dtype=np.float16) for i in items]),
+        boxes_json=np.asarray([json.dumps([[str(b[0])] + [float(v) for v in b[1:]] for b in i.get("boxes", [])])
+                               for i in items]),
+    )
+    tmp.replace(path)
+    return path
+
+
+def load_examples(run_dir: Path, model: str) -> list[dict[str, Any]]:
+    """``eval/examples/<model>.npz`` → items for :func:`plots.plot_examples`."""
+    p = run_dir / "eval" / "examples" / f"{model}.npz"
+    if not p.is_file():
+        return []
+    with np.load(p, allow_pickle=False) as z:
+        out = []
+        for i in range(len(z["image_ids"])):
+            out.append({
+                "image": z["images"][i],
+                "reconstruction": z["reconstructions"][i],
+                "anomaly_map": z["maps"][i].astype(np.float32),
+                "title": str(z["titles"][i]),
+                "boxes": [tuple(b) for b in json.loads(str(z["boxes_json"][i]))],
+            })
+    return out
+
+
+# ------------------------------------------------------------------------------ html helpers
+def _e(v: Any) -> str:
+    return html.escape(str(v), quote=True)
+
+
+def _num(v: Any, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "n/a"
+    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+        return f"{int(v):,}"
+    return f"{float(v):.{digits}f}"
+
+
+def _with_ci(m: Mapping[str, Any], key: str) -> str:
+    ci = m.get(f"{key}_ci") or [None, None]
+    if ci[0] is None:
+        return _num(m.get(key))
+    return f"{_num(m.get(key))} <span class=muted>[{_num(ci[0])}, {_num(ci[1])}]</span>"
+
+
+def _p(v: Any) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "n/a"
+    return f"{v:.2e}" if v < 1e-3 else f"{v:.3f}"
+
+
+def _img(path: Path | None, alt: str) -> str:
+    if path is None or not path.is_file():
+        return f"<p class=muted>({_e(alt)}: no data in this run folder)</p>"
+    b64 = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{b64}">'
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    h = "".join(f"<th>{c}</th>" for c in header)
+    b = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{h}</tr></thead><tbody>{b}</tbody></table>"
+
+
+# ------------------------------------------------------------------------------ sections
+def stage_table(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per (stage, model): last training loss, best validation loss, mean images/s, steps."""
+    acc: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in records:
+        m, st = r.get("model"), r.get("stage")
+        if m is None or st is None:
+            continue
+        a = acc.setdefault((str(st), str(m)), {"stage": str(st), "model": str(m), "train_loss": None,
+                                               "val_loss": None, "ips": [], "steps": 0})
+        is_val = plots._is_val(r)
+        if not is_val and r.get("loss") is not None:
+            a["train_loss"] = float(r["loss"])
+            a["steps"] = max(a["steps"], int(r.get("step", 0) or 0))
+        v = r.get("val_loss") if r.get("val_loss") is not None else (r.get("loss") if is_val else None)
+        if v is not None:
+            a["val_loss"] = float(v) if a["val_loss"] is None else min(a["val_loss"], float(v))
+        if r.get("images_per_s") is not None:
+            a["ips"].append(float(r["images_per_s"]))
+    out = []
+    for a in acc.values():
+        a["images_per_s"] = float(np.mean(a.pop("ips"))) if a["ips"] else None
+        out.append(a)
+    return sorted(out, key=lambda a: (a["stage"], a["model"]))
+
+
+def _honest_note(metrics: Mapping[str, Any] | None) -> str:
+    src = str((metrics or {}).get("source", ""))
+    synthetic = bool((metrics or {}).get("synthetic_data"))
+    best = None
+    for m in (metrics or {}).get("models", {}).values():
+        a = m.get("auroc")
+        if a is not None and (best is None or a > best):
+            best = a
+    lines = [
+        "<b>What to expect on real data.</b> Published unsupervised (train-on-normal) detectors on "
+        "NIH ChestX-ray14 reach an image-level AUROC of roughly <b>0.60–0.78</b>. A much higher figure "
+        "on real NIH images usually means leakage: the same patient in training and test, a mix of "
+        "view positions (PA vs AP) that the model separates instead of disease, or thresholds chosen "
+        "on the test split.",
+        "Here the test split holds patients never seen in training; checkpoints were chosen on normal "
+        "validation images only; no threshold was tuned on the test split. *F1-max picks its "
+        "threshold on the test scores themselves, so it is an optimistic upper bound, not an "
+        "operating point.",
+    ]
+    if synthetic:
+        lines.append(
+            "<b>This run used the synthetic sample dataset</b> (generated images with planted "
+            "anomalies): its figures check that the pipeline works and say nothing about chest X-rays."
+        )
+    elif best is not None and best > 0.85:
+        lines.append(
+            f"<b>Warning:</b> the best AUROC here ({best:.3f}) is above the range expected on real NIH "
+            "data; check the cohort (view position) and the patient split before trusting it."
+        )
+    if src:
+        lines.append(f"Source: <code>{_e(src)}</code>.")
+    return '<div class="note">' + "".join(f"<p>{t}</p>" for t in lines) + "</div>"
+
+
+def _comparison_html(metrics: Mapping[str, Any]) -> str:
+    models = metrics.get("models", {})
+    rows = []
+    for name, m in models.items():
+        ck = m.get("checkpoint") or {}
+        rows.append([f"<b>{_e(name)}</b>"] + [_with_ci(m, k) for k, _ in METRIC_LABELS] + [
+            _e(ck.get("stage", "n/a")), _num(ck.get("val_loss"), 4)])
+    out = _table(["model"] + [lbl for _, lbl in METRIC_LABELS] + ["checkpoint stage", "val loss"], rows)
+    comps = metrics.get("comparisons") or ([metrics["comparison"]] if metrics.get("comparison") else [])
+    if comps:
+        crow = []
+        for c in comps:
+            ci = c.get("diff_ci") or [None, None]
+            crow.append([
+                f"{_e(c['a'])} − {_e(c['b'])}", _num(c.get("diff")),
+                f"[{_num(ci[0])}, {_num(ci[1])}]", _num(c.get("delong_z"), 2),
+                f"<b>{_p(c.get('delong_p'))}</b>", _p(c.get("bootstrap_p")),
+            ])
+        out += "<h3>Paired comparison of AUROC</h3>" + _table(
+            ["pair", "ΔAUROC", "95% CI (patient bootstrap)", "DeLong z", "DeLong p", "bootstrap p"], crow)
+        out += ("<p class=muted>Both models scored the same test images, so the test is paired. DeLong "
+                "treats images as independent; the patient bootstrap resamples patients and does not.</p>")
+    b = metrics.get("bootstrap") or {}
+    if b:
+        out += (f"<p class=muted>Intervals: {b.get('level', 0.95):.0%} percentile intervals from "
+                f"{_num(b.get('resamples'))} bootstrap resamples of {_e(b.get('unit', 'patient'))}s "
+                f"(seed {_e(b.get('seed'))}).</p>")
+    return out
+
+
+def _counts_html(metrics: Mapping[str, Any]) -> str:
+    c = metrics.get("counts") or {}
+    if not c:
+        return ""
+    rows = [[_e(k.replace("_", " ")), _num(v) if not isinstance(v, dict) else
+             _e(", ".join(f"{kk}: {vv}" for kk, vv in v.items()))] for k, v in c.items()]
+    return _table(["test set", "count"], rows)
+
+
+def _subgroup_html(metrics: Mapping[str, Any], key: str, title: str) -> str:
+    models = metrics.get("models", {})
+    groups = sorted({g for m in models.values() for g in (m.get(key) or {})})
+    if not groups:
+        return ""
+    rows = []
+    for g in groups:
+        first = next((m[key][g] for m in models.values() if g in (m.get(key) or {})), {})
+        rows.append([_e(g), _num(first.get("n_pos")), _num(first.get("n_neg"))]
+                    + [_num((m.get(key) or {}).get(g, {}).get("auroc")) for m in models.values()])
+    return f"<h3>{_e(title)}</h3>" + _table(
+        [key.replace("_", " "), "abnormal", "normal"] + [f"{_e(n)} AUROC" for n in models], rows)
+
+
+def _localisation_html(metrics: Mapping[str, Any]) -> str:
+    models = {n: m.get("localisation") for n, m in metrics.get("models", {}).items() if m.get("localisation")}
+    if not models or not any(v.get("n_boxes") for v in models.values()):
+        return "<p class=muted>No test image with a ground-truth box (BBox_List_2017.csv) was scored.</p>"
+    rows = []
+    for n, loc in models.items():
+        rows.append([_e(n), _num(loc.get("n_boxes")), _num(loc.get("n_images")), _num(loc.get("hit_rate")),
+                     _num(loc.get("mean_hit_chance")), _num(loc.get("mean_top_share")),
+                     _num(loc.get("mean_area_share")), _num(loc.get("mean_pixel_auroc"))])
+    top = metrics.get("top_percent_localisation", 1.0)
+    return _table(["model", "boxes", "images", f"box hit rate (top {top:g}% px)", "hit rate by chance",
+                   "share of top px in box", "box area share (chance)", "pixel AUROC in vs out"], rows)
+
+
+# ------------------------------------------------------------------------------ main
+def make_plots(run_dir: Path) -> dict[str, Path | None]:
+    """Draw every figure the run folder has data for into RUN_DIR/plots/; returns name → path."""
+    run_dir = Path(run_dir)
+    pd = run_dir / "plots"
+    metrics = _read_json(run_dir / "eval" / "metrics.json") or {}
+    records = read_jsonl(run_dir / "metrics.jsonl")
+    labels, scores, _ = read_scores(run_dir / "eval" / "scores.csv")
+    out: dict[str, Path | None] = {
+        "roc_pr": plots.plot_roc_pr(metrics, pd / "roc_pr.png"),
+        "score_histograms": plots.plot_score_histograms(labels, scores, pd / "score_histograms.png"),
+        "per_finding": plots.plot_per_finding(metrics, pd / "per_finding_auroc.png"),
+        "loss": plots.plot_losses(records, pd / "loss.png"),
+        "throughput": plots.plot_throughput(records, pd / "throughput_memory.png"),
+    }
+    for name in metrics.get("models", {}) or scores:
+        out[f"examples_{name}"] = plots.plot_examples(name, load_examples(run_dir, name),
+                                                      pd / f"examples_{name}.png")
+    return out
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Write RUN_DIR/report.html and RUN_DIR/plots/*.png from the run folder; returns the HTML path.
+
+    Raises:
+        RunFolderError: RUN_DIR is not a run folder (no config.yaml, metrics.jsonl or eval/).
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir() or not any(
+        (run_dir / p).exists() for p in ("config.yaml", "metrics.jsonl", "eval/metrics.json")
+    ):
+        raise RunFolderError(
+            f"{run_dir} is not an ImgAE-Dx run folder (no config.yaml, metrics.jsonl or "
+            "eval/metrics.json); pass the --out folder of `imgae-dx train`"
+        )
+    metrics = _read_json(run_dir / "eval" / "metrics.json")
+    records = read_jsonl(run_dir / "metrics.jsonl")
+    cfg_path = run_dir / "config.yaml"
+    cfg_text = cfg_path.read_text() if cfg_path.is_file() else "(config.yaml missing)"
+    figs = make_plots(run_dir)
+
+    parts = [f"<h1>ImgAE-Dx report</h1><p class=muted>Run folder <code>{_e(run_dir.resolve())}</code> · "
+             f"written {_e(time.strftime('%Y-%m-%d %H:%M:%S'))}</p>"]
+    if metrics and metrics.get("models"):
+        best_name, best = max(metrics["models"].items(),
+                              key=lambda kv: -1 if kv[1].get("auroc") is None else kv[1]["auroc"])
+        comp = metrics.get("comparison") or {}
+        ptxt = (f" · {_e(comp['a'])} vs {_e(comp['b'])}: ΔAUROC {_num(comp.get('diff'))}, "
+                f"DeLong p = {_p(comp.get('delong_p'))}") if comp else ""
+        ci = best.get("auroc_ci") or [None, None]
+        parts.append(
+            f'<div class="headline">Best model: <b>{_e(best_name)}</b>, test AUROC '
+            f"<b>{_num(best.get('auroc'))}</b> (95% CI {_num(ci[0])}–{_num(ci[1])}) on "
+            f"{_num((metrics.get('counts') or {}).get('images'))} test images{ptxt}.</div>")
+        parts.append(_honest_note(metrics))
+        parts.append("<h2>Comparison</h2>" + _comparison_html(metrics) + _counts_html(metrics))
+        parts.append("<h2>Curves</h2>" + _img(figs["roc_pr"], "ROC and precision-recall curves"))
+        parts.append("<h2>Score distributions</h2>" + _img(figs["score_histograms"], "score histograms"))
+        parts.append("<h2>Per finding and view</h2>" + _img(figs["per_finding"], "AUROC per finding")
+                     + _subgroup_html(metrics, "per_finding", "AUROC per finding (finding vs normal)")
+                     + _subgroup_html(metrics, "by_view", "AUROC by view position"))
+        parts.append("<h2>Localisation (ground-truth boxes)</h2>" + _localisation_html(metrics))
+        ex = [k for k in figs if k.startswith("examples_")]
+        parts.append("<h2>Examples</h2>" + "".join(_img(figs[k], k.replace("_", " ")) for k in ex))
+    else:
+        parts.append('<div class="note">Not evaluated yet: run <code>imgae-dx evaluate --run '
+                     f"{_e(run_dir)}</code> for the test metrics.</div>")
+        parts.append(_honest_note(None))
+    parts.append("<h2>Training</h2>" + _img(figs["loss"], "training and validation loss")
+                 + _img(figs["throughput"], "images per second and memory"))
+    st = stage_table(records)
+    if st:
+        parts.append(_table(["stage", "model", "last train loss", "best val loss", "mean images/s", "steps"],
+                            [[_e(a["stage"]), _e(a["model"]), _num(a["train_loss"], 4), _num(a["val_loss"], 4),
+                              _num(a["images_per_s"], 1), _num(a["steps"])] for a in st]))
+    parts.append(f"<h2>Configuration</h2><pre>{_e(cfg_text)}</pre>")
+    doc = ("<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
+           "<meta name=viewport content='width=device-width,initial-scale=1'><link rel=icon href='data:,'>"
+           f"<title>ImgAE-Dx report</title><style>{_CSS}</style></head><body><main>"
+           + "\n".join(parts) + "</main></body></html>")
+    out = run_dir / "report.html"
+    tmp = out.with_suffix(".html.tmp")
+    tmp.write_text(doc, encoding="utf-8")
+    tmp.replace(out)
+    return out

@@ -1,0 +1,115 @@
+"""Helpers of the model tests: tiny model overrides and sample images.
+
+Images come from ``imgae_dx.data.sample.write_sample_archive`` (the synthetic NIH-layout archive),
+read straight from the zip with zipfile + cv2 (these tests do not depend on the streaming
+dataset). If that module is not importable, a local synthetic generator with the same roles
+(normal chest-like images; abnormal = normal + an opacity) stands in.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+# Tiny widths: every architecture at its real depth, fast on CPU.
+TINY = {
+    "unet": {"base_channels": 4, "groups": 2, "depth": 4},
+    "ra": {"channels": [4, 8, 8, 8, 8], "zdim": 8},
+    "ae": {"channels": [4, 8, 8, 8], "latent_dim": 8},
+}
+
+
+@dataclass
+class ImageSet:
+    """float32 tensors N×1×S×S in [0, 1]."""
+
+    train: torch.Tensor      # normal
+    val: torch.Tensor        # normal, other patients/images
+    test_normal: torch.Tensor
+    test_abnormal: torch.Tensor
+    source: str
+
+
+def _decode(data: bytes, size: int) -> np.ndarray:
+    import cv2
+
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if img.ndim == 3:
+        code = cv2.COLOR_BGRA2GRAY if img.shape[2] == 4 else cv2.COLOR_BGR2GRAY
+        img = cv2.cvtColor(img, code)
+    if img.dtype != np.uint8:
+        img = (img / 257).astype(np.uint8)
+    return cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
+
+
+def images_from_archive(zip_path: Path, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """All images of a sample archive at ``size``² (uint8 N×S×S) and labels (1 = abnormal)."""
+    with zipfile.ZipFile(zip_path) as zf:
+        names = {Path(n).name: n for n in zf.namelist() if n.endswith(".png")}
+        text = zf.read("Data_Entry_2017.csv").decode("utf-8")
+        imgs, labels = [], []
+        rows = list(csv.reader(io.StringIO(text)))[1:]
+        for row in rows:  # read by position: the header is malformed on purpose
+            if not row or row[0] not in names:
+                continue
+            imgs.append(_decode(zf.read(names[row[0]]), size))
+            labels.append(0 if row[1].strip() == "No Finding" else 1)
+    return np.stack(imgs), np.asarray(labels)
+
+
+def synthetic_chest(n: int, size: int, rng: np.random.Generator, abnormal: bool) -> np.ndarray:
+    """Chest-like images (body, two darker lungs, ribs, noise); abnormal adds an opacity."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    out = np.empty((n, size, size), np.float32)
+    for i in range(n):
+        cx, cy = 0.5 + rng.normal(0, 0.02), 0.52 + rng.normal(0, 0.02)
+        body = (((xx - cx) / 0.42) ** 2 + ((yy - cy) / 0.47) ** 2) < 1
+        img = 0.08 + 0.55 * body
+        for side in (-1, 1):
+            lx = cx + side * (0.17 + rng.normal(0, 0.01))
+            lung = (((xx - lx) / 0.13) ** 2 + ((yy - cy + 0.03) / 0.3) ** 2) < 1
+            ribs = 0.06 * (np.sin((yy * 40 + rng.uniform(0, 6)) + side * xx * 6) > 0.6)
+            img = np.where(lung, 0.22 + 0.1 * (yy - cy) + ribs, img)
+        if abnormal:
+            side = rng.choice([-1, 1])
+            ox, oy = cx + side * 0.17 + rng.normal(0, 0.03), cy + rng.normal(0, 0.08)
+            r = rng.uniform(0.05, 0.09)
+            img = img + 0.4 * np.exp(-(((xx - ox) ** 2 + (yy - oy) ** 2) / (2 * r * r)))
+        img = img + rng.normal(0, 0.015, img.shape)
+        out[i] = np.clip(img, 0, 1)
+    return (out * 255).round().astype(np.uint8)
+
+
+def _split(imgs: np.ndarray, labels: np.ndarray, source: str) -> ImageSet:
+    t = torch.from_numpy(imgs.astype(np.float32) / 255.0).unsqueeze(1)
+    normal = t[torch.from_numpy(labels == 0)]
+    abnormal = t[torch.from_numpy(labels == 1)]
+    n = normal.shape[0]
+    n_test = max(8, n // 5)
+    n_val = max(8, n // 6)
+    return ImageSet(train=normal[: n - n_test - n_val], val=normal[n - n_test - n_val: n - n_test],
+                    test_normal=normal[n - n_test:], test_abnormal=abnormal, source=source)
+
+
+def load_image_set(tmp_dir: Path, size: int = 64, per_stage: int = 60, stages: int = 3,
+                   seed: int = 0) -> ImageSet:
+    try:
+        from imgae_dx.data.sample import write_sample_archive
+    except ImportError:
+        rng = np.random.default_rng(seed)
+        n = per_stage * stages
+        normal = synthetic_chest(n // 2, size, rng, abnormal=False)
+        abnormal = synthetic_chest(n - n // 2, size, rng, abnormal=True)
+        imgs = np.concatenate([normal, abnormal])
+        labels = np.r_[np.zeros(len(normal), int), np.ones(len(abnormal), int)]
+        return _split(imgs, labels, "synthetic (tests/models/conftest.py)")
+    path = write_sample_archive(tmp_dir, images_per_stage=per_stage, stages=stages, seed=seed,
+                                image_px=256)
+    imgs, labels = images_from_archive(Path(path), size)
+    return _split(imgs, labels, "imgae_dx.data.sample")

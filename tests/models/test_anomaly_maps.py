@@ -1,0 +1,117 @@
+"""Anomaly maps and scores against hand computations."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from imgae_dx.config import AnomalyConfig
+from imgae_dx.models.anomaly import (
+    anomaly_map,
+    clahe_equalise,
+    gaussian_smooth,
+    image_score,
+    ssim_map,
+)
+
+
+def _pair(seed=0, size=32):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(2, 1, size, size, generator=g), torch.rand(2, 1, size, size, generator=g)
+
+
+def test_l1_l2_maps():
+    x, y = _pair()
+    assert torch.allclose(anomaly_map(x, y, AnomalyConfig(map="l1")), (x - y).abs())
+    assert torch.allclose(anomaly_map(x, y, AnomalyConfig(map="l2")), (x - y) ** 2)
+
+
+def test_scores_by_hand():
+    m = torch.arange(2 * 100, dtype=torch.float32).view(2, 1, 10, 10)
+    assert torch.allclose(image_score(m, AnomalyConfig(score="mean")), torch.tensor([49.5, 149.5]))
+    assert torch.allclose(image_score(m, AnomalyConfig(score="max")), torch.tensor([99.0, 199.0]))
+    # top 5 % of 100 pixels = 5 pixels: mean of 95..99
+    s = image_score(m, AnomalyConfig(score="topk", topk_percent=5))
+    assert torch.allclose(s, torch.tensor([97.0, 197.0]))
+    # tiny percentage still takes one pixel
+    s = image_score(m, AnomalyConfig(score="topk", topk_percent=0.1))
+    assert torch.allclose(s, torch.tensor([99.0, 199.0]))
+
+
+def test_ssim_of_constant_images_by_hand():
+    a, b = 0.3, 0.7
+    x = torch.full((1, 1, 16, 16), a)
+    y = torch.full((1, 1, 16, 16), b)
+    c1 = 0.01**2
+    expect = (2 * a * b + c1) / (a * a + b * b + c1)  # variances are 0 → contrast term is 1
+    assert torch.allclose(ssim_map(x, y), torch.full_like(x, expect), atol=1e-5)
+    m = anomaly_map(x, y, AnomalyConfig(map="ssim"))
+    assert torch.allclose(m, torch.full_like(x, 1 - expect), atol=1e-5)
+    xr, _ = _pair(3)
+    assert anomaly_map(xr, xr, AnomalyConfig(map="ssim")).abs().max() < 1e-5
+
+
+def test_ssim_center_pixel_by_hand():
+    rng = np.random.default_rng(0)
+    x = rng.random((11, 11)).astype(np.float64)
+    y = rng.random((11, 11)).astype(np.float64)
+    t = np.arange(-5, 6)
+    k = np.exp(-0.5 * (t / 1.5) ** 2)
+    k /= k.sum()
+    w = np.outer(k, k)
+    mx, my = (w * x).sum(), (w * y).sum()
+    vx, vy = (w * x * x).sum() - mx**2, (w * y * y).sum() - my**2
+    cxy = (w * x * y).sum() - mx * my
+    c1, c2 = 0.01**2, 0.03**2
+    expect = (2 * mx * my + c1) * (2 * cxy + c2) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
+    got = ssim_map(torch.tensor(x).view(1, 1, 11, 11), torch.tensor(y).view(1, 1, 11, 11))
+    assert abs(float(got[0, 0, 5, 5]) - expect) < 1e-5
+
+
+def test_clahe_map_matches_opencv():
+    import cv2
+
+    x, y = _pair(1, 64)
+    cfg = AnomalyConfig(map="clahe", clahe_clip_limit=2.0, clahe_tiles=4)
+    m = anomaly_map(x, y, cfg)
+    clahe = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(4, 4))
+    for i in range(2):
+        xi = clahe.apply((x[i, 0].numpy() * 255).round().astype(np.uint8)).astype(np.float32)
+        yi = clahe.apply((y[i, 0].numpy() * 255).round().astype(np.uint8)).astype(np.float32)
+        assert np.allclose(m[i, 0].numpy(), np.abs(xi - yi) / 255.0, atol=1e-6)
+    assert anomaly_map(x, x, cfg).abs().max() == 0
+    eq = clahe_equalise(x)
+    assert eq.shape == x.shape and float(eq.min()) >= 0 and float(eq.max()) <= 1
+
+
+def test_smoothing_is_a_normalised_gaussian():
+    m = torch.zeros(1, 1, 21, 21)
+    m[0, 0, 10, 10] = 1.0
+    s = gaussian_smooth(m, 1.0)
+    assert abs(float(s.sum()) - 1.0) < 1e-5
+    t = np.arange(-3, 4)
+    k = np.exp(-0.5 * t**2)
+    k /= k.sum()
+    assert abs(float(s[0, 0, 10, 10]) - k[3] ** 2) < 1e-6
+    assert abs(float(s[0, 0, 10, 11]) - k[3] * k[4]) < 1e-6
+    const = torch.full((1, 1, 8, 8), 0.25)
+    assert torch.allclose(gaussian_smooth(const, 2.0), const, atol=1e-6)  # borders too
+    cfg = AnomalyConfig(map="l1", smoothing_sigma=1.0)
+    x, y = _pair()
+    assert torch.allclose(anomaly_map(x, y, cfg), gaussian_smooth((x - y).abs(), 1.0))
+
+
+def test_bad_map_shapes_raise():
+    with pytest.raises(ValueError, match="differ"):
+        anomaly_map(torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 4), AnomalyConfig())
+
+
+def test_ssim_window_must_be_odd():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="odd"):
+        AnomalyConfig(ssim_window=10)
+    assert math.isclose(AnomalyConfig().clahe_clip_limit, 2.56)

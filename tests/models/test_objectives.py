@@ -1,0 +1,167 @@
+"""Objective behaviour: RA's alternating updates, determinism, state round trip, AMP paths."""
+
+from __future__ import annotations
+
+import copy
+import io
+import math
+
+import pytest
+import torch
+from model_helpers import TINY
+
+from imgae_dx.errors import CheckpointError
+from imgae_dx.models import StepContext, create_model, create_objective
+
+
+def _params(module):
+    return {k: v.detach().clone() for k, v in module.named_parameters()}
+
+
+def _changed(before, module):
+    return {k for k, v in module.named_parameters() if not torch.equal(before[k], v)}
+
+
+def _batch(seed=0, b=4, s=32):
+    return torch.rand(b, 1, s, s, generator=torch.Generator().manual_seed(seed))
+
+
+def test_ra_steps_touch_only_their_half():
+    torch.manual_seed(0)
+    m = create_model("ra", 32, **TINY["ra"])
+    obj = create_objective("ra", m)
+    ctx = StepContext(generator=torch.Generator().manual_seed(0), grad_clip=1.0)
+    x = _batch()
+    enc0, dec0 = _params(m.encoder), _params(m.decoder)
+    e = obj.encoder_step(x, ctx)
+    assert _changed(dec0, m.decoder) == set()
+    changed_enc = _changed(enc0, m.encoder)
+    assert len(changed_enc) >= 0.9 * len(enc0), sorted(set(enc0) - changed_enc)
+    enc1, dec1 = _params(m.encoder), _params(m.decoder)
+    obj.decoder_step(x, e, ctx)
+    assert _changed(enc1, m.encoder) == set()
+    assert len(_changed(dec1, m.decoder)) >= 0.9 * len(dec1)
+    assert set(obj.optimizers) == {"encoder", "decoder"}
+    enc_ids = {id(p) for g in obj.optimizers["encoder"].param_groups for p in g["params"]}
+    dec_ids = {id(p) for g in obj.optimizers["decoder"].param_groups for p in g["params"]}
+    assert enc_ids == {id(p) for p in m.encoder.parameters()}
+    assert dec_ids == {id(p) for p in m.decoder.parameters()}
+    assert isinstance(obj.optimizers["encoder"], torch.optim.Adam)
+    assert obj.optimizers["encoder"].param_groups[0]["lr"] == 5e-5
+
+
+def _run(name, steps=3, seed=0):
+    torch.manual_seed(seed)
+    m = create_model(name, 32, **({**TINY[name], "depth": 3} if name == "unet" else TINY[name]))
+    obj = create_objective(name, m)
+    ctx = StepContext(generator=torch.Generator().manual_seed(seed + 1), grad_clip=1.0)
+    logs = [obj.train_step(_batch(i), ctx) for i in range(steps)]
+    return m, obj, logs
+
+
+@pytest.mark.parametrize("name", ["unet", "ra", "ae"])
+def test_seeded_runs_reproduce_bit_for_bit(name):
+    m1, _, l1 = _run(name)
+    m2, _, l2 = _run(name)
+    assert l1 == l2
+    s1, s2 = m1.state_dict(), m2.state_dict()
+    assert all(torch.equal(s1[k], s2[k]) for k in s1)
+    m3, _, l3 = _run(name, seed=5)
+    assert l3 != l1
+
+
+@pytest.mark.parametrize("name", ["unet", "ra", "ae"])
+def test_state_dict_round_trip(name):
+    torch.manual_seed(0)
+    m, obj, _ = _run(name, steps=2)
+    gen = torch.Generator().manual_seed(99)
+    buf = io.BytesIO()
+    torch.save({"model": m.state_dict(), "objective": obj.state_dict(),
+                "rng": gen.get_state()}, buf)
+    # continue the original
+    ctx = StepContext(generator=gen, grad_clip=1.0)
+    cont = [obj.train_step(_batch(10 + i), ctx) for i in range(2)]
+    # resume a fresh copy from the saved state (weights_only: no pickled code in checkpoints)
+    buf.seek(0)
+    sd = torch.load(buf, weights_only=True)
+    torch.manual_seed(123)  # a different init, overwritten by the load
+    m2 = create_model(name, 32, **({**TINY[name], "depth": 3} if name == "unet" else TINY[name]))
+    m2.load_state_dict(sd["model"])
+    obj2 = create_objective(name, m2)
+    obj2.load_state_dict(sd["objective"])
+    g2 = torch.Generator()
+    g2.set_state(sd["rng"])
+    ctx2 = StepContext(generator=g2, grad_clip=1.0)
+    resumed = [obj2.train_step(_batch(10 + i), ctx2) for i in range(2)]
+    assert resumed == cont
+    a, b = m.state_dict(), m2.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_objective_state_mismatch_is_a_checkpoint_error():
+    _, ra, _ = _run("ra", steps=1)
+    _, ae, _ = _run("ae", steps=1)
+    with pytest.raises(CheckpointError, match="not 'ae'"):
+        ae.load_state_dict(ra.state_dict())
+    with pytest.raises(CheckpointError, match="optimizers"):
+        ae.load_state_dict({"objective": "ae"})
+
+
+@pytest.mark.parametrize("name", ["unet", "ra", "ae"])
+def test_bf16_autocast_and_channels_last_step_on_cpu(name):
+    torch.manual_seed(0)
+    m = create_model(name, 32, **TINY[name]).to(memory_format=torch.channels_last)
+    obj = create_objective(name, m)
+    ctx = StepContext.for_device("cpu", "bf16", grad_clip=1.0,
+                                 generator=torch.Generator().manual_seed(0))
+    x = _batch().to(memory_format=torch.channels_last)
+    out = obj.train_step(x, ctx)
+    assert math.isfinite(out["loss"]) and out["loss"] > 0
+    assert math.isfinite(obj.val_loss(x, ctx)["loss"])
+
+
+def test_grad_scaler_and_grad_sync_paths():
+    """fp16-style step with a GradScaler; grad_sync sees exactly each optimiser's parameters."""
+    torch.manual_seed(0)
+    m = create_model("ra", 32, **TINY["ra"])
+    obj = create_objective("ra", m)
+    seen: list[set[int]] = []
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+    ctx = StepContext(grad_sync=lambda ps: seen.append({id(p) for p in ps}), grad_clip=0.5,
+                      scaler=scaler, generator=torch.Generator().manual_seed(0))
+    before = _params(m)
+    out = obj.train_step(_batch(), ctx)
+    assert seen == [{id(p) for p in m.encoder.parameters()}, {id(p) for p in m.decoder.parameters()}]
+    assert out["grad_norm_encoder"] > 0 and out["grad_norm_decoder"] > 0
+    assert _changed(before, m)
+
+
+def test_step_context_for_device_validates():
+    with pytest.raises(ValueError, match="amp"):
+        StepContext.for_device("cpu", "fp8")
+    ctx = StepContext.for_device("cpu", "off")
+    assert ctx.scaler is None
+
+
+@pytest.mark.parametrize("name", ["unet", "ra", "ae"])
+def test_forward_has_no_graph_breaks(name):
+    import torch._dynamo as dynamo
+
+    torch.manual_seed(0)
+    m = create_model(name, 32, **TINY[name])
+    x = _batch()
+    dynamo.reset()
+    targets = [(m.encoder, x), (m.decoder, torch.randn(4, m.zdim))] if name == "ra" else [(m, x)]
+    for mod, inp in targets:
+        ex = dynamo.explain(mod)(inp)
+        assert ex.graph_break_count == 0, ex.break_reasons
+        assert ex.graph_count == 1
+    dynamo.reset()
+
+
+def test_objective_copy_independent():
+    """Deep-copying a model for evaluation leaves the objective's optimisers on the original."""
+    m, obj, _ = _run("ae", steps=1)
+    c = copy.deepcopy(m)
+    obj.train_step(_batch(), StepContext())
+    assert not all(torch.equal(a, b) for a, b in zip(c.parameters(), m.parameters(), strict=True))

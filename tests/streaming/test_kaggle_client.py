@@ -1,0 +1,284 @@
+"""The real kagglesdk against the loopback Kaggle emulator (KAGGLE_API_ENVIRONMENT=TEST).
+
+Covers resolving the signed archive URL from the download redirect, listing files, reading members
+of a real zip by Range through the signed URL, re-resolving an expired signature, refusing a
+changed ETag, honouring Retry-After on 429 and clear errors for bad credentials, a missing dataset
+and no network — never with the key in a message.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from imgae_dx.errors import CredentialsError, DatasetChangedError, SourceError, UserError
+from imgae_dx.streaming.credentials import KaggleCredentials
+from imgae_dx.streaming.kaggle_client import (
+    KaggleDatasetNotFoundError,
+    KaggleNetworkError,
+    KaggleStreamClient,
+    parse_dataset,
+)
+from imgae_dx.streaming.retry import RetryPolicy
+from imgae_dx.testing.kaggle_emulator import KaggleEmulator
+from imgae_dx.testing.range_server import Faults
+
+pytestmark = pytest.mark.network
+
+USER, KEY = "alice", "c0ffee0123456789abcdef0123456789"
+TOKEN = "KGAT_0123456789abcdef0123456789"
+REF = "nih-chest-xrays/data"
+
+
+def make_zip(path: Path, seed: int = 0, n: int = 12) -> dict[str, bytes]:
+    """A small NIH-layout zip: deflated 'images' (compressible noise) and stored metadata."""
+    rng = np.random.default_rng(seed)
+    members: dict[str, bytes] = {}
+    for i in range(n):
+        stage = f"images_{1 + i // 6:03d}"
+        data = (rng.integers(0, 16, size=40_000, dtype=np.uint8) * 16).tobytes()
+        members[f"{stage}/images/{i:08d}_000.png"] = data
+    members["Data_Entry_2017.csv"] = b"Image Index,Finding Labels\n" + b"".join(
+        f"{i:08d}_000.png,No Finding\n".encode() for i in range(n)
+    )
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members.items():
+            method = zipfile.ZIP_STORED if name.endswith(".csv") else zipfile.ZIP_DEFLATED
+            zf.writestr(name, data, compress_type=method)
+    return members
+
+
+class ReaderFile(io.RawIOBase):
+    """A seekable file over a RangeReader, so the stdlib zipfile reads members by Range."""
+
+    def __init__(self, reader) -> None:
+        self.r, self.pos = reader, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, off: int, whence: int = 0) -> int:
+        self.pos = {0: off, 1: self.pos + off, 2: self.r.size + off}[whence]
+        return self.pos
+
+    def readinto(self, b) -> int:
+        n = max(0, min(len(b), self.r.size - self.pos))
+        data = self.r.read(self.pos, n)
+        b[: len(data)] = data
+        self.pos += len(data)
+        return len(data)
+
+
+@pytest.fixture(scope="module")
+def emulator():
+    with KaggleEmulator() as emu:
+        emu.add_user(USER, KEY)
+        emu.add_token(TOKEN, "tokenuser")
+        emu.add_user("bob", "b0b0b0b0b0b0b0b0")
+        yield emu
+
+
+@pytest.fixture
+def kaggle(emulator, tmp_path, monkeypatch):
+    """The emulator with a fresh NIH-like dataset; kagglesdk pointed at it."""
+    monkeypatch.setenv("KAGGLE_API_ENVIRONMENT", "TEST")
+    members = make_zip(tmp_path / "data.zip")
+    ds = emulator.add_dataset(REF, tmp_path / "data.zip")
+    emulator.add_dataset("private/only-alice", tmp_path / "data.zip", allowed_users={USER})
+    emulator.reset_counters()
+    emulator.clear_faults()
+    emulator.members = members
+    yield emulator
+    assert ds.storage.counts()["methods"].get("HEAD", 0) == 0  # storage is never probed with HEAD
+
+
+def client(dataset: str = REF, creds: KaggleCredentials | None = None, **kw) -> KaggleStreamClient:
+    kw.setdefault("retry", RetryPolicy(retries=3, backoff_s=0.01, backoff_max_s=0.05, seed=0))
+    return KaggleStreamClient(dataset, creds or KaggleCredentials.from_key(USER, KEY), **kw)
+
+
+def test_resolve_returns_the_signed_storage_url_unread(kaggle, tmp_path):
+    c = client()
+    r = c.resolve_archive()
+    ds = kaggle.dataset(REF)
+    assert r.url.startswith(ds.storage.base_url + "/storage/") and "sig=" in r.url
+    assert r.size == (tmp_path / "data.zip").stat().st_size
+    assert r.etag == ds.storage.etag
+    assert "sig=" not in repr(r)  # the signature is a secret
+    assert kaggle.calls["DownloadDataset"] == 1 and kaggle.redirects == 1
+    counts = ds.storage.counts()  # the redirected GET is a 1-byte probe: no archive bytes moved
+    assert counts["bytes_sent"] == 1 and counts["status"] == {206: 1}
+    assert kaggle.last_auth == f"basic:{USER}"
+    assert c.identity == "kaggle:nih-chest-xrays/data"
+
+
+def test_list_files_follows_pages(kaggle):
+    files = client().list_files(page_size=5)
+    assert [(f.name, f.size) for f in files] == [(n, len(d)) for n, d in kaggle.members.items()]
+    assert kaggle.calls["ListDatasetFiles"] == 3  # 13 files / 5 per page
+    assert len(client().list_files(limit=4, page_size=3)) == 4
+
+
+def test_read_zip_members_by_range_through_the_signed_url(kaggle):
+    with client().open_reader() as reader:
+        assert reader.identity == "kaggle:nih-chest-xrays/data"
+        with zipfile.ZipFile(ReaderFile(reader)) as zf:
+            got = {i.filename: zf.read(i) for i in zf.infolist()}  # zipfile checks each CRC
+        assert got == kaggle.members
+        stats = reader.stats.snapshot()
+    counts = kaggle.dataset(REF).storage.counts()
+    assert counts["status"].get(206, 0) >= len(got)  # member reads are Range requests
+    assert counts["status"].get(200, 0) == 0  # never a whole-archive GET
+    assert stats["bytes_fetched"] < 3 * sum(len(d) for d in kaggle.members.values())
+
+
+def test_expired_signature_is_re_resolved(kaggle):
+    c = client()
+    with c.open_reader() as reader:
+        first = reader.read(0, 4)
+        assert first == b"PK\x03\x04"
+        kaggle.dataset(REF).storage.rotate_key()  # every issued URL now answers 403
+        assert reader.read(30, 100) == (kaggle.dataset(REF).archive.read_bytes())[30:130]
+        assert reader.stats.snapshot()["retries"] >= 1
+    assert c.resolves == 2 and kaggle.calls["DownloadDataset"] == 2
+    assert kaggle.dataset(REF).storage.counts()["status"].get(403, 0) == 1
+
+
+def test_changed_etag_mid_run_is_refused(kaggle, tmp_path):
+    with client().open_reader() as reader:
+        reader.read(0, 10)
+        make_zip(tmp_path / "v2.zip", seed=1)
+        kaggle.replace_archive(REF, tmp_path / "v2.zip")
+        kaggle.dataset(REF).storage.rotate_key()
+        with pytest.raises(DatasetChangedError, match="changed version") as e:
+            reader.read(0, 10)
+        assert "sig=" not in str(e.value) and KEY not in str(e.value)
+
+
+def test_429_retry_after_is_honoured(kaggle):
+    kaggle.inject(429, count=1, retry_after=1)
+    t0 = time.monotonic()
+    r = client().resolve_archive()  # backoff alone would wait ≤ 0.01 s
+    assert time.monotonic() - t0 >= 0.95
+    assert r.size is not None and kaggle.calls["DownloadDataset"] == 2
+
+
+def test_429_past_the_retry_budget_is_a_clear_error(kaggle):
+    kaggle.inject(429, count=3, retry_after=0)
+    with pytest.raises(SourceError, match="429"):
+        client(retry=RetryPolicy(retries=2, backoff_s=0.0)).verify()
+    assert kaggle.calls["DownloadDataset"] == 3
+
+
+def test_5xx_burst_on_api_and_storage_is_retried(kaggle):
+    kaggle.inject(503, count=2)
+    kaggle.dataset(REF).storage.set_faults(Faults(error_5xx=1.0, max_faults=1))  # the redirect GET
+    assert client().verify().size is not None
+    assert kaggle.calls["DownloadDataset"] == 4
+
+
+@pytest.mark.parametrize("kind", ["key", "token"])
+def test_bad_credentials_clear_error_without_the_secret(kaggle, kind):
+    wrong = "wrong-secret-0123456789abcdef"
+    creds = KaggleCredentials.from_key(USER, wrong) if kind == "key" else KaggleCredentials.from_token(wrong)
+    with pytest.raises(CredentialsError) as e:
+        client(creds=creds).verify()
+    msg = str(e.value)
+    assert "HTTP 401" in msg and "setup-kaggle" in msg
+    assert wrong not in msg and wrong not in repr(e.value)
+    assert kaggle.auth_failures == 1  # not retried
+
+
+def test_token_auth(kaggle):
+    assert client(creds=KaggleCredentials.from_token(TOKEN)).verify().size is not None
+    assert kaggle.last_auth == "bearer"
+
+
+def test_explicit_key_wins_over_a_token_in_the_environment(kaggle, monkeypatch):
+    monkeypatch.setenv("KAGGLE_API_TOKEN", "KGAT_some_other_token")
+    client().verify()
+    assert kaggle.last_auth == f"basic:{USER}"
+
+
+def test_credentials_resolved_from_the_environment(kaggle, monkeypatch):
+    monkeypatch.setenv("KAGGLE_USERNAME", USER)
+    monkeypatch.setenv("KAGGLE_KEY", KEY)
+    c = KaggleStreamClient(REF)
+    c.verify()
+    assert "KAGGLE_USERNAME" in repr(c) and KEY not in repr(c)
+
+
+def test_dataset_not_shared_is_403_credentials_error(kaggle):
+    with pytest.raises(CredentialsError, match="HTTP 403"):
+        client("private/only-alice", KaggleCredentials.from_key("bob", "b0b0b0b0b0b0b0b0")).verify()
+    assert client("private/only-alice").verify().size is not None
+
+
+def test_missing_dataset_is_404(kaggle):
+    with pytest.raises(KaggleDatasetNotFoundError, match="no-such/dataset.*HTTP 404"):
+        client("no-such/dataset").verify()
+    assert kaggle.calls["DownloadDataset"] == 1
+
+
+def test_no_network_is_named(kaggle):
+    with kaggle.offline():  # nobody listens on 7777 in this block
+        t0 = time.monotonic()
+        with pytest.raises(KaggleNetworkError, match="no network.*localhost:7777") as e:
+            client(retry=RetryPolicy(retries=1, backoff_s=0.01)).verify()
+        assert time.monotonic() - t0 < 10
+    assert KEY not in str(e.value)
+
+
+def test_bad_dataset_names_and_environment(monkeypatch):
+    assert parse_dataset("kaggle:a/b") == ("a", "b")
+    for bad in ("nih", "a/b/c", "/b", "a b/c"):
+        with pytest.raises(UserError, match="OWNER/SLUG"):
+            parse_dataset(bad)
+    monkeypatch.setenv("KAGGLE_API_ENVIRONMENT", "MARS")
+    with pytest.raises(UserError, match="KAGGLE_API_ENVIRONMENT"):
+        client().verify()
+
+
+def test_missing_sdk_gives_an_install_hint(monkeypatch):
+    monkeypatch.setitem(sys.modules, "kagglesdk", None)
+    monkeypatch.setitem(sys.modules, "kagglesdk.kaggle_client", None)
+    with pytest.raises(UserError, match="pip install kagglesdk"):
+        client().verify()
+
+
+def test_no_credentials_at_all(monkeypatch):
+    monkeypatch.setenv("KAGGLE_API_ENVIRONMENT", "TEST")
+    assert not any(k.startswith("KAGGLE_") and k != "KAGGLE_API_ENVIRONMENT" for k in os.environ)
+    with pytest.raises(CredentialsError, match="no Kaggle credentials found"):
+        KaggleStreamClient(REF).verify()
+
+
+def test_open_archive_kaggle_source_end_to_end_with_storage_faults(kaggle, tmp_path, monkeypatch):
+    """``kaggle:OWNER/SLUG`` through open_archive: index + every member intact despite faults."""
+    from imgae_dx.config import DataConfig, HttpConfig
+    from imgae_dx.streaming.sources import open_archive
+
+    monkeypatch.setenv("KAGGLE_USERNAME", USER)
+    monkeypatch.setenv("KAGGLE_KEY", KEY)
+    storage = kaggle.dataset(REF).storage
+    storage.set_faults(Faults(reset=0.1, short=0.1, error_5xx=0.1, corrupt=0.05, seed=3, apply_to_tail=False))
+    cfg = DataConfig(index_cache_dir=str(tmp_path / "idx"),
+                     http=HttpConfig(retries=8, backoff_s=0.001, backoff_max_s=0.01, timeout_s=10))
+    with open_archive(f"kaggle:{REF}", cfg) as archive:
+        assert archive.identity == f"kaggle:{REF}"
+        got = {name: archive.read_member(name) for name in kaggle.members}
+    assert got == kaggle.members
+    assert sum(storage.counts()["faults"].values()) > 0

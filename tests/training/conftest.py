@@ -1,0 +1,19 @@
+"""Fixtures of the trainer tests."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # training_helpers.py, next to this file
+
+
+@pytest.fixture(scope="session")
+def train_archive(tmp_path_factory) -> Path:
+    """3 stages × 120 images at 128 px: ~27/43/56 normal train images per stage (view all)."""
+    from imgae_dx.data.sample import write_sample_archive
+
+    return write_sample_archive(tmp_path_factory.mktemp("train_sample"), images_per_stage=120,
+                                stages=3, seed=0, image_px=128, progress=False)

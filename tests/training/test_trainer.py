@@ -1,0 +1,197 @@
+"""The progressive trainer end to end on a 3-stage sample archive (tiny models, 64 px, CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from training_helpers import TINY_FLAGS, folder_snapshot, tiny_config, tiny_yaml, weights
+
+from imgae_dx.cli import main
+from imgae_dx.errors import CheckpointError, RunFolderError
+from imgae_dx.training.streaming_trainer import StreamingTrainer, redact_source
+
+MODELS = ("unet", "ra", "ae")
+
+
+def _train(archive, out, tmp_path, *extra):
+    cfg_file = tiny_yaml(tmp_path / "tiny.yaml")
+    return main(["train", "--config", str(cfg_file), "--source", str(archive), "--out", str(out),
+                 *TINY_FLAGS, *extra])
+
+
+@pytest.fixture(scope="module")
+def full_run(train_archive, tmp_path_factory):
+    """--model all over the 3 stages, uninterrupted (shared by several tests)."""
+    tmp = tmp_path_factory.mktemp("full")
+    out = tmp / "run"
+    assert _train(train_archive, out, tmp, "--model", "all", "--stages", "all") == 0
+    return out
+
+
+def test_run_folder_layout(full_run):
+    out = full_run
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["models"] == list(MODELS) and cfg["data"]["image_size"] == 64
+    for m in MODELS:
+        names = {p.name for p in (out / "checkpoints" / m).iterdir()}
+        assert {"stage_1.pt", "stage_2.pt", "stage_3.pt", "last.pt", "best.pt"} <= names
+        assert not [n for n in names if n.endswith(".tmp")]
+    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in recs if r.get("kind") == "train"]
+    val = [r for r in recs if r.get("kind") == "val"]
+    for key in ("step", "stage", "epoch", "model", "loss", "images_per_s", "rss_mb", "lr"):
+        assert all(key in r for r in train), key
+    assert {r["model"] for r in train} == set(MODELS)
+    assert {r["stage"] for r in train} == {"images_001", "images_002", "images_003"}
+    assert all(r["loss"] > 0 and r["images_per_s"] > 0 and r["rss_mb"] > 0 for r in train)
+    assert len(val) == 3 * 3 and all(r["val_loss"] > 0 for r in val)
+    steps = [r["step"] for r in train if r["model"] == "unet"]
+    assert steps == sorted(steps) and len(set(steps)) == len(steps)
+    assert (out / "plots" / "live.png").read_bytes()[:4] == b"\x89PNG"
+    # the checkpoint says where it stands, and loads safely
+    ck = torch.load(out / "checkpoints" / "ra" / "stage_2.pt", weights_only=True)
+    assert ck["model_name"] == "ra" and ck["stage_index"] == 2 and ck["kind"] == "stage"
+    last = torch.load(out / "checkpoints" / "unet" / "last.pt", weights_only=True)
+    assert last["step"] == steps[-1] and last["stage_index"] == 3
+    assert "optim" in json.dumps(list(last["objective"].keys())) or last["objective"]
+
+
+def test_one_stream_feeds_every_model(full_run, train_archive, tmp_path):
+    """--model all trains unet exactly as --model unet alone does (same batches, same RNG)."""
+    out = tmp_path / "unet_only"
+    assert _train(train_archive, out, tmp_path, "--model", "unet", "--stages", "all") == 0
+    a, b = weights(full_run, "unet"), weights(out, "unet")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_interrupt_then_resume_is_exact(train_archive, tmp_path, full_run):
+    """request_stop (what SIGTERM does) mid stage 2 → last.pt; --resume ends bit-identical."""
+    out = tmp_path / "run"
+    cfg = tiny_config(train_archive, out, models=list(MODELS), **{"training.checkpoint_every_steps": 1000})
+    seen = []
+
+    def on_batch(stage, epoch, batch):
+        seen.append(stage)
+        if stage == "images_002" and seen.count("images_002") == 2:
+            tr.request_stop(signal.SIGTERM)
+
+    tr = StreamingTrainer(cfg, on_batch=on_batch)
+    res = tr.train_progressive_stages()
+    assert res.interrupted and res.exit_code == 128 + signal.SIGTERM
+    ck = torch.load(out / "checkpoints" / "ra" / "last.pt", weights_only=True)
+    assert ck["stage"] == "images_002" and ck["batch"] == 2
+    assert not (out / "checkpoints" / "ra" / "stage_2.pt").exists()
+    res2 = StreamingTrainer(cfg, resume=True).train_progressive_stages()
+    assert not res2.interrupted and res2.resumed_from_step == res.step
+    for m in MODELS:
+        a, b = weights(full_run, m), weights(out, m)
+        assert all(torch.equal(a[k], b[k]) for k in a), m
+    # metrics: no duplicated steps after the resume
+    recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in recs if r.get("kind") == "train" and r["model"] == "unet"]
+    assert steps == sorted(set(steps))
+
+
+def test_bad_inputs_fail_cleanly_and_overwrite_nothing(train_archive, tmp_path, capsys):
+    # unknown stage: nothing is created
+    out = tmp_path / "a"
+    assert _train(train_archive, out, tmp_path, "--model", "ae", "--stages", "images_042") == 2
+    assert "images_042" in capsys.readouterr().err and not out.exists()
+    # config value of the wrong type
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("training:\n  batch_size: lots\n")
+    assert main(["train", "--config", str(bad), "--out", str(out)]) == 2
+    assert "training.batch_size" in capsys.readouterr().err and not out.exists()
+    # missing Kaggle credentials (the default source)
+    assert main(["train", "--out", str(out), "--model", "ae"]) == 2
+    assert "credential" in capsys.readouterr().err.lower() and not out.exists()
+    # unwritable --out
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        if os.access(ro, os.W_OK):
+            pytest.skip("running as root: permissions are not enforced")
+        assert _train(train_archive, ro / "run", tmp_path, "--model", "ae", "--stages", "images_001") == 2
+        assert "not writable" in capsys.readouterr().err
+    finally:
+        ro.chmod(0o700)
+    # a finished run, then: same folder without --resume, another model, another config
+    out = tmp_path / "done"
+    assert _train(train_archive, out, tmp_path, "--model", "ae", "--stages", "images_001") == 0
+    capsys.readouterr()
+    before = folder_snapshot(out)
+    assert _train(train_archive, out, tmp_path, "--model", "ae", "--stages", "images_001") == 2
+    assert "--resume" in capsys.readouterr().err
+    assert _train(train_archive, out, tmp_path, "--model", "unet", "--stages", "images_001") == 2
+    assert "different run" in capsys.readouterr().err
+    assert _train(train_archive, out, tmp_path, "--model", "ae", "--stages", "images_001",
+                  "--resume", "--batch-size", "8") == 2
+    assert "training.batch_size" in capsys.readouterr().err
+    assert folder_snapshot(out) == before
+
+
+def test_resume_refuses_foreign_or_corrupt_checkpoint(train_archive, tmp_path):
+    out = tmp_path / "r"
+    cfg = tiny_config(train_archive, out, models=["ae"], stages=["images_001"])
+    StreamingTrainer(cfg).train_progressive_stages()
+    last = out / "checkpoints" / "ae" / "last.pt"
+    # a checkpoint of another run (other fingerprint) put in place of last.pt
+    other = tmp_path / "o"
+    StreamingTrainer(tiny_config(train_archive, other, models=["ae"], stages=["images_001"],
+                                 seed=8)).train_progressive_stages()
+    good = last.read_bytes()
+    last.write_bytes((other / "checkpoints" / "ae" / "last.pt").read_bytes())
+    with pytest.raises(CheckpointError, match="another configuration"):
+        StreamingTrainer(cfg, resume=True).train_progressive_stages()
+    last.write_bytes(good[: len(good) // 3])
+    with pytest.raises(CheckpointError, match="corrupt"):
+        StreamingTrainer(cfg, resume=True).train_progressive_stages()
+    assert last.read_bytes() == good[: len(good) // 3]  # refused, not overwritten
+
+
+def test_run_folder_that_is_a_file(train_archive, tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(RunFolderError, match="not a folder"):
+        StreamingTrainer(tiny_config(train_archive, f, models=["ae"])).train_progressive_stages()
+
+
+def test_resume_without_checkpoint_starts_fresh_and_colab_defaults(train_archive, tmp_path):
+    out = tmp_path / "colab"
+    tr = StreamingTrainer.from_colab_config(
+        overrides={"source": str(train_archive), "out": str(out), "models": ["ae"],
+                   "stages": ["images_001"], "training.device": "cpu", "data.image_size": 64,
+                   "data.view": "all", "training.batch_size": 4, "training.epochs_per_stage": 1,
+                   "model.ae.channels": [8, 16, 16, 16], "logging.progress": False}
+    )
+    assert tr.resume is True
+    assert tr.cfg.training.checkpoint_every_minutes == 5  # from colab.yaml
+    res = tr.train_progressive_stages()
+    assert res.resumed_from_step is None and (out / "checkpoints" / "ae" / "stage_1.pt").exists()
+
+
+def test_secret_free_config_yaml():
+    assert redact_source("https://user:pw@host:8443/data.zip?X-Goog-Signature=abc&t=1") == (
+        "https://host:8443/data.zip?X-Goog-Signature=REDACTED&t=REDACTED"
+    )
+    assert redact_source("kaggle:nih-chest-xrays/data") == "kaggle:nih-chest-xrays/data"
+
+
+def test_train_script_translates_seed_flags():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+    try:
+        import train_streaming
+    finally:
+        sys.path.pop(0)
+    assert train_streaming.translate(["--stage", "images_001", "--epochs", "5"]) == [
+        "--stages", "images_001", "--epochs-per-stage", "5"]
+    assert train_streaming.translate(["--stages", "all", "--epochs-per-stage=10"]) == [
+        "--stages", "all", "--epochs-per-stage=10"]
