@@ -22,7 +22,9 @@ def _isolated_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(home / ".cache"))
     for var in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN", "KAGGLE_CONFIG_DIR",
                 "KAGGLE_API_ENVIRONMENT", "WANDB_API_KEY"):
-        monkeypatch.delenv(var, raising=False)
+        # setenv first so monkeypatch restores "absent" even if code under test sets the variable
+        monkeypatch.setenv(var, "")
+        monkeypatch.delenv(var)
     yield
 
 

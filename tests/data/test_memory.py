@@ -82,3 +82,14 @@ def test_report_fields():
     assert peak_rss_bytes() >= rss_bytes() // 2
     with pytest.raises(ValueError):
         MemoryManager(0)
+
+
+def test_heap_fragmentation_limit_is_idempotent():
+    import sys
+
+    from imgae_dx.data.memory import limit_heap_fragmentation
+
+    first = limit_heap_fragmentation()
+    assert limit_heap_fragmentation() == first
+    if sys.platform.startswith("linux"):
+        assert first

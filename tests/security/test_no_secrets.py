@@ -11,8 +11,10 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,7 @@ pytestmark = pytest.mark.slow
 USER = "imgaedx-leak-canary"
 KEY_ENV = "c0ffee00deadbeef5ec2e7c0ffee0001"
 KEY_FILE = "5ec2e75ec2e7feedfacec0ffee000002"
+SIGNED = re.compile(rb"[?&]sig=[0-9A-Za-z_-]{16,}")
 
 TINY = """\
 models: [unet, ra, ae]
@@ -51,7 +54,10 @@ def _needles() -> dict[str, bytes]:
 
 
 def _scan_bytes(data: bytes, where: str) -> list[str]:
-    return [f"{label} in {where}" for label, needle in _needles().items() if needle in data]
+    hits = [f"{label} in {where}" for label, needle in _needles().items() if needle in data]
+    if SIGNED.search(data):  # a signed storage URL is a bearer credential too
+        hits.append(f"signed URL in {where}")
+    return hits
 
 
 def _scan_tree(root: Path, skip: set[Path] = frozenset()) -> tuple[list[str], int]:
@@ -61,6 +67,10 @@ def _scan_tree(root: Path, skip: set[Path] = frozenset()) -> tuple[list[str], in
         if p.is_file() and not p.is_symlink() and p.resolve() not in skip:
             n += 1
             hits += _scan_bytes(p.read_bytes(), str(p))
+            if zipfile.is_zipfile(p):  # .pt checkpoints, .npz caches: also their inflated members
+                with zipfile.ZipFile(p) as z:
+                    for member in z.namelist():
+                        hits += _scan_bytes(z.read(member), f"{p}!{member}")
     return hits, n
 
 
@@ -88,22 +98,26 @@ def test_scanner_finds_a_planted_key(tmp_path: Path):
     (tmp_path / "a.bin").write_bytes(b"\x00pickle" + KEY_ENV.encode() + b"\x00")
     (tmp_path / "b.txt").write_text("Authorization: Basic " +
                                     base64.b64encode(f"{USER}:{KEY_FILE}".encode()).decode())
+    (tmp_path / "c.log").write_text("GET http://127.0.0.1:5/a.zip?expires=1&sig=0123456789abcdef0123")
+    with zipfile.ZipFile(tmp_path / "d.npz", "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("state.npy", b"x" * 100 + KEY_FILE.encode() * 3)
     hits, n = _scan_tree(tmp_path)
-    assert n == 2
+    assert n == 4
+    assert any(h.endswith("d.npz!state.npy") for h in hits)
+    assert any("signed URL in" in h and h.endswith("c.log") for h in hits)
     assert any("env key in" in h for h in hits)
     assert any("kaggle.json key basic-auth" in h for h in hits)
 
 
-def test_training_run_with_credentials_leaves_no_secret(
-    tmp_path: Path, small_archive: Path, credentials: Path
-):
+def _train_evaluate_scan(tmp_path: Path, source: str, credentials: Path) -> list[str]:
+    """Train (3 tiny models, 1 stage), evaluate, generate the notebook; return the secret hits."""
     env = dict(os.environ)
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(TINY)
     run = tmp_path / "run"
     logs: list[tuple[str, bytes]] = []
 
-    train = _cli(["train", "--config", str(cfg), "--source", str(small_archive),
+    train = _cli(["train", "--config", str(cfg), "--source", source,
                   "--stages", "images_001", "--epochs-per-stage", "1", "--model", "all",
                   "--image-size", "32", "--batch-size", "8", "--device", "cpu", "--out", str(run)],
                  cwd=tmp_path, env=env)
@@ -123,15 +137,42 @@ def test_training_run_with_credentials_leaves_no_secret(
     checkpoints = sorted(run.glob("checkpoints/*/*.pt"))
     assert {p.parent.name for p in checkpoints} == {"unet", "ra", "ae"}, checkpoints
     assert (run / "config.yaml").is_file() and (run / "metrics.jsonl").is_file()
-    assert (run / "eval" / "metrics.json").is_file()
+    assert (run / "eval" / "metrics.json").is_file() and (run / "report.html").is_file()
 
     hits: list[str] = []
     for where, data in logs:
         hits += _scan_bytes(data, where)
     scanned = 0
+    # the run folder, the generated notebook, and HOME (index cache, ~/.cache, ~/.config)
     for root in (run, tmp_path / "generated", Path(os.environ["HOME"])):
         h, n = _scan_tree(root, skip={credentials.resolve()})
         hits += h
         scanned += n
-    assert scanned >= len(checkpoints) + 4
+    assert scanned >= len(checkpoints) + 5
+    return hits
+
+
+def test_local_run_with_credentials_present_leaves_no_secret(
+    tmp_path: Path, small_archive: Path, credentials: Path
+):
+    hits = _train_evaluate_scan(tmp_path, str(small_archive), credentials)
+    assert not hits, "secret found:\n" + "\n".join(hits)
+
+
+@pytest.mark.network
+def test_kaggle_run_uses_the_key_and_leaves_no_secret(
+    tmp_path: Path, small_archive: Path, credentials: Path, monkeypatch
+):
+    """Streams from the loopback Kaggle emulator through the real SDK: the key is really sent
+    (Basic auth) and the signed storage URL really used — neither may end up on disk or in logs."""
+    from imgae_dx.testing.kaggle_emulator import KaggleEmulator
+
+    for k, v in KaggleEmulator.env().items():
+        monkeypatch.setenv(k, v)
+    with KaggleEmulator() as kaggle:
+        kaggle.add_user(USER, KEY_ENV)  # the environment's key wins over kaggle.json, as officially
+        kaggle.add_dataset("nih-chest-xrays/data", small_archive)
+        hits = _train_evaluate_scan(tmp_path, "kaggle:nih-chest-xrays/data", credentials)
+        assert kaggle.calls["DownloadDataset"] >= 1 and kaggle.redirects >= 1, kaggle.calls
+        assert kaggle.last_auth == f"basic:{USER}" and kaggle.auth_failures == 0
     assert not hits, "secret found:\n" + "\n".join(hits)

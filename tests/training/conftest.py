@@ -12,8 +12,19 @@ sys.path.insert(0, str(Path(__file__).parent))  # training_helpers.py, next to t
 
 @pytest.fixture(scope="session")
 def train_archive(tmp_path_factory) -> Path:
-    """3 stages × 120 images at 128 px: ~27/43/56 normal train images per stage (view all)."""
+    """3 stages × 120 images at 64 px: ~27/43/56 normal train images per stage (view all)."""
     from imgae_dx.data.sample import write_sample_archive
 
     return write_sample_archive(tmp_path_factory.mktemp("train_sample"), images_per_stage=120,
-                                stages=3, seed=0, image_px=128, progress=False)
+                                stages=3, seed=0, image_px=64, progress=False)
+
+
+@pytest.fixture(scope="session")
+def full_run(train_archive, tmp_path_factory) -> Path:
+    """``--model all`` over the 3 stages, uninterrupted: the reference of the resume tests."""
+    from training_helpers import run_cli
+
+    tmp = tmp_path_factory.mktemp("full")
+    out = tmp / "run"
+    assert run_cli(train_archive, out, tmp, "--model", "all", "--stages", "all") == 0
+    return out

@@ -18,7 +18,7 @@ TINY: dict[str, Any] = {
     "model.unet.depth": 3,
     "model.unet.base_channels": 8,
     "model.unet.groups": 4,
-    "model.ra.channels": [8, 8, 16, 16, 16],
+    "model.ra.channels": [4, 8, 8, 16, 16],
     "model.ra.zdim": 8,
     "model.ae.channels": [8, 16, 16, 16],
     "model.ae.latent_dim": 8,
@@ -27,7 +27,7 @@ TINY: dict[str, Any] = {
     "training.device": "cpu",
     "training.log_every_steps": 1,
     "training.checkpoint_every_steps": 2,
-    "training.live_plot_every_s": 0.5,
+    "training.live_plot_every_s": 5,
     "training.memory_check_every_steps": 2,
     "training.warmup_steps": 2,
     "logging.progress": False,
@@ -81,3 +81,12 @@ def folder_snapshot(root: Path) -> dict[str, bytes]:
     if not root.exists():
         return {}
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def run_cli(archive: Path | str, out: Path | str, tmp: Path, *extra: str) -> int:
+    """``imgae-dx train`` in-process with the TINY settings (config file + flags)."""
+    from imgae_dx.cli import main
+
+    cfg_file = tiny_yaml(Path(tmp) / "tiny.yaml")
+    return main(["train", "--config", str(cfg_file), "--source", str(archive), "--out", str(out),
+                 *TINY_FLAGS, *extra])

@@ -45,6 +45,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from imgae_dx.data.cache import ImageCache
 from imgae_dx.data.decode import decode_png
+from imgae_dx.data.memory import limit_heap_fragmentation
 from imgae_dx.errors import ArchiveError, CheckpointError, UserError
 from imgae_dx.streaming.fetcher import Prefetcher, RangeRequest, coalesce
 
@@ -60,6 +61,9 @@ CRC_REREADS = 3
 MIN_REQUESTS_PER_SHARE = 4
 #: Images of one request the reassembly window budgets for, on top of the shuffle buffer.
 WINDOW_SLACK_IMAGES = 256
+#: uint8 → float32 in [0, 1] by table lookup: exact (v / 255), single-threaded numpy (torch's
+#: intra-op threads would contend with the decode threads for a 100 µs conversion).
+_TO_UNIT = np.arange(256, dtype=np.float32) / np.float32(255.0)
 
 
 @dataclass
@@ -181,8 +185,11 @@ class StreamingNIHDataset(IterableDataset):
         seed: run seed (fixes the split's val slice and every order).
         batch_size: batch size of :meth:`batches` (and the unit of the per-rank truncation).
         rank, world_size: distributed position; requests are dealt round-robin over ranks.
-        cache: preprocessed-image cache (shared between datasets is fine), or ``None``.
-        memory: the run's memory manager; the dataset registers its buffers with it.
+        cache: preprocessed-image cache (see :func:`make_cache`; one cache may serve every
+            dataset of a run), or ``None``.
+        memory: the run's memory manager. The dataset registers its in-flight requests and
+            reassembly window under its stage, and the cache under the stage that iterates last,
+            so ``memory.cleanup_stage(stage)`` at the end of a stage frees all of them.
         drop_last: truncate every rank to a multiple of ``batch_size`` (DDP needs equal counts).
         members: explicit member ids instead of ``index.split(...)`` (benchmarks, custom subsets).
 
@@ -231,6 +238,7 @@ class StreamingNIHDataset(IterableDataset):
         self.memory = memory
         self.drop_last = bool(drop_last)
         self.image_size = int(cfg.image_size)
+        limit_heap_fragmentation()
         if members is None:
             members = index.split(stage, split, view=cfg.view, val_fraction=cfg.val_fraction, seed=seed)
         self.members = np.unique(np.asarray(members, dtype=np.int64))
@@ -249,7 +257,6 @@ class StreamingNIHDataset(IterableDataset):
             "cache_misses": 0, "crc_rereads": 0, "decode_s": 0.0,
         }
         self._first_batch_s: float | None = None
-        self._t_iter: float | None = None
         self._busy_s = 0.0
         self._tag = f"{stage}/{split}/rank{rank}#{id(self):x}"
         if memory is not None:
@@ -531,7 +538,7 @@ class StreamingNIHDataset(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for m, img in self._iter_uint8():
             image_id, label = self._record(m)
-            t = torch.from_numpy(np.array(img, dtype=np.uint8)).unsqueeze(0).float().div_(255.0)
+            t = torch.from_numpy(_TO_UNIT[img]).unsqueeze(0)
             yield {"image": t, "member": m, "image_id": image_id, "label": label}
 
     def batches(self) -> Iterator[Batch]:
@@ -554,7 +561,7 @@ class StreamingNIHDataset(IterableDataset):
 
     def _make_batch(self, buf: np.ndarray, members: list[int], t_start: float) -> Batch:
         recs = [self._record(m) for m in members]
-        images = torch.from_numpy(buf).float().div_(255.0)
+        images = torch.from_numpy(_TO_UNIT[buf])
         if self._first_batch_s is None:
             self._first_batch_s = round(time.perf_counter() - t_start, 4)
         return Batch(

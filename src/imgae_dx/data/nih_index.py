@@ -134,69 +134,101 @@ def _is_header(row: list[str], first: str) -> bool:
     return bool(row) and row[0].strip().lower() == first.lower()
 
 
+def _table_rows(text: str, name: str) -> tuple[list[list[str]], list[int]]:
+    """All CSV rows and their 1-based line numbers. Files without quotes (the real ones) take a
+    fast split path; others go through the csv module (quoted commas, embedded newlines)."""
+    if '"' not in text:
+        lines = text.splitlines()
+        return [ln.split(",") for ln in lines], list(range(1, len(lines) + 1))
+    rows, nums = [], []
+    for line, row in _rows(text, name):
+        rows.append(row)
+        nums.append(line)
+    return rows, nums
+
+
+def _ints(col: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(values int64, ok bool) of a column of decimal strings; blanks / junk → not ok."""
+    vals = np.zeros(len(col), dtype=np.int64)
+    ok = np.zeros(len(col), dtype=bool)
+    for i, v in enumerate(col):
+        if v.isdigit() and len(v) < 18:
+            vals[i] = int(v)
+            ok[i] = True
+        else:
+            try:
+                x = int(v)
+            except ValueError:
+                continue
+            if -(2**62) < x < 2**62:
+                vals[i] = x
+                ok[i] = True
+    return vals, ok
+
+
 def parse_data_entry(data: bytes, name: str = DATA_ENTRY_NAME) -> DataEntryTable:
     """Parse Data_Entry_2017.csv by position (header malformed: bracketed names, trailing comma).
 
     Tolerates CRLF, quoted fields, trailing commas and a missing header. Malformed rows (too few
     fields, empty image or labels, non-integer patient id, duplicates) are skipped and counted in
     ``table.report``; MetadataError (file and line) when the file is not text or mostly unusable.
+    Columnar: 112k rows parse in well under a second.
     """
     text = _text(data, name)
     rep = ParseReport(name)
-    image: list[str] = []
-    labels: list[str] = []
-    follow: list[int] = []
-    patient: list[int] = []
-    age: list[int] = []
-    sex: list[str] = []
-    view: list[str] = []
+    rows, nums = _table_rows(text, name)
+    if rows and _is_header(rows[0], "Image Index"):
+        rows, nums = rows[1:], nums[1:]
+    keep = [i for i, r in enumerate(rows) if len(r) >= 7]
+    if len(keep) < len(rows):
+        for i, r in enumerate(rows):
+            if len(r) < 7 and any(c.strip() for c in r):
+                rep.bad(nums[i], f"{len(r)} fields, expected at least 7")
+    rows = [rows[i][:7] for i in keep]
+    nums = [nums[i] for i in keep]
+    if rows:
+        c_img, c_lab, c_fu, c_pid, c_age, c_sex, c_view = (
+            [v.strip() for v in col] for col in zip(*rows, strict=True))
+    else:
+        c_img = c_lab = c_fu = c_pid = c_age = c_sex = c_view = []
+    c_img = [v if "/" not in v and "\\" not in v else re.split(r"[/\\]", v)[-1] for v in c_img]
+    pid, pid_ok = _ints(c_pid)
+    fu, fu_ok = _ints(c_fu)
+    fu[~fu_ok] = -1
+    fu_ok |= np.array([not v for v in c_fu], dtype=bool)
+    good = pid_ok & fu_ok & (pid >= 0) & (np.abs(fu) < 2**31)
+    good &= np.array([bool(a) and bool(b) for a, b in zip(c_img, c_lab, strict=True)], dtype=bool)
     seen: set[str] = set()
-    first = True
-    for line, row in _rows(text, name):
-        if first:
-            first = False
-            if _is_header(row, "Image Index"):
-                continue
-        if not row or all(not c.strip() for c in row):
-            continue
-        if len(row) < 7:
-            rep.bad(line, f"{len(row)} fields, expected at least 7")
-            continue
-        img, lab = row[0].strip(), row[1].strip()
-        if not img or not lab:
-            rep.bad(line, "empty image name or labels")
-            continue
-        if "/" in img or "\\" in img:
-            img = re.split(r"[/\\]", img)[-1]
-        try:
-            pid = int(row[3].strip())
-            fu = int(row[2].strip()) if row[2].strip() else -1
-        except ValueError:
-            rep.bad(line, f"patient id {row[3]!r} / follow-up {row[2]!r} not integers")
-            continue
-        if pid < 0 or pid >= 2**62 or not -(2**31) < fu < 2**31:
-            rep.bad(line, f"patient id {pid} or follow-up {fu} out of range")
-            continue
-        if img in seen:
-            rep.bad(line, f"duplicate image {img}")
-            continue
-        seen.add(img)
-        a = row[4].strip().upper().rstrip("YMD")  # "58" or NIH's original "058Y"
-        image.append(img)
-        labels.append("|".join(p.strip() for p in lab.split("|") if p.strip()) or lab)
-        follow.append(fu)
-        patient.append(pid)
-        age.append(int(a) if a.isdigit() and len(a) < 5 else -1)
-        sex.append(row[5].strip())
-        view.append(row[6].strip().upper())
-        rep.rows += 1
+    for i in range(len(rows)):
+        if not good[i]:
+            if not c_img[i] or not c_lab[i]:
+                rep.bad(nums[i], "empty image name or labels")
+            else:
+                rep.bad(nums[i], f"patient id {c_pid[i]!r} / follow-up {c_fu[i]!r} not valid integers")
+        elif c_img[i] in seen:
+            good[i] = False
+            rep.bad(nums[i], f"duplicate image {c_img[i]}")
+        else:
+            seen.add(c_img[i])
+    idx = np.flatnonzero(good)
+    rep.rows = len(idx)
     rep.check_usable()
+    sel = idx.tolist()
+    labels = [c_lab[i] for i in sel]
+    labels = [v if ("|" not in v or ("| " not in v and " |" not in v and "||" not in v
+                                     and not v.startswith("|") and not v.endswith("|")))
+              else "|".join(p.strip() for p in v.split("|") if p.strip()) or v for v in labels]
+    ages = []
+    for i in sel:
+        a = c_age[i].upper().rstrip("YMD")  # "58" or NIH's original "058Y"
+        ages.append(int(a) if a.isdigit() and len(a) < 5 else -1)
     lab_arr = np.array(labels, dtype=object)
     return DataEntryTable(
-        image=np.array(image, dtype=object), labels=lab_arr,
-        follow_up=np.array(follow, dtype=np.int32), patient=np.array(patient, dtype=np.int64),
-        age=np.array(age, dtype=np.int32), sex=np.array(sex, dtype=object),
-        view=np.array(view, dtype=object), normal=lab_arr == NORMAL_LABEL, report=rep,
+        image=np.array([c_img[i] for i in sel], dtype=object), labels=lab_arr,
+        follow_up=fu[idx].astype(np.int32), patient=pid[idx],
+        age=np.array(ages, dtype=np.int32), sex=np.array([c_sex[i] for i in sel], dtype=object),
+        view=np.array([c_view[i].upper() for i in sel], dtype=object),
+        normal=lab_arr == NORMAL_LABEL, report=rep,
     )
 
 
@@ -244,16 +276,13 @@ def parse_image_list(data: bytes, name: str) -> tuple[list[str], ParseReport]:
     """Parse train_val_list.txt / test_list.txt: one image basename per line (CRLF, blanks ok)."""
     text = _text(data, name)
     rep = ParseReport(name)
-    out: list[str] = []
-    for line, raw in enumerate(text.splitlines(), 1):
-        s = raw.strip()
-        if not s:
-            continue
-        if any(c.isspace() for c in s) or "," in s:
-            rep.bad(line, f"not one image name: {s[:60]!r}")
-            continue
-        out.append(s)
-        rep.rows += 1
+    lines = [ln.strip() for ln in text.splitlines()]
+    out = [ln for ln in lines if ln and "," not in ln and len(ln.split()) == 1]
+    rep.rows = len(out)
+    if rep.rows < sum(1 for ln in lines if ln):
+        for line, s in enumerate(lines, 1):
+            if s and ("," in s or len(s.split()) != 1):
+                rep.bad(line, f"not one image name: {s[:60]!r}")
     rep.check_usable()
     return out, rep
 
@@ -348,10 +377,14 @@ class NIHIndex:
         self.unmatched_members = 0
         joined: set[int] = set()
         names = member_names.tolist() if isinstance(member_names, np.ndarray) else member_names
+        dir_stage: dict[str, str | None] = {}
         for mid, name in enumerate(names):
-            if not isinstance(name, str) or not name.lower().endswith(".png"):
+            if not isinstance(name, str) or not name.endswith((".png", ".PNG")):
                 continue
-            stage, base = _stage_of(name)
+            d, _, base = name.replace("\\", "/").rpartition("/")
+            stage = dir_stage.get(d, "")
+            if stage == "":
+                stage = dir_stage[d] = _stage_of(name)[0]
             if stage is None:
                 continue
             r = row_of.get(base)

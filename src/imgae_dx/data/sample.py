@@ -196,13 +196,13 @@ class _ImagePlan:
 
 
 def _severity(rng: np.random.Generator) -> float:
-    """Lesion strength: ~20 % subtle, ~50 % moderate, ~30 % obvious."""
+    """Lesion strength: ~15 % subtle, ~45 % moderate, ~40 % obvious."""
     u = rng.random()
-    if u < 0.2:
-        return rng.uniform(0.45, 0.65)
-    if u < 0.7:
-        return rng.uniform(0.75, 1.0)
-    return rng.uniform(1.05, 1.35)
+    if u < 0.15:
+        return rng.uniform(0.5, 0.7)
+    if u < 0.6:
+        return rng.uniform(0.85, 1.1)
+    return rng.uniform(1.15, 1.5)
 
 
 def _point_in_lung(rng: np.random.Generator, an: _Anatomy, s: int, r: float,
@@ -226,12 +226,12 @@ def _plan_lesion(rng: np.random.Generator, an: _Anatomy, finding: str) -> _Lesio
     s = int(rng.choice([-1, 1]))
     k = BOX_FRAME
     if finding == "Nodule":
-        r = rng.uniform(26, 62) / k * (0.8 + 0.25 * sev)
+        r = rng.uniform(34, 72) / k * (0.8 + 0.25 * sev)
         x, y = _point_in_lung(rng, an, s, r)
-        amp = sev * rng.uniform(0.24, 0.34)
+        amp = sev * rng.uniform(0.26, 0.36)
         return _Lesion(finding, s, dict(x=x, y=y, r=r, amp=amp), (x - 1.1 * r, y - 1.1 * r, x + 1.1 * r, y + 1.1 * r))
     if finding == "Mass":
-        r = rng.uniform(60, 135) / k * (0.8 + 0.2 * sev)
+        r = rng.uniform(70, 150) / k * (0.8 + 0.2 * sev)
         x, y = _point_in_lung(rng, an, s, r)
         amp = sev * rng.uniform(0.22, 0.32)
         return _Lesion(finding, s, dict(x=x, y=y, r=r, amp=amp, seed=float(rng.integers(2**31))),
@@ -261,8 +261,8 @@ def _plan_lesion(rng: np.random.Generator, an: _Anatomy, finding: str) -> _Lesio
                         an.cx + s * (an.lm + 0.01) if s < 0 else an.cx + s * (an.lo + 0.01), cps + 0.01))
     if finding == "Pneumothorax":
         t_end = rng.uniform(0.45, 0.8)
-        gap = rng.uniform(0.04, 0.075) * (0.7 + 0.5 * sev)
-        amp = sev * rng.uniform(0.09, 0.13)
+        gap = rng.uniform(0.05, 0.09) * (0.7 + 0.5 * sev)
+        amp = sev * rng.uniform(0.12, 0.17)
         cps = an.cp_side(s)
         y1 = an.top + t_end * (cps - an.top)
         xo = an.cx + s * an.lo
@@ -271,7 +271,7 @@ def _plan_lesion(rng: np.random.Generator, an: _Anatomy, finding: str) -> _Lesio
                        (min(xo, xi), an.top - 0.015, max(xo, xi), y1))
     if finding == "Atelectasis":
         length = rng.uniform(0.08, 0.17) * (0.85 + 0.2 * sev)
-        width = rng.uniform(0.014, 0.03) * (0.8 + 0.4 * sev)
+        width = rng.uniform(0.02, 0.04) * (0.8 + 0.4 * sev)
         x, y = _point_in_lung(rng, an, s, length * 0.6, (0.5, 0.92))
         ang = rng.uniform(-25, 25)
         amp = sev * rng.uniform(0.26, 0.36)
@@ -345,13 +345,13 @@ def _plan(images_per_stage: int, stages: int, seed: int) -> tuple[list[_ImagePla
                     les = _plan_lesion(rng, van, f)
                     if les is not None:
                         lesions.append(les)
-            warp = (float(rng.uniform(-2.5, 2.5)), float(rng.uniform(0.97, 1.03)),
-                    float(rng.uniform(-0.02, 0.02)), float(rng.uniform(-0.02, 0.02)))
-            window = (float(rng.uniform(0.92, 1.08)), float(rng.uniform(-0.03, 0.03)),
-                      float(rng.uniform(0.88, 1.12)))
+            warp = (float(rng.uniform(-1.5, 1.5)), float(rng.uniform(0.98, 1.02)),
+                    float(rng.uniform(-0.015, 0.015)), float(rng.uniform(-0.015, 0.015)))
+            window = (float(rng.uniform(0.95, 1.05)), float(rng.uniform(-0.02, 0.02)),
+                      float(rng.uniform(0.93, 1.07)))
             noise = (float(rng.uniform(0.6, 1.1)), int(rng.integers(0, 1 << 30)),
                      int(rng.integers(0, 1 << 30)), int(rng.integers(0, 4)))
-            markers = (int(rng.integers(0, 3)), float(rng.uniform(0.03, 0.12)), float(rng.uniform(0.04, 0.12)))
+            markers = (int(rng.integers(0, 3)), float(rng.uniform(0.04, 0.08)), float(rng.uniform(0.05, 0.09)))
             orig_w, orig_h, sp = [(2500, 2048, 0.168), (2992, 2991, 0.143), (3056, 2544, 0.139),
                                   (2048, 2500, 0.168), (2682, 2749, 0.143)][int(rng.integers(0, 5))]
             plan = _ImagePlan(

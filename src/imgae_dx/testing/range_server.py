@@ -37,6 +37,7 @@ import random
 import secrets
 import socket
 import struct
+import sys
 import threading
 import time
 from collections import Counter, deque
@@ -174,6 +175,11 @@ class RangeServer:
             daemon_threads = True
             block_on_close = False
             allow_reuse_address = True
+
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+                    return  # a client that hung up (or a fault we injected) is not a server error
+                super().handle_error(request, client_address)
 
         self._httpd = Server((self.host, self._port), Handler)
         self._port = self._httpd.server_address[1]

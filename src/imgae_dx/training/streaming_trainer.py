@@ -36,6 +36,7 @@ import math
 import os
 import random
 import signal
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -140,10 +141,18 @@ def _check_writable(run_dir: Path) -> None:
         if probe.parent == probe:
             break
         probe = probe.parent
+    problem = None
     if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        problem = "permission denied"
+    else:
+        try:  # os.access says yes to root everywhere: probe with a temporary file (removed at once)
+            with tempfile.TemporaryFile(dir=probe):
+                pass
+        except OSError as e:
+            problem = e.strerror or type(e).__name__
+    if problem:
         raise RunFolderError(
-            f"--out {run_dir} is not writable ({probe} does not allow writing); "
-            "choose a folder you can write to"
+            f"--out {run_dir} is not writable ({probe}: {problem}); choose a folder you can write to"
         )
 
 
@@ -247,6 +256,7 @@ class StreamingTrainer:
         self._stop_signal: int | None = None
         self._prepared = False
         self._warmup: tuple[str, _StageWarmup] | None = None
+        self._cur_si = 0
 
     @classmethod
     def from_colab_config(
@@ -502,10 +512,11 @@ class StreamingTrainer:
             "step": self.step,
             "images_seen": self.images_seen,
             "stages": list(self.stages),
-            "stage": self.stages[min(self.position["stage_index"], len(self.stages) - 1)],
-            "stage_index": self.position["stage_index"],
-            "epoch": self.position["epoch"],
-            "batch": self.position["batch"],
+            # the stage being trained (for stage_K.pt and best.pt: the one just validated), 1-based K
+            "stage": self.stages[self._cur_si],
+            "stage_k": self._cur_si + 1,
+            # where training continues: 0-based stage index, epoch, batches done in that epoch
+            "position": {k: int(self.position[k]) for k in ("stage_index", "epoch", "batch")},
             "world_size": self.dist.world_size,
             "model": {k: v.detach().cpu() for k, v in self.models[name].state_dict().items()},
             "objective": obj.state_dict(),
@@ -569,12 +580,7 @@ class StreamingTrainer:
         self.step = int(first["step"])
         self.images_seen = int(first["images_seen"])
         self.bad_epochs = int(first.get("bad_epochs", 0))
-        self.position = {
-            "stage_index": int(first["stage_index"]),
-            "epoch": int(first["epoch"]),
-            "batch": int(first["batch"]),
-            "dataset": mine["dataset"],
-        }
+        self.position = {**first["position"], "dataset": mine["dataset"]}
         self.resumed_from_step = self.step
         if self.is_main:
             log.info("resuming %s from step %d (stage %d, epoch %d, batch %d)", self.run_dir,
@@ -674,6 +680,7 @@ class StreamingTrainer:
         start_stage = self.position["stage_index"]
         for si in range(start_stage, len(self.stages)):
             stage = self.stages[si]
+            self._cur_si = si
             start_epoch = self.position["epoch"] if si == start_stage else 0
             if si != start_stage:
                 self.bad_epochs = 0

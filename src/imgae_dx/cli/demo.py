@@ -1,0 +1,297 @@
+"""``imgae-dx demo [--out DIR]``: the whole job on the embedded sample dataset, offline.
+
+Steps (each announced on one line; tqdm bars while they run):
+
+1. **Sample archive.** A synthetic NIH-layout ``data.zip`` (:func:`imgae_dx.data.sample.
+   write_sample_archive`: 3 stages of :data:`SAMPLE` images) is generated once and kept in the
+   user cache, ``$XDG_CACHE_HOME/imgae_dx/sample/<key>/data.zip`` (default ``~/.cache/…``), where
+   ``<key>`` names the sample's parameters and a digest of the generator's source: a second demo
+   (any ``--out``) reuses it, and a changed generator makes a new one. The cache sits next to the
+   archive-index cache, outside the run folder, so deleting ``runs/demo`` does not cost a
+   regeneration; ``rm -rf ~/.cache/imgae_dx/sample`` frees it (~20 MB).
+2. **Streaming.** The archive is served by a loopback HTTP server
+   (:class:`imgae_dx.testing.RangeServer`) and the run's ``source`` is its ``http://127.0.0.1``
+   URL: the demo reads byte ranges exactly as a run on the real archive does (central directory by
+   a suffix range, coalesced range requests, CRC checks, PNG decode, area resize).
+3. **Training.** U-Net and RA, stage after stage, with
+   :class:`~imgae_dx.training.streaming_trainer.StreamingTrainer` and the packaged configuration
+   overlay ``configs/demo.yaml`` (64 px, narrow models; sized for ~10 minutes on 2 CPU cores).
+   Checkpoints are chosen on normal validation loss only.
+4. **Evaluation** of each model's ``best.pt`` on the held-out test patients
+   (:func:`~imgae_dx.training.cloud_evaluator.evaluate_run`: AUROC etc. with patient-bootstrap
+   intervals, U-Net vs RA DeLong p-value).
+5. **Report**: ``DIR/report.html`` (:func:`~imgae_dx.visualization.report.write_report`), then the
+   summary table and the report's path are printed.
+
+The run folder ``DIR`` (default ``runs/demo``) is the usual run folder plus a marker file
+``.imgae-dx-demo``; a later demo with the same ``--out`` replaces a folder carrying that marker and
+refuses any other non-empty folder. Its ``config.yaml`` names the loopback URL, which is gone after
+the demo: re-evaluate with ``imgae-dx evaluate --run DIR --source <cache>/data.zip``.
+
+Hidden options (attributes of ``args`` that the parser does not define; tests and benchmarks
+use them to run the same pipeline at a tiny scale): ``images_per_stage``, ``image_px``,
+``sample_seed``, ``sample_dir`` (folder holding/receiving ``data.zip``) and ``overrides`` (dotted
+configuration overrides applied after ``demo.yaml``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import os
+import shutil
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+DEFAULT_OUT = "runs/demo"
+MARKER = ".imgae-dx-demo"
+
+
+@dataclass(frozen=True)
+class SampleSpec:
+    """Parameters of the demo's sample archive (see :func:`imgae_dx.data.sample.write_sample_archive`).
+
+    ``image_px`` is the side of the stored PNGs: 128 px keeps generation and decoding fast while
+    leaving the area resize to the model's 64 px a real downsampling step.
+    """
+
+    images_per_stage: int = 800
+    stages: int = 3
+    seed: int = 0
+    image_px: int = 128
+
+    def key(self) -> str:
+        """Folder name of this sample in the cache: parameters + generator digest."""
+        return (f"s{self.stages}x{self.images_per_stage}-px{self.image_px}-seed{self.seed}-"
+                f"{_generator_digest()}")
+
+
+SAMPLE = SampleSpec()
+
+
+def _generator_digest() -> str:
+    """First 10 hex digits of the SHA-1 of the sample generator's source (cache invalidation)."""
+    from imgae_dx.data import sample
+
+    try:
+        data = Path(sample.__file__).read_bytes()
+    except OSError:  # zipped install: fall back to the package version
+        from imgae_dx import __version__
+
+        data = __version__.encode()
+    return hashlib.sha1(data).hexdigest()[:10]
+
+
+def sample_cache_root() -> Path:
+    """``$XDG_CACHE_HOME/imgae_dx/sample`` (default ``~/.cache/imgae_dx/sample``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path("~/.cache").expanduser())
+    return Path(base).expanduser() / "imgae_dx" / "sample"
+
+
+def _say(msg: str) -> None:
+    """One progress line, safe to print while tqdm bars are drawn."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(msg, file=sys.stdout)
+    sys.stdout.flush()
+
+
+def ensure_sample(spec: SampleSpec, folder: Path, *, progress: bool) -> tuple[Path, bool]:
+    """The sample archive ``folder/data.zip``, generated if absent. Returns (path, generated)."""
+    from imgae_dx.data.sample import write_sample_archive
+    from imgae_dx.errors import UserError
+
+    path = folder / "data.zip"
+    if path.is_file():
+        return path, False
+    try:
+        written = write_sample_archive(folder, images_per_stage=spec.images_per_stage,
+                                       stages=spec.stages, seed=spec.seed, image_px=spec.image_px,
+                                       progress=progress)
+    except OSError as e:
+        raise UserError(f"cannot write the demo's sample archive {path}: {e.strerror or e}; "
+                        "set XDG_CACHE_HOME to a writable folder") from None
+    return written, True
+
+
+def prepare_out(out: Path) -> bool:
+    """Make ``out`` ready for a fresh demo run. Returns True when a previous demo run was replaced.
+
+    Raises:
+        RunFolderError: ``out`` is a file, or a non-empty folder that is not a demo run.
+    """
+    from imgae_dx.errors import RunFolderError
+
+    replaced = False
+    if out.exists():
+        if not out.is_dir():
+            raise RunFolderError(f"--out {out} exists and is not a folder; choose another --out")
+        if any(out.iterdir()):
+            if not (out / MARKER).is_file():
+                raise RunFolderError(
+                    f"--out {out} is not empty and not a previous demo run (no {MARKER} in it); "
+                    "choose another --out or remove the folder (nothing was touched)"
+                )
+            shutil.rmtree(out)
+            replaced = True
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / MARKER).write_text("run folder of `imgae-dx demo`; a later demo may replace it\n")
+    except OSError as e:
+        raise RunFolderError(f"--out {out} is not writable: {e.strerror or e}; choose another --out") from None
+    return replaced
+
+
+def build_config(out: Path, source: str, overrides: Mapping[str, Any] | None = None):
+    """The demo's validated :class:`~imgae_dx.config.Config`: defaults + ``demo.yaml`` + overrides."""
+    from imgae_dx.config import load_config, packaged_config_path
+
+    given = {"source": source, "out": str(out),
+             # the loopback URL changes every run: keep its index cache with the run, not in ~/.cache
+             "data.index_cache_dir": str(out / "index_cache")}
+    given.update(overrides or {})
+    return load_config(packaged_config_path("demo.yaml"), given)
+
+
+class _EpochAnnouncer:
+    """Prints one line per finished epoch (stage, epoch, validation loss per model).
+
+    The trainer's ``on_batch`` hook tells when a new (stage, epoch) starts; the validation records
+    of the epoch before are then in ``metrics.jsonl``. ``flush()`` prints the last ones.
+    """
+
+    def __init__(self, run_dir: Path, epochs: int, stages: int) -> None:
+        self.path = run_dir / "metrics.jsonl"
+        self.epochs, self.stages = epochs, stages
+        self.current: tuple[str, int] | None = None
+        self.offset = 0
+        self.t0 = time.monotonic()
+
+    def on_batch(self, stage: str, epoch: int, batch: Any) -> None:
+        key = (stage, epoch)
+        if key != self.current:
+            self.flush()
+            self.current = key
+
+    def flush(self) -> None:
+        import json
+
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except OSError:
+            return
+        end = data.rfind(b"\n") + 1
+        self.offset += end
+        vals: dict[tuple[str, int, int], dict[str, float]] = {}
+        for line in data[:end].splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if rec.get("kind") == "val" and rec.get("val_loss") is not None:
+                k = (str(rec["stage"]), int(rec["stage_index"]), int(rec["epoch"]))
+                vals.setdefault(k, {})[str(rec["model"])] = float(rec["val_loss"])
+        for (stage, si, ep), losses in vals.items():
+            txt = ", ".join(f"{m} {v:.5f}" for m, v in losses.items())
+            _say(f"      {stage} [{si}/{self.stages}] epoch {ep + 1}/{self.epochs} done "
+                 f"({time.monotonic() - self.t0:.0f} s): val loss {txt}")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the demo (see the module doc); returns the exit code."""
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    t_start = time.monotonic()
+    out = Path(getattr(args, "out", None) or DEFAULT_OUT).expanduser()
+    spec = replace(
+        SAMPLE,
+        **{k: int(v) for k, v in (("images_per_stage", getattr(args, "images_per_stage", None)),
+                                  ("image_px", getattr(args, "image_px", None)),
+                                  ("seed", getattr(args, "sample_seed", None))) if v is not None},
+    )
+    overrides = dict(getattr(args, "overrides", None) or {})
+    sample_dir = getattr(args, "sample_dir", None)
+    folder = Path(sample_dir).expanduser() if sample_dir else sample_cache_root() / spec.key()
+
+    # validate the configuration before touching anything
+    cfg = build_config(out, "http://127.0.0.1:1/data.zip", overrides)
+    progress = cfg.logging.progress
+    replaced = prepare_out(out)
+    _say(f"ImgAE-Dx demo: {', '.join(cfg.models)} on a synthetic NIH-layout archive "
+         f"({spec.stages} stages × {spec.images_per_stage} images), run folder {out}"
+         + (" (previous demo run replaced)" if replaced else ""))
+
+    # 1. sample archive
+    t = time.monotonic()
+    _say(f"[1/5] sample archive: {folder / 'data.zip'}")
+    path, generated = ensure_sample(spec, folder, progress=progress)
+    size_mb = path.stat().st_size / 1e6
+    _say(f"      {'generated' if generated else 'reused'} ({size_mb:.1f} MB"
+         + (f", {time.monotonic() - t:.0f} s)" if generated else ")"))
+
+    from imgae_dx.testing.range_server import RangeServer
+    from imgae_dx.training.cloud_evaluator import evaluate_run
+    from imgae_dx.training.streaming_trainer import StreamingTrainer
+    from imgae_dx.visualization.report import write_report
+
+    from imgae_dx.cli.evaluate import summary_lines
+
+    server = RangeServer(path).start()
+    try:
+        # 2. the same range-reading path as the real archive
+        cfg.source = server.url
+        _say(f"[2/5] streaming it over loopback HTTP (byte ranges): {server.url}")
+
+        # 3. training
+        t = time.monotonic()
+        n_stages = spec.stages if cfg.stages == "all" else len(cfg.stages)
+        _say(f"[3/5] training {' and '.join(cfg.models)}: {n_stages} stages × "
+             f"{cfg.training.epochs_per_stage} epochs, {cfg.data.image_size} px, batch "
+             f"{cfg.training.batch_size}, view {cfg.data.view}, device {cfg.training.device}")
+        announcer = _EpochAnnouncer(out, cfg.training.epochs_per_stage, n_stages)
+        trainer = StreamingTrainer(cfg, on_batch=announcer.on_batch, progress=progress)
+        result = trainer.train_progressive_stages()
+        announcer.flush()
+        if result.interrupted:
+            _say(f"stopped by signal {result.signal}: last.pt saved in {out}/checkpoints")
+            return result.exit_code
+        best = ", ".join(f"{m} {v:.5f}" if v is not None else f"{m} -" for m, v in result.best_val.items())
+        _say(f"      {result.step} steps, {result.images_seen} images in {result.wall_s:.0f} s; "
+             f"best val loss: {best}")
+
+        # 4. evaluation
+        t = time.monotonic()
+        _say("[4/5] evaluating best.pt of each model on the held-out test patients")
+        metrics = evaluate_run(out, progress=progress)
+        _say(f"      done in {time.monotonic() - t:.0f} s")
+
+        # 5. report
+        _say("[5/5] writing the report")
+        report = write_report(out)
+        served = server.counts()
+    finally:
+        server.stop()
+
+    wall = time.monotonic() - t_start
+    print()
+    for line in summary_lines(metrics):
+        print(line)
+    models = metrics.get("models", {})
+    scored = {n: m for n, m in models.items() if m.get("auroc") is not None}
+    if scored:
+        name, m = max(scored.items(), key=lambda kv: kv[1]["auroc"])
+        lo, hi = m.get("auroc_ci") or [float("nan"), float("nan")]
+        print(f"best model: {name}, test AUROC {m['auroc']:.3f} (95% CI {lo:.3f}–{hi:.3f})")
+    print(f"streamed {served['bytes_sent'] / 1e6:.1f} MB in {served['requests']} range requests "
+          f"from {path}")
+    print(f"wall time: {wall:.0f} s")
+    print(f"metrics: {out / 'eval' / 'metrics.json'}")
+    print(f"report:  {report}")
+    print(f"re-evaluate later: imgae-dx evaluate --run {out} --source {path}")
+    return 0
