@@ -235,12 +235,11 @@ def run(args: argparse.Namespace) -> int:
     _say(f"      {'generated' if generated else 'reused'} ({size_mb:.1f} MB"
          + (f", {time.monotonic() - t:.0f} s)" if generated else ")"))
 
+    from imgae_dx.cli.evaluate import summary_lines
     from imgae_dx.testing.range_server import RangeServer
     from imgae_dx.training.cloud_evaluator import evaluate_run
     from imgae_dx.training.streaming_trainer import StreamingTrainer
     from imgae_dx.visualization.report import write_report
-
-    from imgae_dx.cli.evaluate import summary_lines
 
     server = RangeServer(path).start()
     try:

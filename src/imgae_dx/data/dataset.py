@@ -34,7 +34,7 @@ import math
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -574,30 +574,34 @@ class StreamingNIHDataset(IterableDataset):
 
 # ------------------------------------------------------------------------------ fetch + decode
 class _Fetch:
-    """One iteration's fetching and decoding: requests in input order, images handed out by id."""
+    """One iteration's fetching and decoding: requests in input order, images handed out by id.
 
-    _BAD = None
+    The consumer (the dataset's generator) asks for members in output order. Requests are pumped
+    from the prefetcher in input order and all their members submitted to the decode pool; decode
+    threads put results in ``_done`` and notify. While the consumer waits for one member it keeps
+    the pool fed (``_ahead`` undecoded images at least), so a member that happens to decode last
+    in its request never idles the other threads.
+    """
 
     def __init__(self, ds: StreamingNIHDataset, requests: list[RangeRequest]) -> None:
         self.ds = ds
         self.index = ds.archive.index
         self.reader = ds.archive.reader
-        self.requests = requests
         self.prefetcher: Prefetcher | None = (
             Prefetcher(self.reader, requests, ds.cfg.requests_in_flight) if requests else None
         )
         self._it: Iterator[tuple[RangeRequest, bytes]] | None = (
             iter(self.prefetcher) if self.prefetcher is not None else None
         )
-        workers = ds.cfg.decode_workers
+        self.workers = ds.cfg.decode_workers
         self.pool: ThreadPoolExecutor | None = None
-        self.workers = workers
-        self.futures: dict[int, Future[np.ndarray]] = {}
-        self.ready: dict[int, np.ndarray | None] = {}
-        self._lock = threading.Lock()
+        self.submitted: set[int] = set()  # decoding or decoded, not yet handed to ``ready``
+        self.ready: dict[int, np.ndarray | None] = {}  # resolved, not yet emitted (None = bad)
+        self._done: dict[int, np.ndarray | BaseException] = {}
+        self._cond = threading.Condition()
         self._undone = 0
         self._raw = 0  # bytes of fetched requests still referenced by pending decodes
-        self._ahead = 2 * workers + 2
+        self._ahead = 2 * self.workers + 2
         self._window = ds.cfg.shuffle_buffer + WINDOW_SLACK_IMAGES
         self._closed = False
 
@@ -607,11 +611,12 @@ class _Fetch:
         return self._raw + (pf.buffered_bytes() if pf is not None else 0)
 
     def held_images(self) -> int:
-        return len(self.futures) + len(self.ready)
+        return len(self.submitted) + len(self.ready)
 
     # ----------------------------------------------------------------- decode (threads)
-    def _decode(self, member: int, data: bytes, start: int, req_left: list[int], nbytes: int) -> np.ndarray:
+    def _decode(self, member: int, data: bytes, start: int, req_left: list[int], nbytes: int) -> None:
         t = time.perf_counter()
+        result: np.ndarray | BaseException
         try:
             for attempt in range(CRC_REREADS + 1):
                 try:
@@ -624,14 +629,29 @@ class _Fetch:
                     data = self.reader.read(s, e - s)  # a fresh copy heals corruption in transit
                     start = s
                     self.ds._add(crc_rereads=1, bytes_fetched=e - s, requests=1)
-            return decode_png(raw, self.ds.image_size)
-        finally:
-            with self._lock:
-                self._undone -= 1
-                req_left[0] -= 1
-                if req_left[0] == 0:
-                    self._raw -= nbytes
-            self.ds._add(decode_s=time.perf_counter() - t)
+            del data
+            result = decode_png(raw, self.ds.image_size)
+        except BaseException as e:  # handed to the consumer: ArchiveError = skip, others raise
+            result = e
+        self.ds._add(decode_s=time.perf_counter() - t)
+        with self._cond:
+            self._done[member] = result
+            self._undone -= 1
+            req_left[0] -= 1
+            if req_left[0] == 0:
+                self._raw -= nbytes
+            self._cond.notify_all()
+
+    def _submit(self, members: list[int], data: bytes, start: int) -> None:
+        if self.pool is None:
+            self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="imgae-decode")
+        left = [len(members)]
+        with self._cond:
+            self._undone += len(members)
+            self._raw += len(data)
+        for m in members:
+            self.submitted.add(m)
+            self.pool.submit(self._decode, m, data, start, left, len(data))
 
     def _pump(self) -> bool:
         """Fetch the next request and submit its members for decoding; False when none is left."""
@@ -642,64 +662,65 @@ class _Fetch:
         except StopIteration:
             self._it = None
             return False
-        if self.pool is None:
-            self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="imgae-decode")
         self.ds._add(bytes_fetched=len(data), requests=1)
-        members = req.members.tolist()
-        left = [len(members)]
-        with self._lock:
-            self._undone += len(members)
-            self._raw += len(data)
-        for m in members:
-            self.futures[m] = self.pool.submit(self._decode, m, data, req.start, left, len(data))
+        self._submit(req.members.tolist(), data, req.start)
         return True
 
+    def _hungry(self) -> bool:
+        return self._it is not None and self._undone < self._ahead and self.held_images() < self._window
+
     def _top_up(self) -> None:
-        while self._undone < self._ahead and self.held_images() < self._window and self._pump():
+        while self._hungry() and self._pump():
             pass
 
     # ----------------------------------------------------------------- consumer side
+    def _wait(self, m: int) -> np.ndarray | BaseException:
+        """The decode result of submitted member ``m``, feeding the pool while waiting."""
+        while True:
+            with self._cond:
+                if m in self._done:
+                    self.submitted.discard(m)
+                    return self._done.pop(m)
+                if not self._hungry():
+                    self._cond.wait(1.0)
+                    continue
+            self._pump()
+
     def _resolve(self, m: int) -> np.ndarray | None:
-        """Image of member ``m`` (None: undecodable), from cache, decoded futures or a lone read."""
+        """Image of member ``m`` (None: undecodable), from cache, decode results or a lone read."""
         if m in self.ready:
             return self.ready[m]
         ds = self.ds
         if m in ds._known_bad:
-            return self._BAD
-        if m not in self.futures and ds.cache is not None:
+            return None
+        if m not in self.submitted and ds.cache is not None:
             img = ds.cache.get(m)
             if img is not None:
                 ds._add(cache_hits=1)
                 self.ready[m] = img
                 return img
-        while m not in self.futures and self._pump():
+        while m not in self.submitted and self._pump():
             pass
-        fut = self.futures.pop(m, None)
-        if fut is None:  # not planned (cache cleared meanwhile, or a stand-in from before a resume)
-            fut = self._single(m)
+        if m not in self.submitted:  # not planned (cache cleared meanwhile, or a stand-in from before a resume)
+            s, e = self.index.span(m)
+            data = self.reader.read(s, e - s)
+            ds._add(bytes_fetched=len(data), requests=1)
+            self._submit([m], data, s)
+        res = self._wait(m)
         img: np.ndarray | None
-        try:
-            img = fut.result()
-        except ArchiveError:  # DecodeError included: counted as skipped by the dataset
-            img = self._BAD
+        if isinstance(res, ArchiveError):  # DecodeError included: counted as skipped by the dataset
+            img = None
             ds._known_bad.add(m)
+        elif isinstance(res, BaseException):
+            raise res
+        else:
+            img = res
         ds._add(cache_misses=1)
         if img is not None and ds.cache is not None:
             ds.cache.put(m, img)
         self.ready[m] = img
         self._top_up()
         return img
-
-    def _single(self, m: int) -> Future[np.ndarray]:
-        s, e = self.index.span(m)
-        data = self.reader.read(s, e - s)
-        self.ds._add(bytes_fetched=len(data), requests=1)
-        if self.pool is None:
-            self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="imgae-decode")
-        with self._lock:
-            self._undone += 1
-            self._raw += len(data)
-        return self.pool.submit(self._decode, m, data, s, [1], len(data))
 
     def take(self, m: int) -> np.ndarray | None:
         """Image of ``m`` for emission (removed from the window)."""
@@ -717,11 +738,10 @@ class _Fetch:
         self._closed = True
         if self.prefetcher is not None:
             self.prefetcher.close()
-        for f in self.futures.values():
-            f.cancel()
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
-        self.futures.clear()
+        self.submitted.clear()
         self.ready.clear()
+        self._done.clear()
         self._it = None
         self._raw = 0

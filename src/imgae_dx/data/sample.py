@@ -262,7 +262,7 @@ def _plan_lesion(rng: np.random.Generator, an: _Anatomy, finding: str) -> _Lesio
     if finding == "Pneumothorax":
         t_end = rng.uniform(0.45, 0.8)
         gap = rng.uniform(0.05, 0.09) * (0.7 + 0.5 * sev)
-        amp = sev * rng.uniform(0.12, 0.17)
+        amp = sev * rng.uniform(0.14, 0.19)
         cps = an.cp_side(s)
         y1 = an.top + t_end * (cps - an.top)
         xo = an.cx + s * an.lo
@@ -618,8 +618,11 @@ def _draw_lesions(img: np.ndarray, base: _Base, an: _Anatomy,
             apex = np.array([[an.cx + s * an.medial(0.0), an.top - 0.01]])
             region = np.concatenate([apex, region], 0)
             m = _fill(C, [region]) * base.lung_side[s]
-            img -= p["amp"] * _blur(m, 0.002) * 1.0
+            img -= p["amp"] * _blur(m, 0.002)
             vw *= 1.0 - _blur(m, 0.003)
+            # the collapsed lung inside the pleural line is denser
+            collapsed = np.clip(base.lung_side[s] - _blur(m, 0.01) * 1.5, 0.0, 1.0)
+            img += 0.45 * p["amp"] * _blur(collapsed, 0.01) * base.lung
             pleura = _lines(C, [np.stack([inner, yv], 1)], 0.004)
             img += 0.6 * p["amp"] * _blur(pleura.astype(np.float32) / 255.0, 0.0015)
         elif f == "Atelectasis":

@@ -18,13 +18,26 @@ MODEL_COLOURS = {"unet": "#1f77b4", "ra": "#d62728", "ae": "#2ca02c"}
 _FALLBACK = ["#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
 
 
-def _plt():
-    import matplotlib
+class _FigureFactory:
+    """``plt.subplots`` without pyplot: figures not tied to any backend, so drawing a report
+    never switches a notebook's inline backend and is safe from worker threads."""
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    @staticmethod
+    def subplots(
+        nrows: int = 1, ncols: int = 1, *, figsize: Any = None, layout: Any = None, **kw: Any
+    ) -> Any:
+        from matplotlib.figure import Figure
 
-    return plt
+        fig = Figure(figsize=figsize, layout=layout)
+        return fig, fig.subplots(nrows, ncols, **kw)
+
+    @staticmethod
+    def close(fig: Any) -> None:
+        fig.clear()
+
+
+def _plt() -> _FigureFactory:
+    return _FigureFactory()
 
 
 def colour(model: str, i: int = 0) -> str:

@@ -1,0 +1,43 @@
+"""``imgae-dx sample-data``: writes OUT_DIR/data.zip and prints path, counts and size."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from imgae_dx.cli import main
+
+
+def test_sample_data_command(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch) -> None:
+    import imgae_dx.data.sample as sample
+
+    real = sample.write_sample_archive
+    # keep the pixels small: the command's contract is layout and counts, not image size
+    monkeypatch.setattr(sample, "write_sample_archive",
+                        lambda *a, **kw: real(*a, **{**kw, "image_px": 64}))
+    rc = main(["sample-data", str(tmp_path / "out"), "--images-per-stage", "6", "--stages", "2",
+               "--seed", "5"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    path = tmp_path / "out" / "data.zip"
+    assert out.splitlines()[0] == str(path)
+    assert "12 images in 2 stages (images_001, images_002)" in out
+    assert "MB written in" in out and "without an image here" in out
+    with zipfile.ZipFile(path) as zf:
+        assert sum(n.endswith(".png") for n in zf.namelist()) == 12
+
+
+def test_sample_data_rejects_bad_counts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["sample-data", str(tmp_path), "--images-per-stage", "0"]) == 2
+    assert "--images-per-stage" in capsys.readouterr().err
+    assert main(["sample-data", str(tmp_path), "--stages", "1000"]) == 2
+    assert not (tmp_path / "data.zip").exists()
+
+
+def test_sample_data_unwritable_out_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["sample-data", str(blocker / "sub"), "--images-per-stage", "1", "--stages", "1"]) == 2
+    assert "cannot write" in capsys.readouterr().err
