@@ -275,10 +275,10 @@ def test_indexes_112k_rows_quickly() -> None:
     labels = np.where(rng.random(n) < 0.54, "No Finding", "Nodule|Mass")
     views = np.where(rng.random(n) < 0.6, "PA", "AP")
     de = "\n".join([DATA_ENTRY_HEADER] + [f"{a},{b},0,{c},40,M,{d},2500,2048,0.168,0.168"
-                                          for a, b, c, d in zip(names, labels, pid, views)]).encode()
+                                          for a, b, c, d in zip(names, labels, pid, views, strict=True)]).encode()
     test_p = set(range(1, 30_806, 3))
-    tv = "\n".join(nm for nm, p in zip(names, pid) if p not in test_p).encode()
-    te = "\n".join(nm for nm, p in zip(names, pid) if p in test_p).encode()
+    tv = "\n".join(nm for nm, p in zip(names, pid, strict=True) if p not in test_p).encode()
+    te = "\n".join(nm for nm, p in zip(names, pid, strict=True) if p in test_p).encode()
     members = [f"images_{i // 10_000 + 1:03d}/images/{nm}" for i, nm in enumerate(names[:60_000])]
     t0 = time.process_time()  # CPU time: robust to a loaded machine
     ix = NIHIndex.from_files(de, BBOX, tv, te, members)

@@ -22,10 +22,13 @@ from imgae_dx.training.streaming_trainer import StreamingTrainer
 
 pytestmark = pytest.mark.network
 
-MODELS = ("ae", "unet")
+MODELS = ("ae",)  # the data path is under test: the cheapest model is enough
 
 
 def _train(source: str, out: Path, seen: Seen | None = None, *, resume: bool = False, **over):
+    # ~1 image per range request: many requests, so even 5 % faults hit several of them
+    # and no cache, two epochs: every epoch goes to the network again
+    over = {"data.max_request_mb": 0.03, "data.cache": "off", "training.epochs_per_stage": 2, **over}
     cfg = tiny_config(source, out, models=list(MODELS), **FAST_HTTP, **over)
     tr = StreamingTrainer(cfg, resume=resume, on_batch=seen)
     res = tr.train_progressive_stages()
@@ -63,9 +66,10 @@ def test_training_under_faults_sees_exactly_the_clean_images(served, clean, tmp_
     t = time.perf_counter()
     with RangeServer(served, faults=faults) as srv:
         res, skipped = _train(srv.url, tmp_path / "run", seen)
-        injected = srv.counts()["faults"]
+        counts = srv.counts()
+        injected = counts["faults"]
     assert not res.interrupted and res.step == steps
-    assert sum(injected.values()) >= 3, injected
+    assert sum(injected.values()) >= (1 if rate < 0.1 else 5), counts
     assert skipped == 0
     assert seen.ids == ids  # same images, same order, none missing, none twice
     assert final_weights(tmp_path / "run", MODELS) == weights
@@ -128,10 +132,9 @@ def test_signature_expiry_mid_stage_through_the_kaggle_sdk(small_archive, clean,
         expired = []
 
         def expire(stage, epoch, batch, n):
-            if len(expired) < 2 and stage in ("images_001", "images_002") and n >= (4 if stage == "images_001" else 0):
-                if not expired or expired[-1] != stage:
-                    ds.storage.rotate_key()
-                    expired.append(stage)
+            if stage in ("images_001", "images_002") and stage not in expired and n >= 4:
+                ds.storage.rotate_key()  # every URL issued so far now answers 403
+                expired.append(stage)
 
         seen.hooks.append(expire)
         res, skipped = _train("kaggle:nih-chest-xrays/data", tmp_path / "run", seen)

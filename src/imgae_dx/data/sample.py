@@ -605,7 +605,7 @@ def _draw_lesions(img: np.ndarray, base: _Base, an: _Anatomy,
             meniscus = p["level"] - 0.06 * u**2  # fluid climbs the lateral chest wall
             m = hard[r0:] * np.clip((yy - meniscus) / 0.015, 0.0, 1.0)
             grad = 0.75 + 0.25 * np.clip((yy - p["level"]) / max(cps - p["level"], 1e-3), 0, 1)
-            img[r0:] += p["amp"] * _blur(m * grad, 0.006)
+            img[r0:] += p["amp"] * _blur(m * grad, 0.006) * base.lung[r0:]  # soft lung border: no rim
             vw[r0:] *= 1.0 - m
         elif f == "Pneumothorax":
             t = np.linspace(0.0, p["t_end"], 24)
