@@ -2,8 +2,7 @@
 
 Images come from ``imgae_dx.data.sample.write_sample_archive`` (the synthetic NIH-layout archive),
 read straight from the zip with zipfile + cv2 (these tests do not depend on the streaming
-dataset). If that module is not importable, a local synthetic generator with the same roles
-(normal chest-like images; abnormal = normal + an opacity) stands in.
+dataset).
 """
 
 from __future__ import annotations
@@ -63,29 +62,6 @@ def images_from_archive(zip_path: Path, size: int) -> tuple[np.ndarray, np.ndarr
     return np.stack(imgs), np.asarray(labels)
 
 
-def synthetic_chest(n: int, size: int, rng: np.random.Generator, abnormal: bool) -> np.ndarray:
-    """Chest-like images (body, two darker lungs, ribs, noise); abnormal adds an opacity."""
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
-    out = np.empty((n, size, size), np.float32)
-    for i in range(n):
-        cx, cy = 0.5 + rng.normal(0, 0.02), 0.52 + rng.normal(0, 0.02)
-        body = (((xx - cx) / 0.42) ** 2 + ((yy - cy) / 0.47) ** 2) < 1
-        img = 0.08 + 0.55 * body
-        for side in (-1, 1):
-            lx = cx + side * (0.17 + rng.normal(0, 0.01))
-            lung = (((xx - lx) / 0.13) ** 2 + ((yy - cy + 0.03) / 0.3) ** 2) < 1
-            ribs = 0.06 * (np.sin((yy * 40 + rng.uniform(0, 6)) + side * xx * 6) > 0.6)
-            img = np.where(lung, 0.22 + 0.1 * (yy - cy) + ribs, img)
-        if abnormal:
-            side = rng.choice([-1, 1])
-            ox, oy = cx + side * 0.17 + rng.normal(0, 0.03), cy + rng.normal(0, 0.08)
-            r = rng.uniform(0.05, 0.09)
-            img = img + 0.4 * np.exp(-(((xx - ox) ** 2 + (yy - oy) ** 2) / (2 * r * r)))
-        img = img + rng.normal(0, 0.015, img.shape)
-        out[i] = np.clip(img, 0, 1)
-    return (out * 255).round().astype(np.uint8)
-
-
 def _split(imgs: np.ndarray, labels: np.ndarray, source: str) -> ImageSet:
     t = torch.from_numpy(imgs.astype(np.float32) / 255.0).unsqueeze(1)
     normal = t[torch.from_numpy(labels == 0)]
@@ -99,16 +75,8 @@ def _split(imgs: np.ndarray, labels: np.ndarray, source: str) -> ImageSet:
 
 def load_image_set(tmp_dir: Path, size: int = 64, per_stage: int = 60, stages: int = 3,
                    seed: int = 0) -> ImageSet:
-    try:
-        from imgae_dx.data.sample import write_sample_archive
-    except ImportError:
-        rng = np.random.default_rng(seed)
-        n = per_stage * stages
-        normal = synthetic_chest(n // 2, size, rng, abnormal=False)
-        abnormal = synthetic_chest(n - n // 2, size, rng, abnormal=True)
-        imgs = np.concatenate([normal, abnormal])
-        labels = np.r_[np.zeros(len(normal), int), np.ones(len(abnormal), int)]
-        return _split(imgs, labels, "synthetic (tests/models/conftest.py)")
+    from imgae_dx.data.sample import write_sample_archive
+
     path = write_sample_archive(tmp_dir, images_per_stage=per_stage, stages=stages, seed=seed,
                                 image_px=256)
     imgs, labels = images_from_archive(Path(path), size)

@@ -29,7 +29,7 @@ def _train(source: str, out: Path, seen: Seen | None = None, *, resume: bool = F
     # ~1 image per range request: many requests, so even 5 % faults hit several of them
     # and no cache, two epochs: every epoch goes to the network again
     over = {"data.max_request_mb": 0.03, "data.cache": "off", "training.epochs_per_stage": 2, **over}
-    cfg = tiny_config(source, out, models=list(MODELS), **FAST_HTTP, **over)
+    cfg = tiny_config(source, out, models=list(MODELS), **{**FAST_HTTP, **over})
     tr = StreamingTrainer(cfg, resume=resume, on_batch=seen)
     res = tr.train_progressive_stages()
     skipped = sum(ds.stats()["skipped"] for ds in tr.train_sets.values())
