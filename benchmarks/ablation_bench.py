@@ -25,6 +25,7 @@ import csv
 import io
 import json
 import math
+import sys
 import tempfile
 import time
 import zipfile
@@ -40,15 +41,18 @@ from imgae_dx.models import StepContext, create_model, create_objective
 from imgae_dx.models.anomaly import anomaly_map, image_score
 
 
-def load_split(zip_path: Path, size: int) -> dict[str, torch.Tensor]:
-    """train/val normal images (train_val_list) and test normal/abnormal (test_list), N×1×S×S."""
+def load_split(zip_path: Path, size: int, view: str = "all") -> dict[str, torch.Tensor]:
+    """train/val normal images (train_val_list) and test normal/abnormal (test_list), N×1×S×S.
+
+    ``view``: "PA", "AP" or "all" — the view-position cohort (a strong confound when mixed).
+    """
     with zipfile.ZipFile(zip_path) as zf:
         members = {Path(n).name: n for n in zf.namelist() if n.endswith(".png")}
         rows = list(csv.reader(io.StringIO(zf.read("Data_Entry_2017.csv").decode())))[1:]
         test = set(zf.read("test_list.txt").decode().split())
         out: dict[str, list[np.ndarray]] = {"train": [], "test_normal": [], "test_abnormal": []}
         for row in rows:  # columns by position (the header is malformed)
-            if not row or row[0] not in members:
+            if not row or row[0] not in members or (view != "all" and row[6].strip() != view):
                 continue
             normal = row[1].strip() == "No Finding"
             if row[0] in test:
@@ -87,6 +91,7 @@ def run_variant(name: str, overrides: dict, data: dict[str, torch.Tensor], steps
         mse = float(((r - data[k]) ** 2).mean())
         res[f"{k}_mse"] = round(mse, 6)
         res[f"{k}_psnr_db"] = round(10 * math.log10(1.0 / max(mse, 1e-12)), 2)
+    res["abnormal_over_normal_mse"] = round(res["test_abnormal_mse"] / res["test_normal_mse"], 3)
     labels = np.r_[np.zeros(len(data["test_normal"])), np.ones(len(data["test_abnormal"]))]
     for score in ("mean", "topk"):
         cfg = AnomalyConfig(map="l1", score=score, topk_percent=1.0)
@@ -108,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--noise-resolution", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--view", default="all", choices=["PA", "AP", "all"])
+    ap.add_argument("--variants", default="unet_skips_no_noise,unet_skips_dae,unet_no_skips")
     ap.add_argument("--archive", type=Path, default=None, help="reuse an existing sample data.zip")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
@@ -117,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
 
             path = write_sample_archive(tmp, images_per_stage=args.images_per_stage,
                                         stages=args.stages, seed=args.seed, image_px=256)
-        data = load_split(Path(path), args.image_size)
+        data = load_split(Path(path), args.image_size, args.view)
     base = {"base_channels": args.base_channels, "groups": 8 if args.base_channels % 8 == 0 else 4,
             "depth": args.depth, "optim": {"lr": args.lr}}
     variants = {
@@ -126,11 +133,13 @@ def main(argv: list[str] | None = None) -> int:
                            "noise_resolution": args.noise_resolution},
         "unet_no_skips": {**base, "skip_connections": False, "noise_std": 0.0},
     }
-    results = [run_variant(n, o, data, args.steps, args.batch_size, args.seed)
-               for n, o in variants.items()]
+    results = []
+    for n in args.variants.split(","):
+        results.append(run_variant(n, variants[n], data, args.steps, args.batch_size, args.seed))
+        print(json.dumps(results[-1]), file=sys.stderr, flush=True)
     print(json.dumps({
         "data": {k: int(v.shape[0]) for k, v in data.items()}, "image_size": args.image_size,
-        "steps": args.steps, "batch_size": args.batch_size, "device": "cpu",
+        "steps": args.steps, "batch_size": args.batch_size, "view": args.view, "device": "cpu",
         "results": results,
     }, indent=1))
     return 0

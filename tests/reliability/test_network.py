@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
-from reliability_helpers import FAST_HTTP, Seen, final_weights, tiny_config
+from reliability_helpers import FAST_HTTP, Seen, final_weights, tiny_config, tiny_yaml
 
 from imgae_dx.cli import main
-from imgae_dx.errors import DatasetChangedError, SourceError
+from imgae_dx.errors import CheckpointError, DatasetChangedError, SourceError
 from imgae_dx.testing import Faults, RangeServer
 from imgae_dx.training.streaming_trainer import StreamingTrainer
 
@@ -99,8 +99,9 @@ def test_all_requests_failing_stops_with_a_clear_error_and_resume_loses_nothing(
         assert srv.url in msg and "4 tries" in msg and "bytes " in msg, msg
         # the CLI says it in one line, exit 2, no traceback
         srv.set_faults(Faults(error_5xx=1.0))
-        assert main(["train", "--source", srv.url, "--out", str(tmp_path / "cli"), "--model", "ae",
-                     "--device", "cpu"]) == 2
+        cfg_file = tiny_yaml(tmp_path / "tiny.yaml", **{**FAST_HTTP, "data.http.retries": 2})
+        assert main(["train", "--config", str(cfg_file), "--source", srv.url,
+                     "--out", str(tmp_path / "cli"), "--model", "ae"]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and "Traceback" not in err and srv.url in err
         # the network comes back: resume from last.pt
@@ -154,7 +155,7 @@ def test_etag_change_mid_run_refuses_to_mix_versions(served, tmp_path, capsys):
     with RangeServer(served, etag='"v1"') as srv:
 
         def new_version(stage, epoch, batch, n):
-            if srv.etag == '"v1"':
+            if stage == "images_002" and srv.etag == '"v1"':  # after stage 1's checkpoints
                 srv.replace_file(etag='"v2"')
 
         seen.hooks.append(new_version)
@@ -162,3 +163,26 @@ def test_etag_change_mid_run_refuses_to_mix_versions(served, tmp_path, capsys):
             _train(srv.url, out, seen)
         assert '"v1"' in str(ei.value) and '"v2"' in str(ei.value)
         assert srv.url in str(ei.value)
+
+
+@pytest.mark.xfail(strict=True, reason="checkpoints do not record the archive version (ETag), so "
+                   "--resume continues a run on a new dataset version; see benchmarks/RESULTS.md")
+def test_resume_on_a_new_dataset_version_is_refused(served, tmp_path):
+    """A run checkpointed on version v1, resumed when the archive answers with v2: the resume must
+    refuse (the saved positions index members of v1), not continue silently."""
+    out = tmp_path / "run"
+    seen = Seen()
+    with RangeServer(served, etag='"v1"') as srv:
+
+        def stop_in_stage_2(stage, epoch, batch, n):
+            if stage == "images_002":
+                trainer_box[0].request_stop()
+
+        trainer_box: list = []
+        seen.hooks.append(stop_in_stage_2)
+        cfg = tiny_config(srv.url, out, models=list(MODELS), **FAST_HTTP)
+        trainer_box.append(StreamingTrainer(cfg, on_batch=seen))
+        assert trainer_box[0].train_progressive_stages().interrupted
+        srv.replace_file(etag='"v2"')
+        with pytest.raises((DatasetChangedError, CheckpointError)):
+            StreamingTrainer(cfg, resume=True).train_progressive_stages()

@@ -14,7 +14,7 @@ from training_helpers import folder_snapshot, run_cli, tiny_config, weights
 
 from imgae_dx.cli import main
 from imgae_dx.errors import CheckpointError, RunFolderError
-from imgae_dx.training.streaming_trainer import StreamingTrainer, redact_source
+from imgae_dx.training.streaming_trainer import StreamingTrainer, _lr_lambda, redact_source
 
 MODELS = ("unet", "ra", "ae")
 
@@ -186,3 +186,45 @@ def test_train_script_translates_seed_flags():
         "--stages", "images_001", "--epochs-per-stage", "5"]
     assert train_streaming.translate(["--stages", "all", "--epochs-per-stage=10"]) == [
         "--stages", "all", "--epochs-per-stage=10"]
+
+
+def test_lr_schedule_warmup_then_cosine():
+    f = _lr_lambda(total_steps=10, warmup=2, kind="cosine")
+    assert [round(f(s), 3) for s in (0, 1)] == [0.5, 1.0]
+    assert f(2) == pytest.approx(1.0) and f(6) == pytest.approx(0.5) and f(10) == pytest.approx(0.0)
+    assert _lr_lambda(10, 0, "constant")(7) == 1.0
+
+
+def test_early_stopping_ends_the_stage(train_archive, tmp_path, monkeypatch):
+    cfg = tiny_config(train_archive, tmp_path / "es", models=["ae"],
+                      stages=["images_001", "images_002"],
+                      **{"training.epochs_per_stage": 3, "training.early_stopping_patience": 1})
+    seen = []
+    orig = StreamingTrainer._validate
+
+    def no_gain(self, stage, si, epoch):
+        orig(self, stage, si, epoch)
+        return False
+
+    monkeypatch.setattr(StreamingTrainer, "_validate", no_gain)
+    StreamingTrainer(cfg, on_batch=lambda s, e, b: seen.append((s, e))).train_progressive_stages()
+    assert sorted(set(seen)) == [("images_001", 0), ("images_002", 0)]
+    assert (tmp_path / "es" / "checkpoints" / "ae" / "stage_2.pt").exists()
+
+
+def test_wandb_run_continues_after_resume(train_archive, tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tmp_path / "wb"
+    cfg = tiny_config(train_archive, out, models=["ae"], stages=["images_001"],
+                      **{"logging.logger": "wandb"})
+    tr = StreamingTrainer(cfg, on_batch=lambda s, e, b: tr.request_stop())
+    assert tr.train_progressive_stages().interrupted
+    last = out / "checkpoints" / "ae" / "last.pt"
+    first_id = torch.load(last, weights_only=True)["wandb_run_id"]
+    assert first_id
+    res = StreamingTrainer(cfg, resume=True).train_progressive_stages()
+    assert not res.interrupted
+    assert torch.load(last, weights_only=True)["wandb_run_id"] == first_id
+    assert list((out / "wandb").glob(f"offline-run-*-{first_id}"))

@@ -11,6 +11,7 @@ import torch
 TINY: dict[str, Any] = {
     "data.image_size": 64,
     "data.view": "all",
+    "data.val_fraction": 0.4,
     "data.decode_workers": 1,
     "data.requests_in_flight": 2,
     "data.max_request_mb": 2,

@@ -247,7 +247,7 @@ class StreamingTrainer:
         self.objectives: dict[str, Any] = {}
         self.schedulers: dict[str, dict[str, torch.optim.lr_scheduler.LRScheduler]] = {}
         self.generators: dict[str, torch.Generator] = {}
-        self.scaler: Any = None
+        self.scalers: dict[str, Any] = {}
         self.step = 0
         self.images_seen = 0
         self.best_val: dict[str, float | None] = {}
@@ -404,16 +404,19 @@ class StreamingTrainer:
             if self.cuda and cfg.training.channels_last:
                 model.to(memory_format=torch.channels_last)
             dist_utils.broadcast_module(model)
-            if cfg.training.compile and hasattr(model, "compile"):
-                model.compile()
             self.models[name] = model
             self.objectives[name] = create_objective(name, model, model_cfg)
+            if cfg.training.compile:
+                self.objectives[name].compile()  # in place: state_dict keys are unchanged
+            # fp16 needs loss scaling (one scaler per model: an overflow in one model must not
+            # shrink the others' scale); bf16 and fp32 do not.
+            self.scalers[name] = (
+                torch.amp.GradScaler("cuda") if self.cuda and cfg.training.amp == "fp16" else None
+            )
             gen = torch.Generator(device=self.device)
             gen.manual_seed(cfg.seed * 1000 + 17 * (i + 1) + 7919 * self.dist.rank)
             self.generators[name] = gen
             self.best_val[name] = None
-        if self.cuda and cfg.training.amp == "fp16":
-            self.scaler = torch.amp.GradScaler("cuda")
 
     def _ctx(self, name: str, generator: torch.Generator | None = None) -> Any:
         from imgae_dx.models import StepContext
@@ -434,7 +437,7 @@ class StreamingTrainer:
             autocast=autocast,
             grad_sync=grad_sync,
             grad_clip=cfg.grad_clip,
-            scaler=self.scaler,
+            scaler=self.scalers[name],
             generator=generator if generator is not None else self.generators[name],
         )
 
@@ -521,7 +524,7 @@ class StreamingTrainer:
             "model": {k: v.detach().cpu() for k, v in self.models[name].state_dict().items()},
             "objective": obj.state_dict(),
             "schedulers": {k: s.state_dict() for k, s in self.schedulers[name].items()},
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "scaler": self.scalers[name].state_dict() if self.scalers[name] is not None else None,
             "best_val": self.best_val[name],
             "best_vals": dict(self.best_val),
             "bad_epochs": self.bad_epochs,
@@ -533,14 +536,15 @@ class StreamingTrainer:
     def save(self, kind: str = "last", models: list[str] | None = None, stage_k: int | None = None) -> None:
         """Write ``last.pt`` (or ``stage_K.pt`` / ``best.pt``) for ``models``; collective under DDP."""
         shared = self._shared_state()
+        if kind == "last":  # every rank keeps the same bookkeeping: save decisions must agree
+            self._last_save = time.monotonic()
+            self._last_save_step = self.step
         if not self.is_main:
             return
         fname = {"last": "last.pt", "best": "best.pt"}.get(kind, f"stage_{stage_k}.pt")
         for name in models or list(self.models):
             path = self.run_dir / "checkpoints" / name / fname
             save_checkpoint(path, self._payload(name, kind, shared))
-        self._last_save = time.monotonic()
-        self._last_save_step = self.step
 
     def _restore(self, lasts: dict[str, Path]) -> str | None:
         ckpts = {
@@ -559,6 +563,12 @@ class StreamingTrainer:
                 f"the run was saved with {first['world_size']} process(es) but this resume has "
                 f"{self.dist.world_size}; resume with the same --nproc_per_node"
             )
+        saved_stages = list(first.get("stages", []))
+        if saved_stages != self.stages[: len(saved_stages)]:
+            raise CheckpointError(
+                f"the run trained stages {', '.join(saved_stages)} but the source now resolves "
+                f"to {', '.join(self.stages)}; resume with the same source and --stages"
+            )
         for name, ck in ckpts.items():
             try:
                 self.models[name].load_state_dict(ck["model"])
@@ -570,8 +580,8 @@ class StreamingTrainer:
                     f"{lasts[name]} does not fit model {name!r} as configured ({str(e)[:200]})"
                 ) from None
             self.best_val[name] = ck["best_val"]
-        if self.scaler is not None and first.get("scaler"):
-            self.scaler.load_state_dict(first["scaler"])
+            if self.scalers[name] is not None and ck.get("scaler"):
+                self.scalers[name].load_state_dict(ck["scaler"])
         mine = first["rank_states"][self.dist.rank]
         restore_rng(mine["rng"])
         for n, st in mine["generators"].items():
@@ -759,6 +769,8 @@ class StreamingTrainer:
                     x = x.to(self.device)
                 for name, obj in self.objectives.items():
                     out = obj.train_step(x, self._ctx(name))
+                    if self.scalers[name] is not None:
+                        self.scalers[name].update()
                     for sch in self.schedulers[name].values():
                         sch.step()
                     acc = sums[name]
