@@ -52,6 +52,7 @@ def child_imgae(url: str, size: int, workers: int, limit: int) -> dict:
     from imgae_dx.data.nih_index import NIHIndex
     from imgae_dx.streaming.sources import open_archive
 
+    base = _rss_mb()  # interpreter + torch + cv2 + the package, before any data
     with tempfile.TemporaryDirectory() as idx:
         cfg = DataConfig(image_size=size, view="all", decode_workers=workers, cache="memory",
                          index_cache_dir=idx)
@@ -84,10 +85,10 @@ def child_imgae(url: str, size: int, workers: int, limit: int) -> dict:
         out = {
             "cold": {"images": n, "wall_s": cold_s, "images_per_s": n / cold_s, "first_batch_s": first,
                      "bytes_read": cold_bytes, "requests": archive.stats()["requests"],
-                     "peak_rss_mb": rss_cold, "skipped": st["skipped"]},
+                     "peak_rss_mb": rss_cold, "import_rss_mb": base, "skipped": st["skipped"]},
             "warm": {"images": wn, "wall_s": warm_s, "images_per_s": wn / warm_s, "first_batch_s": wfirst,
                      "bytes_read": archive.stats()["bytes_fetched"] - cold_bytes,
-                     "peak_rss_mb": _rss_mb(), "cache_hits": ds.stats()["cache_hits"] - st["cache_hits"]},
+                     "peak_rss_mb": _rss_mb(), "import_rss_mb": base, "cache_hits": ds.stats()["cache_hits"] - st["cache_hits"]},
         }
         archive.close()
         return out
@@ -102,6 +103,7 @@ def child_naive(url: str, size: int, limit: int) -> dict:
     import torch
     from PIL import Image
 
+    base = _rss_mb()
     t0 = time.perf_counter()
     resp = requests.get(url, timeout=600)
     resp.raise_for_status()
@@ -124,13 +126,14 @@ def child_naive(url: str, size: int, limit: int) -> dict:
             batch = []
     wall = time.perf_counter() - t0
     return {"images": n, "wall_s": wall, "images_per_s": n / wall, "first_batch_s": first,
-            "bytes_read": nbytes, "peak_rss_mb": _rss_mb()}
+            "bytes_read": nbytes, "peak_rss_mb": _rss_mb(), "import_rss_mb": base}
 
 
 XRV_CHILD = r"""
 import json, os, resource, sys, time
 import torch, torchvision, torchxrayvision as xrv
 t0 = time.perf_counter()  # after the imports, like the other loaders
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 imgpath, csvpath, bbox, size, workers, limit, engine = sys.argv[1:8]
 size, workers, limit = int(size), int(workers), int(limit)
 torch.set_num_threads(1)
@@ -139,7 +142,7 @@ tf = torchvision.transforms.Compose([xrv.datasets.XRayCenterCrop(),
 ds = xrv.datasets.NIH_Dataset(imgpath=imgpath, csvpath=csvpath, bbox_list_path=bbox,
                               views=["PA", "AP"], transform=tf, unique_patients=False)
 sub = torch.utils.data.Subset(ds, range(min(limit, len(ds))))
-dl = torch.utils.data.DataLoader(sub, batch_size=%d, num_workers=workers)
+dl = torch.utils.data.DataLoader(sub, batch_size=BATCH_SIZE, num_workers=workers)
 first, n, nbytes = None, 0, os.path.getsize(csvpath)
 for b in dl:
     x = b["img"].float()
@@ -153,9 +156,10 @@ wall = time.perf_counter() - t0
 print(json.dumps({"images": n, "wall_s": wall, "images_per_s": n / wall, "first_batch_s": first,
                   "bytes_read": nbytes,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "import_rss_mb": base,
                   "worker_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
                   "versions": {"torchxrayvision": xrv.__version__, "torch": torch.__version__}}))
-""" % BATCH
+""".replace("BATCH_SIZE", str(BATCH))
 
 
 # ------------------------------------------------------------------------------ set-up
@@ -278,6 +282,9 @@ def ratios(res: dict) -> dict:
     c = res.get("naive")
     if cold and c:
         out["naive_vs_imgae_cold_peak_rss"] = c["peak_rss_mb"] / cold["peak_rss_mb"]
+        if "import_rss_mb" in c and "import_rss_mb" in cold:
+            out["naive_vs_imgae_cold_rss_above_imports"] = (
+                (c["peak_rss_mb"] - c["import_rss_mb"]) / max(1e-9, cold["peak_rss_mb"] - cold["import_rss_mb"]))
         out["imgae_cold_vs_naive_images_per_s"] = cold["images_per_s"] / c["images_per_s"]
         out["naive_vs_imgae_first_batch_s"] = c["first_batch_s"] / cold["first_batch_s"]
     if cold and warm:
@@ -286,7 +293,7 @@ def ratios(res: dict) -> dict:
 
 
 def table(res: dict) -> str:
-    rows = [("loader", "images/s", "first batch s", "peak RSS MB", "bytes read MB")]
+    rows = [("loader", "images/s", "first batch s", "peak RSS MB", "RSS above imports MB", "bytes read MB")]
     a = res.get("imgae_dx", {})
     named = [("ImgAE-Dx cold (HTTP)", a.get("cold")), ("ImgAE-Dx warm (cache)", a.get("warm"))]
     for key in ("torchxrayvision_skimage", "torchxrayvision_cv2"):
@@ -298,7 +305,8 @@ def table(res: dict) -> str:
         rss = f"{r['peak_rss_mb']:.0f}"
         if "worker_peak_rss_mb" in r:
             rss += f" (+ workers ≤{r['worker_peak_rss_mb']:.0f} each)"
-        rows.append((name, f"{r['images_per_s']:.1f}", f"{r['first_batch_s']:.2f}", rss,
+        above = f"{r['peak_rss_mb'] - r['import_rss_mb']:.0f}" if "import_rss_mb" in r else "-"
+        rows.append((name, f"{r['images_per_s']:.1f}", f"{r['first_batch_s']:.2f}", rss, above,
                      f"{r['bytes_read'] / 1e6:.1f}"))
     lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
     lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]

@@ -46,8 +46,11 @@ def _archive(args: argparse.Namespace, tmp: Path, images: int, stages: int, px: 
         return Path(args.archive)
     from imgae_dx.data.sample import write_sample_archive
 
+    folder = tmp / f"sample_{stages}x{images}_{px}"
+    if (folder / "data.zip").exists():
+        return folder / "data.zip"
     t0 = time.perf_counter()
-    p = write_sample_archive(tmp / f"sample_{stages}x{images}_{px}", images_per_stage=images,
+    p = write_sample_archive(folder, images_per_stage=images,
                              stages=stages, seed=0, image_px=px, progress=False)
     print(f"sample archive {p} written in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return p

@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from imgae_dx.errors import UserError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from imgae_dx.errors import UserError
 
 MODEL_NAMES: tuple[str, ...] = ("unet", "ra", "ae")
 

@@ -85,7 +85,7 @@ def test_sigkill_at_ten_random_points_then_resume_is_exact(small_archive, tmp_pa
     targets = sorted(rng.randrange(0, total - 1) for _ in range(KILLS))
     last_ck = 0
     log = []
-    for k, target in enumerate(targets):
+    for target in targets:
         proc = _cli(cfg, small_archive, run, "--resume")
         t0 = time.monotonic()
         delay = rng.uniform(0.0, 2.0)

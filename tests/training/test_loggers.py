@@ -75,3 +75,17 @@ def test_wandb_offline_resume_keeps_run_id(tmp_path, monkeypatch):
     lg2.close()
     runs = list((tmp_path / "wandb").glob(f"offline-run-*-{run_id}"))
     assert len(runs) >= 1
+
+
+def test_check_available(monkeypatch):
+    import importlib.util
+
+    from imgae_dx.training.loggers import check_available
+
+    check_available("jsonl")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "tensorboard" else real(n, *a))
+    with pytest.raises(LoggerUnavailableError, match="pip install"):
+        check_available("tensorboard")
+    with pytest.raises(LoggerUnavailableError, match="unknown logger"):
+        check_available("csv")

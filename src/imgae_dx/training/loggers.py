@@ -42,6 +42,29 @@ def _clean(v: Any) -> Any:
     return v
 
 
+_INSTALL_HINT = {
+    "tensorboard": ("torch.utils.tensorboard", "tensorboard",
+                    "--logger tensorboard needs the tensorboard package: "
+                    "pip install 'imgae-dx[tensorboard]' (or pip install tensorboard)"),
+    "wandb": ("wandb", "wandb",
+              "--logger wandb needs the wandb package: pip install 'imgae-dx[wandb]' "
+              "(or pip install wandb), then `wandb login` or WANDB_MODE=offline"),
+}
+
+
+def check_available(kind: str) -> None:
+    """Raise :class:`LoggerUnavailableError` now if logger ``kind`` cannot be used (no import)."""
+    import importlib.util
+
+    if kind == "jsonl":
+        return
+    if kind not in _INSTALL_HINT:
+        raise LoggerUnavailableError(f"unknown logger {kind!r}; allowed: jsonl, tensorboard, wandb")
+    _, package, hint = _INSTALL_HINT[kind]
+    if importlib.util.find_spec(package) is None:
+        raise LoggerUnavailableError(hint)
+
+
 class JsonlLogger:
     """Append-only ``metrics.jsonl`` (one JSON object per line, flushed after each)."""
 
@@ -94,10 +117,7 @@ class TensorBoardLogger:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise LoggerUnavailableError(
-                "--logger tensorboard needs the tensorboard package: "
-                "pip install 'imgae-dx[tensorboard]' (or pip install tensorboard)"
-            ) from None
+            raise LoggerUnavailableError(_INSTALL_HINT["tensorboard"][2]) from None
         self._w = SummaryWriter(log_dir=str(log_dir))
 
     def log(self, record: Mapping[str, Any]) -> None:
@@ -132,10 +152,7 @@ class WandbLogger:
         try:
             import wandb
         except ImportError:
-            raise LoggerUnavailableError(
-                "--logger wandb needs the wandb package: pip install 'imgae-dx[wandb]' "
-                "(or pip install wandb), then `wandb login` or WANDB_MODE=offline"
-            ) from None
+            raise LoggerUnavailableError(_INSTALL_HINT["wandb"][2]) from None
         self._wandb = wandb
         try:
             self._run = wandb.init(

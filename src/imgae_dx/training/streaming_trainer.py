@@ -62,6 +62,7 @@ from imgae_dx.training.checkpoint import (
     save_checkpoint,
 )
 from imgae_dx.training.loggers import MetricsLogger, truncate_jsonl
+from imgae_dx.training.loggers import check_available as check_logger
 
 log = logging.getLogger(__name__)
 
@@ -289,6 +290,7 @@ class StreamingTrainer:
 
         # 1. validate everything before writing anything
         _check_writable(self.run_dir)
+        check_logger(cfg.logging.logger)
         cfg_dict = _config_dict(cfg)
         self.fingerprint = config_fingerprint(cfg_dict)
         resume_ckpts = self._check_run_folder(cfg_dict)
