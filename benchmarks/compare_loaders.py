@@ -45,7 +45,8 @@ def _rss_mb() -> float:
 
 
 # ------------------------------------------------------------------------------ children
-def child_imgae(url: str, size: int, workers: int, limit: int) -> dict:
+def child_imgae(url: str, size: int, workers: int, limit: int, max_request_mb: float = 16.0,
+                in_flight: int = 4) -> dict:
     """(a): cold epoch then warm epoch of StreamingNIHDataset over HTTP."""
     from imgae_dx.config import DataConfig
     from imgae_dx.data.dataset import StreamingNIHDataset, make_cache
@@ -55,7 +56,8 @@ def child_imgae(url: str, size: int, workers: int, limit: int) -> dict:
     base = _rss_mb()  # interpreter + torch + cv2 + the package, before any data
     with tempfile.TemporaryDirectory() as idx:
         cfg = DataConfig(image_size=size, view="all", decode_workers=workers, cache="memory",
-                         index_cache_dir=idx)
+                         index_cache_dir=idx, max_request_mb=max_request_mb,
+                         requests_in_flight=in_flight)
         t0 = time.perf_counter()
         archive = open_archive(url, cfg)
         nih = NIHIndex.from_archive(archive)
@@ -227,11 +229,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--loaders", default="a,b,c", help="subset of a,b,c")
     ap.add_argument("--xrv-engines", default="skimage,cv2")
     ap.add_argument("--json", type=Path, default=HERE / "out" / "compare_loaders.json")
+    ap.add_argument("--lowmem", action="store_true",
+                    help="also run (a) with data.max_request_mb=4, data.requests_in_flight=2")
     ap.add_argument("--_child", choices=["a", "c"], help=argparse.SUPPRESS)
+    ap.add_argument("--_mrm", type=float, default=16.0, help=argparse.SUPPRESS)
+    ap.add_argument("--_inflight", type=int, default=4, help=argparse.SUPPRESS)
     ap.add_argument("--_url", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args._child == "a":
-        print(json.dumps(child_imgae(args._url, args.image_size, args.workers, args.images)))
+        print(json.dumps(child_imgae(args._url, args.image_size, args.workers, args.images,
+                                     args._mrm, args._inflight)))
         return 0
     if args._child == "c":
         print(json.dumps(child_naive(args._url, args.image_size, args.images)))
@@ -250,6 +257,10 @@ def main(argv: list[str] | None = None) -> int:
         if "a" in loaders:
             print("(a) ImgAE-Dx streaming…", file=sys.stderr)
             res["imgae_dx"] = _run_child([*me, "--_child", "a", "--_url", srv.url, *common], 1800)
+            if args.lowmem:
+                print("(a') ImgAE-Dx streaming, 4 MB requests, 2 in flight…", file=sys.stderr)
+                res["imgae_dx_lowmem"] = _run_child([*me, "--_child", "a", "--_url", srv.url, *common,
+                                                     "--_mrm", "4", "--_inflight", "2"], 1800)
         if "c" in loaders:
             print("(c) naive BytesIO + zipfile + PIL…", file=sys.stderr)
             res["naive"] = _run_child([*me, "--_child", "c", "--_url", srv.url, *common], 1800)
@@ -287,6 +298,9 @@ def ratios(res: dict) -> dict:
                 (c["peak_rss_mb"] - c["import_rss_mb"]) / max(1e-9, cold["peak_rss_mb"] - cold["import_rss_mb"]))
         out["imgae_cold_vs_naive_images_per_s"] = cold["images_per_s"] / c["images_per_s"]
         out["naive_vs_imgae_first_batch_s"] = c["first_batch_s"] / cold["first_batch_s"]
+    lo = (res.get("imgae_dx_lowmem") or {}).get("cold")
+    if lo and c:
+        out["naive_vs_imgae_lowmem_peak_rss"] = c["peak_rss_mb"] / lo["peak_rss_mb"]
     if cold and warm:
         out["warm_vs_cold_images_per_s"] = warm["images_per_s"] / cold["images_per_s"]
     return out
@@ -296,6 +310,9 @@ def table(res: dict) -> str:
     rows = [("loader", "images/s", "first batch s", "peak RSS MB", "RSS above imports MB", "bytes read MB")]
     a = res.get("imgae_dx", {})
     named = [("ImgAE-Dx cold (HTTP)", a.get("cold")), ("ImgAE-Dx warm (cache)", a.get("warm"))]
+    lo = res.get("imgae_dx_lowmem")
+    if lo:
+        named.append(("ImgAE-Dx cold, 4 MB × 2 in flight", lo.get("cold")))
     for key in ("torchxrayvision_skimage", "torchxrayvision_cv2"):
         named.append((key.replace("_", " "), res.get(key)))
     named.append(("naive BytesIO+zipfile+PIL", res.get("naive")))

@@ -24,7 +24,7 @@ TINY_OVERRIDES = {
     "model.ra.zdim": 8,
     "data.view": "all",
     "training.epochs_per_stage": 1,
-    "training.batch_size": 8,
+    "training.batch_size": 4,
     "training.device": "cpu",
     "evaluation.bootstrap": 50,
     "evaluation.examples": 2,
