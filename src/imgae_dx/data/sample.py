@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -40,6 +39,7 @@ from imgae_dx.data.nih_index import (
     TEST_NAME,
     TRAIN_VAL_NAME,
 )
+from imgae_dx.utils.atomic import atomic_open
 
 ZIP_DATE = (2018, 2, 21, 12, 0, 0)  # fixed member timestamp: byte-identical archives
 MAX_CANVAS = 512  # anatomy is composed at ≤ this size, then upsampled to image_px
@@ -809,10 +809,8 @@ def write_sample_archive(out_dir: str | os.PathLike[str], images_per_stage: int 
 
     bar = tqdm(total=len(in_archive), desc="sample images", unit="img",
                disable=(not _isatty()) if progress is None else (not progress))
-    fd, tmp = tempfile.mkstemp(prefix=".data.zip.", dir=out)
-    os.close(fd)
     try:
-        with zipfile.ZipFile(tmp, "w", allowZip64=True) as zf:
+        with atomic_open(dest) as f, zipfile.ZipFile(f, "w", allowZip64=True) as zf:
             for name in (BBOX_NAME, DATA_ENTRY_NAME):
                 zf.writestr(_zinfo(name, zipfile.ZIP_DEFLATED), meta[name], compresslevel=6)
             for i, p in enumerate(in_archive):
@@ -827,11 +825,6 @@ def write_sample_archive(out_dir: str | os.PathLike[str], images_per_stage: int 
                     on_image(i + 1, len(in_archive))
             for name in (TEST_NAME, TRAIN_VAL_NAME):
                 zf.writestr(_zinfo(name, zipfile.ZIP_DEFLATED), meta[name], compresslevel=6)
-        os.replace(tmp, dest)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     finally:
         bar.close()
     return dest

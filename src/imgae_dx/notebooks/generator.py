@@ -26,7 +26,6 @@ import ast
 import json
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -35,6 +34,7 @@ from typing import Any
 
 from imgae_dx import __version__
 from imgae_dx.errors import UserError
+from imgae_dx.utils.atomic import atomic_write_text
 
 DEFAULT_OUTPUT = Path("notebooks") / "generated" / "streaming_research.ipynb"
 PARAMETERS_PLACEHOLDER = "{{ parameters }}"
@@ -332,15 +332,7 @@ class StreamingNotebookGenerator:
         out = Path(path) if path is not None else DEFAULT_OUTPUT
         text = self.to_json()
         try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as f:
-                    f.write(text)
-                os.replace(tmp, out)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            atomic_write_text(out, text)
         except OSError as e:
             raise UserError(
                 f"cannot write the notebook to {out}: {e.strerror or e}; choose another --out PATH"

@@ -42,7 +42,6 @@ import logging
 import os
 import re
 import struct
-import tempfile
 import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from imgae_dx.errors import ArchiveError, SourceError
+from imgae_dx.utils.atomic import atomic_open
 
 if TYPE_CHECKING:
     from imgae_dx.streaming.range_reader import RangeReader
@@ -449,31 +449,19 @@ class ArchiveIndex:
 
     def _save_cache(self, path: Path, reader: RangeReader) -> None:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    np.savez(
-                        f,
-                        **{c: getattr(self, c) for c in _COLUMNS},
-                        archive_size=np.int64(self.archive_size),
-                        data_end=np.int64(self.data_end),
-                        crc_known=np.bool_(self.crc_known),
-                        identity=np.str_(reader.identity),
-                        version=np.str_(str(reader.version)),
-                        format=np.int64(CACHE_FORMAT),
-                        excluded_dirs=np.int64(self.excluded.get("dirs", 0)),
-                        excluded_unsafe=np.int64(self.excluded.get("unsafe", 0)),
-                    )
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
-                raise
+            with atomic_open(path) as f:
+                np.savez(
+                    f,
+                    **{c: getattr(self, c) for c in _COLUMNS},
+                    archive_size=np.int64(self.archive_size),
+                    data_end=np.int64(self.data_end),
+                    crc_known=np.bool_(self.crc_known),
+                    identity=np.str_(reader.identity),
+                    version=np.str_(str(reader.version)),
+                    format=np.int64(CACHE_FORMAT),
+                    excluded_dirs=np.int64(self.excluded.get("dirs", 0)),
+                    excluded_unsafe=np.int64(self.excluded.get("unsafe", 0)),
+                )
         except OSError as e:
             log.warning("could not write the index cache %s: %s (continuing without it)", path, e)
 

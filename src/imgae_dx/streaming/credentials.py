@@ -22,13 +22,13 @@ import json
 import logging
 import os
 import stat
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from imgae_dx.errors import CredentialsError
+from imgae_dx.utils.atomic import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -384,26 +384,6 @@ def default_install_dir(env: Mapping[str, str] | None = None) -> Path:
     return _home() / ".kaggle"
 
 
-def _atomic_write_private(dest: Path, data: bytes) -> None:
-    """Write ``data`` to ``dest`` with mode 0600 via a temp file + rename (never half-written)."""
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    try:
-        if hasattr(os, "fchmod"):
-            os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, dest)
-        os.chmod(dest, 0o600)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def install_credentials(
     path: str | os.PathLike[str], dest_dir: str | os.PathLike[str] | None = None
 ) -> InstallResult:
@@ -440,7 +420,7 @@ def install_credentials(
         payload = (src.secret.reveal() + "\n").encode()
     same_file = target.exists() and src.path is not None and target.resolve() == src.path.resolve()
     try:
-        _atomic_write_private(target, payload)
+        atomic_write_bytes(target, payload, file_mode=0o600)
     except OSError as e:
         raise CredentialsError(f"cannot write {target}: {e.strerror or e}") from None
     if same_file:

@@ -37,6 +37,7 @@ import torch
 
 from imgae_dx.errors import CheckpointError, RunFolderError, UserError
 from imgae_dx.training import metrics as M
+from imgae_dx.utils.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -48,16 +49,6 @@ LOC_FIELDS: tuple[str, ...] = (
 BOX_FRAME = 1024.0  # BBox_List_2017.csv coordinates are in the 1024-px frame of the PNGs
 #: Data_Entry_2017.csv of the real dataset lists 112,120 images; far fewer means synthetic/sample data
 REAL_METADATA_ROWS = 100_000
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _fmt(v: float) -> str:
@@ -205,7 +196,7 @@ class CloudEvaluator:
         return fresh
 
     def _save_state(self, st: dict[str, Any]) -> None:
-        _atomic_write(self.eval_dir / "state.json", json.dumps(M.json_safe(st)))
+        atomic_write_text(self.eval_dir / "state.json", json.dumps(M.json_safe(st)))
 
     # ------------------------------------------------------------------ scoring
     def _open_csv(self, path: Path, fields: Sequence[str]) -> tuple[Any, Any]:
@@ -494,7 +485,7 @@ class CloudEvaluator:
             ],
             "written_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         })
-        _atomic_write(self.eval_dir / "metrics.json", json.dumps(M.json_safe(out), indent=1))
+        atomic_write_text(self.eval_dir / "metrics.json", json.dumps(M.json_safe(out), indent=1))
         out["examples"] = self.write_examples(table)
         return out
 

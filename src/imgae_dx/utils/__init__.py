@@ -1,0 +1,1 @@
+"""Small helpers shared by several packages (each module has one job)."""
