@@ -17,6 +17,7 @@ Scenarios (``--scenario``, default ``acceptance,one_stream``):
 The archive is generated first (not timed) unless ``--archive`` names one.
 
     python benchmarks/train_bench.py                                   # CPU figures
+    python benchmarks/train_bench.py --scenario one_stream --tiny      # decode-bound one_stream
     python benchmarks/train_bench.py --scenario gpu --batch-size 64    # on a CUDA machine
 """
 
@@ -110,12 +111,21 @@ def _train(archive: Path, out: Path, models: list[str], args: argparse.Namespace
     return time.perf_counter() - t0, _records(out)
 
 
+#: narrow widths (model_bench.py's --tiny): models cost little next to decoding, as on a GPU
+TINY_WIDTHS = {
+    "model.unet.base_channels": 8, "model.unet.groups": 4,
+    "model.ra.channels": [8, 16, 32, 32, 32], "model.ra.zdim": 32,
+    "model.ae.channels": [8, 16, 32, 32],
+}
+
+
 def one_stream(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     archive = _archive(args, tmp, args.images_per_stage, 3, 1024)
     walls: dict[str, float] = {}
+    over = TINY_WIDTHS if args.tiny else {}
     for models in (["unet"], ["ra"], ["ae"], ["unet", "ra", "ae"]):
         key = "all" if len(models) > 1 else models[0]
-        wall, _ = _train(archive, tmp / f"one_stream_{key}", models, args)
+        wall, _ = _train(archive, tmp / f"one_stream_{key}", models, args, **over)
         walls[key] = round(wall, 2)
         print(f"one_stream {key}: {wall:.1f} s", file=sys.stderr)
     slowest = max(walls[m] for m in ("unet", "ra", "ae"))
@@ -123,6 +133,7 @@ def one_stream(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     ratio = walls["all"] / slowest
     return {
         "image_size": args.image_size,
+        "model_widths": "tiny (model_bench --tiny)" if args.tiny else "packaged defaults",
         "wall_s": walls,
         "ratio_all_vs_slowest_single": round(ratio, 3),
         "ratio_all_vs_sum_of_singles": round(walls["all"] / singles, 3),
@@ -184,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images-per-stage", type=int, default=300)
     ap.add_argument("--image-size", type=int, default=64, help="one_stream resolution")
     ap.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    ap.add_argument("--tiny", action="store_true",
+                    help="one_stream with narrow model widths (decoding dominates, as on a GPU)")
     ap.add_argument("--batch-size", type=int, default=64, help="gpu scenario")
     ap.add_argument("--gpu-images", type=int, default=2000, help="gpu scenario: images in the stage")
     ap.add_argument("--gpu-epochs", type=int, default=3)

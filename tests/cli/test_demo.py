@@ -22,6 +22,7 @@ TINY_OVERRIDES = {
     "model.unet.base_channels": 8,
     "model.ra.channels": [8, 8, 16, 16, 16],
     "model.ra.zdim": 8,
+    "model.ae.channels": [8, 8, 16, 16],
     "data.view": "all",
     "training.epochs_per_stage": 1,
     "training.batch_size": 4,
@@ -45,7 +46,7 @@ def _args(out: Path, sample: Path | None = None, **kw) -> argparse.Namespace:
 def test_packaged_demo_config_is_valid_and_small():
     cfg = demo.build_config(Path("runs/x"), "http://127.0.0.1:9/data.zip")
     assert cfg.data.image_size == 64
-    assert cfg.models == ["unet", "ra"]
+    assert cfg.models == ["unet", "ra", "ae"]
     assert cfg.stages == "all"
     assert cfg.source == "http://127.0.0.1:9/data.zip"
     assert cfg.out == "runs/x"
@@ -107,17 +108,17 @@ def test_demo_end_to_end_on_a_tiny_archive(tmp_path, capsys, monkeypatch):
 
     # a complete run folder
     for rel in ("config.yaml", "metrics.jsonl", demo.MARKER, "eval/metrics.json", "eval/scores.csv",
-                "report.html", "checkpoints/unet/best.pt", "checkpoints/ra/best.pt",
-                "checkpoints/unet/stage_3.pt", "checkpoints/ra/stage_3.pt"):
+                "report.html", "checkpoints/unet/best.pt", "checkpoints/ra/best.pt", "checkpoints/ae/best.pt",
+                "checkpoints/unet/stage_3.pt", "checkpoints/ra/stage_3.pt", "checkpoints/ae/stage_3.pt"):
         assert (out / rel).is_file(), rel
     assert list((out / "plots").glob("*.png"))
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["source"].startswith("http://127.0.0.1:")  # trained through the range-reading path
-    assert cfg["models"] == ["unet", "ra"] and cfg["data"]["image_size"] == 64
+    assert cfg["models"] == ["unet", "ra", "ae"] and cfg["data"]["image_size"] == 64
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert {r["stage"] for r in records if r.get("kind") == "train"} == {
         "images_001", "images_002", "images_003"}
-    assert {r["model"] for r in records} == {"unet", "ra"}
+    assert {r["model"] for r in records} == {"unet", "ra", "ae"}
 
     # the printed summary: the evaluator's table, the comparison, the best model, the report path
     metrics = json.loads((out / "eval" / "metrics.json").read_text())

@@ -165,3 +165,26 @@ def test_objective_copy_independent():
     c = copy.deepcopy(m)
     obj.train_step(_batch(), StepContext())
     assert not all(torch.equal(a, b) for a, b in zip(c.parameters(), m.parameters(), strict=True))
+
+
+def test_ra_batchnorm_running_stats_follow_real_data_only():
+    """After one RA step, the encoder stem's BN running mean is 0.9·0 + 0.1·(batch mean of conv(x))
+    — only E(x) fed it, not the passes over reconstructions and fakes — and the losses are those
+    of the authors' variant (where every pass updates the running averages)."""
+    torch.manual_seed(0)
+    m = create_model("ra", 32, **TINY["ra"])
+    ref = copy.deepcopy(m)
+    x = _batch()
+    stem_conv, stem_bn = m.encoder.stem[0], m.encoder.stem[1]
+    with torch.no_grad():
+        want = 0.1 * stem_conv(x).mean(dim=(0, 2, 3))
+    obj = create_objective("ra", m)
+    logs = obj.train_step(x, StepContext(generator=torch.Generator().manual_seed(1)))
+    torch.testing.assert_close(stem_bn.running_mean, want, rtol=1e-5, atol=1e-7)
+    assert stem_bn.momentum == 0.1  # restored after the auxiliary passes
+
+    obj_ref = create_objective("ra", ref)
+    obj_ref.bn_stats_from_real = False
+    logs_ref = obj_ref.train_step(x, StepContext(generator=torch.Generator().manual_seed(1)))
+    assert logs == logs_ref  # same training math, bit for bit
+    assert not torch.allclose(ref.encoder.stem[1].running_mean, want)  # fakes moved them there

@@ -152,3 +152,21 @@ def test_fingerprint_ignores_io_knobs_but_not_run_identity():
     assert config_differences(base, changed) == ["training.batch_size: 32 → 3"]
     other_model = load_config(overrides={"models": ["ra"]}).model_dump(mode="json")
     assert any(d.startswith("models:") for d in config_differences(base, other_model))
+
+
+def test_copy_checkpoint_links_or_copies_atomically(tmp_path, monkeypatch):
+    from imgae_dx.training.checkpoint import copy_checkpoint
+
+    src = save_checkpoint(tmp_path / "last.pt", _payload(step=5))
+    dst = copy_checkpoint(src, tmp_path / "stage_1.pt")
+    assert load_checkpoint(dst)["step"] == 5
+    save_checkpoint(src, _payload(step=6))  # replacing last.pt leaves the copy alone
+    assert load_checkpoint(dst)["step"] == 5
+
+    def no_link(*a):
+        raise OSError("hard links not supported")
+
+    monkeypatch.setattr(os, "link", no_link)
+    copy_checkpoint(src, tmp_path / "best.pt")
+    assert load_checkpoint(tmp_path / "best.pt")["step"] == 6
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt", "stage_1.pt"]

@@ -43,7 +43,7 @@ def test_run_folder_layout(full_run):
     assert (out / "plots" / "live.png").read_bytes()[:4] == b"\x89PNG"
     # the checkpoint says where it stands, and loads safely
     ck = torch.load(out / "checkpoints" / "ra" / "stage_2.pt", weights_only=True)
-    assert (ck["model_name"], ck["kind"], ck["stage"], ck["stage_k"]) == ("ra", "stage", "images_002", 2)
+    assert (ck["model_name"], ck["stage"], ck["stage_k"]) == ("ra", "images_002", 2)
     assert ck["position"] == {"stage_index": 2, "epoch": 0, "batch": 0}
     assert isinstance(ck["config_yaml"], str) and ck["fingerprint"]
     last = torch.load(out / "checkpoints" / "unet" / "last.pt", weights_only=True)
@@ -206,7 +206,7 @@ def test_early_stopping_ends_the_stage(train_archive, tmp_path, monkeypatch):
 
     def no_gain(self, stage, si, epoch):
         orig(self, stage, si, epoch)
-        return False
+        return []
 
     monkeypatch.setattr(StreamingTrainer, "_validate", no_gain)
     StreamingTrainer(cfg, on_batch=lambda s, e, b: seen.append((s, e))).train_progressive_stages()
@@ -230,3 +230,21 @@ def test_wandb_run_continues_after_resume(train_archive, tmp_path, monkeypatch):
     assert not res.interrupted
     assert torch.load(last, weights_only=True)["wandb_run_id"] == first_id
     assert list((out / "wandb").glob(f"offline-run-*-{first_id}"))
+
+
+def test_resume_refuses_models_saved_at_different_steps(train_archive, tmp_path):
+    out = tmp_path / "mix"
+    cfg = tiny_config(train_archive, out, models=["unet", "ae"], stages=["images_001", "images_002"])
+    n = []
+
+    def on_batch(stage, epoch, batch):
+        n.append(stage)
+        if n.count("images_002") == 3:
+            tr.request_stop()
+
+    tr = StreamingTrainer(cfg, on_batch=on_batch)
+    assert tr.train_progressive_stages().interrupted
+    ae = out / "checkpoints" / "ae"
+    (ae / "last.pt").write_bytes((ae / "stage_1.pt").read_bytes())  # as if killed between writes
+    with pytest.raises(CheckpointError, match="different steps"):
+        StreamingTrainer(cfg, resume=True).train_progressive_stages()

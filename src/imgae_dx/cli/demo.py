@@ -13,13 +13,14 @@ Steps (each announced on one line; tqdm bars while they run):
    (:class:`imgae_dx.testing.RangeServer`) and the run's ``source`` is its ``http://127.0.0.1``
    URL: the demo reads byte ranges exactly as a run on the real archive does (central directory by
    a suffix range, coalesced range requests, CRC checks, PNG decode, area resize).
-3. **Training.** U-Net and RA, stage after stage, with
+3. **Training.** U-Net, RA and the plain AE baseline (``models`` in ``demo.yaml``), stage after
+   stage from one stream, with
    :class:`~imgae_dx.training.streaming_trainer.StreamingTrainer` and the packaged configuration
    overlay ``configs/demo.yaml`` (64 px, narrow models; sized for ~10 minutes on 2 CPU cores).
    Checkpoints are chosen on normal validation loss only.
 4. **Evaluation** of each model's ``best.pt`` on the held-out test patients
    (:func:`~imgae_dx.training.cloud_evaluator.evaluate_run`: AUROC etc. with patient-bootstrap
-   intervals, U-Net vs RA DeLong p-value).
+   intervals, U-Net vs RA DeLong p-value; the AE is reported alongside as the baseline).
 5. **Report**: ``DIR/report.html`` (:func:`~imgae_dx.visualization.report.write_report`), then the
    summary table and the report's path are printed.
 
@@ -250,7 +251,7 @@ def run(args: argparse.Namespace) -> int:
         # 3. training
         t = time.monotonic()
         n_stages = spec.stages if cfg.stages == "all" else len(cfg.stages)
-        _say(f"[3/5] training {' and '.join(cfg.models)}: {n_stages} stages × "
+        _say(f"[3/5] training {', '.join(cfg.models)}: {n_stages} stages × "
              f"{cfg.training.epochs_per_stage} epochs, {cfg.data.image_size} px, batch "
              f"{cfg.training.batch_size}, view {cfg.data.view}, device {cfg.training.device}")
         announcer = _EpochAnnouncer(out, cfg.training.epochs_per_stage, n_stages)

@@ -17,8 +17,8 @@ the headline, for every model the per-pixel MSE between the clean input and its 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -138,6 +138,26 @@ def coarse_noise(
     if (resolution, resolution) == (h, w):
         return n
     return F.interpolate(n, size=(h, w), mode="bilinear", align_corners=False)
+
+
+@contextmanager
+def frozen_bn_statistics(*modules: nn.Module) -> Iterator[None]:
+    """Forward passes inside do not move the running statistics of ``modules``' BatchNorm layers.
+
+    Train-mode BatchNorm still normalises with the batch's own statistics (the loss is unchanged);
+    only the running averages used in eval mode are left as they were (momentum 0 for the duration,
+    restored afterwards).
+    """
+    bns = [m for mod in modules for m in mod.modules()
+           if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, mom in zip(bns, saved, strict=True):
+            m.momentum = mom
 
 
 # ---------------------------------------------------------------------------------- objectives
@@ -328,9 +348,15 @@ class RAObjective(Objective):
 
     ``fake`` is computed once and reused by the decoder step (the decoder has not changed in
     between, so it equals the authors' second evaluation).
+
+    BatchNorm's running statistics (used in eval mode: validation, scoring) are updated only by
+    the passes over real data, E(x) and D(z) in the encoder step; the passes over fakes and
+    reconstructions normalise with their batch statistics but leave the running averages alone
+    (:attr:`bn_stats_from_real`; the losses are unaffected).
     """
 
     name = "ra"
+    bn_stats_from_real: bool = True
 
     def __init__(self, model: ReversedAutoencoder, cfg: RAConfig) -> None:
         self.enc_params = list(model.encoder.parameters())
@@ -347,6 +373,20 @@ class RAObjective(Objective):
     def _noise(self, like: Tensor, g: torch.Generator | None) -> Tensor:
         return randn_like_gen(like, g)
 
+    def _aux_passes(self) -> AbstractContextManager[None]:
+        """Context of the passes over reconstructions, re-reconstructions and fakes.
+
+        With :attr:`bn_stats_from_real` (the default) they leave BatchNorm's running statistics
+        alone, so the statistics eval mode uses come from real images only (the encoder on x, the
+        decoder on z ~ q(z|x)); the training loss is the same either way. Otherwise (the authors'
+        code) the running averages also follow fakes and re-encoded reconstructions, which early
+        in training look nothing like x: eval-mode reconstructions then drift from train-mode
+        ones (seen at 64 px: validation MSE 0.0147 in eval mode vs 0.0094 with batch statistics).
+        """
+        if self.bn_stats_from_real:
+            return frozen_bn_statistics(self.ra.encoder, self.ra.decoder)
+        return nullcontext()
+
     # -- the two steps --------------------------------------------------------------------------
     def encoder_loss(self, x: Tensor, noise: Tensor, ctx: StepContext) -> _EncoderStepOut:
         """Forward passes and L_E (see class docstring); no backward. x: B×1×H×W."""
@@ -354,18 +394,21 @@ class RAObjective(Objective):
         enc, dec = self.ra.encoder, self.ra.decoder
         scale = 1.0 / (x.shape[-2] * x.shape[-1])
         g = ctx.generator
+        aux = self._aux_passes
         with ctx.autocast():
-            fake = dec(noise)
+            with aux():
+                fake = dec(noise)
             mu, logvar, emb_real = enc(x)
             mu, logvar = mu.float(), logvar.float()
             z = reparameterize(mu, logvar, self._noise(mu, g))
             rec = dec(z)
-            mu_r, logvar_r, emb_rec = enc(rec.detach())
-            mu_r, logvar_r = mu_r.float(), logvar_r.float()
-            rec_rec = dec(reparameterize(mu_r, logvar_r, self._noise(mu_r, g)))
-            mu_f, logvar_f, _ = enc(fake.detach())
-            mu_f, logvar_f = mu_f.float(), logvar_f.float()
-            rec_fake = dec(reparameterize(mu_f, logvar_f, self._noise(mu_f, g)))
+            with aux():
+                mu_r, logvar_r, emb_rec = enc(rec.detach())
+                mu_r, logvar_r = mu_r.float(), logvar_r.float()
+                rec_rec = dec(reparameterize(mu_r, logvar_r, self._noise(mu_r, g)))
+                mu_f, logvar_f, _ = enc(fake.detach())
+                mu_f, logvar_f = mu_f.float(), logvar_f.float()
+                rec_fake = dec(reparameterize(mu_f, logvar_f, self._noise(mu_f, g)))
         rec_err = reconstruction_error(x, rec).mean()
         kl_real = kl_divergence(mu, logvar).mean()
         kl_rec = kl_divergence(mu_r, logvar_r)
@@ -387,7 +430,7 @@ class RAObjective(Objective):
         enc, dec = self.ra.encoder, self.ra.decoder
         scale = 1.0 / (x.shape[-2] * x.shape[-1])
         g = ctx.generator
-        with ctx.autocast():
+        with ctx.autocast(), self._aux_passes():
             fake = e.fake if e.fake is not None else dec(e.noise)
             rec = dec(e.z.detach())
             mu_r, logvar_r, _ = enc(rec)

@@ -12,11 +12,13 @@ replaces the destination with ``os.replace`` — a crash leaves either the old f
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import pickle
 import random
+import shutil
 import tempfile
 import zipfile
 from collections.abc import Mapping
@@ -127,6 +129,32 @@ def save_checkpoint(path: str | os.PathLike[str], payload: Mapping[str, Any]) ->
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def copy_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:
+    """Atomically make ``dst`` a copy of ``src``: a hard link where possible, else a byte copy.
+
+    Checkpoints are never modified in place (always replaced), so a hard link is a safe copy.
+    """
+    src, dst = Path(src), Path(dst)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    try:
+        os.link(src, tmp)
+    except OSError:  # no hard links here (e.g. some network / FUSE mounts): copy the bytes
+        try:
+            with open(src, "rb") as fi, open(tmp, "wb") as fo:
+                shutil.copyfileobj(fi, fo, 16 * 1024 * 1024)
+                fo.flush()
+                os.fsync(fo.fileno())
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+    os.replace(tmp, dst)
+    _fsync_dir(dst.parent)
+    return dst
 
 
 def _fsync_dir(folder: Path) -> None:

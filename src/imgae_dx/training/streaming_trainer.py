@@ -10,9 +10,10 @@ Run folder (``config.out``)::
 
     config.yaml                         resolved configuration (no secrets)
     metrics.jsonl                       one JSON object per logged step / validation
-    checkpoints/MODEL/stage_K.pt        after stage K (K from 1)
     checkpoints/MODEL/last.pt           every N steps or M minutes, after each epoch, on SIGINT/SIGTERM
-    checkpoints/MODEL/best.pt           lowest validation loss so far
+    checkpoints/MODEL/stage_K.pt        after stage K (K from 1): a copy of that moment's last.pt
+    checkpoints/MODEL/best.pt           lowest validation loss so far: a copy of last.pt at that
+                                        epoch's end (copies are hard links where possible)
     plots/live.png                      redrawn every ``training.live_plot_every_s`` seconds
 
 Exact resume: ``last.pt`` holds the models, optimisers, LR schedulers, grad scaler, step, stage,
@@ -23,6 +24,11 @@ Distributed (``torchrun``): rank and world size come from the environment; each 
 read disjoint range requests with equal batch counts; gradients are averaged by an explicit
 all-reduce passed to objectives as ``StepContext.grad_sync`` (see :mod:`.distributed` for why not
 the ``DistributedDataParallel`` wrapper); only rank 0 logs, saves and draws progress.
+
+With ``--model all`` each model's ``last.pt`` carries the shared position; all are written at the
+same step (one after another, each atomically). Every checkpoint loads with
+``torch.load(weights_only=True)``; the weights are under ``"model"``, the run's configuration
+under ``"config_yaml"``.
 
 Early stopping (``training.early_stopping_patience``): within a stage, when no model has improved
 its best validation loss for that many epochs, the stage's remaining epochs are skipped.
@@ -39,7 +45,7 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +63,7 @@ from imgae_dx.training.checkpoint import (
     capture_rng,
     config_differences,
     config_fingerprint,
+    copy_checkpoint,
     load_checkpoint,
     restore_rng,
     save_checkpoint,
@@ -504,12 +511,11 @@ class StreamingTrainer:
         }
         return {"rank_states": dist_utils.gather_objects(mine)}
 
-    def _payload(self, name: str, kind: str, shared: dict[str, Any]) -> dict[str, Any]:
+    def _payload(self, name: str, shared: dict[str, Any]) -> dict[str, Any]:
         obj = self.objectives[name]
         return {
             "format": FORMAT,
             "package_version": __version__,
-            "kind": kind,
             "model_name": name,
             "fingerprint": self.fingerprint,
             "config_yaml": _yaml_of(_config_dict(self.cfg)),
@@ -535,18 +541,23 @@ class StreamingTrainer:
             **shared,
         }
 
-    def save(self, kind: str = "last", models: list[str] | None = None, stage_k: int | None = None) -> None:
-        """Write ``last.pt`` (or ``stage_K.pt`` / ``best.pt``) for ``models``; collective under DDP."""
+    def save(self, stage_k: int | None = None, best: Iterable[str] = ()) -> None:
+        """Write every model's ``last.pt``; with ``stage_k`` / ``best`` also ``stage_K.pt`` /
+        ``best.pt`` as copies of it (hard links where the filesystem allows them, so one
+        serialisation per model). Collective under DDP: every rank calls it, rank 0 writes."""
         shared = self._shared_state()
-        if kind == "last":  # every rank keeps the same bookkeeping: save decisions must agree
-            self._last_save = time.monotonic()
-            self._last_save_step = self.step
+        self._last_save = time.monotonic()  # every rank keeps the same bookkeeping:
+        self._last_save_step = self.step  # save decisions must agree across ranks
         if not self.is_main:
             return
-        fname = {"last": "last.pt", "best": "best.pt"}.get(kind, f"stage_{stage_k}.pt")
-        for name in models or list(self.models):
-            path = self.run_dir / "checkpoints" / name / fname
-            save_checkpoint(path, self._payload(name, kind, shared))
+        best = set(best)
+        for name in self.models:
+            folder = self.run_dir / "checkpoints" / name
+            last = save_checkpoint(folder / "last.pt", self._payload(name, shared))
+            if stage_k is not None:
+                copy_checkpoint(last, folder / f"stage_{stage_k}.pt")
+            if name in best:
+                copy_checkpoint(last, folder / "best.pt")
 
     def _restore(self, lasts: dict[str, Path]) -> str | None:
         ckpts = {
@@ -557,7 +568,8 @@ class StreamingTrainer:
         if len(set(steps.values())) != 1:
             raise CheckpointError(
                 f"the last.pt files of {self.run_dir} are from different steps ({steps}): the run "
-                "was stopped while saving; resume from a stage_K.pt copy or start a new --out"
+                "was stopped while they were being written, so the models cannot continue "
+                "together; start a new --out (the stage_K.pt files keep every finished stage)"
             )
         first = next(iter(ckpts.values()))
         if first["world_size"] != self.dist.world_size:
@@ -693,6 +705,14 @@ class StreamingTrainer:
         for si in range(start_stage, len(self.stages)):
             stage = self.stages[si]
             self._cur_si = si
+            if self.batches_per_epoch[stage] == 0 and self.is_main:
+                log.warning(
+                    "stage %s yields no full training batch (%d training images for %d process(es), "
+                    "batch size %d): it trains nothing; lower --batch-size or widen the split "
+                    "(data.view all)",
+                    stage, len(getattr(self.train_sets[stage], "members", ())),
+                    self.dist.world_size, t.batch_size,
+                )
             start_epoch = self.position["epoch"] if si == start_stage else 0
             if si != start_stage:
                 self.bad_epochs = 0
@@ -714,10 +734,9 @@ class StreamingTrainer:
                 last_epoch = epoch + 1 == t.epochs_per_stage or stop_early
                 if last_epoch:
                     self.position = {"stage_index": si + 1, "epoch": 0, "batch": 0, "dataset": None}
-                    self.save("stage", stage_k=si + 1)
                 else:
                     self.position = {"stage_index": si, "epoch": epoch + 1, "batch": 0, "dataset": None}
-                self.save("last")
+                self.save(stage_k=si + 1 if last_epoch else None, best=improved)
                 if stop_early and self.is_main:
                     log.info("early stopping: no validation gain for %d epochs; stage %s ends",
                              self.bad_epochs, stage)
@@ -799,7 +818,7 @@ class StreamingTrainer:
                     n_since, img_since, t_since = 0, 0, now
                 stop, due = self._sync_flags()
                 if stop or due or self.step - self._last_save_step >= t.checkpoint_every_steps:
-                    self.save("last")
+                    self.save()
                 if stop:
                     return True
         finally:
@@ -845,8 +864,8 @@ class StreamingTrainer:
                             rss=f"{rss:.0f}MB", hit=f"{hit:.0%}" if hit is not None else "-")
 
     @torch.no_grad()
-    def _validate(self, stage: str, si: int, epoch: int) -> bool:
-        """Validation loss per model on the stage's val split; saves best.pt. True if any improved."""
+    def _validate(self, stage: str, si: int, epoch: int) -> list[str]:
+        """Validation loss per model on the stage's val split; returns the models that improved."""
         t = self.cfg.training
         ds = self.val_sets[stage]
         # The same val images in the same order every time, from the start (a pass cut short by
@@ -894,14 +913,9 @@ class StreamingTrainer:
                 self.live.update(rec)
         for m in self.models.values():
             m.train()
-        if improved:
-            pos = dict(self.position)
-            self.position = {"stage_index": si, "epoch": epoch + 1, "batch": 0, "dataset": None}
-            self.save("best", models=improved)
-            self.position = pos
         if count_all == 0 and self.is_main:
             log.warning("stage %s has no validation images; best.pt is not updated", stage)
-        return bool(improved)
+        return improved
 
 
 def _yaml_of(cfg_dict: dict[str, Any]) -> str:
