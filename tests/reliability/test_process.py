@@ -21,6 +21,7 @@ import pytest
 import torch
 from reliability_helpers import Seen, final_weights, tiny_config, tiny_yaml
 
+from imgae_dx.errors import CheckpointError
 from imgae_dx.training.checkpoint import load_checkpoint
 from imgae_dx.training.streaming_trainer import StreamingTrainer
 
@@ -149,9 +150,9 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one(small_archive, tmp
         return real_save(obj, f, *a, **kw)
 
     monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(OSError) as ei:
+    with pytest.raises(CheckpointError, match="No space left on device") as ei:
         StreamingTrainer(cfg, on_batch=Seen()).train_progressive_stages()
-    assert ei.value.errno == errno.ENOSPC
+    assert "previous checkpoint there is intact" in str(ei.value)
     monkeypatch.setattr(torch, "save", real_save)
     for m in MODELS:
         p = out / "checkpoints" / m / "last.pt"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import random
@@ -67,10 +68,10 @@ def test_atomic_save_survives_failure_mid_write(tmp_path, monkeypatch):
     p = save_checkpoint(tmp_path / "last.pt", _payload(step=1))
 
     def boom(*a, **k):
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(torch, "save", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(CheckpointError, match="No space left on device.*previous checkpoint there is intact"):
         save_checkpoint(p, _payload(step=2))
     monkeypatch.undo()
     assert load_checkpoint(p)["step"] == 1

@@ -19,7 +19,6 @@ import os
 import pickle
 import random
 import shutil
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 
 from imgae_dx.errors import CheckpointError
+from imgae_dx.utils.atomic import atomic_open, fsync_dir
 
 FORMAT = "imgae_dx.checkpoint/1"
 
@@ -112,22 +112,15 @@ def save_checkpoint(path: str | os.PathLike[str], payload: Mapping[str, Any]) ->
         The destination path.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     safe = to_safe(dict(payload))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with atomic_open(path) as f:
             torch.save(safe, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
+    except OSError as e:
+        raise CheckpointError(
+            f"could not write checkpoint {path}: {e.strerror or e}; the previous checkpoint there "
+            "is intact — free disk space (or choose another --out) and resume with --resume"
+        ) from None
     return path
 
 
@@ -138,36 +131,24 @@ def copy_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str]) ->
     """
     src, dst = Path(src), Path(dst)
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)
     try:
-        os.link(src, tmp)
-    except OSError:  # no hard links here (e.g. some network / FUSE mounts): copy the bytes
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
         try:
-            with open(src, "rb") as fi, open(tmp, "wb") as fo:
+            os.link(src, tmp)
+        except OSError:  # no hard links here (e.g. some network / FUSE mounts): copy the bytes
+            with open(src, "rb") as fi, atomic_open(dst) as fo:
                 shutil.copyfileobj(fi, fo, 16 * 1024 * 1024)
-                fo.flush()
-                os.fsync(fo.fileno())
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-    os.replace(tmp, dst)
-    _fsync_dir(dst.parent)
+            return dst
+        os.replace(tmp, dst)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise CheckpointError(
+            f"could not copy checkpoint {src} to {dst}: {e.strerror or e}; {src} itself is intact"
+        ) from None
+    fsync_dir(dst.parent)
     return dst
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def load_checkpoint(

@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from imgae_dx.errors import UserError
+from imgae_dx.utils.atomic import atomic_write_text
 
 _TAG_KEYS = ("step", "stage", "stage_index", "epoch", "model", "kind", "time")
 # Shared by all models of a step: logged once under system/ in W&B.
@@ -103,10 +103,7 @@ def truncate_jsonl(path: str | os.PathLike[str], max_step: int) -> int:
             continue
         keep.append(line)
     if dropped:
-        fd, tmp = tempfile.mkstemp(prefix=".metrics.", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write("".join(line + "\n" for line in keep))
-        os.replace(tmp, path)
+        atomic_write_text(path, "".join(line + "\n" for line in keep))
     return dropped
 
 

@@ -70,6 +70,7 @@ from imgae_dx.training.checkpoint import (
 )
 from imgae_dx.training.loggers import MetricsLogger, truncate_jsonl
 from imgae_dx.training.loggers import check_available as check_logger
+from imgae_dx.utils.atomic import atomic_write_text, remove_stale_temps
 
 log = logging.getLogger(__name__)
 
@@ -331,7 +332,10 @@ class StreamingTrainer:
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "checkpoints").mkdir(exist_ok=True)
-            _write_text_atomic(self.run_dir / "config.yaml", _yaml_of(cfg_dict))
+            for folder in [self.run_dir, *(self.run_dir / "checkpoints").iterdir()]:
+                if folder.is_dir() and (n := remove_stale_temps(folder)):
+                    log.info("removed %d temp file(s) a killed run left in %s", n, folder)
+            atomic_write_text(self.run_dir / "config.yaml", _yaml_of(cfg_dict))
             metrics = self.run_dir / "metrics.jsonl"
             truncate_jsonl(metrics, self.step if resume_ckpts else -1)
             lg = cfg.logging
@@ -537,9 +541,16 @@ class StreamingTrainer:
             "best_vals": dict(self.best_val),
             "bad_epochs": self.bad_epochs,
             "wandb_run_id": self.logger.wandb_run_id if self.logger else None,
+            "archive": self._archive_version(),
             "saved_at": time.time(),
             **shared,
         }
+
+    def _archive_version(self) -> dict[str, Any]:
+        """Which bytes the saved dataset positions refer to (no secrets: identities are redacted)."""
+        reader = self._archive.reader
+        return {"identity": str(self._archive.identity), "version": str(reader.version),
+                "size": int(reader.size)}
 
     def save(self, stage_k: int | None = None, best: Iterable[str] = ()) -> None:
         """Write every model's ``last.pt``; with ``stage_k`` / ``best`` also ``stage_K.pt`` /
@@ -576,6 +587,16 @@ class StreamingTrainer:
             raise CheckpointError(
                 f"the run was saved with {first['world_size']} process(es) but this resume has "
                 f"{self.dist.world_size}; resume with the same --nproc_per_node"
+            )
+        saved, now = first.get("archive"), self._archive_version()
+        if saved and saved["identity"] == now["identity"] and (
+            saved["version"] != now["version"] or saved["size"] != now["size"]
+        ):
+            raise CheckpointError(
+                f"{now['identity']} is no longer the archive this run was trained on (version "
+                f"{saved['version']}, {saved['size']} bytes; now {now['version']}, {now['size']} "
+                "bytes): the saved stream positions would point into another dataset version; "
+                "start a new --out folder"
             )
         saved_stages = list(first.get("stages", []))
         if saved_stages != self.stages[: len(saved_stages)]:
@@ -924,7 +945,3 @@ def _yaml_of(cfg_dict: dict[str, Any]) -> str:
     return yaml.safe_dump(cfg_dict, sort_keys=False)
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)

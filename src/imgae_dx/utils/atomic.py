@@ -54,7 +54,7 @@ def atomic_open(
             os.unlink(tmp)
         raise
     if fsync:
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, file_mode: int = 0o644) -> Path:
@@ -85,7 +85,7 @@ def remove_stale_temps(folder: str | os.PathLike[str], name: str | None = None) 
     return removed
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from imgae_dx.utils.atomic import atomic_open
 
 
 def in_notebook() -> bool:
@@ -137,16 +138,8 @@ class LivePlot:
     def draw(self) -> Path:
         """Write the PNG atomically (and refresh the inline figure in a notebook)."""
         fig = self.figure()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".live.", suffix=".png", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                fig.savefig(f, format="png")
-            os.replace(tmp, self.path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_open(self.path, fsync=False) as f:
+            fig.savefig(f, format="png")
         self.draws += 1
         if self.inline:
             self._show_inline(fig)
