@@ -89,3 +89,20 @@ def test_check_available(monkeypatch):
         check_available("tensorboard")
     with pytest.raises(LoggerUnavailableError, match="unknown logger"):
         check_available("csv")
+
+
+def test_tensorboard_writes_scalars_per_model(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    lg = MetricsLogger(tmp_path, "tensorboard")
+    for step in (1, 2, 3):
+        lg.log({"step": step, "stage": "images_001", "epoch": 0, "model": "unet",
+                "loss": 1.0 / step, "images_per_s": 10.0, "rss_mb": 100.0})
+    lg.close()
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    events = acc.Scalars("unet/loss")
+    assert [e.step for e in events] == [1, 2, 3]
+    assert [round(e.value, 4) for e in events] == [1.0, 0.5, 0.3333]
+    assert (tmp_path / "metrics.jsonl").read_text().count("\n") == 3
