@@ -266,6 +266,14 @@ def _set_dotted(d: dict[str, Any], dotted: str, value: Any) -> None:
     cur[keys[-1]] = value
 
 
+def nest_dotted(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"training.batch_size": 8}`` → ``{"training": {"batch_size": 8}}`` (a user config file's shape)."""
+    nested: dict[str, Any] = {}
+    for k, v in flat.items():
+        _set_dotted(nested, k, v)
+    return nested
+
+
 def format_validation_error(err: ValidationError, origin: str = "config") -> str:
     """One line per problem: ``key: got VALUE — what is allowed``."""
     lines = [f"invalid configuration ({origin}):"]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from imgae_dx.config import nest_dotted
+from imgae_dx.training.checkpoint import state_dict_digest
 
 #: Settings of every training run in this suite (dotted overrides of the packaged defaults).
 TINY: dict[str, Any] = {
@@ -57,24 +59,9 @@ def tiny_yaml(path: Path, **over: Any) -> Path:
     """The TINY settings (plus ``over``) as a user config file for the command line."""
     import yaml
 
-    nested: dict[str, Any] = {}
-    for k, v in {**TINY, **over}.items():
-        cur = nested
-        *parents, leaf = k.split(".")
-        for p in parents:
-            cur = cur.setdefault(p, {})
-        cur[leaf] = v
+    nested = nest_dotted({**TINY, **over})
     path.write_text(yaml.safe_dump(nested))
     return path
-
-
-def digest(sd: dict[str, torch.Tensor]) -> str:
-    """SHA-256 of a state dict's tensors (names and bytes)."""
-    h = hashlib.sha256()
-    for k in sorted(sd):
-        h.update(k.encode())
-        h.update(sd[k].detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 def final_weights(run_dir: Path, models: tuple[str, ...]) -> dict[str, str]:
@@ -82,7 +69,7 @@ def final_weights(run_dir: Path, models: tuple[str, ...]) -> dict[str, str]:
     out = {}
     for m in models:
         ck = torch.load(Path(run_dir) / "checkpoints" / m / "last.pt", weights_only=True)
-        out[m] = digest(ck["model"])
+        out[m] = state_dict_digest(ck["model"])
     return out
 
 

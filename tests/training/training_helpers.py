@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from imgae_dx.config import nest_dotted
+from imgae_dx.training.checkpoint import state_dict_digest
 
 TINY: dict[str, Any] = {
     "data.image_size": 64,
@@ -45,15 +47,7 @@ def tiny_yaml(path: Path, **extra: Any) -> Path:
     import yaml
 
     flagged = {"data.image_size", "training.batch_size", "training.epochs_per_stage", "training.device"}
-    nested: dict[str, Any] = {}
-    for k, v in {**TINY, **extra}.items():
-        if k in flagged:
-            continue
-        cur = nested
-        *parents, leaf = k.split(".")
-        for p in parents:
-            cur = cur.setdefault(p, {})
-        cur[leaf] = v
+    nested = nest_dotted({k: v for k, v in {**TINY, **extra}.items() if k not in flagged})
     path.write_text(yaml.safe_dump(nested))
     return path
 
@@ -64,12 +58,7 @@ def tiny_config(source: Path | str, out: Path | str, **over: Any):
     return load_config(overrides={**TINY, "source": str(source), "out": str(out), **over})
 
 
-def state_digest(sd: dict[str, torch.Tensor]) -> str:
-    h = hashlib.sha256()
-    for k in sorted(sd):
-        h.update(k.encode())
-        h.update(sd[k].detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
+state_digest = state_dict_digest
 
 
 def weights(run_dir: Path, model: str, name: str = "last.pt") -> dict[str, torch.Tensor]:

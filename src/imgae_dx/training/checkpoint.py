@@ -151,6 +151,15 @@ def copy_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str]) ->
     return dst
 
 
+def state_dict_digest(sd: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 over a state dict's names and tensor bytes: equal digests = bit-identical weights."""
+    h = hashlib.sha256()
+    for k in sorted(sd):
+        h.update(k.encode())
+        h.update(sd[k].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def load_checkpoint(
     path: str | os.PathLike[str],
     *,
