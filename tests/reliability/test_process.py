@@ -59,14 +59,20 @@ def _logged_step(run: Path) -> int:
 
 
 def _ckpt_step(run: Path) -> int | None:
-    steps = set()
+    """The step a resume continues from: every model's last.pt, or — when a kill landed between
+    two models' writes of one save — the earliest of them, which the others' prev.pt holds."""
+    last: dict[str, int] = {}
     for m in MODELS:
         p = run / "checkpoints" / m / "last.pt"
         if not p.is_file():
             return None
-        steps.add(int(load_checkpoint(p, model_name=m)["step"]))  # loads safely, or raises
-    assert len(steps) == 1, f"models checkpointed at different steps: {steps}"
-    return steps.pop()
+        last[m] = int(load_checkpoint(p, model_name=m)["step"])  # loads safely, or raises
+    common = min(last.values())
+    for m, step in last.items():
+        if step != common:
+            prev = load_checkpoint(run / "checkpoints" / m / "prev.pt", model_name=m)
+            assert prev["step"] == common, f"no step every model can resume from: {last}"
+    return common
 
 
 @pytest.mark.slow

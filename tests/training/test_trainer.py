@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from training_helpers import folder_snapshot, run_cli, tiny_config, weights
+from training_helpers import folder_snapshot, run_cli, state_digest, tiny_config, weights
 
 from imgae_dx.cli import main
 from imgae_dx.errors import CheckpointError, RunFolderError
@@ -245,6 +245,36 @@ def test_resume_refuses_models_saved_at_different_steps(train_archive, tmp_path)
     tr = StreamingTrainer(cfg, on_batch=on_batch)
     assert tr.train_progressive_stages().interrupted
     ae = out / "checkpoints" / "ae"
-    (ae / "last.pt").write_bytes((ae / "stage_1.pt").read_bytes())  # as if killed between writes
+    (ae / "last.pt").write_bytes((ae / "stage_1.pt").read_bytes())  # no save ever wrote this mix
+    (ae / "prev.pt").unlink()
     with pytest.raises(CheckpointError, match="different steps"):
         StreamingTrainer(cfg, resume=True).train_progressive_stages()
+
+
+def test_kill_between_two_models_writes_resumes_from_the_common_step(train_archive, tmp_path):
+    """A kill after unet's last.pt was replaced but before ae's: unet's prev.pt holds the step ae
+    is still at, so the resume continues both from there and ends bit-identical."""
+    cfg_ref = tiny_config(train_archive, tmp_path / "ref", models=["unet", "ae"],
+                          stages=["images_001", "images_002"])
+    StreamingTrainer(cfg_ref).train_progressive_stages()
+    out = tmp_path / "run"
+    cfg = tiny_config(train_archive, out, models=["unet", "ae"], stages=["images_001", "images_002"])
+    n = []
+
+    def on_batch(stage, epoch, batch):
+        n.append(stage)
+        if len(n) == 5:
+            tr.request_stop()
+
+    tr = StreamingTrainer(cfg, on_batch=on_batch)
+    assert tr.train_progressive_stages().interrupted
+    ae = out / "checkpoints" / "ae"
+    # the state a kill leaves when it lands between unet's and ae's replace of one save
+    (ae / "last.pt").write_bytes((ae / "prev.pt").read_bytes())
+    step = {m: torch.load(out / "checkpoints" / m / "last.pt", weights_only=True)["step"]
+            for m in ("unet", "ae")}
+    assert step["unet"] > step["ae"]
+    res = StreamingTrainer(cfg, resume=True).train_progressive_stages()
+    assert not res.interrupted
+    for m in ("unet", "ae"):
+        assert state_digest(weights(out, m)) == state_digest(weights(tmp_path / "ref", m))

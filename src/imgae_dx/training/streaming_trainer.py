@@ -564,6 +564,10 @@ class StreamingTrainer:
         best = set(best)
         for name in self.models:
             folder = self.run_dir / "checkpoints" / name
+            if (folder / "last.pt").is_file():
+                # keep the step before: a kill between two models' writes leaves them one save
+                # apart, and resume then continues every model from that common step
+                copy_checkpoint(folder / "last.pt", folder / "prev.pt")
             last = save_checkpoint(folder / "last.pt", self._payload(name, shared))
             if stage_k is not None:
                 copy_checkpoint(last, folder / f"stage_{stage_k}.pt")
@@ -576,6 +580,19 @@ class StreamingTrainer:
             for name, p in lasts.items()
         }
         steps = {n: c["step"] for n, c in ckpts.items()}
+        if len(set(steps.values())) != 1:
+            # killed between two models' last.pt writes: fall back to prev.pt where that makes
+            # every model meet at the earliest step
+            common = min(steps.values())
+            for name, ck in list(ckpts.items()):
+                prev = lasts[name].with_name("prev.pt")
+                if ck["step"] != common and prev.is_file():
+                    pck = load_checkpoint(prev, model_name=name, fingerprint=self.fingerprint)
+                    if pck["step"] == common:
+                        log.warning("%s: the run was stopped while saving; %s continues from "
+                                    "prev.pt (step %d)", self.run_dir, name, common)
+                        ckpts[name] = pck
+            steps = {n: c["step"] for n, c in ckpts.items()}
         if len(set(steps.values())) != 1:
             raise CheckpointError(
                 f"the last.pt files of {self.run_dir} are from different steps ({steps}): the run "
