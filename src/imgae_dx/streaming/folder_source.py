@@ -30,7 +30,7 @@ import numpy as np
 
 from imgae_dx.errors import SourceError
 from imgae_dx.streaming.archive_index import ArchiveIndex, is_unsafe_name
-from imgae_dx.streaming.range_reader import RangeReader, ReaderStats
+from imgae_dx.streaming.range_reader import RangeReader, ReaderStats, pread_full
 
 _STAGE_DIR = re.compile(r"^images_\d{3}$")
 _LOCAL = struct.Struct("<4sHHHHHIIIHH")
@@ -145,21 +145,15 @@ class FolderReader(RangeReader):
         except OSError as e:
             raise SourceError(f"{self.identity}: cannot open {path}: {e.strerror or e}") from None
         try:
-            parts, got = [], 0
-            while got < n:
-                b = os.pread(fd, n - got, offset + got)
-                if not b:
-                    break
-                parts.append(b)
-                got += len(b)
+            data = pread_full(fd, n, offset)
         finally:
             os.close(fd)
-        if got != n:
+        if len(data) != n:
             raise SourceError(
                 f"{self.identity}: {path} is shorter than when the folder was listed (changed while "
                 f"running?); restart"
             )
-        return b"".join(parts)
+        return data
 
     def close(self) -> None:
         self._closed = True

@@ -176,6 +176,22 @@ class RangeReader(ABC):
 
 
 # ------------------------------------------------------------------------------------ local
+def pread_full(fd: int, length: int, offset: int) -> bytes:
+    """``os.pread`` until ``length`` bytes or end of file (pread may return short on some
+    filesystems); the result is shorter than ``length`` only at end of file."""
+    data = os.pread(fd, length, offset)
+    if len(data) >= length or not data:
+        return data
+    parts, got = [data], len(data)
+    while got < length:
+        more = os.pread(fd, length - got, offset + got)
+        if not more:
+            break
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
+
+
 class LocalFileReader(RangeReader):
     """``os.pread`` on a local file (thread-safe, no shared file position)."""
 
@@ -223,17 +239,7 @@ class LocalFileReader(RangeReader):
         if length == 0:
             return b""
         try:
-            data = os.pread(fd, length, offset)
-            if len(data) < length:  # pread may return short on some filesystems: finish it
-                parts = [data]
-                got = len(data)
-                while got < length:
-                    more = os.pread(fd, length - got, offset + got)
-                    if not more:
-                        break
-                    parts.append(more)
-                    got += len(more)
-                data = b"".join(parts)
+            data = pread_full(fd, length, offset)
         except OSError as e:
             raise SourceError(
                 f"{self.identity}: read of bytes {offset}-{offset + length - 1} failed: {e.strerror or e}"

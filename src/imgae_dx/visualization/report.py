@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from imgae_dx.errors import RunFolderError
+from imgae_dx.training.loggers import read_metrics
 from imgae_dx.visualization import plots
 
 METRIC_LABELS: tuple[tuple[str, str], ...] = (
@@ -59,26 +60,6 @@ def _read_json(path: Path) -> Any:
         return None
     except (OSError, json.JSONDecodeError) as e:
         raise RunFolderError(f"{path} cannot be read as JSON ({e}); re-run `imgae-dx evaluate`") from None
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Rows of ``metrics.jsonl``; a torn last line (run killed mid-write) is ignored."""
-    rows: list[dict[str, Any]] = []
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return rows
-    for line in text.splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(r, dict):
-            rows.append(r)
-    return rows
 
 
 def read_scores(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray], list[dict[str, str]]]:
@@ -316,7 +297,7 @@ def make_plots(run_dir: Path) -> dict[str, Path | None]:
     run_dir = Path(run_dir)
     pd = run_dir / "plots"
     metrics = _read_json(run_dir / "eval" / "metrics.json") or {}
-    records = read_jsonl(run_dir / "metrics.jsonl")
+    records = read_metrics(run_dir / "metrics.jsonl")
     labels, scores, _ = read_scores(run_dir / "eval" / "scores.csv")
     out: dict[str, Path | None] = {
         "roc_pr": plots.plot_roc_pr(metrics, pd / "roc_pr.png"),
@@ -346,7 +327,7 @@ def write_report(run_dir: str | Path) -> Path:
             "eval/metrics.json); pass the --out folder of `imgae-dx train`"
         )
     metrics = _read_json(run_dir / "eval" / "metrics.json")
-    records = read_jsonl(run_dir / "metrics.jsonl")
+    records = read_metrics(run_dir / "metrics.jsonl")
     cfg_path = run_dir / "config.yaml"
     cfg_text = cfg_path.read_text() if cfg_path.is_file() else "(config.yaml missing)"
     figs = make_plots(run_dir)
