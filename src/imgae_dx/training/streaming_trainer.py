@@ -134,11 +134,11 @@ def _resolve_device(name: str, local_rank: int) -> torch.device:
 
 
 def _rss_mb() -> float:
-    try:
-        import psutil
+    from imgae_dx.data.memory import rss_bytes
 
-        return psutil.Process().memory_info().rss / MB
-    except Exception:  # psutil missing or restricted /proc
+    try:
+        return rss_bytes() / MB
+    except Exception:  # restricted /proc: the log shows NaN rather than stopping training
         return float("nan")
 
 
