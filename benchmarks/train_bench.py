@@ -9,10 +9,14 @@ Scenarios (``--scenario``, default ``acceptance,one_stream``):
 * ``one_stream``: on a cold stream (a fresh trainer: nothing in the image cache; the archive file
   may sit in the OS page cache), the wall time of ``--model all`` against each single model:
   ``ratio_all_vs_slowest_single`` (target ≤ 1.2), and ``ratio_all_vs_sum_of_singles`` (what
-  decoding the stream once per model would cost).
-* ``gpu`` (CUDA only): one stage trained for several epochs at 128²; from the warm cache
-  (epochs ≥ 2) the trainer's images/s against the bare train step of ``model_bench.py`` for the
-  same models, batch and precision (target ≥ 0.9), and the cold first-epoch images/s.
+  decoding the stream once per model would cost), and ``compute_bound_ratio``: Σ ÷ slowest of the
+  models' bare train steps (``model_bench.py``, same size, batch and widths), the lowest ratio
+  any data path can reach where the model steps, not decoding, take the time.
+* ``gpu`` (CUDA; ``--tiny`` runs it on the CPU as a harness check): one stage trained for several
+  epochs at 128² in bf16; from the warm cache (epochs ≥ 2) the trainer's images/s against the
+  bare train step of ``model_bench.py`` for the same models, batch and precision (target ≥ 0.9),
+  and the cold first epoch's images/s next to the decode ceiling (``stream_bench.py``'s pure
+  decode + resize of the same stage on as many threads as the trainer decodes with).
 
 The archive is generated first (not timed) unless ``--archive`` names one.
 
@@ -30,12 +34,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+from model_bench import TINY, bench_one, device_name  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = "import sys; from imgae_dx.cli import main; sys.exit(main(sys.argv[1:]))"
@@ -112,11 +118,7 @@ def _train(archive: Path, out: Path, models: list[str], args: argparse.Namespace
 
 
 #: narrow widths (model_bench.py's --tiny): models cost little next to decoding, as on a GPU
-TINY_WIDTHS = {
-    "model.unet.base_channels": 8, "model.unet.groups": 4,
-    "model.ra.channels": [8, 16, 32, 32, 32], "model.ra.zdim": 32,
-    "model.ae.channels": [8, 16, 32, 32],
-}
+TINY_WIDTHS = {f"model.{m}.{k}": v for m, kw in TINY.items() for k, v in kw.items()}
 
 
 def one_stream(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
@@ -131,59 +133,98 @@ def one_stream(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     slowest = max(walls[m] for m in ("unet", "ra", "ae"))
     singles = sum(walls[m] for m in ("unet", "ra", "ae"))
     ratio = walls["all"] / slowest
+    step_ms = _bare_step_ms(args)
     return {
         "image_size": args.image_size,
         "model_widths": "tiny (model_bench --tiny)" if args.tiny else "packaged defaults",
         "wall_s": walls,
         "ratio_all_vs_slowest_single": round(ratio, 3),
         "ratio_all_vs_sum_of_singles": round(walls["all"] / singles, 3),
+        "bare_step_ms": step_ms,
+        "compute_bound_ratio": round(sum(step_ms.values()) / max(step_ms.values()), 3),
         "target_ratio": 1.2,
         "ok": ratio <= 1.2,
     }
 
 
-def gpu(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    if not torch.cuda.is_available():
-        return {"skipped": "no CUDA device"}
-    from model_bench import bench_one
+def _bare_step_ms(args: argparse.Namespace) -> dict[str, float]:
+    """model_bench's bare train step per model, same device, size, batch and widths.
 
-    archive = _archive(args, tmp, args.gpu_images, 1, 1024)
-    models = ["unet", "ra", "ae"]
-    epochs = args.gpu_epochs
-    out = tmp / "gpu_run"
+    With the data already in memory, ``--model all`` cannot beat the sum of its models' steps,
+    so Σ step ÷ slowest step is the lowest ratio any data path could reach on this machine.
+    """
     from imgae_dx.config import load_config
+
+    batch = load_config().training.batch_size
+    dev = torch.device(args.device if args.device != "auto" else
+                       ("cuda" if torch.cuda.is_available() else "cpu"))
+    precision = "bf16" if dev.type == "cuda" else "fp32"
+    return {m: bench_one(m, dev, args.image_size, batch, precision, False, args.bare_steps, 1,
+                         None, tiny=args.tiny)["step_ms"] for m in ("unet", "ra", "ae")}
+
+
+def gpu(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    """Warm-cache trainer vs bare train step, and the cold epoch vs the decode ceiling.
+
+    Meant for a CUDA machine (bf16 + channels_last). ``--tiny`` without CUDA runs the same
+    harness on the CPU (fp32, narrow widths) to check it, not to measure it.
+    """
+    cuda = torch.cuda.is_available()
+    if not cuda and not args.tiny:
+        return {"skipped": "no CUDA device (add --tiny to check the harness on the CPU)"}
+    from stream_bench import _ceiling
+
+    from imgae_dx.config import load_config
+    from imgae_dx.streaming.sources import open_archive
     from imgae_dx.training.streaming_trainer import StreamingTrainer
 
+    dev = torch.device("cuda" if cuda else "cpu")
+    size = args.gpu_image_size
+    archive = _archive(args, tmp, args.gpu_images, 1, 1024)
+    models = ["unet", "ra", "ae"]
+    out = tmp / "gpu_run"
     cfg = load_config(overrides={
         "source": str(archive), "out": str(out), "models": models, "stages": "all",
-        "data.image_size": 128, "data.view": "all", "data.decode_workers": os.cpu_count() or 2,
-        "data.memory_budget_mb": 4096, "training.epochs_per_stage": epochs,
-        "training.batch_size": args.batch_size, "training.device": "cuda", "training.amp": "bf16",
+        "data.image_size": size, "data.view": "all", "data.decode_workers": os.cpu_count() or 2,
+        "data.memory_budget_mb": 4096, "training.epochs_per_stage": args.gpu_epochs,
+        "training.batch_size": args.batch_size, "training.device": dev.type,
+        "training.amp": "bf16" if cuda else "off", "training.channels_last": cuda,
         "training.log_every_steps": 5, "training.checkpoint_every_steps": 10**6,
-        "logging.progress": False,
+        "logging.progress": False, **(TINY_WIDTHS if args.tiny else {}),
     })
-    tr = StreamingTrainer(cfg)
     t0 = time.perf_counter()
-    tr.train_progressive_stages()
+    StreamingTrainer(cfg).train_progressive_stages()
     wall = time.perf_counter() - t0
     recs = [r for r in _records(out) if r.get("kind") == "train" and r["model"] == "unet"]
-    cold = [r["images_per_s"] for r in recs if r["epoch"] == 0][1:]
+    cold = [r["images_per_s"] for r in recs if r["epoch"] == 0][1:]  # first window holds start-up
     warm = [r["images_per_s"] for r in recs if r["epoch"] >= 1]
-    bare = {m: bench_one(m, torch.device("cuda"), 128, args.batch_size, "bf16", False, 20, 5, None)
-            for m in models}
+    bare = {m: bench_one(m, dev, size, args.batch_size, "bf16" if cuda else "fp32", False,
+                         args.bare_steps, 2, None, tiny=args.tiny) for m in models}
     bare_all = 1.0 / sum(1.0 / bare[m]["images_per_s"] for m in models)
     warm_ips = sum(warm) / len(warm) if warm else float("nan")
+    workers = cfg.data.decode_workers
+    local = open_archive(str(archive), cfg.data)
+    try:
+        pngs = local.index.names_with_prefix("images_001/images/")[: args.ceiling_images].tolist()
+        with ThreadPoolExecutor(workers) as pool:
+            n, secs = _ceiling(local, pngs, size, pool)
+    finally:
+        local.close()
+    cold_ips = sum(cold) / len(cold) if cold else float("nan")
     return {
-        "card": torch.cuda.get_device_name(0),
-        "image_size": 128, "batch_size": args.batch_size, "precision": "bf16+channels_last",
-        "images": args.gpu_images, "epochs": epochs, "wall_s": round(wall, 1),
-        "cold_epoch_images_per_s": round(sum(cold) / len(cold), 1) if cold else None,
-        "decode_workers": cfg.data.decode_workers,
+        "card": torch.cuda.get_device_name(0) if cuda else "none: CPU harness check (--tiny)",
+        "image_size": size, "batch_size": args.batch_size,
+        "precision": "bf16+channels_last" if cuda else "fp32",
+        "archive": str(archive), "epochs": args.gpu_epochs, "wall_s": round(wall, 1),
         "warm_trainer_images_per_s": round(warm_ips, 1),
         "bare_step_images_per_s": {m: bare[m]["images_per_s"] for m in models},
         "bare_all_models_images_per_s": round(bare_all, 1),
         "ratio_warm_vs_bare": round(warm_ips / bare_all, 3),
         "target_ratio": 0.9,
+        "cold_epoch_images_per_s": round(cold_ips, 1),
+        "decode_workers": workers,
+        "decode_ceiling_images_per_s": round(n / secs, 1),
+        "ratio_cold_vs_ceiling": round(cold_ips / (n / secs), 3),
     }
 
 
@@ -200,10 +241,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=64, help="gpu scenario")
     ap.add_argument("--gpu-images", type=int, default=2000, help="gpu scenario: images in the stage")
     ap.add_argument("--gpu-epochs", type=int, default=3)
+    ap.add_argument("--gpu-image-size", type=int, default=128)
+    ap.add_argument("--ceiling-images", type=int, default=512,
+                    help="gpu scenario: images decoded for the decode ceiling")
+    ap.add_argument("--bare-steps", type=int, default=5,
+                    help="one_stream: timed bare train steps per model for the compute bound")
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args(argv)
-    from model_bench import device_name
-
     dev = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
     result: dict[str, Any] = {"device": device_name(dev), "cpu_count": os.cpu_count(),
                               "load_avg_1m_at_start": round(os.getloadavg()[0], 2)}
