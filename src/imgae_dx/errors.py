@@ -33,3 +33,7 @@ class CheckpointError(UserError):
 
 class RunFolderError(UserError):
     """The run folder is unwritable or holds a different run."""
+
+
+class StepMemoryError(UserError):
+    """A train or validation step ran out of GPU or host memory at the configured sizes."""

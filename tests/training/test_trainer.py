@@ -278,3 +278,46 @@ def test_kill_between_two_models_writes_resumes_from_the_common_step(train_archi
     assert not res.interrupted
     for m in ("unet", "ae"):
         assert state_digest(weights(out, m)) == state_digest(weights(tmp_path / "ref", m))
+
+
+@pytest.mark.parametrize(("exc", "kind"), [
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), "GPU"),
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: "
+                  "you tried to allocate 8589934592 bytes. Error code 12 (Cannot allocate memory)"), "host"),
+])
+def test_out_of_memory_says_what_to_lower_and_keeps_the_last_checkpoint(
+        train_archive, tmp_path, capsys, monkeypatch, exc, kind):
+    from imgae_dx.models.objectives import AEObjective
+
+    real, calls = AEObjective.train_step, []
+
+    def runs_out_at_the_fifth_step(self, x, ctx):
+        calls.append(1)
+        if len(calls) == 5:
+            raise exc
+        return real(self, x, ctx)
+
+    monkeypatch.setattr(AEObjective, "train_step", runs_out_at_the_fifth_step)
+    out = tmp_path / "oom"
+    assert run_cli(train_archive, out, tmp_path, "--model", "ae", "--stages", "images_001") == 2
+    err = capsys.readouterr().err
+    assert f"{kind} memory ran out in ae's train step at step 4 (images_001, a batch of 4 at 64²)" in err
+    assert "--batch-size (training.batch_size, now 4)" in err and "--image-size (data.image_size, now 64)" in err
+    assert "last checkpoint (step 4) is intact" in err and "Traceback" not in err
+    last = out / "checkpoints" / "ae" / "last.pt"
+    assert torch.load(last, weights_only=True)["step"] == 4  # checkpoint_every_steps 2: steps 2, 4
+    monkeypatch.undo()
+    assert run_cli(train_archive, out, tmp_path, "--model", "ae", "--stages", "images_001", "--resume") == 0
+    assert torch.load(last, weights_only=True)["step"] > 4
+
+
+def test_other_runtime_errors_are_not_taken_for_out_of_memory(train_archive, tmp_path, monkeypatch):
+    from imgae_dx.models.objectives import AEObjective
+
+    def broken(self, x, ctx):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    monkeypatch.setattr(AEObjective, "train_step", broken)
+    cfg = tiny_config(train_archive, tmp_path / "bug", models=["ae"], stages=["images_001"])
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        StreamingTrainer(cfg).train_progressive_stages()

@@ -45,7 +45,7 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,7 +56,7 @@ import torch
 
 from imgae_dx import __version__
 from imgae_dx.config import Config, config_from_yaml_text, load_config
-from imgae_dx.errors import CheckpointError, RunFolderError, UserError
+from imgae_dx.errors import CheckpointError, RunFolderError, StepMemoryError, UserError
 from imgae_dx.training import distributed as dist_utils
 from imgae_dx.training.checkpoint import (
     FORMAT,
@@ -827,7 +827,8 @@ class StreamingTrainer:
                 else:
                     x = x.to(self.device)
                 for name, obj in self.objectives.items():
-                    out = obj.train_step(x, self._ctx(name))
+                    with self._memory_errors(name, "train step", stage, x):
+                        out = obj.train_step(x, self._ctx(name))
                     if self.scalers[name] is not None:
                         self.scalers[name].update()
                     for sch in self.schedulers[name].values():
@@ -901,6 +902,28 @@ class StreamingTrainer:
             bar.set_postfix(loss=",".join(f"{k}={v}" for k, v in post.items()), img_s=f"{ips:.0f}",
                             rss=f"{rss:.0f}MB", hit=f"{hit:.0%}" if hit is not None else "-")
 
+    @contextlib.contextmanager
+    def _memory_errors(self, name: str, what: str, stage: str, x: torch.Tensor) -> Iterator[None]:
+        """Turn an out-of-memory error of one model's step into a :class:`StepMemoryError` that
+        says which sizes to lower and what is on disk (the last checkpoint is never touched)."""
+        try:
+            yield
+        except RuntimeError as e:  # torch.OutOfMemoryError (CUDA) is a RuntimeError too
+            gpu = isinstance(e, torch.OutOfMemoryError)
+            if not gpu and "can't allocate memory" not in str(e):  # the CPU allocator's words
+                raise
+            t, d = self.cfg.training, self.cfg.data
+            saved = [n for n in self.models if (self.run_dir / "checkpoints" / n / "last.pt").is_file()]
+            kept = (f"the last checkpoint (step {self._last_save_step}) is intact: free memory and "
+                    f"rerun with --resume to continue from it" if saved else "no checkpoint was written yet")
+            raise StepMemoryError(
+                f"{'GPU' if gpu else 'host'} memory ran out in "
+                f"{name}'s {what} at step {self.step} ({stage}, a batch of {int(x.shape[0])} at "
+                f"{int(x.shape[-1])}²). Lower --batch-size (training.batch_size, now {t.batch_size}) "
+                f"or --image-size (data.image_size, now {d.image_size}) and start a new run: they define the run, "
+                f"so --resume refuses them; {kept}."
+            ) from e
+
     @torch.no_grad()
     def _validate(self, stage: str, si: int, epoch: int) -> list[str]:
         """Validation loss per model on the stage's val split; returns the models that improved."""
@@ -926,7 +949,8 @@ class StreamingTrainer:
                 x = x.contiguous(memory_format=torch.channels_last)
             b = int(x.shape[0])
             for name, obj in self.objectives.items():
-                out = obj.val_loss(x, self._ctx(name, generator=gens[name]))
+                with self._memory_errors(name, "validation step", stage, x):
+                    out = obj.val_loss(x, self._ctx(name, generator=gens[name]))
                 sums[name] += float(out["loss"]) * b
             count += b
             if t.val_max_images is not None and count >= t.val_max_images:
