@@ -299,6 +299,7 @@ def tiny_run(small_archive, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # the planted payload
 def test_checkpoint_with_a_pickle_payload_is_refused_and_never_runs(tiny_run, small_archive, tmp_path, capsys):
     import shutil
 

@@ -98,6 +98,7 @@ class Evil:
         return (os.system, ("echo pwned",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # the planted payload
 def test_unsafe_pickle_is_refused(tmp_path):
     p = tmp_path / "evil.pt"
     torch.save({"format": FORMAT, "x": Evil()}, p)
