@@ -110,7 +110,8 @@ def _train(archive: Path, out: Path, models: list[str], args: argparse.Namespace
     cfg = load_config(overrides={
         "source": str(archive), "out": str(out), "models": models, "stages": "all",
         "data.image_size": args.image_size, "training.epochs_per_stage": 1,
-        "training.device": args.device, "logging.progress": False, **over,
+        "training.device": args.device, "logging.progress": False,
+        **({"data.decode_workers": args.decode_workers} if args.decode_workers else {}), **over,
     })
     t0 = time.perf_counter()
     StreamingTrainer(cfg).train_progressive_stages()
@@ -244,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gpu-image-size", type=int, default=128)
     ap.add_argument("--ceiling-images", type=int, default=512,
                     help="gpu scenario: images decoded for the decode ceiling")
+    ap.add_argument("--decode-workers", type=int, default=None,
+                    help="one_stream: PNG-decode threads (default: the config's)")
     ap.add_argument("--bare-steps", type=int, default=5,
                     help="one_stream: timed bare train steps per model for the compute bound")
     ap.add_argument("--workdir", default=None)
