@@ -160,7 +160,7 @@ def _bare_step_ms(args: argparse.Namespace) -> dict[str, float]:
     dev = torch.device(args.device if args.device != "auto" else
                        ("cuda" if torch.cuda.is_available() else "cpu"))
     precision = "bf16" if dev.type == "cuda" else "fp32"
-    return {m: bench_one(m, dev, args.image_size, batch, precision, False, args.bare_steps, 1,
+    return {m: bench_one(m, dev, args.image_size, batch, precision, False, args.bare_steps or 5, 1,
                          None, tiny=args.tiny)["step_ms"] for m in ("unet", "ra", "ae")}
 
 
@@ -199,8 +199,9 @@ def gpu(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     recs = [r for r in _records(out) if r.get("kind") == "train" and r["model"] == "unet"]
     cold = [r["images_per_s"] for r in recs if r["epoch"] == 0][1:]  # first window holds start-up
     warm = [r["images_per_s"] for r in recs if r["epoch"] >= 1]
+    # after the trainer: the same cudnn.benchmark / TF32 switches it set are still on
     bare = {m: bench_one(m, dev, size, args.batch_size, "bf16" if cuda else "fp32", False,
-                         args.bare_steps, 2, None, tiny=args.tiny) for m in models}
+                         args.bare_steps or 20, 5, None, tiny=args.tiny) for m in models}
     bare_all = 1.0 / sum(1.0 / bare[m]["images_per_s"] for m in models)
     warm_ips = sum(warm) / len(warm) if warm else float("nan")
     workers = cfg.data.decode_workers
@@ -247,8 +248,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="gpu scenario: images decoded for the decode ceiling")
     ap.add_argument("--decode-workers", type=int, default=None,
                     help="one_stream: PNG-decode threads (default: the config's)")
-    ap.add_argument("--bare-steps", type=int, default=5,
-                    help="one_stream: timed bare train steps per model for the compute bound")
+    ap.add_argument("--bare-steps", type=int, default=None,
+                    help="timed bare train steps per model (default: one_stream 5, gpu 20)")
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args(argv)
     dev = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")

@@ -158,6 +158,9 @@ class TrainingConfig(_Strict):
     amp: Literal["bf16", "fp16", "off"] = Field("bf16", description="autocast dtype on CUDA")
     channels_last: bool = True
     compile: bool = False
+    cudnn_benchmark: bool = Field(True, description="CUDA: cuDNN times and picks the fastest "
+                                  "convolution algorithms (fixed input sizes; not bit-reproducible)")
+    tf32: bool = Field(True, description="CUDA: TF32 tensor cores for the fp32 matmuls/convolutions")
     grad_clip: float | None = Field(1.0, gt=0)
     scheduler: Literal["cosine", "constant"] = "cosine"
     warmup_steps: int = Field(0, ge=0)

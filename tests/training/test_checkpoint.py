@@ -144,7 +144,8 @@ def test_fingerprint_ignores_io_knobs_but_not_run_identity():
     base = load_config(overrides={"models": ["unet"]}).model_dump(mode="json")
     io_change = load_config(
         overrides={"models": ["unet"], "out": "elsewhere", "data.decode_workers": 7,
-                   "training.device": "cpu", "logging.logger": "wandb"}
+                   "training.device": "cpu", "logging.logger": "wandb",
+                   "training.cudnn_benchmark": False, "training.tf32": False}
     ).model_dump(mode="json")
     assert config_fingerprint(base) == config_fingerprint(io_change)
     changed = load_config(overrides={"models": ["unet"], "training.batch_size": 3}).model_dump(

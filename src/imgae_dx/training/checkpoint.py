@@ -40,6 +40,8 @@ RESUMABLE_KEYS: tuple[str, ...] = (
     "evaluation",
     "training.device",
     "training.compile",
+    "training.cudnn_benchmark",
+    "training.tf32",
     "training.checkpoint_every_steps",
     "training.checkpoint_every_minutes",
     "training.log_every_steps",

@@ -295,6 +295,10 @@ class StreamingTrainer:
         self.dist = dist_utils.init_distributed(self.device)
         self.is_main = self.dist.is_main
         self.cuda = self.device.type == "cuda"
+        if self.cuda:  # process-wide switches, as every CUDA training script sets them
+            torch.backends.cudnn.benchmark = cfg.training.cudnn_benchmark
+            torch.backends.cuda.matmul.allow_tf32 = cfg.training.tf32
+            torch.backends.cudnn.allow_tf32 = cfg.training.tf32
 
         # 1. validate everything before writing anything
         _check_writable(self.run_dir)
