@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from imgae_dx.utils.atomic import atomic_open
+from imgae_dx.visualization.plots import colour
 
 
 def in_notebook() -> bool:
@@ -103,10 +104,10 @@ class LivePlot:
         fig = Figure(figsize=(12, 3.6), dpi=80)  # fixed margins: constrained layout costs ~10×
         FigureCanvasAgg(fig)
         ax_loss, ax_speed, ax_rss = fig.subplots(1, 3)
-        fig.subplots_adjust(left=0.05, right=0.99, bottom=0.14, top=0.9, wspace=0.22)
+        fig.subplots_adjust(left=0.065, right=0.99, bottom=0.14, top=0.9, wspace=0.25)
         for i, (model, pts) in enumerate(sorted(self.loss.items())):
             xs, ys = zip(*pts, strict=True)
-            color = f"C{i}"
+            color = colour(model, i)  # the report's colours
             ax_loss.plot(xs, ys, color=color, lw=1, label=f"{model} train")
             if self.val.get(model):
                 vx, vy = zip(*self.val[model], strict=True)
@@ -124,6 +125,7 @@ class LivePlot:
             if series:
                 xs, ys = zip(*series, strict=True)
                 ax.plot(xs, ys, color="C7", lw=1)
+                ax.set_ylim(bottom=0)
             ax.set_title(title)
             ax.set_xlabel("step")
         for ax in (ax_loss, ax_speed, ax_rss):

@@ -78,7 +78,7 @@ def plot_roc_pr(metrics: Mapping[str, Any], path: Path) -> Path | None:
     if not models:
         return None
     plt = _plt()
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.8))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.8), layout="constrained")
     prevalence = None
     counts = metrics.get("counts", {})
     if counts.get("images"):
@@ -120,7 +120,7 @@ def plot_score_histograms(
         return None
     plt = _plt()
     names = list(scores)
-    fig, axes = plt.subplots(1, len(names), figsize=(5.2 * len(names), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(names), figsize=(5.2 * len(names), 3.8), squeeze=False, layout="constrained")
     for ax, name in zip(axes[0], names, strict=True):
         s = np.asarray(scores[name], dtype=float)
         bins = np.histogram_bin_edges(s, bins=40)
@@ -190,7 +190,7 @@ def plot_losses(records: Sequence[Mapping[str, Any]], path: Path) -> Path | None
     if not models:
         return None
     plt = _plt()
-    fig, axes = plt.subplots(1, len(models), figsize=(5.6 * len(models), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(models), figsize=(5.6 * len(models), 3.8), squeeze=False, layout="constrained")
     for i, (ax, (name, d)) in enumerate(zip(axes[0], models.items(), strict=True)):
         col = colour(name, i)
         if d["train"]:
@@ -199,10 +199,14 @@ def plot_losses(records: Sequence[Mapping[str, Any]], path: Path) -> Path | None
         if d["val"]:
             v = np.asarray(sorted(d["val"]))
             ax.plot(v[:, 0], v[:, 1], "o-", color="black", ms=4, lw=1, label="validation (normal)")
-        for stage, s0 in sorted(stage_starts.get(name, {}).items(), key=lambda kv: kv[1]):
+        starts = sorted(stage_starts.get(name, {}).items(), key=lambda kv: kv[1])
+        for _, s0 in starts:
             ax.axvline(s0, color="grey", ls=":", lw=1)
-            ax.text(s0, 1.0, f" {stage}", transform=ax.get_xaxis_transform(), fontsize=7,
-                    va="top", rotation=90, color="grey")
+        if starts:  # stage names on a top axis, clear of the curves
+            top = ax.secondary_xaxis("top")
+            top.set_xticks([s0 for _, s0 in starts], [stage for stage, _ in starts], fontsize=7,
+                           color="grey")
+            top.tick_params(length=0)
         ax.set(title=f"{name}: loss per stage", xlabel="optimiser step", ylabel="loss")
         if (np.asarray([p[1] for p in d["train"] + d["val"]]) > 0).all():
             ax.set_yscale("log")
@@ -222,7 +226,7 @@ def plot_throughput(records: Sequence[Mapping[str, Any]], path: Path) -> Path | 
     if not rows:
         return None
     plt = _plt()
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
     has_time = all(r.get("time") is not None or r.get("elapsed_s") is not None for r in rows)
     t0 = min((float(r.get("elapsed_s", r.get("time", 0.0))) for r in rows), default=0.0) if has_time else 0.0
 
@@ -246,9 +250,8 @@ def plot_throughput(records: Sequence[Mapping[str, Any]], path: Path) -> Path | 
     xl = "elapsed seconds" if has_time else "step"
     ax1.set(title="training throughput (all models, same batches)", xlabel=xl, ylabel="images/s")
     ax2.set(title="resident memory of the process (RSS)", xlabel=xl, ylabel="MB")
-    ax1.set_ylim(bottom=0)
-    ax2.set_ylim(bottom=0)
-    for ax in (ax1, ax2):
+    for ax, series in ((ax1, ips), (ax2, rss)):
+        ax.set_ylim(0, 1.08 * max(series.values(), default=1.0) or 1.0)  # from 0, with headroom
         ax.grid(alpha=0.3)
     return _save(fig, path)
 
@@ -272,18 +275,23 @@ def plot_examples(
     from matplotlib.patches import Rectangle
 
     n = len(items)
+    maps = [np.asarray(it["anomaly_map"], dtype=float) for it in items]
+    # one colour scale for every row: a least-anomalous image must look cool next to the most
+    # anomalous ones (a per-image scale would paint every map's own maximum equally hot)
+    pooled = np.concatenate([m.ravel() for m in maps])
+    lo = float(pooled.min()) if pooled.size else 0.0
+    hi = max(float(np.percentile(pooled, 99.5)) if pooled.size else 1.0, lo + 1e-12)
     fig, axes = plt.subplots(n, 3, figsize=(7.2, 2.45 * n), squeeze=False, layout="constrained")
-    for r, it in enumerate(items):
+    heat = None
+    for r, (it, amap) in enumerate(zip(items, maps, strict=True)):
         img = np.asarray(it["image"], dtype=float)
         img = img / 255.0 if img.max() > 1.0 else img
         rec = np.asarray(it["reconstruction"], dtype=float)
         rec = rec / 255.0 if rec.max() > 1.0 else rec
-        amap = np.asarray(it["anomaly_map"], dtype=float)
         axes[r, 0].imshow(img, cmap="gray", vmin=0, vmax=1)
         axes[r, 1].imshow(rec, cmap="gray", vmin=0, vmax=1)
         axes[r, 2].imshow(img, cmap="gray", vmin=0, vmax=1)
-        hi = np.percentile(amap, 99.5) if amap.size else 1.0
-        axes[r, 2].imshow(amap, cmap="inferno", alpha=0.55, vmin=float(amap.min()), vmax=float(max(hi, amap.min() + 1e-12)))
+        heat = axes[r, 2].imshow(amap, cmap="inferno", alpha=0.55, vmin=lo, vmax=hi)
         for finding, x, y, w, h in it.get("boxes", []):
             axes[r, 2].add_patch(Rectangle((x, y), w, h, fill=False, ec="#00ff66", lw=1.5))
             axes[r, 2].text(x, y - 1, str(finding), color="#00ff66", fontsize=6, va="bottom")
@@ -293,5 +301,7 @@ def plot_examples(
             axes[r, c].set_yticks([])
     for c, t in enumerate(("input", "reconstruction", "anomaly map (box: ground truth)")):
         axes[0, c].set_title(t, fontsize=9)
+    fig.colorbar(heat, ax=axes[:, 2], shrink=0.3, aspect=30, pad=0.02,
+                 label="anomaly map (one scale for all rows)")
     fig.suptitle(f"{model}: most and least anomalous test images", fontsize=10)
     return _save(fig, path)
