@@ -143,6 +143,17 @@ def test_deterministic_bytes_and_seed_changes(tmp_path: Path) -> None:
     assert not list((tmp_path / "a").glob(".data.zip.*"))  # temp file replaced atomically
 
 
+def test_bytes_do_not_depend_on_the_render_thread_count(tmp_path: Path, monkeypatch) -> None:
+    import imgae_dx.data.sample as sample
+
+    kw = dict(images_per_stage=24, stages=2, seed=5, image_px=96, progress=False)
+    monkeypatch.setattr(sample, "RENDER_THREADS", 1)
+    one = write_sample_archive(tmp_path / "one", **kw).read_bytes()
+    monkeypatch.setattr(sample, "RENDER_THREADS", 5)
+    five = write_sample_archive(tmp_path / "five", **kw).read_bytes()
+    assert one == five
+
+
 def test_metadata_independent_of_image_px(tmp_path: Path) -> None:
     kw = dict(images_per_stage=4, stages=2, seed=1, progress=False)
     z1 = zipfile.ZipFile(write_sample_archive(tmp_path / "p64", image_px=64, **kw))
