@@ -173,7 +173,7 @@ def plot_losses(records: Sequence[Mapping[str, Any]], path: Path) -> Path | None
             ``val_loss`` on a row, or rows with ``split == "val"`` holding ``loss``.
     """
     models: dict[str, dict[str, list[tuple[float, float]]]] = {}
-    stage_starts: dict[str, dict[str, tuple[float, float]]] = {}
+    stage_spans: dict[str, dict[str, tuple[float, float]]] = {}
     for r in records:
         m, step = r.get("model"), r.get("step")
         if m is None or step is None:
@@ -185,8 +185,8 @@ def plot_losses(records: Sequence[Mapping[str, Any]], path: Path) -> Path | None
         if not _is_val(r) and r.get("loss") is not None:
             d["train"].append((float(step), float(r["loss"])))
         if r.get("stage") is not None:  # first and last logged step of each stage
-            lo, hi = stage_starts.setdefault(str(m), {}).get(str(r["stage"]), (math.inf, -math.inf))
-            stage_starts[str(m)][str(r["stage"])] = (min(lo, float(step)), max(hi, float(step)))
+            lo, hi = stage_spans.setdefault(str(m), {}).get(str(r["stage"]), (math.inf, -math.inf))
+            stage_spans[str(m)][str(r["stage"])] = (min(lo, float(step)), max(hi, float(step)))
     models = {k: v for k, v in models.items() if v["train"] or v["val"]}
     if not models:
         return None
@@ -200,7 +200,7 @@ def plot_losses(records: Sequence[Mapping[str, Any]], path: Path) -> Path | None
         if d["val"]:
             v = np.asarray(sorted(d["val"]))
             ax.plot(v[:, 0], v[:, 1], "o-", color="black", ms=4, lw=1, label="validation (normal)")
-        spans = sorted(stage_starts.get(name, {}).items(), key=lambda kv: kv[1])
+        spans = sorted(stage_spans.get(name, {}).items(), key=lambda kv: kv[1])
         # a stage starts where the one before it ended (its first logged step comes later)
         starts = [(stage, spans[k - 1][1][1] if k else lo) for k, (stage, (lo, _)) in enumerate(spans)]
         for _, s0 in starts:
