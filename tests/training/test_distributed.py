@@ -34,3 +34,12 @@ def test_single_process_helpers_are_noops(monkeypatch):
     assert D.is_main()
     D.barrier()
     D.cleanup()
+
+
+def test_small_collectives_use_the_backends_device(monkeypatch):
+    """nccl refuses CPU tensors: the stop flags and validation sums must go through the GPU there."""
+    monkeypatch.setattr(D.dist, "get_backend", lambda: "nccl")
+    monkeypatch.setattr(D.torch.cuda, "current_device", lambda: 3)
+    assert D.collective_device() == torch.device("cuda", 3)
+    monkeypatch.setattr(D.dist, "get_backend", lambda: "gloo")
+    assert D.collective_device() == torch.device("cpu")

@@ -130,20 +130,28 @@ def broadcast_module(module: torch.nn.Module, buffers_only: bool = False) -> Non
             dist.broadcast(t.data, src=0)
 
 
-def all_reduce_sum(values: list[float], device: torch.device | str = "cpu") -> list[float]:
+def collective_device() -> torch.device:
+    """Where tensors of the process group's collectives must live: this rank's GPU under
+    ``nccl`` (it refuses CPU tensors), the CPU under ``gloo``."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce_sum(values: list[float]) -> list[float]:
     """Sum a short list of floats over ranks (float64)."""
     if not is_initialized():
         return list(values)
-    t = torch.tensor(values, dtype=torch.float64, device=device)
+    t = torch.tensor(values, dtype=torch.float64, device=collective_device())
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t.tolist()
 
 
-def any_flag(flag: bool, device: torch.device | str = "cpu") -> bool:
+def any_flag(flag: bool) -> bool:
     """True on every rank if ``flag`` is true on any rank (used to stop all ranks together)."""
     if not is_initialized():
         return flag
-    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=collective_device())
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
 
