@@ -53,10 +53,8 @@ def run(args: argparse.Namespace) -> int:
         _out(result.note)
         creds = result.active
     else:
-        creds = find_credentials()
+        creds = find_credentials()  # logs its own warnings (a world-readable file, …)
         if creds is not None:
-            for w in creds.warnings:
-                _err(f"warning: {w}")
             _out(f"using Kaggle credentials: {creds.describe()}")
     if creds is None:
         raise CredentialsError(
