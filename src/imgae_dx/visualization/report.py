@@ -27,6 +27,7 @@ import numpy as np
 
 from imgae_dx.errors import RunFolderError
 from imgae_dx.training.loggers import read_metrics
+from imgae_dx.utils.atomic import atomic_open, atomic_write_text
 from imgae_dx.visualization import plots
 
 METRIC_LABELS: tuple[tuple[str, str], ...] = (
@@ -62,20 +63,20 @@ def _read_json(path: Path) -> Any:
         raise RunFolderError(f"{path} cannot be read as JSON ({e}); re-run `imgae-dx evaluate`") from None
 
 
-def read_scores(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray], list[dict[str, str]]]:
-    """``eval/scores.csv`` → (labels (N,), model → scores (N,), raw rows)."""
+def read_scores(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """``eval/scores.csv`` → (labels (N,), model → scores (N,))."""
     try:
         with path.open(newline="") as f:
             reader = csv.DictReader(f)
             rows = list(reader)
             fields = reader.fieldnames or []
     except FileNotFoundError:
-        return np.zeros(0, np.int64), {}, []
+        return np.zeros(0, np.int64), {}
     fixed = {"image", "patient", "view", "findings", "label", "stage"}
     models = [c for c in fields if c not in fixed]
     labels = np.asarray([int(r["label"]) for r in rows], dtype=np.int64)
     scores = {m: np.asarray([float(r[m]) for r in rows], dtype=np.float64) for m in models}
-    return labels, scores, rows
+    return labels, scores
 
 
 def save_examples(path: Path, items: Sequence[Mapping[str, Any]]) -> Path:
@@ -91,19 +92,17 @@ def save_examples(path: Path, items: Sequence[Mapping[str, Any]]) -> Path:
         a = np.asarray(a)
         return a if a.dtype == np.uint8 else (np.clip(a, 0, 1) * 255 + 0.5).astype(np.uint8)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(
-        tmp,
-        image_ids=np.asarray([str(i["image_id"]) for i in items]),
-        titles=np.asarray([str(i.get("title", i["image_id"])) for i in items]),
-        images=np.stack([u8(i["image"]) for i in items]),
-        reconstructions=np.stack([u8(i["reconstruction"]) for i in items]),
-        maps=np.stack([np.asarray(i["anomaly_map"], dtype=np.float16) for i in items]),
-        boxes_json=np.asarray([json.dumps([[str(b[0])] + [float(v) for v in b[1:]] for b in i.get("boxes", [])])
-                               for i in items]),
-    )
-    tmp.replace(path)
+    with atomic_open(path) as f:
+        np.savez_compressed(
+            f,
+            image_ids=np.asarray([str(i["image_id"]) for i in items]),
+            titles=np.asarray([str(i.get("title", i["image_id"])) for i in items]),
+            images=np.stack([u8(i["image"]) for i in items]),
+            reconstructions=np.stack([u8(i["reconstruction"]) for i in items]),
+            maps=np.stack([np.asarray(i["anomaly_map"], dtype=np.float16) for i in items]),
+            boxes_json=np.asarray([json.dumps([[str(b[0])] + [float(v) for v in b[1:]]
+                                               for b in i.get("boxes", [])]) for i in items]),
+        )
     return path
 
 
@@ -292,13 +291,16 @@ def _localisation_html(metrics: Mapping[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------------------ main
-def make_plots(run_dir: Path) -> dict[str, Path | None]:
-    """Draw every figure the run folder has data for into RUN_DIR/plots/; returns name → path."""
-    run_dir = Path(run_dir)
+def make_plots(run_dir: Path, metrics: Mapping[str, Any], records: Sequence[Mapping[str, Any]]
+               ) -> dict[str, Path | None]:
+    """Draw every figure the run folder has data for into RUN_DIR/plots/; returns name → path.
+
+    Args:
+        metrics: ``eval/metrics.json`` as read ({} before evaluation).
+        records: ``metrics.jsonl`` as read.
+    """
     pd = run_dir / "plots"
-    metrics = _read_json(run_dir / "eval" / "metrics.json") or {}
-    records = read_metrics(run_dir / "metrics.jsonl")
-    labels, scores, _ = read_scores(run_dir / "eval" / "scores.csv")
+    labels, scores = read_scores(run_dir / "eval" / "scores.csv")
     out: dict[str, Path | None] = {
         "roc_pr": plots.plot_roc_pr(metrics, pd / "roc_pr.png"),
         "score_histograms": plots.plot_score_histograms(labels, scores, pd / "score_histograms.png"),
@@ -330,7 +332,7 @@ def write_report(run_dir: str | Path) -> Path:
     records = read_metrics(run_dir / "metrics.jsonl")
     cfg_path = run_dir / "config.yaml"
     cfg_text = cfg_path.read_text() if cfg_path.is_file() else "(config.yaml missing)"
-    figs = make_plots(run_dir)
+    figs = make_plots(run_dir, metrics or {}, records)
 
     parts = [f"<h1>ImgAE-Dx report</h1><p class=muted>Run folder <code>{_e(run_dir.resolve())}</code> · "
              f"written {_e(time.strftime('%Y-%m-%d %H:%M:%S'))}</p>"]
@@ -371,8 +373,4 @@ def write_report(run_dir: str | Path) -> Path:
            "<meta name=viewport content='width=device-width,initial-scale=1'><link rel=icon href='data:,'>"
            f"<title>ImgAE-Dx report</title><style>{_CSS}</style></head><body><main>"
            + "\n".join(parts) + "</main></body></html>")
-    out = run_dir / "report.html"
-    tmp = out.with_suffix(".html.tmp")
-    tmp.write_text(doc, encoding="utf-8")
-    tmp.replace(out)
-    return out
+    return atomic_write_text(run_dir / "report.html", doc)
