@@ -40,8 +40,3 @@ def small_archive(tmp_path_factory) -> Path:
     """3 stages × 40 images at 256 px: fast, full NIH layout and metadata."""
     return _sample(tmp_path_factory, "small", images_per_stage=40, stages=3, seed=0, image_px=256)
 
-
-@pytest.fixture(scope="session")
-def sample_archive(tmp_path_factory) -> Path:
-    """3 stages × 120 images at 1024 px: the real image size, for streaming figures."""
-    return _sample(tmp_path_factory, "sample", images_per_stage=120, stages=3, seed=0, image_px=1024)

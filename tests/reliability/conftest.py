@@ -11,13 +11,4 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import pytest
-
 sys.path.insert(0, str(Path(__file__).parent))  # reliability_helpers.py, next to this file
-
-from reliability_helpers import Seen  # noqa: E402
-
-
-@pytest.fixture
-def seen() -> Seen:
-    return Seen()

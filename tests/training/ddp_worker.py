@@ -12,8 +12,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from training_helpers import state_digest, tiny_config  # noqa: E402
+from training_helpers import tiny_config  # noqa: E402
 
+from imgae_dx.training.checkpoint import state_dict_digest  # noqa: E402
 from imgae_dx.training.streaming_trainer import StreamingTrainer  # noqa: E402
 
 
@@ -29,7 +30,7 @@ def main() -> None:
 
     tr = StreamingTrainer(cfg, on_batch=on_batch)
     res = tr.train_progressive_stages()
-    digests = {n: state_digest(m.state_dict()) for n, m in tr.models.items()}
+    digests = {n: state_dict_digest(m.state_dict()) for n, m in tr.models.items()}
     (result_dir / f"rank{rank}.json").write_text(json.dumps(
         {"rank": rank, "world": tr.dist.world_size, "seen": seen, "digests": digests,
          "step": res.step, "interrupted": res.interrupted}

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from training_helpers import folder_snapshot, run_cli, state_digest, tiny_config, weights
+from training_helpers import folder_snapshot, run_cli, tiny_config, weights
 
 from imgae_dx.cli import main
 from imgae_dx.errors import CheckpointError, RunFolderError
+from imgae_dx.training.checkpoint import state_dict_digest
 from imgae_dx.training.streaming_trainer import StreamingTrainer, _lr_lambda, redact_source
 
 MODELS = ("unet", "ra", "ae")
@@ -277,7 +278,7 @@ def test_kill_between_two_models_writes_resumes_from_the_common_step(train_archi
     res = StreamingTrainer(cfg, resume=True).train_progressive_stages()
     assert not res.interrupted
     for m in ("unet", "ae"):
-        assert state_digest(weights(out, m)) == state_digest(weights(tmp_path / "ref", m))
+        assert state_dict_digest(weights(out, m)) == state_dict_digest(weights(tmp_path / "ref", m))
 
 
 @pytest.mark.parametrize(("exc", "kind"), [

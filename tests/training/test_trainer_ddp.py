@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from training_helpers import state_digest, weights
+from training_helpers import weights
+
+from imgae_dx.training.checkpoint import state_dict_digest
 
 
 @pytest.mark.slow
@@ -34,7 +36,7 @@ def test_two_process_gloo_run(train_archive, tmp_path):
     # identical weights (parameters and BatchNorm buffers) on both ranks, and in rank 0's checkpoint
     assert r0["digests"] == r1["digests"]
     for name in ("unet", "ae"):
-        assert state_digest(weights(out, name)) == r0["digests"][name]
+        assert state_dict_digest(weights(out, name)) == r0["digests"][name]
     # only rank 0 wrote the run folder; the log counts both ranks' images
     recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in recs if r.get("kind") == "train" and r["model"] == "ae"]

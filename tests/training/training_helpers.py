@@ -8,7 +8,6 @@ from typing import Any
 import torch
 
 from imgae_dx.config import nest_dotted
-from imgae_dx.training.checkpoint import state_dict_digest
 
 TINY: dict[str, Any] = {
     "data.image_size": 64,
@@ -57,8 +56,6 @@ def tiny_config(source: Path | str, out: Path | str, **over: Any):
 
     return load_config(overrides={**TINY, "source": str(source), "out": str(out), **over})
 
-
-state_digest = state_dict_digest
 
 
 def weights(run_dir: Path, model: str, name: str = "last.pt") -> dict[str, torch.Tensor]:

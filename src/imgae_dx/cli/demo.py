@@ -249,7 +249,6 @@ def run(args: argparse.Namespace) -> int:
         _say(f"[2/5] streaming it over loopback HTTP (byte ranges): {server.url}")
 
         # 3. training
-        t = time.monotonic()
         n_stages = spec.stages if cfg.stages == "all" else len(cfg.stages)
         _say(f"[3/5] training {', '.join(cfg.models)}: {n_stages} stages × "
              f"{cfg.training.epochs_per_stage} epochs, {cfg.data.image_size} px, batch "

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from imgae_dx.errors import ArchiveError, SourceError
+from imgae_dx.errors import ArchiveError
 from imgae_dx.utils.atomic import atomic_open
 
 if TYPE_CHECKING:
@@ -580,10 +580,7 @@ class ArchiveIndex:
                         f"{where}: the buffer ({len(mv)} bytes from {buf_start}) ends before the member "
                         f"(needs bytes up to {buf_start + b}); fetch index.span(i)"
                     )
-                try:
-                    more = reader.read(buf_start + len(mv), b - len(mv))
-                except SourceError:
-                    raise
+                more = reader.read(buf_start + len(mv), b - len(mv))
                 mv = memoryview(bytes(mv) + more)
             return mv[a:b]
 

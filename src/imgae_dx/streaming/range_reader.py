@@ -383,11 +383,6 @@ class HttpRangeReader(RangeReader):
         self._pid = os.getpid()
 
     # ------------------------------------------------------------------ public
-    @property
-    def url_redacted(self) -> str:
-        """The current URL without its signature."""
-        return self._display
-
     def read(self, offset: int, length: int) -> bytes:
         self._check_range(offset, length)
         if length == 0:

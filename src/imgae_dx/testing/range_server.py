@@ -148,7 +148,6 @@ class RangeServer:
         self._lock = threading.Lock()
         self.set_faults(faults or Faults())
         self._keepalive = keepalive_timeout_s
-        self._counts: Counter[str] = Counter()
         self._status: Counter[int] = Counter()
         self._methods: Counter[str] = Counter()
         self._faults: Counter[str] = Counter()
@@ -282,13 +281,6 @@ class RangeServer:
         with self._lock:
             return list(self._log)
 
-    def reset_counts(self) -> None:
-        with self._lock:
-            self._methods.clear()
-            self._status.clear()
-            self._faults.clear()
-            self._bytes_sent = 0
-            self._log.clear()
 
     # ---------------------------------------------------------------- internals
     def _sign(self, expires: str) -> str:

@@ -123,20 +123,6 @@ def auprc(y: Any, s: Any) -> float:
     return binary_metrics(y, s)["auprc"]
 
 
-def roc_points(y: Any, s: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Empirical ROC curve ``(fpr, tpr)``, both (T+1,), starting at (0, 0)."""
-    y, s = _as_xy(y, s)
-    tps, fps = _SortedScores(y, s).counts()
-    return np.r_[0.0, fps / max(fps[-1], 1e-300)], np.r_[0.0, tps / max(tps[-1], 1e-300)]
-
-
-def pr_points(y: Any, s: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Empirical precision-recall curve ``(recall, precision)`` at descending thresholds."""
-    y, s = _as_xy(y, s)
-    tps, fps = _SortedScores(y, s).counts()
-    return tps / max(tps[-1], 1e-300), tps / np.maximum(tps + fps, 1e-300)
-
-
 def _curves_on_grid(tps: np.ndarray, fps: np.ndarray, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """TPR at each FPR of ``grid`` (best TPR with FPR <= g) and precision at each recall of ``grid``
     (precision of the first threshold reaching that recall)."""

@@ -144,10 +144,10 @@ class LivePlot:
             fig.savefig(f, format="png")
         self.draws += 1
         if self.inline:
-            self._show_inline(fig)
+            self._show_inline()
         return self.path
 
-    def _show_inline(self, fig) -> None:
+    def _show_inline(self) -> None:
         try:
             from IPython.display import Image, display
         except ImportError:
