@@ -688,7 +688,9 @@ class _Renderer:
         rng = np.random.default_rng([seed, 0xD37, self.N])
         self.pool = rng.standard_normal((self.N + pad, self.N + pad), dtype=np.float32)
         self.pad = pad
-        self._bases: dict[tuple[int, str], _Base] = {}  # recent (patient, view), oldest first
+        # recent (patient, view) → its base, oldest first; a Future, so that threads asking for
+        # a base another thread is rendering wait for it instead of rendering it again
+        self._bases: dict[tuple[int, str], Future[_Base]] = {}
         self._keep = 4 * RENDER_THREADS
         self._lock = threading.Lock()
 
@@ -697,15 +699,18 @@ class _Renderer:
         (a patient's images are consecutive in the plan). Thread-safe; deterministic."""
         key = (pid, view)
         with self._lock:
-            hit = self._bases.get(key)
-        if hit is not None:
-            return hit
-        made = _render_base(an.for_view(view), self.C)
-        with self._lock:
-            self._bases[key] = made
-            while len(self._bases) > self._keep:
-                del self._bases[next(iter(self._bases))]
-        return made
+            fut = self._bases.get(key)
+            mine = fut is None
+            if fut is None:
+                fut = self._bases[key] = Future()
+                while len(self._bases) > self._keep:
+                    del self._bases[next(iter(self._bases))]
+        if mine:
+            try:
+                fut.set_result(_render_base(an.for_view(view), self.C))
+            except BaseException as e:
+                fut.set_exception(e)
+        return fut.result()
 
     def render(self, plan: _ImagePlan, an0: _Anatomy) -> np.ndarray:
         """uint8 N×N gray image (or N×N×4 BGRA when plan.rgba)."""
