@@ -249,10 +249,14 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``extra``, nested mappings merged; a validated section in ``extra``
+    (a pydantic model) counts as its dict."""
     out = copy.deepcopy(base)
     for k, v in extra.items():
         if isinstance(v, Mapping) and isinstance(out.get(k), dict):
             out[k] = _deep_merge(out[k], v)
+        elif isinstance(v, BaseModel):
+            out[k] = v.model_dump()
         else:
             out[k] = copy.deepcopy(v)
     return out
@@ -277,13 +281,19 @@ def nest_dotted(flat: Mapping[str, Any]) -> dict[str, Any]:
     return nested
 
 
-def format_validation_error(err: ValidationError, origin: str = "config") -> str:
-    """One line per problem: ``key: got VALUE — what is allowed``."""
+def format_validation_error(err: ValidationError, origin: str = "config",
+                            loc_prefix: tuple[str, ...] = ()) -> str:
+    """One line per problem: ``key: got VALUE — what is allowed``.
+
+    ``loc_prefix`` places a section validated on its own in the whole config (``("model",
+    "unet")``): keys are named, and allowed keys looked up, from the top of :class:`Config`.
+    """
     lines = [f"invalid configuration ({origin}):"]
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        loc = (*loc_prefix, *e["loc"])
+        key = ".".join(str(p) for p in loc) or "<root>"
         if e["type"] == "extra_forbidden":
-            parent = _parent_fields(e["loc"][:-1])
+            parent = _parent_fields(loc[:-1])
             allowed = f"; allowed keys here: {', '.join(parent)}" if parent else ""
             lines.append(f"  {key}: unknown key{allowed}")
         else:

@@ -97,8 +97,11 @@ def test_configuration_errors_are_clear():
         create_model("vae", 64)
     with pytest.raises(ConfigError, match="multiple of 32"):
         create_model("ra", 48)
-    with pytest.raises(ConfigError, match=r"model\.unet\.bogus"):
+    with pytest.raises(ConfigError, match=r"model\.unet\.bogus") as bad:
         create_model("unet", 64, bogus=1)
+    assert "allowed keys here: anomaly, base_channels, depth" in str(bad.value)  # the U-Net's own keys
+    with pytest.raises(ConfigError, match=r"model\.ra\.anomaly\.mapp: unknown key; allowed keys here: .*map"):
+        create_model("ra", 64, anomaly={"mapp": "l1"})
     with pytest.raises(ConfigError, match="groups"):
         create_model("unet", 64, base_channels=6, groups=4)
     with pytest.raises(ConfigError, match=r"needs a ReversedAutoencoder"):

@@ -19,6 +19,7 @@ from imgae_dx.config import (
     ConfigError,
     RAConfig,
     UNetConfig,
+    _deep_merge,
     default_dict,
     format_validation_error,
 )
@@ -53,18 +54,6 @@ def _check_name(name: str) -> str:
     return name
 
 
-def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in extra.items():
-        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
-        elif isinstance(v, BaseModel):
-            out[k] = v.model_dump()
-        else:
-            out[k] = v
-    return out
-
-
 def model_config(name: str, cfg: BaseModel | Mapping[str, Any] | None = None,
                  **overrides: Any) -> BaseModel:
     """Validated config of model ``name``: ``cfg`` (default: the packaged YAML) + ``overrides``.
@@ -80,12 +69,11 @@ def model_config(name: str, cfg: BaseModel | Mapping[str, Any] | None = None,
         base = cfg.model_dump()
     else:
         base = dict(cfg)
-    data = _merge(base, overrides)
+    data = _deep_merge(base, overrides)
     try:
         return _CONFIGS[name].model_validate(data)
     except ValidationError as e:
-        msg = format_validation_error(e, f"model.{name}")
-        raise ConfigError(msg.replace("\n  ", f"\n  model.{name}.")) from None
+        raise ConfigError(format_validation_error(e, f"model.{name}", loc_prefix=("model", name))) from None
 
 
 def create_model(name: str, image_size: int = 128, cfg: BaseModel | Mapping[str, Any] | None = None,
