@@ -46,7 +46,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -257,6 +257,7 @@ class StreamingTrainer:
         self.schedulers: dict[str, dict[str, torch.optim.lr_scheduler.LRScheduler]] = {}
         self.generators: dict[str, torch.Generator] = {}
         self.scalers: dict[str, Any] = {}
+        self.contexts: dict[str, Any] = {}  # StepContext per model, built once
         self.step = 0
         self.images_seen = 0
         self.best_val: dict[str, float | None] = {}
@@ -411,7 +412,7 @@ class StreamingTrainer:
         return present
 
     def _build_models(self) -> None:
-        from imgae_dx.models import create_model, create_objective
+        from imgae_dx.models import StepContext, create_model, create_objective
 
         cfg = self.cfg
         for i, name in enumerate(cfg.models):
@@ -425,38 +426,18 @@ class StreamingTrainer:
             self.objectives[name] = create_objective(name, model, model_cfg)
             if cfg.training.compile:
                 self.objectives[name].compile()  # in place: state_dict keys are unchanged
-            # fp16 needs loss scaling (one scaler per model: an overflow in one model must not
-            # shrink the others' scale); bf16 and fp32 do not.
-            self.scalers[name] = (
-                torch.amp.GradScaler("cuda") if self.cuda and cfg.training.amp == "fp16" else None
-            )
             gen = torch.Generator(device=self.device)
             gen.manual_seed(cfg.seed * 1000 + 17 * (i + 1) + 7919 * self.dist.rank)
             self.generators[name] = gen
+            # autocast on CUDA only; fp16 gets its own GradScaler (one per model: an overflow in
+            # one model must not shrink the others' scale), bf16 and fp32 none
+            ctx = StepContext.for_device(
+                self.device, cfg.training.amp if self.cuda else "off", grad_clip=cfg.training.grad_clip,
+                generator=gen, grad_sync=dist_utils.all_reduce_grads if self.dist.distributed else None,
+            )
+            self.contexts[name] = ctx
+            self.scalers[name] = ctx.scaler
             self.best_val[name] = None
-
-    def _ctx(self, name: str, generator: torch.Generator | None = None) -> Any:
-        from imgae_dx.models import StepContext
-
-        cfg = self.cfg.training
-        if self.cuda and cfg.amp != "off":
-            dtype = torch.bfloat16 if cfg.amp == "bf16" else torch.float16
-
-            def autocast() -> contextlib.AbstractContextManager:
-                return torch.autocast("cuda", dtype=dtype)
-        else:
-
-            def autocast() -> contextlib.AbstractContextManager:
-                return contextlib.nullcontext()
-
-        grad_sync = dist_utils.all_reduce_grads if self.dist.distributed else (lambda params: None)
-        return StepContext(
-            autocast=autocast,
-            grad_sync=grad_sync,
-            grad_clip=cfg.grad_clip,
-            scaler=self.scalers[name],
-            generator=generator if generator is not None else self.generators[name],
-        )
 
     def _build_data(self) -> None:
         from imgae_dx.data.dataset import StreamingNIHDataset, make_cache, pipeline_budget
@@ -832,7 +813,7 @@ class StreamingTrainer:
                     x = x.to(self.device)
                 for name, obj in self.objectives.items():
                     with self._memory_errors(name, "train step", stage, x):
-                        out = obj.train_step(x, self._ctx(name))
+                        out = obj.train_step(x, self.contexts[name])
                     if self.scalers[name] is not None:
                         self.scalers[name].update()
                     for sch in self.schedulers[name].values():
@@ -941,11 +922,11 @@ class StreamingTrainer:
             m.eval()
         sums = {n: 0.0 for n in self.models}
         count = 0
-        gens = {}
+        ctxs = {}  # the training contexts with a fresh, per-stage seeded generator
         for i, name in enumerate(self.models):
             g = torch.Generator(device=self.device)
             g.manual_seed(self.cfg.seed + 100003 * (si + 1) + 1009 * i + self.dist.rank)
-            gens[name] = g
+            ctxs[name] = replace(self.contexts[name], generator=g)
         t0 = time.monotonic()
         for batch in ds.batches():
             x = batch.images.to(self.device)
@@ -954,7 +935,7 @@ class StreamingTrainer:
             b = int(x.shape[0])
             for name, obj in self.objectives.items():
                 with self._memory_errors(name, "validation step", stage, x):
-                    out = obj.val_loss(x, self._ctx(name, generator=gens[name]))
+                    out = obj.val_loss(x, ctxs[name])
                 sums[name] += float(out["loss"]) * b
             count += b
             if t.val_max_images is not None and count >= t.val_max_images:
