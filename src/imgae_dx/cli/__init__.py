@@ -12,12 +12,9 @@ import sys
 from collections.abc import Sequence
 
 from imgae_dx import __version__
+from imgae_dx.errors import UserError
 
 DEFAULT_SOURCE = "kaggle:nih-chest-xrays/data"
-
-
-class CLIError(Exception):
-    """A user-facing error: printed as ``error: …`` and exit code 2, no traceback."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,16 +83,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except CLIError as e:
+    except UserError as e:  # user-facing errors carry their own clear message: no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except Exception as e:  # user-facing errors of the library carry their own clear message
-        from imgae_dx.errors import UserError
-
-        if isinstance(e, UserError):
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        raise
 
 
 if __name__ == "__main__":

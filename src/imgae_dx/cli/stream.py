@@ -35,9 +35,9 @@ def run(args: argparse.Namespace) -> int:
     }
     cfg = load_config(args.config, overrides)
     if args.limit is not None and args.limit < 1:
-        from imgae_dx.cli import CLIError
+        from imgae_dx.errors import UserError
 
-        raise CLIError(f"--limit must be at least 1, got {args.limit}")
+        raise UserError(f"--limit must be at least 1, got {args.limit}")
     summary = stream(cfg, split=args.split, limit=args.limit, progress=not args.json)
     if args.json:
         print(json.dumps(summary))
