@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import math
 from typing import Any
 
-
-def _num(v: Any, digits: int = 3) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "n/a"
-    return f"{v:.{digits}f}"
+from imgae_dx.visualization.plots import fmt_num as _num
+from imgae_dx.visualization.plots import fmt_p
 
 
 def summary_lines(metrics: dict[str, Any]) -> list[str]:
@@ -31,12 +27,10 @@ def summary_lines(metrics: dict[str, Any]) -> list[str]:
         )
     comp = metrics.get("comparison")
     if comp:
-        pv = comp.get("delong_p")
-        ptxt = "n/a" if pv is None else (f"{pv:.2e}" if pv < 1e-3 else f"{pv:.3f}")
-        bp = comp.get("bootstrap_p")
         lines.append(
-            f"{comp['a']} vs {comp['b']}: ΔAUROC {_num(comp.get('diff'))}, DeLong p = {ptxt}, "
-            f"paired patient-bootstrap p = {_num(bp)}"
+            f"{comp['a']} vs {comp['b']}: ΔAUROC {_num(comp.get('diff'))}, "
+            f"DeLong p = {fmt_p(comp.get('delong_p'))}, "
+            f"paired patient-bootstrap p = {_num(comp.get('bootstrap_p'))}"
         )
     return lines
 

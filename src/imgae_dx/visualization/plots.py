@@ -52,17 +52,25 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def _fmt(v: Any, digits: int = 3) -> str:
+def fmt_num(v: Any, digits: int = 3) -> str:
+    """``v`` with ``digits`` decimals; ``n/a`` for a missing or non-finite value."""
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "n/a"
     return f"{v:.{digits}f}"
 
 
+def fmt_p(v: Any) -> str:
+    """A p-value: 3 decimals, scientific below 0.001; ``n/a`` when missing."""
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "n/a"
+    return f"{v:.2e}" if v < 1e-3 else f"{v:.3f}"
+
+
 def _ci_text(m: Mapping[str, Any], key: str) -> str:
     ci = m.get(f"{key}_ci")
     if not ci or ci[0] is None:
-        return _fmt(m.get(key))
-    return f"{_fmt(m.get(key))} [{_fmt(ci[0])}, {_fmt(ci[1])}]"
+        return fmt_num(m.get(key))
+    return f"{fmt_num(m.get(key))} [{fmt_num(ci[0])}, {fmt_num(ci[1])}]"
 
 
 # ------------------------------------------------------------------------------ ROC / PR

@@ -144,12 +144,6 @@ def _with_ci(m: Mapping[str, Any], key: str) -> str:
     return f"{_num(m.get(key))} <span class=muted>[{_num(ci[0])}, {_num(ci[1])}]</span>"
 
 
-def _p(v: Any) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "n/a"
-    return f"{v:.2e}" if v < 1e-3 else f"{v:.3f}"
-
-
 def _img(path: Path | None, alt: str) -> str:
     if path is None or not path.is_file():
         return f"<p class=muted>({_e(alt)}: no data in this run folder)</p>"
@@ -239,7 +233,7 @@ def _comparison_html(metrics: Mapping[str, Any]) -> str:
             crow.append([
                 f"{_e(c['a'])} − {_e(c['b'])}", _num(c.get("diff")),
                 f"[{_num(ci[0])}, {_num(ci[1])}]", _num(c.get("delong_z"), 2),
-                f"<b>{_p(c.get('delong_p'))}</b>", _p(c.get("bootstrap_p")),
+                f"<b>{plots.fmt_p(c.get('delong_p'))}</b>", plots.fmt_p(c.get("bootstrap_p")),
             ])
         out += "<h3>Paired comparison of AUROC</h3>" + _table(
             ["pair", "ΔAUROC", "95% CI (patient bootstrap)", "DeLong z", "DeLong p", "bootstrap p"], crow)
@@ -341,7 +335,7 @@ def write_report(run_dir: str | Path) -> Path:
                               key=lambda kv: -1 if kv[1].get("auroc") is None else kv[1]["auroc"])
         comp = metrics.get("comparison") or {}
         ptxt = (f" · {_e(comp['a'])} vs {_e(comp['b'])}: ΔAUROC {_num(comp.get('diff'))}, "
-                f"DeLong p = {_p(comp.get('delong_p'))}") if comp else ""
+                f"DeLong p = {plots.fmt_p(comp.get('delong_p'))}") if comp else ""
         ci = best.get("auroc_ci") or [None, None]
         parts.append(
             f'<div class="headline">Best model: <b>{_e(best_name)}</b>, test AUROC '
