@@ -150,10 +150,9 @@ class CloudEvaluator:
             self.models[name] = model
             self.checkpoints[name] = {
                 "file": str(path.relative_to(self.run_dir)),
-                "kind": ck.get("kind"),
                 "stage": ck.get("stage"),
-                "stage_index": ck.get("stage_index"),
-                "epoch": ck.get("epoch"),
+                "stage_k": ck.get("stage_k"),
+                "position": ck.get("position"),
                 "step": ck.get("step"),
                 "images_seen": ck.get("images_seen"),
                 "val_loss": ck.get("best_val"),
