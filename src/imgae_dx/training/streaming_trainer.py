@@ -306,6 +306,7 @@ class StreamingTrainer:
         check_logger(cfg.logging.logger)
         cfg_dict = _config_dict(cfg)
         self.fingerprint = config_fingerprint(cfg_dict)
+        self.config_yaml = _yaml_of(cfg_dict)  # RUN_DIR/config.yaml, and in every checkpoint
         resume_ckpts = self._check_run_folder(cfg_dict)
 
         from imgae_dx.data.nih_index import NIHIndex
@@ -340,7 +341,7 @@ class StreamingTrainer:
             for folder in [self.run_dir, *(self.run_dir / "checkpoints").iterdir()]:
                 if folder.is_dir() and (n := remove_stale_temps(folder)):
                     log.info("removed %d temp file(s) a killed run left in %s", n, folder)
-            atomic_write_text(self.run_dir / "config.yaml", _yaml_of(cfg_dict))
+            atomic_write_text(self.run_dir / "config.yaml", self.config_yaml)
             metrics = self.run_dir / "metrics.jsonl"
             truncate_jsonl(metrics, self.step if resume_ckpts else -1)
             lg = cfg.logging
@@ -507,7 +508,7 @@ class StreamingTrainer:
             "package_version": __version__,
             "model_name": name,
             "fingerprint": self.fingerprint,
-            "config_yaml": _yaml_of(_config_dict(self.cfg)),
+            "config_yaml": self.config_yaml,
             "image_size": self.cfg.data.image_size,
             "step": self.step,
             "images_seen": self.images_seen,
