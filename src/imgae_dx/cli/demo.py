@@ -159,50 +159,11 @@ def build_config(out: Path, source: str, overrides: Mapping[str, Any] | None = N
     return load_config(packaged_config_path("demo.yaml"), given)
 
 
-class _EpochAnnouncer:
-    """Prints one line per finished epoch (stage, epoch, validation loss per model).
+class _SayHandler(logging.Handler):
+    """The trainer's progress lines (one per finished epoch, …) printed like the demo's own."""
 
-    The trainer's ``on_batch`` hook tells when a new (stage, epoch) starts; the validation records
-    of the epoch before are then in ``metrics.jsonl``. ``flush()`` prints the last ones.
-    """
-
-    def __init__(self, run_dir: Path, epochs: int, stages: int) -> None:
-        self.path = run_dir / "metrics.jsonl"
-        self.epochs, self.stages = epochs, stages
-        self.current: tuple[str, int] | None = None
-        self.offset = 0
-        self.t0 = time.monotonic()
-
-    def on_batch(self, stage: str, epoch: int, batch: Any) -> None:
-        key = (stage, epoch)
-        if key != self.current:
-            self.flush()
-            self.current = key
-
-    def flush(self) -> None:
-        import json
-
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(self.offset)
-                data = f.read()
-        except OSError:
-            return
-        end = data.rfind(b"\n") + 1
-        self.offset += end
-        vals: dict[tuple[str, int, int], dict[str, float]] = {}
-        for line in data[:end].splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if rec.get("kind") == "val" and rec.get("val_loss") is not None:
-                k = (str(rec["stage"]), int(rec["stage_index"]), int(rec["epoch"]))
-                vals.setdefault(k, {})[str(rec["model"])] = float(rec["val_loss"])
-        for (stage, si, ep), losses in vals.items():
-            txt = ", ".join(f"{m} {v:.5f}" for m, v in losses.items())
-            _say(f"      {stage} [{si}/{self.stages}] epoch {ep + 1}/{self.epochs} done "
-                 f"({time.monotonic() - self.t0:.0f} s): val loss {txt}")
+    def emit(self, record: logging.LogRecord) -> None:
+        _say("      " + record.getMessage())
 
 
 def run(args: argparse.Namespace) -> int:
@@ -253,10 +214,17 @@ def run(args: argparse.Namespace) -> int:
         _say(f"[3/5] training {', '.join(cfg.models)}: {n_stages} stages × "
              f"{cfg.training.epochs_per_stage} epochs, {cfg.data.image_size} px, batch "
              f"{cfg.training.batch_size}, view {cfg.data.view}, device {cfg.training.device}")
-        announcer = _EpochAnnouncer(out, cfg.training.epochs_per_stage, n_stages)
-        trainer = StreamingTrainer(cfg, on_batch=announcer.on_batch, progress=progress)
-        result = trainer.train_progressive_stages()
-        announcer.flush()
+        trainer_log = logging.getLogger("imgae_dx.training.streaming_trainer")
+        handler = _SayHandler(logging.INFO)
+        trainer_log.addHandler(handler)
+        trainer_log.setLevel(logging.INFO)
+        trainer_log.propagate = False  # printed once, by _say, not also by the root handler
+        try:
+            result = StreamingTrainer(cfg, progress=progress).train_progressive_stages()
+        finally:
+            trainer_log.removeHandler(handler)
+            trainer_log.setLevel(logging.NOTSET)
+            trainer_log.propagate = True
         if result.interrupted:
             _say(f"stopped by signal {result.signal}: last.pt saved in {out}/checkpoints")
             return result.exit_code

@@ -668,7 +668,7 @@ class StreamingTrainer:
 
         Stops early (``interrupted=True``) after writing ``last.pt`` on SIGINT/SIGTERM.
         """
-        t0 = time.monotonic()
+        t0 = self._t_start = time.monotonic()
         try:
             if not self._prepared:
                 self._prepare()
@@ -944,6 +944,7 @@ class StreamingTrainer:
         totals = dist_utils.all_reduce_sum([*sums.values(), float(count)])
         count_all = totals[-1]
         improved = []
+        losses = []
         for (name, _), total in zip(sums.items(), totals[:-1], strict=True):
             if count_all == 0:
                 continue
@@ -959,10 +960,14 @@ class StreamingTrainer:
                        "val_s": round(time.monotonic() - t0, 3), "rss_mb": round(_rss_mb(), 1)}
                 self.logger.log(rec)
                 self.live.update(rec)
+                losses.append(f"{name} {v:.5f}")
         for m in self.models.values():
             m.train()
         if count_all == 0 and self.is_main:
             log.warning("stage %s has no validation images; best.pt is not updated", stage)
+        elif self.is_main:
+            log.info("%s [%d/%d] epoch %d/%d done (%.0f s): val loss %s", stage, si + 1, len(self.stages),
+                     epoch + 1, t.epochs_per_stage, time.monotonic() - self._t_start, ", ".join(losses))
         return improved
 
 
