@@ -15,6 +15,13 @@ def test_packaged_defaults_load_and_roundtrip():
     assert config_from_yaml_text(cfg.to_yaml()) == cfg
 
 
+@pytest.mark.parametrize(("text", "why"), [("data: [1", "is not valid YAML"),
+                                          ("- 1\n", "must hold a mapping at the top")])
+def test_a_broken_run_config_is_a_config_error_naming_it(text, why):
+    with pytest.raises(ConfigError, match=f"runs/x/config.yaml {why}"):
+        config_from_yaml_text(text, "runs/x/config.yaml")
+
+
 def test_override_wins_over_file(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("training:\n  batch_size: 8\ndata:\n  image_size: 64\n")

@@ -237,14 +237,19 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         text = Path(path).read_text()
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
+    return _parse_yaml(text, f"config file {path}")
+
+
+def _parse_yaml(text: str, origin: str) -> dict[str, Any]:
+    """The mapping in YAML ``text``; ``origin`` names it in errors (``config file PATH``)."""
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+        raise ConfigError(f"{origin} is not valid YAML: {e}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping at the top, got {type(data).__name__}")
+        raise ConfigError(f"{origin} must hold a mapping at the top, got {type(data).__name__}")
     return data
 
 
@@ -354,9 +359,10 @@ def load_config(
         raise ConfigError(format_validation_error(e, origin)) from None
 
 
-def config_from_yaml_text(text: str) -> Config:
+def config_from_yaml_text(text: str, origin: str = "run config") -> Config:
     """Re-read a resolved ``config.yaml`` (as written to a run folder)."""
+    data = _parse_yaml(text, origin)
     try:
-        return Config.model_validate(yaml.safe_load(text) or {})
+        return Config.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(format_validation_error(e, "run config")) from None
+        raise ConfigError(format_validation_error(e, origin)) from None

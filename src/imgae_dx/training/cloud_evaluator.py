@@ -106,7 +106,7 @@ class CloudEvaluator:
                 f"{self.run_dir} has no config.yaml: pass the --out folder of a training run "
                 "(`imgae-dx train --out RUN_DIR`)"
             )
-        self.cfg = config_from_yaml_text(cfg_path.read_text())
+        self.cfg = config_from_yaml_text(cfg_path.read_text(), str(cfg_path))
         self.source = source or self.cfg.source
         self.stages_arg = _parse_stages(stages) or self.cfg.stages
         self.device = _pick_device(device or self.cfg.training.device)

@@ -367,7 +367,7 @@ class StreamingTrainer:
         existing = sorted(ck_dir.glob("*/*.pt")) if ck_dir.is_dir() else []
         if cfg_file.is_file():
             try:
-                old = _config_dict(config_from_yaml_text(cfg_file.read_text()))
+                old = _config_dict(config_from_yaml_text(cfg_file.read_text(), str(cfg_file)))
             except UserError as e:
                 raise RunFolderError(
                     f"{self.run_dir} holds a config.yaml this version cannot read ({e}); "
