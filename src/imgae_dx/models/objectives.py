@@ -311,8 +311,7 @@ class _EncoderStepOut:
     """What the decoder step reuses from the encoder step."""
 
     z: Tensor                    # B×zdim, reparameterised latent of x (pre-update encoder)
-    noise: Tensor                # B×zdim, latent of the fakes
-    fake: Tensor | None          # B×1×H×W, dec(noise), graph through the decoder kept
+    fake: Tensor                 # B×1×H×W, dec(z_fake), graph through the decoder kept
     terms: dict[str, Tensor] = field(default_factory=dict)
 
 
@@ -373,6 +372,13 @@ class RAObjective(Objective):
     def _noise(self, like: Tensor, g: torch.Generator | None) -> Tensor:
         return randn_like_gen(like, g)
 
+    def _encode_sample(self, t: Tensor, g: torch.Generator | None
+                       ) -> tuple[Tensor, Tensor, list[Tensor], Tensor]:
+        """Encode t (B×1×H×W) and draw z ~ q(z|t): (μ, log σ² as float32 B×zdim, embeddings, z)."""
+        mu, logvar, emb = self.ra.encoder(t)
+        mu, logvar = mu.float(), logvar.float()
+        return mu, logvar, emb, reparameterize(mu, logvar, self._noise(mu, g))
+
     def _aux_passes(self) -> AbstractContextManager[None]:
         """Context of the passes over reconstructions, re-reconstructions and fakes.
 
@@ -391,24 +397,20 @@ class RAObjective(Objective):
     def encoder_loss(self, x: Tensor, noise: Tensor, ctx: StepContext) -> _EncoderStepOut:
         """Forward passes and L_E (see class docstring); no backward. x: B×1×H×W."""
         c = self.cfg
-        enc, dec = self.ra.encoder, self.ra.decoder
+        dec = self.ra.decoder
         scale = 1.0 / (x.shape[-2] * x.shape[-1])
         g = ctx.generator
         aux = self._aux_passes
         with ctx.autocast():
             with aux():
                 fake = dec(noise)
-            mu, logvar, emb_real = enc(x)
-            mu, logvar = mu.float(), logvar.float()
-            z = reparameterize(mu, logvar, self._noise(mu, g))
+            mu, logvar, emb_real, z = self._encode_sample(x, g)
             rec = dec(z)
             with aux():
-                mu_r, logvar_r, emb_rec = enc(rec.detach())
-                mu_r, logvar_r = mu_r.float(), logvar_r.float()
-                rec_rec = dec(reparameterize(mu_r, logvar_r, self._noise(mu_r, g)))
-                mu_f, logvar_f, _ = enc(fake.detach())
-                mu_f, logvar_f = mu_f.float(), logvar_f.float()
-                rec_fake = dec(reparameterize(mu_f, logvar_f, self._noise(mu_f, g)))
+                mu_r, logvar_r, emb_rec, z_r = self._encode_sample(rec.detach(), g)
+                rec_rec = dec(z_r)
+                mu_f, logvar_f, _, z_f = self._encode_sample(fake.detach(), g)
+                rec_fake = dec(z_f)
         rec_err = reconstruction_error(x, rec).mean()
         kl_real = kl_divergence(mu, logvar).mean()
         kl_rec = kl_divergence(mu_r, logvar_r)
@@ -422,23 +424,19 @@ class RAObjective(Objective):
         terms = {"loss_encoder": loss_e, "rec": rec_err, "mse": scale * rec_err,
                  "kl_real": kl_real, "exp_elbo_rec": exp_rec, "exp_elbo_fake": exp_fake,
                  "emb": emb}
-        return _EncoderStepOut(z=z, noise=noise, fake=fake, terms=terms)
+        return _EncoderStepOut(z=z, fake=fake, terms=terms)
 
     def decoder_loss(self, x: Tensor, e: _EncoderStepOut, ctx: StepContext) -> dict[str, Tensor]:
         """Forward passes and L_D (see class docstring); no backward."""
         c = self.cfg
-        enc, dec = self.ra.encoder, self.ra.decoder
+        dec = self.ra.decoder
         scale = 1.0 / (x.shape[-2] * x.shape[-1])
         g = ctx.generator
         with ctx.autocast(), self._aux_passes():
-            fake = e.fake if e.fake is not None else dec(e.noise)
+            fake = e.fake
             rec = dec(e.z.detach())
-            mu_r, logvar_r, _ = enc(rec)
-            mu_r, logvar_r = mu_r.float(), logvar_r.float()
-            z_r = reparameterize(mu_r, logvar_r, self._noise(mu_r, g))
-            mu_f, logvar_f, _ = enc(fake)
-            mu_f, logvar_f = mu_f.float(), logvar_f.float()
-            z_f = reparameterize(mu_f, logvar_f, self._noise(mu_f, g))
+            mu_r, logvar_r, _, z_r = self._encode_sample(rec, g)
+            mu_f, logvar_f, _, z_f = self._encode_sample(fake, g)
             rec_rec = dec(z_r.detach())
             rec_fake = dec(z_f.detach())
         rec_err = reconstruction_error(x, rec).mean()
