@@ -72,10 +72,11 @@ class ParseReport:
         if len(self.examples) < _MAX_REPORTED:
             self.examples.append(f"{self.file}:{line}: {why}")
 
-    def check_usable(self) -> None:
-        """Raise MetadataError when nothing (or mostly nothing) parsed."""
+    def check_usable(self, allow_empty: bool = False) -> None:
+        """Raise MetadataError when nothing (unless ``allow_empty``) or mostly nothing parsed."""
         total = self.rows + self.malformed
-        if self.rows == 0 or (self.malformed > 10 and self.malformed > _UNUSABLE_SHARE * total):
+        mostly_bad = self.malformed > 10 and self.malformed > _UNUSABLE_SHARE * total
+        if (self.rows == 0 and not allow_empty) or mostly_bad:
             first = self.examples[0] if self.examples else f"{self.file}: no data rows"
             raise MetadataError(
                 f"{self.file} is unusable: {self.rows} valid and {self.malformed} malformed rows "
@@ -267,8 +268,7 @@ def parse_bbox_list(data: bytes, name: str = BBOX_NAME) -> tuple[dict[str, list[
             continue
         boxes.setdefault(img, []).append((BBOX_SPELLING.get(lab, lab), x, y, w, h))
         rep.rows += 1
-    if rep.malformed > 10 and rep.malformed > _UNUSABLE_SHARE * (rep.rows + rep.malformed):
-        rep.check_usable()
+    rep.check_usable(allow_empty=True)  # a box list with no rows is allowed
     return boxes, rep
 
 
