@@ -247,7 +247,6 @@ class StreamingNIHDataset(IterableDataset):
         self._resume_pending = False
         self._last_good: int | None = None
         self._known_bad: set[int] = set()
-        self._records: dict[int, tuple[str, int]] = {}
         self._requests_cache: dict[int, list[RangeRequest]] = {}
         self._shares_cache: dict[tuple[int, int], list[list[tuple[list[RangeRequest], int]]]] = {}
         self._lock = threading.Lock()
@@ -457,14 +456,9 @@ class StreamingNIHDataset(IterableDataset):
 
     # --------------------------------------------------------------------------- records
     def _record(self, member: int) -> tuple[str, int]:
-        rec = self._records.get(member)
-        if rec is None:
-            r = self.nih.record(member)
-            rec = (str(r.image), int(r.label))
-            if len(self._records) > 200_000:
-                self._records.clear()
-            self._records[member] = rec
-        return rec
+        """(image id, 0/1 label) of a member: a lookup in the index's columns (microseconds)."""
+        r = self.nih.record(member)
+        return str(r.image), int(r.label)
 
     # --------------------------------------------------------------------------- iteration
     def _iter_uint8(self) -> Iterator[tuple[int, np.ndarray]]:
