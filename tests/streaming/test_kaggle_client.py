@@ -105,17 +105,6 @@ def kaggle(emulator, tmp_path, monkeypatch):
     assert ds.storage.counts()["methods"].get("HEAD", 0) == 0  # storage is never probed with HEAD
 
 
-def settled_counts(storage, until, timeout_s: float = 5.0) -> dict:
-    """Storage counters once ``until(counts)`` holds (or the timeout passes): a handler records a
-    request after its last write, which can be after the client already has its answer."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        cur = storage.counts()
-        if until(cur) or time.monotonic() > deadline:
-            return cur
-        time.sleep(0.02)
-
-
 def client(dataset: str = REF, creds: KaggleCredentials | None = None, **kw) -> KaggleStreamClient:
     kw.setdefault("retry", RetryPolicy(retries=3, backoff_s=0.01, backoff_max_s=0.05, seed=0))
     return KaggleStreamClient(dataset, creds or KaggleCredentials.from_key(USER, KEY), **kw)
@@ -130,7 +119,7 @@ def test_resolve_returns_the_signed_storage_url_unread(kaggle, tmp_path):
     assert r.etag == ds.storage.etag
     assert "sig=" not in repr(r)  # the signature is a secret
     assert kaggle.calls["DownloadDataset"] == 1 and kaggle.redirects == 1
-    counts = settled_counts(ds.storage, lambda c: c["requests"] >= 1)  # the redirected GET is a 1-byte probe: no archive bytes
+    counts = ds.storage.counts()  # the redirected GET is a 1-byte probe: no archive bytes
     assert counts["bytes_sent"] == 1 and counts["status"] == {206: 1}
     assert kaggle.last_auth == f"basic:{USER}"
     assert c.identity == "kaggle:nih-chest-xrays/data"
@@ -150,7 +139,7 @@ def test_read_zip_members_by_range_through_the_signed_url(kaggle):
             got = {i.filename: zf.read(i) for i in zf.infolist()}  # zipfile checks each CRC
         assert got == kaggle.members
         stats = reader.stats.snapshot()
-    counts = settled_counts(kaggle.dataset(REF).storage, lambda c: c["status"].get(206, 0) >= len(got))
+    counts = kaggle.dataset(REF).storage.counts()
     assert counts["status"].get(206, 0) >= len(got)  # member reads are Range requests
     assert counts["status"].get(200, 0) == 0  # never a whole-archive GET
     assert stats["bytes_fetched"] < 3 * sum(len(d) for d in kaggle.members.values())
@@ -165,7 +154,7 @@ def test_expired_signature_is_re_resolved(kaggle):
         assert reader.read(30, 100) == (kaggle.dataset(REF).archive.read_bytes())[30:130]
         assert reader.stats.snapshot()["retries"] >= 1
     assert c.resolves == 2 and kaggle.calls["DownloadDataset"] == 2
-    assert settled_counts(kaggle.dataset(REF).storage, lambda c: 403 in c["status"])["status"].get(403, 0) == 1
+    assert kaggle.dataset(REF).storage.counts()["status"].get(403, 0) == 1
 
 
 def test_changed_etag_mid_run_is_refused(kaggle, tmp_path):

@@ -334,6 +334,10 @@ class RangeServer:
             self._bytes_sent += sent
             self._log.append((method, path, rng, status))
 
+    def _add_sent(self, n: int) -> None:
+        with self._lock:
+            self._bytes_sent += n
+
 
 def _parse_range(header: str, size: int) -> tuple[int, int] | None:
     """(first, last) inclusive, or None if malformed / unsatisfiable / multi-range."""
@@ -437,6 +441,14 @@ class _Handler(BaseHTTPRequestHandler):
             srv._record("GET", parts.path, rng_h, 429)
             return self._refuse(429, "too many requests", {"Retry-After": srv.faults.retry_after})
         length = last - first + 1
+        cut = None
+        if fault in ("reset", "short", "slow"):
+            cut = length // 2
+        corrupt_at = srv._rng_int(length) if fault == "corrupt" and length else None
+        # counted before the reply (the bytes as planned): a client that has its response finds
+        # it in the counters; a write that fails takes back what it did not send
+        planned = cut if fault in ("reset", "short") else length
+        srv._record("GET", parts.path, rng_h, status, planned)
         self.send_response(status)
         self.send_header("Content-Type", "application/zip")
         self.send_header("Content-Length", str(length))
@@ -445,10 +457,6 @@ class _Handler(BaseHTTPRequestHandler):
         for k, v in validators.items():
             self.send_header(k, v)
         self.end_headers()
-        cut = None
-        if fault in ("reset", "short", "slow"):
-            cut = length // 2
-        corrupt_at = srv._rng_int(length) if fault == "corrupt" and length else None
         sent = 0
         try:
             fd = os.open(st.path, os.O_RDONLY)
@@ -488,7 +496,8 @@ class _Handler(BaseHTTPRequestHandler):
                 os.close(fd)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
-        srv._record("GET", parts.path, rng_h, status, sent)
+        if sent != planned:  # the client went away, or the file shrank under us
+            srv._add_sent(sent - planned)
 
 
 __all__ = ["Faults", "RangeServer"]
