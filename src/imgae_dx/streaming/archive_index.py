@@ -44,7 +44,7 @@ import re
 import struct
 import zlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -99,6 +99,13 @@ def is_unsafe_name(name: str) -> bool:
     return _UNSAFE_RE.search(name.encode("utf-8", "surrogateescape")) is not None
 
 
+def names_blob(names: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """Member names as one uint8 blob and int64 offsets (n+1): name i is blob[offs[i]:offs[i+1]]."""
+    offs = np.zeros(len(names) + 1, dtype=np.int64)
+    np.cumsum(np.fromiter((len(b) for b in names), dtype=np.int64, count=len(names)), out=offs[1:])
+    return np.frombuffer(b"".join(names), dtype=np.uint8).copy(), offs
+
+
 def _gather(buf: np.ndarray, starts: np.ndarray, lens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Concatenate ``buf[starts[k]:starts[k]+lens[k]]`` for all k → (blob, offsets[N+1])."""
     lens = lens.astype(np.int64, copy=False)
@@ -114,7 +121,7 @@ def _gather(buf: np.ndarray, starts: np.ndarray, lens: np.ndarray) -> tuple[np.n
 class ArchiveIndex:
     """Columns of a zip central directory (see the module docstring) and member extraction.
 
-    Build with :meth:`load` (from a reader) or :meth:`from_arrays` (folder sources).
+    Build with :meth:`load` (from a reader), or from columns (the folder source).
     ``crc_known`` is False when the CRC column holds no real CRCs (extracted-folder sources):
     :meth:`extract` then checks sizes only.
     """
@@ -160,11 +167,6 @@ class ArchiveIndex:
         self._sorted: tuple[np.ndarray, np.ndarray, int] | None = None
 
     # ------------------------------------------------------------------ building
-    @classmethod
-    def from_arrays(cls, **kw: Any) -> ArchiveIndex:
-        """Build from columns directly (used by the folder source); same keywords as ``__init__``."""
-        return cls(**kw)
-
     @classmethod
     def load(cls, reader: RangeReader, cache_dir: str | os.PathLike[str] | None = None) -> ArchiveIndex:
         """Index of ``reader``'s archive, from the on-disk cache when present, else parsed.
@@ -335,7 +337,7 @@ class ArchiveIndex:
         )[0]
         if len(bad):
             k = int(bad[0])
-            nm = bytes(cd[int(P[k]) + 46 : int(P[k]) + 46 + int(nlen[k])]).decode("utf-8", "replace")
+            nm = _raw_name(cd, P, nlen, k)
             raise ArchiveError(
                 f"{ident}: member {nm!r} (offset {int(header_offset[k])}, {int(comp_size[k])} bytes, "
                 f"size {int(usize[k])}) does not fit the archive; it is truncated or corrupt"
@@ -353,11 +355,8 @@ class ArchiveIndex:
                     names_b[i] = raw.decode("utf-8", "replace").encode("utf-8")
                 else:
                     names_b[i] = raw.decode("cp437").encode("utf-8")
-            lens = np.fromiter((len(b) for b in names_b), dtype=np.int64, count=n)
-            offs = np.zeros(n + 1, dtype=np.int64)
-            np.cumsum(lens, out=offs[1:])
-            blob = np.frombuffer(b"".join(names_b), dtype=np.uint8).copy()
-            nlen = lens
+            blob, offs = names_blob(names_b)
+            nlen = np.diff(offs)
         keep = np.ones(n, dtype=bool)
         is_dir = np.zeros(n, dtype=bool)
         nonempty = nlen > 0

@@ -23,22 +23,26 @@ import bisect
 import hashlib
 import os
 import re
-import struct
 from pathlib import Path
 
 import numpy as np
 
 from imgae_dx.errors import SourceError
-from imgae_dx.streaming.archive_index import ArchiveIndex, is_unsafe_name
+from imgae_dx.streaming.archive_index import (
+    _LOCAL,
+    _LOCAL_SIG,
+    ArchiveIndex,
+    is_unsafe_name,
+    names_blob,
+)
 from imgae_dx.streaming.range_reader import RangeReader, ReaderStats, pread_full
 
 _STAGE_DIR = re.compile(r"^images_\d{3}$")
-_LOCAL = struct.Struct("<4sHHHHHIIIHH")
 
 
-def list_folder(root: Path) -> list[tuple[str, Path, int]]:
-    """``(member_name, path, size)`` of the regular files under ``root``, sorted by name."""
-    out: list[tuple[str, Path, int]] = []
+def list_folder(root: Path) -> list[tuple[str, Path, int, int]]:
+    """``(member_name, path, size, mtime_ns)`` of the regular files under ``root``, sorted by name."""
+    out: list[tuple[str, Path, int, int]] = []
 
     def walk(d: Path, rel: str) -> None:
         try:
@@ -52,17 +56,18 @@ def list_folder(root: Path) -> list[tuple[str, Path, int]]:
             if e.is_dir(follow_symlinks=True):
                 walk(Path(e.path), r + "/")
             elif e.is_file(follow_symlinks=True):
-                out.append((r, Path(e.path), e.stat(follow_symlinks=True).st_size))
+                st = e.stat(follow_symlinks=True)
+                out.append((r, Path(e.path), st.st_size, st.st_mtime_ns))
 
     walk(root, "")
     normalised = []
-    for name, path, size in out:
+    for name, path, size, mtime in out:
         parts = name.split("/")
         if len(parts) == 2 and _STAGE_DIR.match(parts[0]):
             name = f"{parts[0]}/images/{parts[1]}"
         if is_unsafe_name(name):
             continue
-        normalised.append((name, path, size))
+        normalised.append((name, path, size, mtime))
     normalised.sort(key=lambda t: t[0])
     names = [t[0] for t in normalised]
     if len(set(names)) != len(names):
@@ -80,18 +85,18 @@ class FolderReader(RangeReader):
     synthesised headers from memory. Thread-safe.
     """
 
-    def __init__(self, root: Path, files: list[tuple[str, Path, int]]) -> None:
+    def __init__(self, root: Path, files: list[tuple[str, Path, int, int]]) -> None:
         self.root = root
         self.identity = f"folder:{root}"
         self.stats = ReaderStats()
-        self._paths = [p for _, p, _ in files]
-        self._sizes = [s for _, _, s in files]
+        self._paths = [f[1] for f in files]
+        self._sizes = [f[2] for f in files]
         headers: list[bytes] = []
         seg_starts: list[int] = []  # start of each member's header in the virtual file
         pos = 0
-        for name, _p, size in files:
+        for name, _p, size, _mt in files:
             nb = name.encode("utf-8")
-            h = _LOCAL.pack(b"PK\x03\x04", 20, 0x800, 0, 0, 0, 0,
+            h = _LOCAL.pack(_LOCAL_SIG, 20, 0x800, 0, 0, 0, 0,
                             min(size, 0xFFFFFFFF), min(size, 0xFFFFFFFF), len(nb), 0) + nb
             headers.append(h)
             seg_starts.append(pos)
@@ -99,12 +104,8 @@ class FolderReader(RangeReader):
         self._headers = headers
         self._starts = seg_starts
         self.size = pos
-        h = hashlib.sha256()
-        for (name, p, size) in files:
-            try:
-                mt = p.stat().st_mtime_ns
-            except OSError:
-                mt = 0
+        h = hashlib.sha256()  # the folder's version: names, sizes and times as listed
+        for name, _p, size, mt in files:
             h.update(f"{name}\0{size}\0{mt}\n".encode())
         self.version = h.hexdigest()[:32]
         self._closed = False
@@ -113,7 +114,7 @@ class FolderReader(RangeReader):
         self._check_range(offset, length)
         if self._closed:
             raise SourceError(f"{self.identity}: reader is closed")
-        out = bytearray()
+        parts: list[bytes] = []
         pos, end = offset, offset + length
         k = bisect.bisect_right(self._starts, pos) - 1
         while pos < end:
@@ -123,7 +124,7 @@ class FolderReader(RangeReader):
             if pos < seg + hlen:
                 a = pos - seg
                 b = min(hlen, end - seg)
-                out += hdr[a:b]
+                parts.append(hdr[a:b])
                 pos = seg + b
                 continue
             fstart = seg + hlen
@@ -131,12 +132,12 @@ class FolderReader(RangeReader):
             if pos < fstart + fsize:
                 a = pos - fstart
                 n = min(fsize - a, end - pos)
-                out += self._pread(k, a, n)
+                parts.append(self._pread(k, a, n))
                 pos += n
                 continue
             k += 1
         self.stats.add(bytes_fetched=length, requests=1)
-        return bytes(out)
+        return b"".join(parts)  # one part: returned as is, no copy
 
     def _pread(self, k: int, offset: int, n: int) -> bytes:
         path = self._paths[k]
@@ -168,13 +169,10 @@ def open_folder(root: str | os.PathLike[str]) -> tuple[FolderReader, ArchiveInde
     if not files:
         raise SourceError(f"folder {rootp} holds no files; expected images_NNN/images/*.png and the metadata CSVs")
     reader = FolderReader(rootp, files)
-    names = [f[0].encode("utf-8") for f in files]
-    nlen = np.fromiter((len(b) for b in names), dtype=np.int64, count=len(names))
-    offs = np.zeros(len(names) + 1, dtype=np.int64)
-    np.cumsum(nlen, out=offs[1:])
+    blob, offs = names_blob([f[0].encode("utf-8") for f in files])
     sizes = np.asarray(reader._sizes, dtype=np.int64)
     n = len(files)
-    index = ArchiveIndex.from_arrays(
+    index = ArchiveIndex(
         header_offset=np.asarray(reader._starts, dtype=np.int64),
         comp_size=sizes,
         size=sizes,
@@ -182,7 +180,7 @@ def open_folder(root: str | os.PathLike[str]) -> tuple[FolderReader, ArchiveInde
         crc=np.zeros(n, dtype=np.uint32),
         extra_len=np.zeros(n, dtype=np.uint16),
         flags=np.full(n, 0x800, dtype=np.uint16),
-        name_blob=np.frombuffer(b"".join(names), dtype=np.uint8).copy(),
+        name_blob=blob,
         name_offsets=offs,
         archive_size=reader.size,
         data_end=reader.size,
