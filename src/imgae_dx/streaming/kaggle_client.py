@@ -21,14 +21,18 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from imgae_dx.errors import CredentialsError, SourceError, UserError
 from imgae_dx.streaming.credentials import KaggleCredentials, resolve_credentials
+from imgae_dx.streaming.range_reader import (
+    CONTENT_RANGE,
+    HttpRangeReader,
+    ResolvedURL,
+    describe_exc,
+    redact_url,
+)
 from imgae_dx.streaming.retry import RetryPolicy, TransientError, parse_retry_after
-
-if TYPE_CHECKING:  # pragma: no cover
-    from imgae_dx.streaming.range_reader import HttpRangeReader, ResolvedURL
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -109,10 +113,9 @@ class _SessionAdapter:
 
 def _archive_size(headers: Any, status: int) -> int | None:
     """Archive size from a probe response: the ``Content-Range`` total, else ``Content-Length``."""
-    cr = headers.get("Content-Range") or ""
-    if status == 206 and "/" in cr:
-        total = cr.rsplit("/", 1)[1].strip()
-        return int(total) if total.isdigit() else None
+    if status == 206:
+        m = CONTENT_RANGE.match(headers.get("Content-Range") or "")
+        return int(m.group(3)) if m and m.group(3) != "*" else None
     length = headers.get("Content-Length")
     return int(length) if status == 200 and length and length.isdigit() else None
 
@@ -244,12 +247,7 @@ class KaggleStreamClient:
                 kind = "timed out" if isinstance(e, requests.Timeout) else "connection failed"
                 raise TransientError(f"cannot reach Kaggle at {self.endpoint} ({kind})") from None
             except requests.RequestException as e:  # redirects loop, invalid URL, …: not retried
-                from imgae_dx.streaming.range_reader import redact_text
-
-                raise SourceError(
-                    f"Kaggle request failed while trying to {what}: {type(e).__name__}: "
-                    f"{redact_text(str(e))[:300]}"
-                ) from None
+                raise SourceError(f"Kaggle request failed while trying to {what}: {describe_exc(e)}") from None
 
         return once
 
@@ -333,8 +331,6 @@ class KaggleStreamClient:
         """
         from kagglesdk.datasets.types.dataset_api_service import ApiDownloadDatasetRequest
 
-        from imgae_dx.streaming.range_reader import ResolvedURL, redact_url
-
         def download() -> Any:
             req = ApiDownloadDatasetRequest()
             req.owner_slug, req.dataset_slug = self.owner, self.slug
@@ -365,7 +361,6 @@ class KaggleStreamClient:
         Args:
             http_cfg: an :class:`imgae_dx.config.HttpConfig` (timeouts, retries, pool); default one.
         """
-        from imgae_dx.streaming.range_reader import HttpRangeReader
 
         if http_cfg is None:
             from imgae_dx.config import HttpConfig

@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 #: Bytes fetched by the first (suffix-range) request; the index reads the EOCD from them.
 TAIL_BYTES = 65536
 
-_CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
+CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
 _QUERY_IN_TEXT = re.compile(r"\?[^\s'\")>\]]*")
 
 
@@ -62,7 +62,8 @@ def redact_text(text: str) -> str:
     return _QUERY_IN_TEXT.sub("?<redacted>", text)
 
 
-def _describe_exc(e: BaseException) -> str:
+def describe_exc(e: BaseException) -> str:
+    """``Type: message`` of an exception for an error text: redacted, at most 300 characters."""
     msg = redact_text(str(e))
     if len(msg) > 300:
         msg = msg[:300] + "…"
@@ -442,12 +443,12 @@ class HttpRangeReader(RangeReader):
         try:
             resp = self._current_session().get(url, headers=headers, stream=True, timeout=self._timeout, allow_redirects=True)
         except requests.exceptions.SSLError as e:
-            raise self._fatal(f"{self._display}: TLS error: {_describe_exc(e)}") from None
+            raise self._fatal(f"{self._display}: TLS error: {describe_exc(e)}") from None
         except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
                 requests.exceptions.InvalidSchema) as e:
-            raise self._fatal(f"{self._display}: invalid URL: {_describe_exc(e)}") from None
+            raise self._fatal(f"{self._display}: invalid URL: {describe_exc(e)}") from None
         except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as e:
-            raise TransientError(_describe_exc(e)) from None
+            raise TransientError(describe_exc(e)) from None
         try:
             return self._handle(resp, range_header, offset, length, gen)
         finally:
@@ -485,7 +486,7 @@ class HttpRangeReader(RangeReader):
         if status != 206:
             raise self._fatal(f"{self._display}: unexpected HTTP {status} {resp.reason or ''} for {range_header}")
 
-        m = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
+        m = CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
         if not m or m.group(3) == "*":
             raise TransientError(f"bad or missing Content-Range {resp.headers.get('Content-Range')!r}")
         first, last, total = int(m.group(1)), int(m.group(2)), int(m.group(3))
@@ -505,7 +506,7 @@ class HttpRangeReader(RangeReader):
             data = self._read_body(resp, want)
         except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError,
                 http.client.HTTPException, OSError, ValueError) as e:
-            raise TransientError(f"body interrupted: {_describe_exc(e)}") from None
+            raise TransientError(f"body interrupted: {describe_exc(e)}") from None
         if len(data) != want:
             raise TransientError(f"short body: got {len(data)} of {want} bytes")
         self.stats.add(bytes_fetched=want)
@@ -560,7 +561,7 @@ class HttpRangeReader(RangeReader):
             except UserError:
                 raise
             except Exception as e:  # resolver bugs / network: report, do not leak
-                raise self._fatal(f"{self.identity}: re-resolving the expired URL failed: {_describe_exc(e)}") from None
+                raise self._fatal(f"{self.identity}: re-resolving the expired URL failed: {describe_exc(e)}") from None
             if fresh.etag is not None and self._etag is not None and _norm_etag(fresh.etag) != _norm_etag(self._etag):
                 raise self._fatal(self._changed_msg(f"ETag was {self._etag}, now {fresh.etag}"), DatasetChangedError)
             if fresh.size is not None and self.size >= 0 and int(fresh.size) != self.size:
