@@ -37,6 +37,7 @@ import torch
 
 from imgae_dx.errors import CheckpointError, RunFolderError, UserError
 from imgae_dx.training import metrics as M
+from imgae_dx.training.distributed import resolve_device
 from imgae_dx.utils.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -62,14 +63,6 @@ def _parse_stages(stages: str | Sequence[str] | None) -> str | list[str] | None:
         s = stages.strip()
         return "all" if s == "all" else [p.strip() for p in s.split(",") if p.strip()]
     return list(stages)
-
-
-def _pick_device(name: str) -> torch.device:
-    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise UserError("--device cuda was asked for but no CUDA device is available; use --device cpu")
-        return torch.device("cuda")
-    return torch.device("cpu")
 
 
 class CloudEvaluator:
@@ -109,7 +102,7 @@ class CloudEvaluator:
         self.cfg = config_from_yaml_text(cfg_path.read_text(), str(cfg_path))
         self.source = source or self.cfg.source
         self.stages_arg = _parse_stages(stages) or self.cfg.stages
-        self.device = _pick_device(device or self.cfg.training.device)
+        self.device = resolve_device(device or self.cfg.training.device)
         self.batch_size = int(batch_size or self.cfg.training.batch_size)
         self.progress = self.cfg.logging.progress if progress is None else progress
         self.on_batch = on_batch

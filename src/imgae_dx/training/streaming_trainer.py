@@ -123,16 +123,6 @@ def _config_dict(cfg: Config) -> dict[str, Any]:
     return d
 
 
-def _resolve_device(name: str, local_rank: int) -> torch.device:
-    if name == "cpu":
-        return torch.device("cpu")
-    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise UserError("--device cuda was asked for but no CUDA device is available; use --device cpu")
-        return torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
-    return torch.device("cpu")
-
-
 def _rss_mb() -> float:
     from imgae_dx.data.memory import rss_bytes
 
@@ -292,7 +282,7 @@ class StreamingTrainer:
     def _prepare(self) -> None:
         cfg = self.cfg
         info = dist_utils.detect()
-        self.device = _resolve_device(cfg.training.device, info.local_rank)
+        self.device = dist_utils.resolve_device(cfg.training.device, info.local_rank)
         self.dist = dist_utils.init_distributed(self.device)
         self.is_main = self.dist.is_main
         self.cuda = self.device.type == "cuda"
