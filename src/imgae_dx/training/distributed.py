@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,11 +104,27 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
+def _bucketed(tensors: list[torch.Tensor], collective: Callable[[torch.Tensor], None]) -> None:
+    """Run ``collective`` in place once per (device, dtype) on ``tensors`` flattened together,
+    then copy the result back into them: one collective per bucket, not one per tensor."""
+    buckets: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+    for t in tensors:
+        buckets.setdefault((t.device, t.dtype), []).append(t)
+    for group in buckets.values():
+        flat = torch.cat([t.reshape(-1) for t in group])
+        collective(flat)
+        offset = 0
+        for t in group:
+            n = t.numel()
+            t.copy_(flat[offset : offset + n].view_as(t))
+            offset += n
+
+
 def all_reduce_grads(params: Iterable[torch.nn.Parameter]) -> None:
     """Average the ``.grad`` of ``params`` over all ranks in place (no-op when not distributed).
 
-    Grads are flattened into one buffer per (device, dtype) so each step costs one collective per
-    bucket. A parameter without a gradient on this rank contributes zeros.
+    One collective per (device, dtype) bucket. A parameter without a gradient on this rank
+    contributes zeros.
     """
     if not is_initialized():
         return
@@ -117,18 +133,12 @@ def all_reduce_grads(params: Iterable[torch.nn.Parameter]) -> None:
     for p in plist:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-    buckets: dict[tuple[torch.device, torch.dtype], list[torch.nn.Parameter]] = {}
-    for p in plist:
-        buckets.setdefault((p.grad.device, p.grad.dtype), []).append(p)
-    for group in buckets.values():
-        flat = torch.cat([p.grad.reshape(-1) for p in group])
+
+    def average(flat: torch.Tensor) -> None:
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         flat.div_(world)
-        offset = 0
-        for p in group:
-            n = p.grad.numel()
-            p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
-            offset += n
+
+    _bucketed([p.grad for p in plist], average)
 
 
 def broadcast_module(module: torch.nn.Module, buffers_only: bool = False) -> None:
@@ -138,8 +148,7 @@ def broadcast_module(module: torch.nn.Module, buffers_only: bool = False) -> Non
     with torch.no_grad():
         tensors = [] if buffers_only else list(module.parameters())
         tensors += list(module.buffers())
-        for t in tensors:
-            dist.broadcast(t.data, src=0)
+        _bucketed([t.data for t in tensors], lambda flat: dist.broadcast(flat, src=0))
 
 
 def collective_device() -> torch.device:
