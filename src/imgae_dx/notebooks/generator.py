@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from imgae_dx import __version__
+from imgae_dx.config import MODEL_NAMES
 from imgae_dx.errors import UserError
 from imgae_dx.utils.atomic import atomic_write_text
 
@@ -216,9 +217,9 @@ def _check_value(param: NotebookParameter, value: Any) -> None:
     if param.name == "IMAGE_SIZE" and (value < 32 or value % 32):
         raise NotebookTemplateError(f"IMAGE_SIZE must be a multiple of 32 (e.g. 64, 128), got {value}")
     if param.name == "MODELS":
-        bad = [m for m in value if m not in ("unet", "ra", "ae")]
+        bad = [m for m in value if m not in MODEL_NAMES]
         if bad or not value:
-            raise NotebookTemplateError(f"MODELS must list some of unet, ra, ae; got {value!r}")
+            raise NotebookTemplateError(f"MODELS must list some of {', '.join(MODEL_NAMES)}; got {value!r}")
 
 
 class StreamingNotebookGenerator:
