@@ -173,6 +173,13 @@ def _is_val(rec: Mapping[str, Any]) -> bool:
     return rec.get("split") == "val" or rec.get("kind") == "val" or rec.get("phase") == "val"
 
 
+def val_loss_of(rec: Mapping[str, Any]) -> Any:
+    """A record's validation loss: its ``val_loss``, or the ``loss`` of a validation row; else None."""
+    if rec.get("val_loss") is not None:
+        return rec["val_loss"]
+    return rec.get("loss") if _is_val(rec) else None
+
+
 def plot_losses(records: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
     """Training loss (per logged step) and validation loss per model, stages marked.
 
@@ -187,7 +194,7 @@ def plot_losses(records: Sequence[Mapping[str, Any]], path: Path) -> Path | None
         if m is None or step is None:
             continue
         d = models.setdefault(str(m), {"train": [], "val": []})
-        val = r.get("val_loss") if r.get("val_loss") is not None else (r.get("loss") if _is_val(r) else None)
+        val = val_loss_of(r)
         if val is not None:
             d["val"].append((float(step), float(val)))
         if not _is_val(r) and r.get("loss") is not None:

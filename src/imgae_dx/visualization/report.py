@@ -171,7 +171,7 @@ def stage_table(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         if not is_val and r.get("loss") is not None:
             a["train_loss"] = float(r["loss"])
             a["steps"] = max(a["steps"], int(r.get("step", 0) or 0))
-        v = r.get("val_loss") if r.get("val_loss") is not None else (r.get("loss") if is_val else None)
+        v = plots.val_loss_of(r)
         if v is not None:
             a["val_loss"] = float(v) if a["val_loss"] is None else min(a["val_loss"], float(v))
         if r.get("images_per_s") is not None:
