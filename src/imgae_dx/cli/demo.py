@@ -200,6 +200,7 @@ def run(args: argparse.Namespace) -> int:
     from imgae_dx.cli.evaluate import summary_lines
     from imgae_dx.testing.range_server import RangeServer
     from imgae_dx.training.cloud_evaluator import evaluate_run
+    from imgae_dx.training.metrics import best_by_auroc
     from imgae_dx.training.streaming_trainer import StreamingTrainer
     from imgae_dx.visualization.report import write_report
 
@@ -228,9 +229,8 @@ def run(args: argparse.Namespace) -> int:
         if result.interrupted:
             _say(f"stopped by signal {result.signal}: last.pt saved in {out}/checkpoints")
             return result.exit_code
-        best = ", ".join(f"{m} {v:.5f}" if v is not None else f"{m} -" for m, v in result.best_val.items())
         _say(f"      {result.step} steps, {result.images_seen} images in {result.wall_s:.0f} s; "
-             f"best val loss: {best}")
+             f"best val loss: {result.best_val_text()}")
 
         # 4. evaluation
         t = time.monotonic()
@@ -249,10 +249,9 @@ def run(args: argparse.Namespace) -> int:
     print()
     for line in summary_lines(metrics):
         print(line)
-    models = metrics.get("models", {})
-    scored = {n: m for n, m in models.items() if m.get("auroc") is not None}
-    if scored:
-        name, m = max(scored.items(), key=lambda kv: kv[1]["auroc"])
+    best = best_by_auroc(metrics)
+    if best is not None:
+        name, m = best
         lo, hi = m.get("auroc_ci") or [float("nan"), float("nan")]
         print(f"best model: {name}, test AUROC {m['auroc']:.3f} (95% CI {lo:.3f}–{hi:.3f})")
     print(f"streamed {served['bytes_sent'] / 1e6:.1f} MB in {served['requests']} range requests "

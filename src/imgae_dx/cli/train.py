@@ -76,12 +76,9 @@ def run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         else:
-            best = ", ".join(
-                f"{m} {v:.5f}" if v is not None else f"{m} -" for m, v in result.best_val.items()
-            )
             print(
                 f"trained {', '.join(cfg.models)} on {len(result.stages)} stage(s), "
                 f"{result.step} steps, {result.images_seen} images in {result.wall_s:.1f} s; "
-                f"best val loss: {best}; run folder: {result.run_dir}"
+                f"best val loss: {result.best_val_text()}; run folder: {result.run_dir}"
             )
     return result.exit_code

@@ -528,6 +528,12 @@ def summarise_scores(
 
 
 # ------------------------------------------------------------------------------ JSON
+def best_by_auroc(metrics: Mapping[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """The model of ``eval/metrics.json`` with the highest test AUROC, or None when none has one."""
+    scored = {n: m for n, m in (metrics.get("models") or {}).items() if m.get("auroc") is not None}
+    return max(scored.items(), key=lambda kv: kv[1]["auroc"]) if scored else None
+
+
 def json_safe(obj: Any) -> Any:
     """Recursively convert numpy scalars/arrays to Python and non-finite floats to ``None``."""
     if isinstance(obj, Mapping):

@@ -94,6 +94,10 @@ class TrainResult:
     resumed_from_step: int | None = None
     checkpoints: dict[str, Path] = field(default_factory=dict)
 
+    def best_val_text(self) -> str:
+        """``unet 0.00243, ra 0.00276`` (``-`` for a model never validated)."""
+        return ", ".join(f"{m} {v:.5f}" if v is not None else f"{m} -" for m, v in self.best_val.items())
+
     @property
     def exit_code(self) -> int:
         """0 when finished; 128 + signal number when stopped by SIGINT/SIGTERM."""

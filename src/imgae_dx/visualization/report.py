@@ -27,6 +27,7 @@ import numpy as np
 
 from imgae_dx.errors import RunFolderError
 from imgae_dx.training.loggers import read_metrics
+from imgae_dx.training.metrics import best_by_auroc
 from imgae_dx.utils.atomic import atomic_open, atomic_write_text
 from imgae_dx.visualization import plots
 
@@ -186,11 +187,8 @@ def stage_table(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 def _honest_note(metrics: Mapping[str, Any] | None) -> str:
     src = str((metrics or {}).get("source", ""))
     synthetic = bool((metrics or {}).get("synthetic_data"))
-    best = None
-    for m in (metrics or {}).get("models", {}).values():
-        a = m.get("auroc")
-        if a is not None and (best is None or a > best):
-            best = a
+    top = best_by_auroc(metrics or {})
+    best = top[1]["auroc"] if top else None
     lines = [
         "<b>What to expect on real data.</b> Published unsupervised (train-on-normal) detectors on "
         "NIH ChestX-ray14 reach an image-level AUROC of roughly <b>0.60–0.78</b>. A much higher figure "
@@ -331,8 +329,7 @@ def write_report(run_dir: str | Path) -> Path:
     parts = [f"<h1>ImgAE-Dx report</h1><p class=muted>Run folder <code>{_e(run_dir.resolve())}</code> · "
              f"written {_e(time.strftime('%Y-%m-%d %H:%M:%S'))}</p>"]
     if metrics and metrics.get("models"):
-        best_name, best = max(metrics["models"].items(),
-                              key=lambda kv: -1 if kv[1].get("auroc") is None else kv[1]["auroc"])
+        best_name, best = best_by_auroc(metrics) or next(iter(metrics["models"].items()))
         comp = metrics.get("comparison") or {}
         ptxt = (f" · {_e(comp['a'])} vs {_e(comp['b'])}: ΔAUROC {_num(comp.get('diff'))}, "
                 f"DeLong p = {plots.fmt_p(comp.get('delong_p'))}") if comp else ""
