@@ -40,9 +40,11 @@ import zipfile
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
+
+from imgae_dx.testing.range_server import QuietHTTPServer, RangeServer
 
 API_HOST = "127.0.0.1"
 API_PORT = 7777
@@ -159,7 +161,7 @@ class KaggleEmulator:
         self.auth_failures = 0
         self.redirects = 0
         self.last_auth: str | None = None
-        self._server: ThreadingHTTPServer | None = None
+        self._server: QuietHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._lock_cm: contextlib.AbstractContextManager[None] | None = None
 
@@ -198,8 +200,6 @@ class KaggleEmulator:
             allowed_users: users who may read it (others get 403); ``None`` = public.
             faults: :class:`~imgae_dx.testing.range_server.Faults` of the storage server.
         """
-        from imgae_dx.testing.range_server import RangeServer
-
         owner, slug = ref.split("/")
         path = Path(archive).absolute()
         storage = RangeServer(path, signed=True, faults=faults,
@@ -263,7 +263,7 @@ class KaggleEmulator:
         self._stop()
 
     def _serve(self) -> None:
-        server = _QuietServer((API_HOST, API_PORT), _make_handler(self))
+        server = QuietHTTPServer((API_HOST, API_PORT), _make_handler(self))
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                                         name="kaggle-emulator", daemon=True)
@@ -379,18 +379,6 @@ class KaggleEmulator:
             return 200, {}, {"ref": ds.ref, "ownerRef": ds.owner, "title": ds.slug,
                              "totalBytes": ds.archive.stat().st_size}
         return 404, {}, {"code": 404, "message": f"method {method} is not emulated"}
-
-
-class _QuietServer(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        import sys
-
-        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
-            return  # a client that hung up is not a server error
-        super().handle_error(request, client_address)
 
 
 def _make_handler(emu: KaggleEmulator) -> type[BaseHTTPRequestHandler]:

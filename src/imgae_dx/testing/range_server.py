@@ -109,6 +109,23 @@ def _file_state(path: Path, etag: str | None, last_modified: str | None) -> _Fil
     return _FileState(path, int(st.st_size), tag, lm)
 
 
+class QuietHTTPServer(ThreadingHTTPServer):
+    """Threaded HTTP server for tests that does not print a traceback for a client that hung up
+    (or a fault we injected)."""
+
+    daemon_threads = True
+    block_on_close = False
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)
+
+
+class _ReusableServer(QuietHTTPServer):
+    allow_reuse_address = True
+
+
 class RangeServer:
     """Serve one file over loopback HTTP/1.1 (see the module docstring).
 
@@ -170,17 +187,7 @@ class RangeServer:
         Handler.server_ref = server
         Handler.timeout = self._keepalive
 
-        class Server(ThreadingHTTPServer):
-            daemon_threads = True
-            block_on_close = False
-            allow_reuse_address = True
-
-            def handle_error(self, request: Any, client_address: Any) -> None:
-                if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
-                    return  # a client that hung up (or a fault we injected) is not a server error
-                super().handle_error(request, client_address)
-
-        self._httpd = Server((self.host, self._port), Handler)
+        self._httpd = _ReusableServer((self.host, self._port), Handler)
         self._port = self._httpd.server_address[1]
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
                                         name=f"range-server-{self._port}", daemon=True)
