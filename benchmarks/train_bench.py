@@ -43,8 +43,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from model_bench import TINY, bench_one, device_name  # noqa: E402
 
+from imgae_dx.training.loggers import read_metrics  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
-CLI = "import sys; from imgae_dx.cli import main; sys.exit(main(sys.argv[1:]))"
 RUN_FOLDER = ("config.yaml", "metrics.jsonl", "plots/live.png")
 
 
@@ -64,13 +65,13 @@ def _archive(args: argparse.Namespace, tmp: Path, images: int, stages: int, px: 
 
 
 def _records(run: Path) -> list[dict[str, Any]]:
-    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    return read_metrics(run / "metrics.jsonl")
 
 
 def acceptance(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     archive = _archive(args, tmp, args.images_per_stage, 3, 1024)
     out = tmp / "acceptance_run"
-    cmd = [sys.executable, "-c", CLI, "train", "--source", str(archive), "--out", str(out),
+    cmd = [sys.executable, "-m", "imgae_dx", "train", "--source", str(archive), "--out", str(out),
            "--model", "all", "--image-size", "64", "--epochs-per-stage", "1", "--stages", "all",
            "--device", args.device]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

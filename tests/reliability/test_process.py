@@ -23,6 +23,7 @@ from reliability_helpers import Seen, final_weights, tiny_config, tiny_yaml
 
 from imgae_dx.errors import CheckpointError
 from imgae_dx.training.checkpoint import load_checkpoint
+from imgae_dx.training.loggers import read_metrics
 from imgae_dx.training.streaming_trainer import StreamingTrainer
 
 MODELS = ("unet", "ae")
@@ -33,8 +34,7 @@ KILLS = 10
 def _cli(cfg: Path, source: Path, out: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     script = Path(sys.executable).with_name("imgae-dx")  # the installed console script
-    cmd = [str(script)] if script.is_file() else [
-        sys.executable, "-c", "import sys; from imgae_dx.cli import main; sys.exit(main())"]
+    cmd = [str(script)] if script.is_file() else [sys.executable, "-m", "imgae_dx"]
     return subprocess.Popen(
         [*cmd, "train", "--config", str(cfg), "--source", str(source),
          "--out", str(out), *extra],
@@ -44,18 +44,8 @@ def _cli(cfg: Path, source: Path, out: Path, *extra: str) -> subprocess.Popen:
 
 def _logged_step(run: Path) -> int:
     """Highest training step in metrics.jsonl (a torn last line is ignored)."""
-    p = run / "metrics.jsonl"
-    best = 0
-    if not p.is_file():
-        return 0
-    for line in p.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if rec.get("kind") == "train":
-            best = max(best, int(rec["step"]))
-    return best
+    return max((int(r["step"]) for r in read_metrics(run / "metrics.jsonl") if r.get("kind") == "train"),
+               default=0)
 
 
 def _ckpt_step(run: Path) -> int | None:

@@ -75,8 +75,7 @@ def _scan_tree(root: Path, skip: set[Path] = frozenset()) -> tuple[list[str], in
 
 
 def _cli(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[bytes]:
-    code = "import sys; from imgae_dx.cli import main; sys.exit(main())"
-    return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "imgae_dx", *args], cwd=cwd, env=env,
                           capture_output=True, timeout=540)
 
 

@@ -15,11 +15,10 @@ import torch
 from training_helpers import TINY_FLAGS, tiny_yaml, weights
 
 MODELS = ("unet", "ra", "ae")
-CLI = "import sys; from imgae_dx.cli import main; sys.exit(main(sys.argv[1:]))"
 
 
 def _cmd(archive: Path, out: Path, cfg_file: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-c", CLI, "train", "--config", str(cfg_file),
+    return [sys.executable, "-m", "imgae_dx", "train", "--config", str(cfg_file),
             "--source", str(archive), "--out", str(out), *TINY_FLAGS, "--model", "all",
             "--stages", "all", *extra]
 
