@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -29,24 +28,14 @@ HERE = Path(__file__).resolve().parent
 BATCH = 32
 
 
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _current_rss_mb() -> float:
-    import psutil
-
-    return psutil.Process().memory_info().rss / 1024 / 1024
-
-
 def child(url: str, stages: int, limit: int | None, size: int, workers: int) -> dict:
     from imgae_dx.config import DataConfig
     from imgae_dx.data.dataset import StreamingNIHDataset, make_cache
-    from imgae_dx.data.memory import MemoryManager
+    from imgae_dx.data.memory import MB, MemoryManager, peak_rss_bytes, rss_bytes
     from imgae_dx.data.nih_index import NIHIndex
     from imgae_dx.streaming.sources import open_archive
 
-    base = _rss_mb()
+    base = peak_rss_bytes() / MB
     with tempfile.TemporaryDirectory() as idx:
         cfg = DataConfig(image_size=size, view="all", decode_workers=workers, index_cache_dir=idx)
         mm = MemoryManager(cfg.memory_budget_mb)
@@ -66,11 +55,11 @@ def child(url: str, stages: int, limit: int | None, size: int, workers: int) -> 
             ds.close()
             if cache is not None:
                 cache.close()
-            after.append(round(_current_rss_mb(), 1))
+            after.append(round(rss_bytes() / MB, 1))
         wall = time.perf_counter() - t0
         st = archive.stats()
         archive.close()
-    return {"images": n, "wall_s": wall, "images_per_s": n / wall, "peak_rss_mb": _rss_mb(),
+    return {"images": n, "wall_s": wall, "images_per_s": n / wall, "peak_rss_mb": peak_rss_bytes() / MB,
             "import_rss_mb": base, "rss_after_stage_mb": after, "bytes_fetched": st["bytes_fetched"],
             "requests": st["requests"]}
 
