@@ -31,12 +31,12 @@ import time
 import zipfile
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
 from imgae_dx.config import AnomalyConfig
+from imgae_dx.data.decode import decode_png
 from imgae_dx.models import StepContext, create_model, create_objective
 from imgae_dx.models.anomaly import anomaly_map, image_score
 
@@ -61,8 +61,7 @@ def load_split(zip_path: Path, size: int, view: str = "all") -> dict[str, torch.
                 key = "train"
             else:
                 continue  # abnormal training-patient images are never used
-            img = cv2.imdecode(np.frombuffer(zf.read(members[row[0]]), np.uint8), cv2.IMREAD_GRAYSCALE)
-            out[key].append(cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA))
+            out[key].append(decode_png(zf.read(members[row[0]]), size))
     t = {k: torch.from_numpy(np.stack(v).astype(np.float32) / 255.0).unsqueeze(1)
          for k, v in out.items()}
     n_val = max(8, t["train"].shape[0] // 8)

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from imgae_dx.data.decode import decode_png
+
 # Tiny widths: every architecture at its real depth, fast on CPU.
 TINY = {
     "unet": {"base_channels": 4, "groups": 2, "depth": 4},
@@ -35,18 +37,6 @@ class ImageSet:
     source: str
 
 
-def _decode(data: bytes, size: int) -> np.ndarray:
-    import cv2
-
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if img.ndim == 3:
-        code = cv2.COLOR_BGRA2GRAY if img.shape[2] == 4 else cv2.COLOR_BGR2GRAY
-        img = cv2.cvtColor(img, code)
-    if img.dtype != np.uint8:
-        img = (img / 257).astype(np.uint8)
-    return cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
-
-
 def images_from_archive(zip_path: Path, size: int) -> tuple[np.ndarray, np.ndarray]:
     """All images of a sample archive at ``size``² (uint8 N×S×S) and labels (1 = abnormal)."""
     with zipfile.ZipFile(zip_path) as zf:
@@ -57,7 +47,7 @@ def images_from_archive(zip_path: Path, size: int) -> tuple[np.ndarray, np.ndarr
         for row in rows:  # read by position: the header is malformed on purpose
             if not row or row[0] not in names:
                 continue
-            imgs.append(_decode(zf.read(names[row[0]]), size))
+            imgs.append(decode_png(zf.read(names[row[0]]), size))
             labels.append(0 if row[1].strip() == "No Finding" else 1)
     return np.stack(imgs), np.asarray(labels)
 
