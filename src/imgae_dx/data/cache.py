@@ -79,11 +79,6 @@ class ImageCache:
         self._disk_path: Path | None = None
         self._tmpdir: str | None = None
 
-    @property
-    def ram_images_max(self) -> int:
-        """Most images the RAM side holds (``budget_bytes // image bytes``)."""
-        return self._ram_capacity_images
-
     def _ram_slot(self) -> int | None:
         if self._ram_used >= self._ram_capacity_images:
             return None

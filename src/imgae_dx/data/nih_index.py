@@ -310,14 +310,10 @@ class ImageRecord:
     split: str = ""  # official list: "train_val", "test" or "" (in neither)
 
 
-def _stage_of(name: str) -> tuple[str | None, str]:
-    """(stage, basename) of an archive member path like ``[top/]images_001/images/X.png``."""
+def _stage_of(name: str) -> str | None:
+    """The stage of an archive member path like ``[top/]images_001/images/X.png``, if any."""
     parts = name.replace("\\", "/").split("/")
-    base = parts[-1]
-    for p in parts[:-1]:
-        if _STAGE_RE.match(p):
-            return p, base
-    return None, base
+    return next((p for p in parts[:-1] if _STAGE_RE.match(p)), None)
 
 
 def _unit_hash(patient: np.ndarray, seed: int) -> np.ndarray:
@@ -384,7 +380,7 @@ class NIHIndex:
             d, _, base = name.replace("\\", "/").rpartition("/")
             stage = dir_stage.get(d, "")
             if stage == "":
-                stage = dir_stage[d] = _stage_of(name)[0]
+                stage = dir_stage[d] = _stage_of(name)
             if stage is None:
                 continue
             r = row_of.get(base)
@@ -577,9 +573,7 @@ class NIHIndex:
 def _member_names(index: Any) -> list[str]:
     names = getattr(index, "names", None)
     if callable(names):
-        names = names()
-    if names is not None and not callable(names):
-        return list(names)
+        return list(names())
     return [index.name(i) for i in range(len(index))]
 
 

@@ -64,7 +64,6 @@ class RAEncoder(nn.Module):
         self.pool = nn.AvgPool2d(2)
         self.final = ResidualBlock(ch[-1], ch[-1], s)
         self.fc = nn.Linear(ch[-1] * r * r, 2 * cfg.zdim)
-        self.zdim = cfg.zdim
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
         h = self.pool(self.stem(x))
