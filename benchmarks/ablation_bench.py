@@ -4,7 +4,7 @@ A U-Net with skip connections trained to reconstruct its clean input learns (clo
 identity: it reconstructs abnormal images almost perfectly, so the residual carries little signal.
 The same U-Net trained with coarse noise (the DAE) must restore the image from its context, and
 its residual separates abnormal from normal images better. This script trains, on normal images of
-the synthetic sample archive (``imgae_dx.data.sample``) at 64², the variants
+the synthetic sample archive (``imgae_dx.testing.sample``) at 64², the variants
 
     unet_skips_no_noise   skip connections, noise_std 0     (the identity trap)
     unet_skips_dae        skip connections, coarse noise    (the shipped default)
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         path = args.archive
         if path is None:
-            from imgae_dx.data.sample import write_sample_archive
+            from imgae_dx.testing.sample import write_sample_archive
 
             path = write_sample_archive(tmp, images_per_stage=args.images_per_stage,
                                         stages=args.stages, seed=args.seed, image_px=256)

@@ -167,7 +167,7 @@ print(json.dumps({"images": n, "wall_s": wall, "images_per_s": n / wall, "first_
 # ------------------------------------------------------------------------------ set-up
 def ensure_archive(path: Path, images: int) -> Path:
     if not path.is_file():
-        from imgae_dx.data.sample import write_sample_archive
+        from imgae_dx.testing.sample import write_sample_archive
 
         print(f"writing {path} ({images} images at 1024 px; a few minutes)…", file=sys.stderr)
         write_sample_archive(path.parent, images_per_stage=images, stages=1, seed=0, image_px=1024)

@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(child(args._url, args._stages, args._limit or None, args.image_size, args.workers)))
         return 0
 
-    from imgae_dx.data.sample import write_sample_archive
+    from imgae_dx.testing.sample import write_sample_archive
     from imgae_dx.testing import RangeServer
 
     if not args.stages_archive.is_file():

@@ -52,7 +52,7 @@ RUN_FOLDER = ("config.yaml", "metrics.jsonl", "plots/live.png")
 def _archive(args: argparse.Namespace, tmp: Path, images: int, stages: int, px: int) -> Path:
     if args.archive:
         return Path(args.archive)
-    from imgae_dx.data.sample import write_sample_archive
+    from imgae_dx.testing.sample import write_sample_archive
 
     folder = tmp / f"sample_{stages}x{images}_{px}"
     if (folder / "data.zip").exists():

@@ -29,7 +29,7 @@ def _isolated_home(tmp_path_factory, monkeypatch):
 
 
 def _sample(tmp_path_factory, name: str, **kw) -> Path:
-    from imgae_dx.data.sample import write_sample_archive
+    from imgae_dx.testing.sample import write_sample_archive
 
     out = tmp_path_factory.mktemp(name)
     return write_sample_archive(out, **kw)

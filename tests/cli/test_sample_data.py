@@ -11,7 +11,7 @@ from imgae_dx.cli import main
 
 
 def test_sample_data_command(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch) -> None:
-    import imgae_dx.data.sample as sample
+    import imgae_dx.testing.sample as sample
 
     real = sample.write_sample_archive
     # keep the pixels small: the command's contract is layout and counts, not image size

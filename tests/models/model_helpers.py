@@ -1,6 +1,6 @@
 """Helpers of the model tests: tiny model overrides and sample images.
 
-Images come from ``imgae_dx.data.sample.write_sample_archive`` (the synthetic NIH-layout archive),
+Images come from ``imgae_dx.testing.sample.write_sample_archive`` (the synthetic NIH-layout archive),
 read straight from the zip with zipfile + cv2 (these tests do not depend on the streaming
 dataset).
 """
@@ -65,9 +65,9 @@ def _split(imgs: np.ndarray, labels: np.ndarray, source: str) -> ImageSet:
 
 def load_image_set(tmp_dir: Path, size: int = 64, per_stage: int = 60, stages: int = 3,
                    seed: int = 0) -> ImageSet:
-    from imgae_dx.data.sample import write_sample_archive
+    from imgae_dx.testing.sample import write_sample_archive
 
     path = write_sample_archive(tmp_dir, images_per_stage=per_stage, stages=stages, seed=seed,
                                 image_px=256)
     imgs, labels = images_from_archive(Path(path), size)
-    return _split(imgs, labels, "imgae_dx.data.sample")
+    return _split(imgs, labels, "imgae_dx.testing.sample")

@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).parent))  # training_helpers.py, next to t
 @pytest.fixture(scope="session")
 def train_archive(tmp_path_factory) -> Path:
     """3 stages × 120 images at 64 px: ~27/43/56 normal train images per stage (view all)."""
-    from imgae_dx.data.sample import write_sample_archive
+    from imgae_dx.testing.sample import write_sample_archive
 
     return write_sample_archive(tmp_path_factory.mktemp("train_sample"), images_per_stage=120,
                                 stages=3, seed=0, image_px=64, progress=False)

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 from imgae_dx.errors import RunFolderError
-from imgae_dx.training.metrics import json_safe, summarise_scores
-from imgae_dx.visualization.report import load_examples, save_examples, write_report
+from imgae_dx.evaluation.results import SCORE_FIELDS, load_examples, save_examples
+from imgae_dx.evaluation.summary import json_safe, summarise_scores
+from imgae_dx.visualization.report import write_report
 
 FINDINGS = ["Atelectasis", "Effusion", "Nodule", "Mass"]
 
@@ -51,10 +52,10 @@ def make_run_folder(root: Path, seed: int = 0, n: int = 240, evaluated: bool = T
     scores = {"unet": rng.normal(size=n) + 1.2 * labels, "ra": rng.normal(size=n) + 0.8 * labels}
     with (run / "eval" / "scores.csv").open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["image", "patient", "view", "findings", "label", "unet", "ra"])
+        w.writerow([*SCORE_FIELDS, "unet", "ra"])
         for i in range(n):
-            w.writerow([f"{i:08d}_000.png", patients[i], views[i], "|".join(findings[i]), labels[i],
-                        scores["unet"][i], scores["ra"][i]])
+            w.writerow([f"{i:08d}_000.png", patients[i], views[i], "images_001", "|".join(findings[i]),
+                        labels[i], scores["unet"][i], scores["ra"][i]])
     loc = {m: [{"image": f"{i:08d}_000.png", "finding": "Mass", "hit": float(rng.random() < 0.5),
                 "hit_chance": 0.3, "top_share": 0.2, "area_share": 0.05, "pixel_auroc": 0.7}
                for i in range(5)] for m in scores}

@@ -2,7 +2,7 @@
 
 Steps (each announced on one line; tqdm bars while they run):
 
-1. **Sample archive.** A synthetic NIH-layout ``data.zip`` (:func:`imgae_dx.data.sample.
+1. **Sample archive.** A synthetic NIH-layout ``data.zip`` (:func:`imgae_dx.testing.sample.
    write_sample_archive`: 3 stages of :data:`SAMPLE` images) is generated once and kept in the
    user cache, ``$XDG_CACHE_HOME/imgae_dx/sample/<key>/data.zip`` (default ``~/.cache/…``), where
    ``<key>`` names the sample's parameters and a digest of the generator's source: a second demo
@@ -19,7 +19,7 @@ Steps (each announced on one line; tqdm bars while they run):
    overlay ``configs/demo.yaml`` (64 px, narrow models; sized for ~10 minutes on 2 CPU cores).
    Checkpoints are chosen on normal validation loss only.
 4. **Evaluation** of each model's ``best.pt`` on the held-out test patients
-   (:func:`~imgae_dx.training.cloud_evaluator.evaluate_run`: AUROC etc. with patient-bootstrap
+   (:func:`~imgae_dx.evaluation.evaluator.evaluate_run`: AUROC etc. with patient-bootstrap
    intervals, U-Net vs RA DeLong p-value; the AE is reported alongside as the baseline).
 5. **Report**: ``DIR/report.html`` (:func:`~imgae_dx.visualization.report.write_report`), then the
    summary table and the report's path are printed.
@@ -55,7 +55,7 @@ MARKER = ".imgae-dx-demo"
 
 @dataclass(frozen=True)
 class SampleSpec:
-    """Parameters of the demo's sample archive (see :func:`imgae_dx.data.sample.write_sample_archive`).
+    """Parameters of the demo's sample archive (see :func:`imgae_dx.testing.sample.write_sample_archive`).
 
     ``image_px`` is the side of the stored PNGs: 128 px keeps generation and decoding fast while
     leaving the area resize to the model's 64 px a real downsampling step.
@@ -77,15 +77,18 @@ SAMPLE = SampleSpec()
 
 def _generator_digest() -> str:
     """First 10 hex digits of the SHA-1 of the sample generator's source (cache invalidation)."""
-    from imgae_dx.data import sample
+    from imgae_dx.testing import sample
 
+    h = hashlib.sha1()
     try:
-        data = Path(sample.__file__).read_bytes()
+        for f in sorted(Path(sample.__file__).parent.glob("*.py")):
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
     except OSError:  # zipped install: fall back to the package version
         from imgae_dx import __version__
 
-        data = __version__.encode()
-    return hashlib.sha1(data).hexdigest()[:10]
+        h.update(__version__.encode())
+    return h.hexdigest()[:10]
 
 
 def sample_cache_root() -> Path:
@@ -104,8 +107,8 @@ def _say(msg: str) -> None:
 
 def ensure_sample(spec: SampleSpec, folder: Path, *, progress: bool) -> tuple[Path, bool]:
     """The sample archive ``folder/data.zip``, generated if absent. Returns (path, generated)."""
-    from imgae_dx.data.sample import write_sample_archive
     from imgae_dx.errors import UserError
+    from imgae_dx.testing.sample import write_sample_archive
 
     path = folder / "data.zip"
     if path.is_file():
@@ -198,9 +201,9 @@ def run(args: argparse.Namespace) -> int:
          + (f", {time.monotonic() - t:.0f} s)" if generated else ")"))
 
     from imgae_dx.cli.evaluate import summary_lines
+    from imgae_dx.evaluation.evaluator import evaluate_run
+    from imgae_dx.evaluation.summary import best_by_auroc
     from imgae_dx.testing.range_server import RangeServer
-    from imgae_dx.training.cloud_evaluator import evaluate_run
-    from imgae_dx.training.metrics import best_by_auroc
     from imgae_dx.training.streaming_trainer import StreamingTrainer
     from imgae_dx.visualization.report import write_report
 

@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     """Evaluate RUN_DIR's models on the test split, write eval/ and report.html, print a summary."""
     import logging
 
-    from imgae_dx.training.cloud_evaluator import evaluate_run
+    from imgae_dx.evaluation.evaluator import evaluate_run
     from imgae_dx.visualization.report import write_report
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -11,8 +11,8 @@ def run(args: argparse.Namespace) -> int:
     import zipfile
 
     from imgae_dx.data.nih_index import DATA_ENTRY_NAME, METADATA_NAMES, NIHIndex
-    from imgae_dx.data.sample import write_sample_archive
     from imgae_dx.errors import UserError
+    from imgae_dx.testing.sample import write_sample_archive
 
     per_stage, stages = int(args.images_per_stage), int(args.stages)
     if per_stage < 1:

@@ -14,7 +14,6 @@ Parts whose inputs are missing (e.g. not evaluated yet) are stated as missing, n
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import json
 import math
@@ -26,9 +25,10 @@ from typing import Any
 import numpy as np
 
 from imgae_dx.errors import RunFolderError
+from imgae_dx.evaluation.results import load_examples, read_scores
+from imgae_dx.evaluation.summary import best_by_auroc
 from imgae_dx.training.loggers import read_metrics
-from imgae_dx.training.metrics import best_by_auroc
-from imgae_dx.utils.atomic import atomic_open, atomic_write_text
+from imgae_dx.utils.atomic import atomic_write_text
 from imgae_dx.visualization import plots
 
 METRIC_LABELS: tuple[tuple[str, str], ...] = (
@@ -62,67 +62,6 @@ def _read_json(path: Path) -> Any:
         return None
     except (OSError, json.JSONDecodeError) as e:
         raise RunFolderError(f"{path} cannot be read as JSON ({e}); re-run `imgae-dx evaluate`") from None
-
-
-def read_scores(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """``eval/scores.csv`` → (labels (N,), model → scores (N,))."""
-    try:
-        with path.open(newline="") as f:
-            reader = csv.DictReader(f)
-            rows = list(reader)
-            fields = reader.fieldnames or []
-    except FileNotFoundError:
-        return np.zeros(0, np.int64), {}
-    fixed = {"image", "patient", "view", "findings", "label", "stage"}
-    models = [c for c in fields if c not in fixed]
-    labels = np.asarray([int(r["label"]) for r in rows], dtype=np.int64)
-    scores = {m: np.asarray([float(r[m]) for r in rows], dtype=np.float64) for m in models}
-    return labels, scores
-
-
-def save_examples(path: Path, items: Sequence[Mapping[str, Any]]) -> Path:
-    """Write example images for the report to ``path`` (``eval/examples/<model>.npz``).
-
-    Args:
-        items: dicts with ``image_id`` (str), ``title`` (str), ``image`` and ``reconstruction``
-            (H×W float in [0, 1] or uint8), ``anomaly_map`` (H×W float), ``boxes`` (list of
-            (finding, x, y, w, h) in map pixels).
-    """
-
-    def u8(a: Any) -> np.ndarray:
-        a = np.asarray(a)
-        return a if a.dtype == np.uint8 else (np.clip(a, 0, 1) * 255 + 0.5).astype(np.uint8)
-
-    with atomic_open(path) as f:
-        np.savez_compressed(
-            f,
-            image_ids=np.asarray([str(i["image_id"]) for i in items]),
-            titles=np.asarray([str(i.get("title", i["image_id"])) for i in items]),
-            images=np.stack([u8(i["image"]) for i in items]),
-            reconstructions=np.stack([u8(i["reconstruction"]) for i in items]),
-            maps=np.stack([np.asarray(i["anomaly_map"], dtype=np.float16) for i in items]),
-            boxes_json=np.asarray([json.dumps([[str(b[0])] + [float(v) for v in b[1:]]
-                                               for b in i.get("boxes", [])]) for i in items]),
-        )
-    return path
-
-
-def load_examples(run_dir: Path, model: str) -> list[dict[str, Any]]:
-    """``eval/examples/<model>.npz`` → items for :func:`plots.plot_examples`."""
-    p = run_dir / "eval" / "examples" / f"{model}.npz"
-    if not p.is_file():
-        return []
-    with np.load(p, allow_pickle=False) as z:
-        out = []
-        for i in range(len(z["image_ids"])):
-            out.append({
-                "image": z["images"][i],
-                "reconstruction": z["reconstructions"][i],
-                "anomaly_map": z["maps"][i].astype(np.float32),
-                "title": str(z["titles"][i]),
-                "boxes": [tuple(b) for b in json.loads(str(z["boxes_json"][i]))],
-            })
-    return out
 
 
 # ------------------------------------------------------------------------------ html helpers
@@ -292,7 +231,8 @@ def make_plots(run_dir: Path, metrics: Mapping[str, Any], records: Sequence[Mapp
         records: ``metrics.jsonl`` as read.
     """
     pd = run_dir / "plots"
-    labels, scores = read_scores(run_dir / "eval" / "scores.csv")
+    table = read_scores(run_dir / "eval" / "scores.csv")
+    labels, scores = table.labels, table.scores
     out: dict[str, Path | None] = {
         "roc_pr": plots.plot_roc_pr(metrics, pd / "roc_pr.png"),
         "score_histograms": plots.plot_score_histograms(labels, scores, pd / "score_histograms.png"),

@@ -10,7 +10,9 @@ import pytest
 from scipy import stats
 from sklearn import metrics as skm
 
-from imgae_dx.training import metrics as M
+from imgae_dx.evaluation import localisation as L
+from imgae_dx.evaluation import metrics as M
+from imgae_dx.evaluation import summary as S
 
 
 def _vectors(seed: int, n: int = 300, ties: bool = True):
@@ -61,7 +63,7 @@ def test_weighted_curve_matches_sklearn_sample_weight():
 def test_undefined_metrics_are_nan_and_json_null():
     m = M.binary_metrics([0, 0, 0], [0.1, 0.2, 0.3])
     assert all(math.isnan(v) for v in m.values())
-    assert json.loads(json.dumps(M.json_safe({"m": m, "a": np.arange(2)})))["m"]["auroc"] is None
+    assert json.loads(json.dumps(S.json_safe({"m": m, "a": np.arange(2)})))["m"]["auroc"] is None
     with pytest.raises(ValueError, match="differ in length"):
         M.binary_metrics([0, 1], [0.1])
     with pytest.raises(ValueError, match="NaN"):
@@ -177,16 +179,16 @@ def test_box_localisation_hit_and_miss():
     amap = np.zeros((64, 64))
     amap[20:24, 30:34] = 5.0  # a 16-pixel hot spot (≈ 0.4 % of the map)
     box_1024 = (30 * 16, 20 * 16, 4 * 16, 4 * 16)  # the same region in 1024-px coordinates
-    hit = M.box_localisation(amap, box_1024, scale=64 / 1024, top_percent=0.39)
+    hit = L.box_localisation(amap, box_1024, scale=64 / 1024, top_percent=0.39)
     assert hit["hit"] == 1.0 and hit["top_share"] == 1.0
     assert hit["area_share"] == pytest.approx(16 / 4096)
     assert hit["pixel_auroc"] == pytest.approx(1.0)
-    miss = M.box_localisation(amap, (0, 0, 160, 160), scale=64 / 1024, top_percent=0.39)
+    miss = L.box_localisation(amap, (0, 0, 160, 160), scale=64 / 1024, top_percent=0.39)
     assert miss["hit"] == 0.0 and miss["top_share"] == 0.0 and miss["pixel_auroc"] < 0.5
     # chance of at least one of k random pixels in a box of A pixels out of N
     n_, a_, k = 4096, 100, 16
     exact = 1 - math.comb(n_ - a_, k) / math.comb(n_, k)
-    got = M.box_localisation(np.random.default_rng(0).random((64, 64)), (0, 0, 10, 10), top_percent=100 * k / n_)
+    got = L.box_localisation(np.random.default_rng(0).random((64, 64)), (0, 0, 10, 10), top_percent=100 * k / n_)
     assert got["hit_chance"] == pytest.approx(exact)
 
 
@@ -197,7 +199,7 @@ def test_localisation_summary():
              "area_share": 0.01, "pixel_auroc": float("nan")},
             {"image": "b", "finding": "Mass", "hit": 0.0, "hit_chance": 0.3, "top_share": 0.1,
              "area_share": 0.2, "pixel_auroc": 0.5}]
-    s = M.summarise_localisation(rows)
+    s = L.summarise_localisation(rows)
     assert s["n_boxes"] == 3 and s["n_images"] == 2
     assert s["hit_rate"] == pytest.approx(1 / 3)
     assert s["mean_pixel_auroc"] == pytest.approx(0.7)
@@ -209,7 +211,7 @@ def test_summarise_scores_shapes_and_comparison():
     n = 300
     y = (rng.random(n) < 0.4).astype(int)
     scores = {"ra": rng.normal(size=n) + 0.5 * y, "unet": rng.normal(size=n) + 1.5 * y}
-    out = M.summarise_scores(y, scores, patients=[i // 3 for i in range(n)], views=["PA"] * n,
+    out = S.summarise_scores(y, scores, patients=[i // 3 for i in range(n)], views=["PA"] * n,
                              n_bootstrap=100, seed=0)
     assert out["comparison"]["a"] == "unet" and out["comparison"]["b"] == "ra"
     assert out["comparison"]["p_value"] < 0.01
@@ -218,4 +220,4 @@ def test_summarise_scores_shapes_and_comparison():
     assert len(u["curves"]["roc_tpr"]) == len(M.ROC_GRID)
     assert out["counts"] == {"images": n, "normal": int((y == 0).sum()), "abnormal": int(y.sum()),
                              "patients": 100, "by_view": {"PA": n}}
-    json.dumps(M.json_safe(out), allow_nan=False)
+    json.dumps(S.json_safe(out), allow_nan=False)

@@ -15,14 +15,13 @@
 4. re-reads the few most and least anomalous test images per model (by name, one range read each)
    for the report's example grid (``eval/examples/MODEL.npz``) — anomaly maps are never kept for
    the whole test set;
-5. writes ``eval/metrics.json`` (:func:`imgae_dx.training.metrics.summarise_scores` plus the
+5. writes ``eval/metrics.json`` (:func:`imgae_dx.evaluation.summary.summarise_scores` plus the
    checkpoint, source and cohort it describes) and, when the run logged to W&B, logs the comparison
    table and curves to the same W&B run (id from the checkpoint).
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -36,17 +35,15 @@ import numpy as np
 import torch
 
 from imgae_dx.errors import CheckpointError, RunFolderError, UserError
-from imgae_dx.training import metrics as M
+from imgae_dx.evaluation import localisation as L
+from imgae_dx.evaluation import metrics as M
+from imgae_dx.evaluation import results as R
+from imgae_dx.evaluation import summary as S
 from imgae_dx.training.distributed import resolve_device
 from imgae_dx.utils.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 
-SCORE_FIELDS: tuple[str, ...] = ("image", "patient", "view", "stage", "findings", "label")
-LOC_FIELDS: tuple[str, ...] = (
-    "image", "model", "box", "finding", "x", "y", "w", "h",
-    "hit", "hit_chance", "top_share", "area_share", "pixel_auroc",
-)
 BOX_FRAME = 1024.0  # BBox_List_2017.csv coordinates are in the 1024-px frame of the PNGs
 #: Data_Entry_2017.csv of the real dataset lists 112,120 images; far fewer means synthetic/sample data
 REAL_METADATA_ROWS = 100_000
@@ -188,37 +185,9 @@ class CloudEvaluator:
         return fresh
 
     def _save_state(self, st: dict[str, Any]) -> None:
-        atomic_write_text(self.eval_dir / "state.json", json.dumps(M.json_safe(st)))
+        atomic_write_text(self.eval_dir / "state.json", json.dumps(S.json_safe(st)))
 
     # ------------------------------------------------------------------ scoring
-    def _open_csv(self, path: Path, fields: Sequence[str]) -> tuple[Any, Any]:
-        new = not path.is_file() or path.stat().st_size == 0
-        if not new:
-            # drop a torn last line (killed mid-write) before appending
-            data = path.read_bytes()
-            if not data.endswith(b"\n"):
-                path.write_bytes(data[: data.rfind(b"\n") + 1])
-            with path.open(newline="") as f:
-                header = next(csv.reader(f), [])
-            if header != list(fields):
-                raise RunFolderError(
-                    f"{path} has columns {header} but this evaluation writes {list(fields)}; "
-                    f"delete {self.eval_dir} to evaluate afresh"
-                )
-        f = path.open("a", newline="", encoding="utf-8")
-        w = csv.writer(f)
-        if new:
-            w.writerow(fields)
-            f.flush()
-        return f, w
-
-    @staticmethod
-    def _scored_images(path: Path) -> set[str]:
-        if not path.is_file():
-            return set()
-        with path.open(newline="") as f:
-            return {r["image"] for r in csv.DictReader(f) if r.get("image")}
-
     @torch.no_grad()
     def _predict(self, x: torch.Tensor) -> dict[str, Any]:
         return {n: m.predict(x) for n, m in self.models.items()}
@@ -248,10 +217,10 @@ class CloudEvaluator:
             identity = self._identity(stages, archive.identity)
             st = self._load_state(identity)
             self.eval_dir.mkdir(parents=True, exist_ok=True)
-            fields = list(SCORE_FIELDS) + list(self.models)
-            scored = self._scored_images(self.eval_dir / "scores.csv")
-            fs, ws = self._open_csv(self.eval_dir / "scores.csv", fields)
-            fl, wl = self._open_csv(self.eval_dir / "localisation.csv", LOC_FIELDS)
+            fields = list(R.SCORE_FIELDS) + list(self.models)
+            scored = R.scored_images(self.eval_dir / "scores.csv")
+            fs, ws = R.open_rows(self.eval_dir / "scores.csv", fields, self.eval_dir)
+            fl, wl = R.open_rows(self.eval_dir / "localisation.csv", R.LOC_FIELDS, self.eval_dir)
             stats: dict[str, Any] = {"images": 0, "skipped": 0, "bytes_fetched": 0, "requests": 0}
             scale = self.image_size / BOX_FRAME
             top = self.cfg.evaluation.top_percent_localisation
@@ -337,26 +306,25 @@ class CloudEvaluator:
             for name, p in preds.items():
                 amap = p.anomaly_map[j, 0].float().cpu().numpy()
                 for b, (finding, x, y, bw, bh) in enumerate(boxes):
-                    loc = M.box_localisation(amap, (x, y, bw, bh), scale=scale, top_percent=top)
+                    loc = L.box_localisation(amap, (x, y, bw, bh), scale=scale, top_percent=top)
                     w.writerow([r.image, name, b, finding, _fmt(x), _fmt(y), _fmt(bw), _fmt(bh)]
-                               + [_fmt(loc[k]) for k in LOC_FIELDS[8:]])
+                               + [_fmt(loc[k]) for k in R.LOC_VALUES])
 
     # ------------------------------------------------------------------ examples
-    def write_examples(self, table: dict[str, Any]) -> dict[str, list[str]]:
+    def write_examples(self, table: R.ScoreTable) -> dict[str, list[str]]:
         """Re-read the most and least anomalous test images per model and save them for the report."""
         from imgae_dx.data.decode import decode_png
-        from imgae_dx.visualization.report import save_examples
 
         k = self.cfg.evaluation.examples
         out: dict[str, list[str]] = {}
-        if k <= 0 or not table["rows"]:
+        if k <= 0 or not table.rows:
             return out
         n_most = (k + 1) // 2
         n_least = k // 2
-        rows = table["rows"]
+        rows = table.rows
         scale = self.image_size / BOX_FRAME
         for name in self.models:
-            s = table["scores"][name]
+            s = table.scores[name]
             order = np.argsort(-s, kind="mergesort")
             picks = [("most", int(i)) for i in order[:n_most]]
             picks += [("least", int(i)) for i in order[::-1][:n_least] if int(i) not in {p for _, p in picks}]
@@ -385,73 +353,31 @@ class CloudEvaluator:
                     "anomaly_map": p.anomaly_map[0, 0].float().cpu().numpy(), "boxes": boxes,
                 })
             if items:
-                save_examples(self.eval_dir / "examples" / f"{name}.npz", items)
+                R.save_examples(self.eval_dir / "examples" / f"{name}.npz", items)
                 out[name] = [it["image_id"] for it in items]
         return out
 
     # ------------------------------------------------------------------ metrics
-    def read_table(self) -> dict[str, Any]:
-        """``scores.csv`` (one row per image; duplicates from a resumed pass dropped) as arrays."""
-        path = self.eval_dir / "scores.csv"
-        rows: list[dict[str, str]] = []
-        seen: set[str] = set()
-        with path.open(newline="") as f:
-            for r in csv.DictReader(f):
-                if r.get("image") in seen or not r.get("image"):
-                    continue
-                if any(r.get(n) in (None, "") for n in self.models):
-                    continue  # torn row
-                seen.add(r["image"])
-                rows.append(r)
-        return {
-            "rows": rows,
-            "labels": np.asarray([int(r["label"]) for r in rows], dtype=np.int64),
-            "scores": {n: np.asarray([float(r[n]) for r in rows]) for n in self.models},
-            "patients": [r["patient"] for r in rows],
-            "views": [r["view"] for r in rows],
-            "findings": [tuple(f for f in r["findings"].split("|") if f) for r in rows],
-            "stages": [r["stage"] for r in rows],
-        }
-
-    def read_localisation(self, images: set[str]) -> dict[str, list[dict[str, Any]]]:
-        path = self.eval_dir / "localisation.csv"
-        out: dict[str, list[dict[str, Any]]] = {n: [] for n in self.models}
-        seen: set[tuple[str, str, str]] = set()
-        if not path.is_file():
-            return out
-        with path.open(newline="") as f:
-            for r in csv.DictReader(f):
-                key = (r["image"], r["model"], r["box"])
-                if key in seen or r["model"] not in out or r["image"] not in images:
-                    continue
-                if r.get("pixel_auroc") is None:
-                    continue  # torn row
-                seen.add(key)
-                row: dict[str, Any] = {"image": r["image"], "finding": r["finding"]}
-                for k in LOC_FIELDS[8:]:
-                    row[k] = float(r[k]) if r[k] not in ("", "nan") else math.nan
-                out[r["model"]].append(row)
-        return out
-
     def compute_metrics(self, facts: dict[str, Any] | None = None) -> dict[str, Any]:
         """``eval/metrics.json`` from ``scores.csv`` and ``localisation.csv``."""
-        table = self.read_table()
-        if not table["rows"]:
+        table = R.read_scores(self.eval_dir / "scores.csv", self.models)
+        if not table.rows:
             raise UserError(
                 f"the test split of stages {', '.join((facts or {}).get('stages', [])) or '?'} holds no "
                 f"{self.cfg.data.view} images in {self.source}; choose other --stages or data.view"
             )
-        loc = self.read_localisation({r["image"] for r in table["rows"]})
+        loc = R.read_localisation(self.eval_dir / "localisation.csv", self.models,
+                                  {r["image"] for r in table.rows})
         ev = self.cfg.evaluation
-        out = M.summarise_scores(
-            table["labels"], table["scores"], patients=table["patients"], views=table["views"],
-            findings=table["findings"], localisation=loc, n_bootstrap=ev.bootstrap, seed=self.cfg.seed,
+        out = S.summarise_scores(
+            table.labels, table.scores, patients=table.patients, views=table.views,
+            findings=table.findings, localisation=loc, n_bootstrap=ev.bootstrap, seed=self.cfg.seed,
         )
         for n in self.models:
             out["models"][n]["checkpoint"] = {k: v for k, v in self.checkpoints[n].items()
                                               if k not in ("wandb_run_id", "file_stamp")}
-        stages_seen = sorted(set(table["stages"]))
-        out["counts"]["by_stage"] = {s: table["stages"].count(s) for s in stages_seen}
+        stages_seen = sorted(set(table.stages))
+        out["counts"]["by_stage"] = {s: table.stages.count(s) for s in stages_seen}
         out["counts"]["bbox_images"] = len({r["image"] for rows in loc.values() for r in rows})
         out["counts"]["bbox_boxes"] = max((len(v) for v in loc.values()), default=0)
         f = facts or {}
@@ -477,7 +403,7 @@ class CloudEvaluator:
             ],
             "written_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         })
-        atomic_write_text(self.eval_dir / "metrics.json", json.dumps(M.json_safe(out), indent=1))
+        atomic_write_text(self.eval_dir / "metrics.json", json.dumps(S.json_safe(out), indent=1))
         out["examples"] = self.write_examples(table)
         return out
 

@@ -16,10 +16,10 @@ import torch
 from imgae_dx.config import load_config
 from imgae_dx.data.nih_index import NIHIndex
 from imgae_dx.errors import CheckpointError, RunFolderError
+from imgae_dx.evaluation.evaluator import CloudEvaluator, evaluate_run
 from imgae_dx.models import create_model
 from imgae_dx.streaming.sources import open_archive
 from imgae_dx.training.checkpoint import FORMAT, config_fingerprint, save_checkpoint
-from imgae_dx.training.cloud_evaluator import CloudEvaluator, evaluate_run
 
 TINY = {
     "data.image_size": 64, "training.batch_size": 8, "training.device": "cpu",

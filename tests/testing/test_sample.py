@@ -19,7 +19,7 @@ from imgae_dx.data.nih_index import (
     METADATA_NAMES,
     NIHIndex,
 )
-from imgae_dx.data.sample import write_sample_archive
+from imgae_dx.testing.sample import write_sample_archive
 
 NAME_RE = re.compile(r"^images_(\d{3})/images/(\d{8})_(\d{3})\.png$")
 
@@ -84,9 +84,9 @@ def test_patient_disjoint_lists_and_several_images_per_patient(small_archive: Pa
 
 def test_label_mix_views_and_findings() -> None:
     # label statistics on a realistic size; the plan is cheap (no pixels rendered)
-    from imgae_dx.data.sample import _plan
+    from imgae_dx.testing.sample.plan import plan_images
 
-    plans, _, _ = _plan(300, 3, seed=0)
+    plans, _, _ = plan_images(300, 3, seed=0)
     arch = [p for p in plans if p.stage]
     normal = np.mean([not p.findings for p in arch])
     assert 0.48 <= normal <= 0.58
@@ -144,12 +144,12 @@ def test_deterministic_bytes_and_seed_changes(tmp_path: Path) -> None:
 
 
 def test_bytes_do_not_depend_on_the_render_thread_count(tmp_path: Path, monkeypatch) -> None:
-    import imgae_dx.data.sample as sample
+    import imgae_dx.testing.sample.render as render
 
     kw = dict(images_per_stage=24, stages=2, seed=5, image_px=96, progress=False)
-    monkeypatch.setattr(sample, "RENDER_THREADS", 1)
+    monkeypatch.setattr(render, "RENDER_THREADS", 1)
     one = write_sample_archive(tmp_path / "one", **kw).read_bytes()
-    monkeypatch.setattr(sample, "RENDER_THREADS", 5)
+    monkeypatch.setattr(render, "RENDER_THREADS", 5)
     five = write_sample_archive(tmp_path / "five", **kw).read_bytes()
     assert one == five
 
