@@ -37,8 +37,10 @@ from sklearn.metrics import roc_auc_score
 
 from imgae_dx.config import AnomalyConfig
 from imgae_dx.data.decode import decode_png
-from imgae_dx.models import StepContext, create_model, create_objective
+from imgae_dx.models import create_model, create_objective
 from imgae_dx.models.anomaly import anomaly_map, image_score
+from imgae_dx.training.precision import resolve_precision
+from imgae_dx.training.step import TrainStep
 
 
 def load_split(zip_path: Path, size: int, view: str = "all") -> dict[str, torch.Tensor]:
@@ -75,11 +77,11 @@ def run_variant(name: str, overrides: dict, data: dict[str, torch.Tensor], steps
     model = create_model("unet", data["train"].shape[-1], **overrides)
     obj = create_objective("unet", model)
     g = torch.Generator().manual_seed(seed)
-    ctx = StepContext(generator=g, grad_clip=1.0)
+    step = TrainStep(obj, resolve_precision("off", "cpu"), grad_clip=1.0, generator=g)
     t0 = time.perf_counter()
     for _ in range(steps):
         idx = torch.randint(0, data["train"].shape[0], (batch,), generator=g)
-        obj.train_step(data["train"][idx], ctx)
+        step(data["train"][idx])
     train_s = time.perf_counter() - t0
     model.eval()
     res: dict = {"variant": name, "overrides": overrides, "train_s": round(train_s, 1)}

@@ -81,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(child(args._url, args._stages, args._limit or None, args.image_size, args.workers)))
         return 0
 
-    from imgae_dx.testing.sample import write_sample_archive
     from imgae_dx.testing import RangeServer
+    from imgae_dx.testing.sample import write_sample_archive
 
     if not args.stages_archive.is_file():
         write_sample_archive(args.stages_archive.parent, images_per_stage=300, stages=3, seed=1)

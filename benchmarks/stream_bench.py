@@ -42,8 +42,8 @@ from imgae_dx.data.dataset import StreamingNIHDataset, make_cache
 from imgae_dx.data.decode import decode_png
 from imgae_dx.data.memory import MB, MemoryManager, peak_rss_bytes, rss_bytes
 from imgae_dx.data.nih_index import NIHIndex
-from imgae_dx.testing.sample import write_sample_archive
 from imgae_dx.streaming.sources import open_archive
+from imgae_dx.testing.sample import write_sample_archive
 
 TARGETS = {
     "cold_vs_ceiling": 0.85,

@@ -43,7 +43,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from model_bench import TINY, bench_one, device_name  # noqa: E402
 
-from imgae_dx.training.loggers import read_metrics  # noqa: E402
+from imgae_dx.run.records import Record, TrainRecord, ValRecord, read_records  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_FOLDER = ("config.yaml", "metrics.jsonl", "plots/live.png")
@@ -64,8 +64,8 @@ def _archive(args: argparse.Namespace, tmp: Path, images: int, stages: int, px: 
     return p
 
 
-def _records(run: Path) -> list[dict[str, Any]]:
-    return read_metrics(run / "metrics.jsonl")
+def _records(run: Path) -> list[Record]:
+    return read_records(run / "metrics.jsonl")
 
 
 def acceptance(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
@@ -81,7 +81,7 @@ def acceptance(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     if done.returncode:
         raise SystemExit(f"train failed ({done.returncode}): {done.stderr[-3000:]}")
     recs = _records(out)
-    train = [r for r in recs if r.get("kind") == "train"]
+    train = [r for r in recs if isinstance(r, TrainRecord)]
     missing = [p for p in RUN_FOLDER if not (out / p).exists()]
     for m in ("unet", "ra", "ae"):
         for k in (1, 2, 3):
@@ -94,17 +94,17 @@ def acceptance(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         "images_per_stage_in_archive": args.images_per_stage,
         "wall_s": round(wall, 1),
         "target_wall_s": 300,
-        "steps": max((r["step"] for r in train), default=0),
-        "train_images": max((r.get("images_seen", 0) for r in train), default=0),
-        "val_records": sum(1 for r in recs if r.get("kind") == "val"),
-        "peak_rss_mb": max((r.get("rss_mb") or 0 for r in recs), default=0),
+        "steps": max((r.step for r in train), default=0),
+        "train_images": max((r.images_seen for r in train), default=0),
+        "val_records": sum(1 for r in recs if isinstance(r, ValRecord)),
+        "peak_rss_mb": max((r.rss_mb or 0 for r in recs), default=0),
         "run_folder_missing": missing,
         "ok": not missing and wall <= 300,
     }
 
 
 def _train(archive: Path, out: Path, models: list[str], args: argparse.Namespace,
-           **over: Any) -> tuple[float, list[dict[str, Any]]]:
+           **over: Any) -> tuple[float, list[Record]]:
     from imgae_dx.config import load_config
     from imgae_dx.training.streaming_trainer import StreamingTrainer
 
@@ -162,7 +162,8 @@ def _bare_step_ms(args: argparse.Namespace) -> dict[str, float]:
                        ("cuda" if torch.cuda.is_available() else "cpu"))
     precision = "bf16" if dev.type == "cuda" else "fp32"
     return {m: bench_one(m, dev, args.image_size, batch, precision, False, args.bare_steps or 5, 1,
-                         None, tiny=args.tiny)["step_ms"] for m in ("unet", "ra", "ae")}
+                         None, tiny=args.tiny, channels_last=dev.type == "cuda")["step_ms"]
+            for m in ("unet", "ra", "ae")}
 
 
 def gpu(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
@@ -197,12 +198,13 @@ def gpu(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     t0 = time.perf_counter()
     StreamingTrainer(cfg).train_progressive_stages()
     wall = time.perf_counter() - t0
-    recs = [r for r in _records(out) if r.get("kind") == "train" and r["model"] == "unet"]
-    cold = [r["images_per_s"] for r in recs if r["epoch"] == 0][1:]  # first window holds start-up
-    warm = [r["images_per_s"] for r in recs if r["epoch"] >= 1]
+    recs = [r for r in _records(out) if isinstance(r, TrainRecord) and r.model == "unet"]
+    cold = [r.images_per_s for r in recs if r.epoch == 0][1:]  # first window holds start-up
+    warm = [r.images_per_s for r in recs if r.epoch >= 1]
     # after the trainer: the same cudnn.benchmark / TF32 switches it set are still on
     bare = {m: bench_one(m, dev, size, args.batch_size, "bf16" if cuda else "fp32", False,
-                         args.bare_steps or 20, 5, None, tiny=args.tiny) for m in models}
+                         args.bare_steps or 20, 5, None, tiny=args.tiny, channels_last=cuda)
+            for m in models}
     bare_all = 1.0 / sum(1.0 / bare[m]["images_per_s"] for m in models)
     warm_ips = sum(warm) / len(warm) if warm else float("nan")
     workers = cfg.data.decode_workers

@@ -155,12 +155,18 @@ class TrainingConfig(_Strict):
     epochs_per_stage: int = Field(5, ge=1)
     batch_size: int = Field(32, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    amp: Literal["bf16", "fp16", "off"] = Field("bf16", description="autocast dtype on CUDA")
+    amp: Literal["auto", "bf16", "fp16", "off"] = Field(
+        "auto", description="autocast: auto = bf16 on GPUs with native bf16 (compute capability "
+        ">= 8.0), fp16 + GradScaler on older GPUs, fp32 on the CPU; bf16/fp16 force that dtype "
+        "(also on the CPU); off = fp32")
     channels_last: bool = True
     compile: bool = False
     cudnn_benchmark: bool = Field(True, description="CUDA: cuDNN times and picks the fastest "
                                   "convolution algorithms (fixed input sizes; not bit-reproducible)")
     tf32: bool = Field(True, description="CUDA: TF32 tensor cores for the fp32 matmuls/convolutions")
+    dist_backend: Literal["auto", "nccl", "gloo"] = Field(
+        "auto", description="torchrun process group: auto = nccl on CUDA, gloo on the CPU; gloo "
+        "also runs several ranks on one GPU, which NCCL refuses")
     grad_clip: float | None = Field(1.0, gt=0)
     scheduler: Literal["cosine", "constant"] = "cosine"
     warmup_steps: int = Field(0, ge=0)

@@ -18,8 +18,10 @@ from imgae_dx.data.nih_index import NIHIndex
 from imgae_dx.errors import CheckpointError, RunFolderError
 from imgae_dx.evaluation.evaluator import CloudEvaluator, evaluate_run
 from imgae_dx.models import create_model
+from imgae_dx.run.checkpoint import CheckpointPayload, Position
+from imgae_dx.run.identity import config_fingerprint
 from imgae_dx.streaming.sources import open_archive
-from imgae_dx.training.checkpoint import FORMAT, config_fingerprint, save_checkpoint
+from imgae_dx.training.checkpointer import write_payload
 
 TINY = {
     "data.image_size": 64, "training.batch_size": 8, "training.device": "cpu",
@@ -40,12 +42,11 @@ def make_run(root: Path, archive: Path, *, logger: str = "jsonl", kind: str = "b
     for i, name in enumerate(cfg.models):
         torch.manual_seed(seed + i)
         m = create_model(name, image_size=64, cfg=getattr(cfg.model, name))
-        save_checkpoint(run / "checkpoints" / name / f"{kind}.pt", {
-            "format": FORMAT, "kind": kind, "model_name": name,
-            "fingerprint": config_fingerprint(cfg.model_dump(mode="json")), "config_yaml": cfg.to_yaml(),
-            "image_size": 64, "step": 10, "stage": "images_003", "stage_index": 2, "epoch": 1,
-            "best_val": 0.01 * (i + 1), "model": m.state_dict(), "wandb_run_id": wandb_id, "saved_at": 1.0,
-        })
+        write_payload(run / "checkpoints" / name / f"{kind}.pt", CheckpointPayload(
+            model_name=name, model=m.state_dict(), config_yaml=cfg.to_yaml(),
+            fingerprint=config_fingerprint(cfg.model_dump(mode="json")), image_size=64,
+            package_version="test", step=10, stage="images_003", stage_k=3, position=Position(2, 1, 0),
+            val_loss=0.01 * (i + 1), val_stages=3, wandb_run_id=wandb_id, saved_at=1.0))
     return run
 
 

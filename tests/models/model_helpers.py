@@ -71,3 +71,24 @@ def load_image_set(tmp_dir: Path, size: int = 64, per_stage: int = 60, stages: i
                                 image_px=256)
     imgs, labels = images_from_archive(Path(path), size)
     return _split(imgs, labels, "imgae_dx.testing.sample")
+
+
+def make_step(obj, *, seed: int | None = None, grad_clip: float | None = None, amp: str = "off",
+              grad_sync=None):
+    """The step owner the trainer uses, on the CPU (``amp`` as ``training.amp``)."""
+    from imgae_dx.training.precision import resolve_precision
+    from imgae_dx.training.step import TrainStep
+
+    g = torch.Generator().manual_seed(seed) if seed is not None else None
+    return TrainStep(obj, resolve_precision(amp, "cpu"), grad_clip=grad_clip, generator=g,
+                     grad_sync=grad_sync)
+
+
+def step_with_snapshots(obj, model, x: torch.Tensor, seed: int):
+    """One step; returns (terms, [copy of the model at each optimiser's backward, before its
+    update]) — for RA: [before the encoder update, after it and before the decoder update]."""
+    import copy
+
+    snaps = []
+    out = make_step(obj, seed=seed, grad_sync=lambda ps: snaps.append(copy.deepcopy(model)))(x)
+    return out, snaps

@@ -6,6 +6,7 @@ import time
 
 import pytest
 import torch
+from model_helpers import make_step
 
 from imgae_dx.models import StepContext, create_model, create_objective
 
@@ -26,7 +27,8 @@ def test_validation_loss_halves(name, images64):
     m = create_model(name, 64, **overrides)
     obj = create_objective(name, m)
     g = torch.Generator().manual_seed(0)
-    ctx = StepContext(generator=g, grad_clip=1.0)
+    step = make_step(obj, seed=0, grad_clip=1.0)
+    ctx = StepContext()
 
     def val() -> float:
         m.eval()
@@ -38,7 +40,7 @@ def test_validation_loss_halves(name, images64):
     t0 = time.perf_counter()
     for _ in range(steps):
         idx = torch.randint(0, images64.train.shape[0], (8,), generator=g)
-        out = obj.train_step(images64.train[idx], ctx)
+        out = step(images64.train[idx])
         assert torch.isfinite(torch.tensor(out["loss"]))
     v1 = val()
     print(f"{name} [{images64.source}]: val loss {v0:.4f} -> {v1:.4f} "

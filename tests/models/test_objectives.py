@@ -1,17 +1,17 @@
-"""Objective behaviour: RA's alternating updates, determinism, state round trip, AMP paths."""
+"""Objective behaviour: RA's alternating updates, determinism, state round trip (driven by the
+trainer's step owner, as in training; the precision matrix is in tests/training/test_step.py)."""
 
 from __future__ import annotations
 
 import copy
 import io
-import math
 
 import pytest
 import torch
-from model_helpers import TINY
+from model_helpers import TINY, make_step, step_with_snapshots
 
 from imgae_dx.errors import CheckpointError
-from imgae_dx.models import StepContext, create_model, create_objective
+from imgae_dx.models import create_model, create_objective
 
 
 def _params(module):
@@ -30,16 +30,15 @@ def test_ra_steps_touch_only_their_half():
     torch.manual_seed(0)
     m = create_model("ra", 32, **TINY["ra"])
     obj = create_objective("ra", m)
-    ctx = StepContext(generator=torch.Generator().manual_seed(0), grad_clip=1.0)
-    x = _batch()
-    enc0, dec0 = _params(m.encoder), _params(m.decoder)
-    e = obj.encoder_step(x, ctx)
-    assert _changed(dec0, m.decoder) == set()
-    changed_enc = _changed(enc0, m.encoder)
+    _, (before_enc, before_dec) = step_with_snapshots(obj, m, _batch(), seed=0)
+    # the encoder update changes the encoder only …
+    assert _changed(_params(before_enc.decoder), before_dec.decoder) == set()
+    enc0 = _params(before_enc.encoder)
+    changed_enc = _changed(enc0, before_dec.encoder)
     assert len(changed_enc) >= 0.9 * len(enc0), sorted(set(enc0) - changed_enc)
-    enc1, dec1 = _params(m.encoder), _params(m.decoder)
-    obj.decoder_step(x, e, ctx)
-    assert _changed(enc1, m.encoder) == set()
+    # … and the decoder update, computed with the updated encoder, the decoder only
+    assert _changed(_params(before_dec.encoder), m.encoder) == set()
+    dec1 = _params(before_dec.decoder)
     assert len(_changed(dec1, m.decoder)) >= 0.9 * len(dec1)
     assert set(obj.optimizers) == {"encoder", "decoder"}
     enc_ids = {id(p) for g in obj.optimizers["encoder"].param_groups for p in g["params"]}
@@ -54,9 +53,9 @@ def _run(name, steps=3, seed=0):
     torch.manual_seed(seed)
     m = create_model(name, 32, **({**TINY[name], "depth": 3} if name == "unet" else TINY[name]))
     obj = create_objective(name, m)
-    ctx = StepContext(generator=torch.Generator().manual_seed(seed + 1), grad_clip=1.0)
-    logs = [obj.train_step(_batch(i), ctx) for i in range(steps)]
-    return m, obj, logs
+    step = make_step(obj, seed=seed + 1, grad_clip=1.0)
+    logs = [step(_batch(i)) for i in range(steps)]
+    return m, step, logs
 
 
 @pytest.mark.parametrize("name", ["unet", "ra", "ae"])
@@ -73,74 +72,32 @@ def test_seeded_runs_reproduce_bit_for_bit(name):
 @pytest.mark.parametrize("name", ["unet", "ra", "ae"])
 def test_state_dict_round_trip(name):
     torch.manual_seed(0)
-    m, obj, _ = _run(name, steps=2)
-    gen = torch.Generator().manual_seed(99)
+    m, step, _ = _run(name, steps=2)
     buf = io.BytesIO()
-    torch.save({"model": m.state_dict(), "objective": obj.state_dict(),
-                "rng": gen.get_state()}, buf)
-    # continue the original
-    ctx = StepContext(generator=gen, grad_clip=1.0)
-    cont = [obj.train_step(_batch(10 + i), ctx) for i in range(2)]
+    torch.save({"model": m.state_dict(), "step": step.state_dict(),
+                "rng": step.ctx.generator.get_state()}, buf)
+    cont = [step(_batch(10 + i)) for i in range(2)]  # continue the original
     # resume a fresh copy from the saved state (weights_only: no pickled code in checkpoints)
     buf.seek(0)
     sd = torch.load(buf, weights_only=True)
     torch.manual_seed(123)  # a different init, overwritten by the load
     m2 = create_model(name, 32, **({**TINY[name], "depth": 3} if name == "unet" else TINY[name]))
     m2.load_state_dict(sd["model"])
-    obj2 = create_objective(name, m2)
-    obj2.load_state_dict(sd["objective"])
-    g2 = torch.Generator()
-    g2.set_state(sd["rng"])
-    ctx2 = StepContext(generator=g2, grad_clip=1.0)
-    resumed = [obj2.train_step(_batch(10 + i), ctx2) for i in range(2)]
+    step2 = make_step(create_objective(name, m2), seed=0, grad_clip=1.0)
+    step2.load_state_dict(sd["step"])
+    step2.ctx.generator.set_state(sd["rng"])
+    resumed = [step2(_batch(10 + i)) for i in range(2)]
     assert resumed == cont
     a, b = m.state_dict(), m2.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_objective_state_mismatch_is_a_checkpoint_error():
-    _, ra, _ = _run("ra", steps=1)
-    _, ae, _ = _run("ae", steps=1)
+    ra, ae = _run("ra", steps=1)[1].objective, _run("ae", steps=1)[1].objective
     with pytest.raises(CheckpointError, match="not 'ae'"):
         ae.load_state_dict(ra.state_dict())
     with pytest.raises(CheckpointError, match="optimizers"):
         ae.load_state_dict({"objective": "ae"})
-
-
-@pytest.mark.parametrize("name", ["unet", "ra", "ae"])
-def test_bf16_autocast_and_channels_last_step_on_cpu(name):
-    torch.manual_seed(0)
-    m = create_model(name, 32, **TINY[name]).to(memory_format=torch.channels_last)
-    obj = create_objective(name, m)
-    ctx = StepContext.for_device("cpu", "bf16", grad_clip=1.0,
-                                 generator=torch.Generator().manual_seed(0))
-    x = _batch().to(memory_format=torch.channels_last)
-    out = obj.train_step(x, ctx)
-    assert math.isfinite(out["loss"]) and out["loss"] > 0
-    assert math.isfinite(obj.val_loss(x, ctx)["loss"])
-
-
-def test_grad_scaler_and_grad_sync_paths():
-    """fp16-style step with a GradScaler; grad_sync sees exactly each optimiser's parameters."""
-    torch.manual_seed(0)
-    m = create_model("ra", 32, **TINY["ra"])
-    obj = create_objective("ra", m)
-    seen: list[set[int]] = []
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
-    ctx = StepContext(grad_sync=lambda ps: seen.append({id(p) for p in ps}), grad_clip=0.5,
-                      scaler=scaler, generator=torch.Generator().manual_seed(0))
-    before = _params(m)
-    out = obj.train_step(_batch(), ctx)
-    assert seen == [{id(p) for p in m.encoder.parameters()}, {id(p) for p in m.decoder.parameters()}]
-    assert out["grad_norm_encoder"] > 0 and out["grad_norm_decoder"] > 0
-    assert _changed(before, m)
-
-
-def test_step_context_for_device_validates():
-    with pytest.raises(ValueError, match="amp"):
-        StepContext.for_device("cpu", "fp8")
-    ctx = StepContext.for_device("cpu", "off")
-    assert ctx.scaler is None
 
 
 @pytest.mark.parametrize("name", ["unet", "ra", "ae"])
@@ -161,9 +118,9 @@ def test_forward_has_no_graph_breaks(name):
 
 def test_objective_copy_independent():
     """Deep-copying a model for evaluation leaves the objective's optimisers on the original."""
-    m, obj, _ = _run("ae", steps=1)
+    m, step, _ = _run("ae", steps=1)
     c = copy.deepcopy(m)
-    obj.train_step(_batch(), StepContext())
+    step(_batch())
     assert not all(torch.equal(a, b) for a, b in zip(c.parameters(), m.parameters(), strict=True))
 
 
@@ -179,12 +136,12 @@ def test_ra_batchnorm_running_stats_follow_real_data_only():
     with torch.no_grad():
         want = 0.1 * stem_conv(x).mean(dim=(0, 2, 3))
     obj = create_objective("ra", m)
-    logs = obj.train_step(x, StepContext(generator=torch.Generator().manual_seed(1)))
+    logs = make_step(obj, seed=1)(x)
     torch.testing.assert_close(stem_bn.running_mean, want, rtol=1e-5, atol=1e-7)
     assert stem_bn.momentum == 0.1  # restored after the auxiliary passes
 
     obj_ref = create_objective("ra", ref)
     obj_ref.bn_stats_from_real = False
-    logs_ref = obj_ref.train_step(x, StepContext(generator=torch.Generator().manual_seed(1)))
+    logs_ref = make_step(obj_ref, seed=1)(x)
     assert logs == logs_ref  # same training math, bit for bit
     assert not torch.allclose(ref.encoder.stem[1].running_mean, want)  # fakes moved them there

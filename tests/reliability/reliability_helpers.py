@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from imgae_dx.config import nest_dotted
-from imgae_dx.training.checkpoint import state_dict_digest
+from imgae_dx.run.checkpoint import state_dict_digest
 
 #: Settings of every training run in this suite (dotted overrides of the packaged defaults).
 TINY: dict[str, Any] = {

@@ -22,8 +22,8 @@ from imgae_dx.config import DataConfig
 from imgae_dx.data.dataset import StreamingNIHDataset
 from imgae_dx.data.nih_index import NIHIndex
 from imgae_dx.errors import ArchiveError, CheckpointError, MetadataError
+from imgae_dx.run.checkpoint import FORMAT, read_checkpoint
 from imgae_dx.streaming.sources import open_archive
-from imgae_dx.training.checkpoint import FORMAT, load_checkpoint
 
 STAGE = "images_001"
 
@@ -316,7 +316,7 @@ def test_checkpoint_with_a_pickle_payload_is_refused_and_never_runs(tiny_run, sm
     raw.write_bytes(pickle.dumps(_Payload(canary)))
     for p in (run / "checkpoints" / "ae" / "last.pt", raw):
         with pytest.raises(CheckpointError, match="unsafe pickle payload|refused|corrupt"):
-            load_checkpoint(p)
+            read_checkpoint(p)
     capsys.readouterr()
     assert main(["train", "--source", str(small_archive), "--out", str(run), "--resume"]) == 2
     err = capsys.readouterr().err

@@ -32,7 +32,7 @@ def _train(source: str, out: Path, seen: Seen | None = None, *, resume: bool = F
     cfg = tiny_config(source, out, models=list(MODELS), **{**FAST_HTTP, **over})
     tr = StreamingTrainer(cfg, resume=resume, on_batch=seen)
     res = tr.train_progressive_stages()
-    skipped = sum(ds.stats()["skipped"] for ds in tr.train_sets.values())
+    skipped = sum(ds.stats()["skipped"] for ds in tr.data.train.values())
     return res, skipped
 
 

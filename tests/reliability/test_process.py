@@ -22,8 +22,8 @@ import torch
 from reliability_helpers import Seen, final_weights, tiny_config, tiny_yaml
 
 from imgae_dx.errors import CheckpointError
-from imgae_dx.training.checkpoint import load_checkpoint
-from imgae_dx.training.loggers import read_metrics
+from imgae_dx.run.checkpoint import read_checkpoint
+from imgae_dx.run.records import TrainRecord, read_records
 from imgae_dx.training.streaming_trainer import StreamingTrainer
 
 MODELS = ("unet", "ae")
@@ -44,7 +44,7 @@ def _cli(cfg: Path, source: Path, out: Path, *extra: str) -> subprocess.Popen:
 
 def _logged_step(run: Path) -> int:
     """Highest training step in metrics.jsonl (a torn last line is ignored)."""
-    return max((int(r["step"]) for r in read_metrics(run / "metrics.jsonl") if r.get("kind") == "train"),
+    return max((r.step for r in read_records(run / "metrics.jsonl") if isinstance(r, TrainRecord)),
                default=0)
 
 
@@ -56,12 +56,12 @@ def _ckpt_step(run: Path) -> int | None:
         p = run / "checkpoints" / m / "last.pt"
         if not p.is_file():
             return None
-        last[m] = int(load_checkpoint(p, model_name=m)["step"])  # loads safely, or raises
+        last[m] = read_checkpoint(p, model_name=m).step  # loads safely, or raises
     common = min(last.values())
     for m, step in last.items():
         if step != common:
-            prev = load_checkpoint(run / "checkpoints" / m / "prev.pt", model_name=m)
-            assert prev["step"] == common, f"no step every model can resume from: {last}"
+            prev = read_checkpoint(run / "checkpoints" / m / "prev.pt", model_name=m)
+            assert prev.step == common, f"no step every model can resume from: {last}"
     return common
 
 
@@ -153,7 +153,7 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one(small_archive, tmp
     for m in MODELS:
         p = out / "checkpoints" / m / "last.pt"
         assert p.read_bytes() == before[m]  # untouched, byte for byte
-        assert load_checkpoint(p, model_name=m)["step"] >= EVERY
+        assert read_checkpoint(p, model_name=m).step >= EVERY
         assert not [q.name for q in p.parent.iterdir() if q.name.endswith(".tmp")]
     res = StreamingTrainer(cfg, resume=True).train_progressive_stages()
     assert not res.interrupted and res.resumed_from_step is not None

@@ -205,18 +205,20 @@ def test_gpu_plan_cpu(tmp_path, lines, monkeypatch):
     assert "no CUDA GPU" in lines[-1]
 
 
-@pytest.mark.parametrize(("name", "gib", "bf16", "precision", "bs"), [
-    ("Tesla T4", 15.0, False, "fp16", 32),
-    ("NVIDIA A100-SXM4-40GB", 39.4, True, "bf16", 128),
-    ("NVIDIA H100 80GB HBM3", 79.2, True, "bf16", 256),
+@pytest.mark.parametrize(("name", "gib", "cc", "precision", "bs"), [
+    ("Tesla V100-SXM2-16GB", 15.8, (7, 0), "fp16", 32),
+    ("Tesla T4", 15.0, (7, 5), "fp16", 32),
+    ("NVIDIA A100-SXM4-40GB", 39.4, (8, 0), "bf16", 128),
+    ("NVIDIA H100 80GB HBM3", 79.2, (9, 0), "bf16", 256),
 ])
-def test_gpu_plan_by_card(tmp_path, lines, monkeypatch, name, gib, bf16, precision, bs):
+def test_gpu_plan_by_card(tmp_path, lines, monkeypatch, name, gib, cc, precision, bs):
     import torch
 
-    props = types.SimpleNamespace(name=name, total_memory=int(gib * 1024**3))
+    props = types.SimpleNamespace(name=name, total_memory=int(gib * 1024**3), major=cc[0], minor=cc[1])
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: props)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: bf16)
+    # torch says True on a T4 too (it counts emulation): the plan must not rely on it
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     plan = setup(lines, tmp_path).setup_gpu_optimization()
     assert (plan.device, plan.precision, plan.amp, plan.batch_size) == ("cuda", precision, precision, bs)
     assert name in lines[-1] and precision in lines[-1]

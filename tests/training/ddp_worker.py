@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from training_helpers import tiny_config  # noqa: E402
 
-from imgae_dx.training.checkpoint import state_dict_digest  # noqa: E402
+from imgae_dx.run.checkpoint import state_dict_digest  # noqa: E402
 from imgae_dx.training.streaming_trainer import StreamingTrainer  # noqa: E402
 
 

@@ -1,4 +1,5 @@
-"""metrics.jsonl, resume truncation, optional backends (W&B offline when installed)."""
+"""metrics.jsonl (typed records: one writer, one reader), resume truncation, optional backends
+(W&B offline when installed)."""
 
 from __future__ import annotations
 
@@ -7,33 +8,55 @@ import json
 
 import pytest
 
-from imgae_dx.training.loggers import (
-    LoggerUnavailableError,
-    MetricsLogger,
-    read_metrics,
-    truncate_jsonl,
-)
+from imgae_dx.run.records import TrainRecord, ValRecord, read_records, to_json, truncate_after
+from imgae_dx.training.loggers import LoggerUnavailableError, MetricsLogger
 
 
-def test_jsonl_lines_and_nan(tmp_path):
+def _train(step, loss=0.5, model="unet", **kw):
+    return TrainRecord(step=step, stage="images_001", stage_index=1, epoch=0, model=model, loss=loss,
+                       lr=1e-3, images_per_s=10.0, rss_mb=100.0, elapsed_s=float(step),
+                       images_seen=4 * step, **kw)
+
+
+def _val(step, model="unet"):
+    return ValRecord(step=step, stage="images_001", stage_index=1, epoch=0, model=model, val_loss=0.2,
+                     val_images=8, selection_loss=0.25, selection_images=16, selection_stages=2,
+                     best_loss=0.25, improved=True, val_s=0.1, rss_mb=100.0, elapsed_s=1.0,
+                     terms={"kl": 3.0})
+
+
+def test_records_round_trip_through_metrics_jsonl(tmp_path):
     lg = MetricsLogger(tmp_path)
-    lg.log({"step": 1, "stage": "images_001", "epoch": 0, "model": "unet", "loss": 0.5,
-            "images_per_s": 10.0, "rss_mb": 100.0})
-    lg.log({"step": 2, "model": "unet", "loss": float("nan")})
+    recs = [_train(1, terms={"grad_norm": 0.7}), _train(2, loss=float("nan"), loss_scale=1024.0),
+            _val(2)]
+    for r in recs:
+        lg.log(r)
     lg.close()
-    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
-    assert json.loads(lines[0])["loss"] == 0.5
-    assert json.loads(lines[1])["loss"] is None
-    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2]
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert lines[0]["kind"] == "train" and lines[0]["grad_norm"] == 0.7  # terms are written flat
+    assert lines[1]["loss"] is None and lines[1]["loss_scale"] == 1024.0
+    assert lines[2]["kind"] == "val" and lines[2]["selection_stages"] == 2 and lines[2]["kl"] == 3.0
+    back = read_records(tmp_path / "metrics.jsonl")
+    assert back[0] == recs[0] and back[2] == recs[2]
+    assert back[1].loss is None and back[1].loss_scale == 1024.0
+    assert to_json(back[2]) == to_json(recs[2])
+
+
+def test_reader_skips_lines_that_are_not_records(tmp_path):
+    p = tmp_path / "metrics.jsonl"
+    good = json.dumps(to_json(_train(1)))
+    p.write_text(good + "\n" + '{"kind": "train", "step": 2}\n' + '{"kind": "other"}\n'
+                 + "[1, 2]\n" + good + "\n" + '{"step": 3, "lo')
+    assert [r.step for r in read_records(p)] == [1, 1]
 
 
 def test_truncate_drops_records_after_checkpoint_and_torn_lines(tmp_path):
     p = tmp_path / "metrics.jsonl"
-    p.write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in range(1, 6))
+    p.write_text("".join(json.dumps(to_json(_train(s))) + "\n" for s in range(1, 6))
                  + '{"step": 6, "lo')
-    assert truncate_jsonl(p, 3) == 3
-    assert [r["step"] for r in read_metrics(p)] == [1, 2, 3]
-    assert truncate_jsonl(p, 3) == 0
+    assert truncate_after(p, 3) == 3
+    assert [r.step for r in read_records(p)] == [1, 2, 3]
+    assert truncate_after(p, 3) == 0
 
 
 def _block_import(monkeypatch, name):
@@ -67,11 +90,11 @@ def test_wandb_offline_resume_keeps_run_id(tmp_path, monkeypatch):
     lg = MetricsLogger(tmp_path, "wandb", config={"seed": 1})
     run_id = lg.wandb_run_id
     assert run_id
-    lg.log({"step": 1, "stage": "images_001", "model": "unet", "loss": 0.3, "rss_mb": 5.0})
+    lg.log(_train(1, loss=0.3))
     lg.close()
     lg2 = MetricsLogger(tmp_path, "wandb", wandb_run_id=run_id)
     assert lg2.wandb_run_id == run_id
-    lg2.log({"step": 2, "stage": "images_001", "model": "unet", "loss": 0.2})
+    lg2.log(_train(2, loss=0.2))
     lg2.close()
     runs = list((tmp_path / "wandb").glob(f"offline-run-*-{run_id}"))
     assert len(runs) >= 1
@@ -97,8 +120,7 @@ def test_tensorboard_writes_scalars_per_model(tmp_path):
 
     lg = MetricsLogger(tmp_path, "tensorboard")
     for step in (1, 2, 3):
-        lg.log({"step": step, "stage": "images_001", "epoch": 0, "model": "unet",
-                "loss": 1.0 / step, "images_per_s": 10.0, "rss_mb": 100.0})
+        lg.log(_train(step, loss=1.0 / step))
     lg.close()
     acc = EventAccumulator(str(tmp_path / "tensorboard"))
     acc.Reload()

@@ -15,8 +15,9 @@ from training_helpers import folder_snapshot, run_cli, tiny_config, weights
 
 from imgae_dx.cli import main
 from imgae_dx.errors import CheckpointError, RunFolderError
-from imgae_dx.training.checkpoint import state_dict_digest
-from imgae_dx.training.streaming_trainer import StreamingTrainer, _lr_lambda, redact_source
+from imgae_dx.run.checkpoint import state_dict_digest
+from imgae_dx.training.run_folder import redact_source
+from imgae_dx.training.streaming_trainer import StreamingTrainer
 
 MODELS = ("unet", "ra", "ae")
 
@@ -49,7 +50,8 @@ def test_run_folder_layout(full_run):
     assert isinstance(ck["config_yaml"], str) and ck["fingerprint"]
     last = torch.load(out / "checkpoints" / "unet" / "last.pt", weights_only=True)
     assert last["step"] == steps[-1] and last["position"]["stage_index"] == 3
-    assert last["objective"] and last["schedulers"] and last["rank_states"][0]["rng"]
+    assert last["optimizers"] and last["optimizer_steps"] == last["step"] and last["rank_states"][0]["rng"]
+    assert last["precision"] == "fp32" and last["scaler"] is None
 
 
 @pytest.mark.slow
@@ -191,25 +193,14 @@ def test_train_script_translates_seed_flags():
         "--stages", "all", "--epochs-per-stage=10"]
 
 
-def test_lr_schedule_warmup_then_cosine():
-    f = _lr_lambda(total_steps=10, warmup=2, kind="cosine")
-    assert [round(f(s), 3) for s in (0, 1)] == [0.5, 1.0]
-    assert f(2) == pytest.approx(1.0) and f(6) == pytest.approx(0.5) and f(10) == pytest.approx(0.0)
-    assert _lr_lambda(10, 0, "constant")(7) == 1.0
-
-
 def test_early_stopping_ends_the_stage(train_archive, tmp_path, monkeypatch):
     cfg = tiny_config(train_archive, tmp_path / "es", models=["ae"],
                       stages=["images_001", "images_002"],
                       **{"training.epochs_per_stage": 3, "training.early_stopping_patience": 1})
     seen = []
-    orig = StreamingTrainer._validate
+    from imgae_dx.training.selection import Selector
 
-    def no_gain(self, stage, si, epoch):
-        orig(self, stage, si, epoch)
-        return []
-
-    monkeypatch.setattr(StreamingTrainer, "_validate", no_gain)
+    monkeypatch.setattr(Selector, "offer", lambda self, name, loss, k, step: False)  # never improves
     StreamingTrainer(cfg, on_batch=lambda s, e, b: seen.append((s, e))).train_progressive_stages()
     assert sorted(set(seen)) == [("images_001", 0), ("images_002", 0)]
     assert (tmp_path / "es" / "checkpoints" / "ae" / "stage_2.pt").exists()
@@ -290,7 +281,7 @@ def test_out_of_memory_says_what_to_lower_and_keeps_the_last_checkpoint(
         train_archive, tmp_path, capsys, monkeypatch, exc, kind):
     from imgae_dx.models.objectives import AEObjective
 
-    real, calls = AEObjective.train_step, []
+    real, calls = AEObjective.losses, []
 
     def runs_out_at_the_fifth_step(self, x, ctx):
         calls.append(1)
@@ -298,7 +289,7 @@ def test_out_of_memory_says_what_to_lower_and_keeps_the_last_checkpoint(
             raise exc
         return real(self, x, ctx)
 
-    monkeypatch.setattr(AEObjective, "train_step", runs_out_at_the_fifth_step)
+    monkeypatch.setattr(AEObjective, "losses", runs_out_at_the_fifth_step)
     out = tmp_path / "oom"
     assert run_cli(train_archive, out, tmp_path, "--model", "ae", "--stages", "images_001") == 2
     err = capsys.readouterr().err
@@ -318,7 +309,7 @@ def test_other_runtime_errors_are_not_taken_for_out_of_memory(train_archive, tmp
     def broken(self, x, ctx):
         raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
 
-    monkeypatch.setattr(AEObjective, "train_step", broken)
+    monkeypatch.setattr(AEObjective, "losses", broken)
     cfg = tiny_config(train_archive, tmp_path / "bug", models=["ae"], stages=["images_001"])
     with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
         StreamingTrainer(cfg).train_progressive_stages()

@@ -12,7 +12,7 @@ import pytest
 import torch
 from training_helpers import weights
 
-from imgae_dx.training.checkpoint import state_dict_digest
+from imgae_dx.run.checkpoint import state_dict_digest
 
 
 @pytest.mark.slow

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import time
 
+from imgae_dx.run.records import TrainRecord, ValRecord
 from imgae_dx.visualization.live import LivePlot
 
 
-def _rec(step, model="unet", stage="images_001", **kw):
-    return {"step": step, "stage": stage, "epoch": 0, "model": model, "loss": 1.0 / step,
-            "images_per_s": 50.0 + step, "rss_mb": 300.0, **kw}
+def _rec(step, model="unet", stage="images_001"):
+    return TrainRecord(step=step, stage=stage, stage_index=1, epoch=0, model=model, loss=1.0 / step,
+                       lr=1e-3, images_per_s=50.0 + step, rss_mb=300.0, elapsed_s=step, images_seen=step)
+
+
+def _val(step, val_loss, model="unet", stage="images_001"):
+    return ValRecord(step=step, stage=stage, stage_index=1, epoch=0, model=model, val_loss=val_loss,
+                     val_images=8, selection_loss=val_loss, selection_images=8, selection_stages=1,
+                     best_loss=val_loss, improved=True, val_s=0.1, rss_mb=300.0, elapsed_s=step)
 
 
 def test_redraw_throttled_and_png_written(tmp_path):
@@ -20,7 +27,7 @@ def test_redraw_throttled_and_png_written(tmp_path):
     for s in range(2, 30):
         assert lp.update(_rec(s)) is False
         lp.update(_rec(s, model="ra"))
-    lp.update(_rec(30, model="unet", stage="images_002", val_loss=0.2))
+    lp.update(_val(30, 0.2, stage="images_002"))
     assert lp.draws == 1
     assert lp.stage_starts == [(1, "images_001"), (30, "images_002")]
     assert lp.val["unet"] == [(30, 0.2)]

@@ -17,6 +17,7 @@ import pytest
 from imgae_dx.errors import RunFolderError
 from imgae_dx.evaluation.results import SCORE_FIELDS, load_examples, save_examples
 from imgae_dx.evaluation.summary import json_safe, summarise_scores
+from imgae_dx.run.records import TrainRecord, ValRecord, to_json
 from imgae_dx.visualization.report import write_report
 
 FINDINGS = ["Atelectasis", "Effusion", "Nodule", "Mass"]
@@ -35,12 +36,18 @@ def make_run_folder(root: Path, seed: int = 0, n: int = 240, evaluated: bool = T
                 step += 1
                 t += 2.0
                 for mi, m in enumerate(["unet", "ra"]):
-                    f.write(json.dumps({"step": step, "stage": stage, "epoch": 0, "model": m, "kind": "train",
-                                        "time": t, "loss": 0.1 / (1 + step * 0.05) + 0.01 * mi,
-                                        "images_per_s": 40 + rng.normal(), "rss_mb": 600 + step}) + "\n")
+                    f.write(json.dumps(to_json(TrainRecord(
+                        step=step, stage=stage, stage_index=si + 1, epoch=0, model=m,
+                        loss=0.1 / (1 + step * 0.05) + 0.01 * mi, lr=1e-3,
+                        images_per_s=40 + rng.normal(), rss_mb=600 + step, elapsed_s=t,
+                        images_seen=4 * step))) + "\n")
             for m in ["unet", "ra"]:
-                f.write(json.dumps({"step": step, "stage": stage, "model": m, "kind": "val", "time": t,
-                                    "val_loss": 0.05 / (1 + si)}) + "\n")
+                v = 0.05 / (1 + si)
+                f.write(json.dumps(to_json(ValRecord(
+                    step=step, stage=stage, stage_index=si + 1, epoch=0, model=m, val_loss=v,
+                    val_images=10, selection_loss=v, selection_images=10 * (si + 1),
+                    selection_stages=si + 1, best_loss=v, improved=True, val_s=0.5,
+                    rss_mb=600 + step, elapsed_s=t))) + "\n")
         f.write('{"step": 99, "torn')  # a crash mid-write leaves a torn last line
     if not evaluated:
         return run

@@ -218,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
         _say(f"[3/5] training {', '.join(cfg.models)}: {n_stages} stages × "
              f"{cfg.training.epochs_per_stage} epochs, {cfg.data.image_size} px, batch "
              f"{cfg.training.batch_size}, view {cfg.data.view}, device {cfg.training.device}")
-        trainer_log = logging.getLogger("imgae_dx.training.streaming_trainer")
+        trainer_log = logging.getLogger("imgae_dx.training")
         handler = _SayHandler(logging.INFO)
         trainer_log.addHandler(handler)
         trainer_log.setLevel(logging.INFO)

@@ -113,7 +113,7 @@ class CloudEvaluator:
         """Build each model of the run and load its ``best.pt`` (else ``last.pt``)."""
         from imgae_dx.config import config_from_yaml_text
         from imgae_dx.models import create_model
-        from imgae_dx.training.checkpoint import load_checkpoint
+        from imgae_dx.run.checkpoint import read_checkpoint
 
         for name in self.cfg.models:
             folder = self.run_dir / "checkpoints" / name
@@ -123,9 +123,9 @@ class CloudEvaluator:
                     f"no checkpoint for model {name!r} in {folder} (best.pt or last.pt); train it "
                     f"first (`imgae-dx train --out {self.run_dir} --model {name}`)"
                 )
-            ck = load_checkpoint(path, model_name=name, map_location="cpu")
-            run_cfg = config_from_yaml_text(ck["config_yaml"]) if ck.get("config_yaml") else self.cfg
-            size = int(ck.get("image_size", run_cfg.data.image_size))
+            ck = read_checkpoint(path, model_name=name, map_location="cpu")
+            run_cfg = config_from_yaml_text(ck.config_yaml, f"the configuration saved in {path}")
+            size = int(ck.image_size)
             if size != self.image_size:
                 raise CheckpointError(
                     f"{path} was trained at {size}px but the run's config.yaml says "
@@ -133,21 +133,22 @@ class CloudEvaluator:
                 )
             model = create_model(name, image_size=size, cfg=getattr(run_cfg.model, name))
             try:
-                model.load_state_dict(ck["model"])
+                model.load_state_dict(ck.model)
             except (RuntimeError, KeyError) as e:
                 raise CheckpointError(f"{path} does not fit model {name!r}: {str(e)[:300]}") from None
             model.to(self.device).eval()
             self.models[name] = model
             self.checkpoints[name] = {
                 "file": str(path.relative_to(self.run_dir)),
-                "stage": ck.get("stage"),
-                "stage_k": ck.get("stage_k"),
-                "position": ck.get("position"),
-                "step": ck.get("step"),
-                "images_seen": ck.get("images_seen"),
-                "val_loss": ck.get("best_val"),
-                "saved_at": ck.get("saved_at"),
-                "wandb_run_id": ck.get("wandb_run_id"),
+                "stage": ck.stage,
+                "stage_k": ck.stage_k,
+                "position": ck.position.__dict__,
+                "step": ck.step,
+                "images_seen": ck.images_seen,
+                "val_loss": ck.val_loss,
+                "val_stages": ck.val_stages,
+                "saved_at": ck.saved_at,
+                "wandb_run_id": ck.wandb_run_id,
                 "file_stamp": f"{path.stat().st_size}:{path.stat().st_mtime_ns}",
             }
 
@@ -393,7 +394,8 @@ class CloudEvaluator:
             "top_percent_localisation": ev.top_percent_localisation,
             "synthetic_data": bool(meta_rows is not None and meta_rows < REAL_METADATA_ROWS),
             "threshold_policy": "no threshold is tuned on the test split; F1-max is an oracle summary",
-            "checkpoint_policy": "best.pt = lowest validation loss on normal validation images",
+            "checkpoint_policy": ("best.pt = the epoch-end checkpoint with the lowest loss on the "
+                                  "normal validation images of every stage trained so far"),
             "stream": {k: f[k] for k in ("images", "bytes_fetched", "requests", "seconds", "peak_rss_mb")
                        if k in f},
             "table": [

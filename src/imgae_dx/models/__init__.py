@@ -3,7 +3,7 @@
 ``create_model(name, image_size, **overrides)`` builds an ``nn.Module`` whose ``predict(x)``
 (x: B×1×H×W in [0, 1]) returns a :class:`Prediction` (reconstruction B×1×H×W, anomaly_map
 B×1×H×W, score B). ``create_objective(name, model, model_cfg)`` returns the :class:`Objective`
-the trainer calls (``train_step``/``val_loss``/``state_dict``/``load_state_dict``/``optimizers``).
+the step owner calls (``losses``/``val_loss``/``state_dict``/``load_state_dict``/``optimizers``).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from imgae_dx.models.ae import ConvAutoencoder
 from imgae_dx.models.base import Prediction, ReconstructionModel
 from imgae_dx.models.objectives import (
     AEObjective,
+    LossPart,
     Objective,
     RAObjective,
     StepContext,
@@ -37,7 +38,7 @@ from imgae_dx.models.unet import UNet
 
 __all__ = [
     "Prediction", "ReconstructionModel", "UNet", "ReversedAutoencoder", "ConvAutoencoder",
-    "Objective", "StepContext", "UNetObjective", "RAObjective", "AEObjective",
+    "Objective", "LossPart", "StepContext", "UNetObjective", "RAObjective", "AEObjective",
     "create_model", "create_objective", "model_config",
 ]
 

@@ -1,8 +1,11 @@
-"""Training objectives: one interface the trainer calls for every model (no per-model branches).
+"""Training objectives: the losses of each model, one interface for all (no per-model branches).
 
-An :class:`Objective` owns the model's optimiser(s) and performs a whole training step
-(forward, losses, backward, gradient sync, clipping, optimiser step) given a :class:`StepContext`
-the trainer builds once (autocast, DDP all-reduce, clipping, GradScaler, RNG):
+An :class:`Objective` owns the model's optimiser(s) and says what to minimise: :meth:`Objective.losses`
+yields one :class:`LossPart` per optimiser update of a training step (U-Net and AE: one; RA: the
+encoder's, then — computed with the updated encoder — the decoder's). It never calls ``backward``,
+never steps an optimiser and never touches a GradScaler: :class:`imgae_dx.training.step.TrainStep`
+is the one place that does (autocast, scale, backward, gradient sync, unscale, clip, step, scaler
+update, LR schedule). A :class:`StepContext` carries the autocast factory and the noise generator.
 
 * :class:`UNetObjective` — denoising: ``x̃ = x + up(N(0, noise_std) at noise_resolution²)``
   (bilinear upsampling to H×W), target the clean x, per-pixel MSE.
@@ -10,9 +13,9 @@ the trainer builds once (autocast, DDP all-reduce, clipping, GradScaler, RNG):
 * :class:`RAObjective` — Soft-IntroVAE with the reversed-embedding loss (Bercea et al. 2023),
   alternating an encoder update and a decoder update with two Adam optimisers.
 
-Every ``train_step``/``val_loss`` returns Python floats (one device sync per call); ``"loss"`` is
-the headline, for every model the per-pixel MSE between the clean input and its reconstruction
-(U-Net: of the noisy input), so figures are comparable across models.
+``"loss"`` is the headline term, for every model the per-pixel MSE between the clean input and its
+reconstruction (U-Net: of the noisy input), so figures are comparable across models. ``val_loss``
+returns Python floats (one device sync per call).
 """
 
 from __future__ import annotations
@@ -31,57 +34,38 @@ from imgae_dx.errors import CheckpointError
 from imgae_dx.models.reversed_ae import ReversedAutoencoder, randn_like_gen, reparameterize
 
 
-def _no_sync(params: Iterable[nn.Parameter]) -> None:
-    return None
-
-
 @dataclass
 class StepContext:
-    """What the trainer hands every step.
+    """What an objective needs from the step owner.
 
     Attributes:
         autocast: zero-argument factory of the autocast context (``nullcontext`` for fp32).
-        grad_sync: called after every backward with the parameters just differentiated, before
-            clipping and the optimiser step (all-reduce of their gradients under DDP).
-        grad_clip: max global gradient norm per optimiser step, or None.
-        scaler: a ``torch.amp.GradScaler`` for fp16, or None.
         generator: RNG for the objective's noise (corruption, reparameterisation, fakes);
             None uses the global RNG. A seeded generator makes runs reproducible.
     """
 
     autocast: Callable[[], AbstractContextManager[Any]] = nullcontext
-    grad_sync: Callable[[Iterable[nn.Parameter]], None] = _no_sync
-    grad_clip: float | None = None
-    scaler: torch.amp.GradScaler | None = None
     generator: torch.Generator | None = None
 
-    @classmethod
-    def for_device(
-        cls,
-        device: torch.device | str,
-        amp: str = "off",
-        *,
-        grad_clip: float | None = None,
-        generator: torch.Generator | None = None,
-        grad_sync: Callable[[Iterable[nn.Parameter]], None] | None = None,
-    ) -> StepContext:
-        """Build a context: ``amp`` is ``"bf16"``, ``"fp16"`` (CUDA, with a GradScaler) or ``"off"``."""
-        dev = torch.device(device)
-        if amp not in ("bf16", "fp16", "off"):
-            raise ValueError(f"amp must be bf16, fp16 or off, got {amp!r}")
-        scaler = None
-        if amp == "off":
-            autocast: Callable[[], AbstractContextManager[Any]] = nullcontext
-        else:
-            dtype = torch.bfloat16 if amp == "bf16" else torch.float16
 
-            def autocast() -> AbstractContextManager[Any]:
-                return torch.autocast(device_type=dev.type, dtype=dtype)
+@dataclass
+class LossPart:
+    """One optimiser update of a training step, as an objective hands it to the step owner.
 
-            if amp == "fp16" and dev.type == "cuda":
-                scaler = torch.amp.GradScaler("cuda")
-        return cls(autocast=autocast, grad_sync=grad_sync or _no_sync, grad_clip=grad_clip,
-                   scaler=scaler, generator=generator)
+    Attributes:
+        optimizer: key in :attr:`Objective.optimizers` of the optimiser to step.
+        loss: scalar float32 tensor to minimise (with its graph).
+        params: the parameters that optimiser updates (clipped together; synced under DDP).
+        only_these: differentiate into ``params`` only (``backward(inputs=params)``): other
+            parameters the loss depends on get no gradient from it.
+        terms: named scalar tensors to report (``"loss"``, the headline, in the first part).
+    """
+
+    optimizer: str
+    loss: Tensor
+    params: list[nn.Parameter]
+    only_these: bool = False
+    terms: dict[str, Tensor] = field(default_factory=dict)
 
 
 def build_optimizer(params: Iterable[nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
@@ -162,7 +146,7 @@ def frozen_bn_statistics(*modules: nn.Module) -> Iterator[None]:
 
 # ---------------------------------------------------------------------------------- objectives
 class Objective:
-    """Base: owns ``optimizers``; subclasses implement ``train_step`` and ``val_loss``."""
+    """Base: owns ``optimizers``; subclasses implement ``losses`` and ``val_loss``."""
 
     name: str = "objective"
 
@@ -171,8 +155,12 @@ class Objective:
         self.optimizers = optimizers
 
     # -- interface ------------------------------------------------------------------------------
-    def train_step(self, x: Tensor, ctx: StepContext) -> dict[str, float]:
-        """One optimisation step on x (B×1×H×W in [0, 1]); returns named losses (``"loss"``)."""
+    def losses(self, x: Tensor, ctx: StepContext) -> Iterator[LossPart]:
+        """The updates of one training step on x (B×1×H×W in [0, 1]), in order.
+
+        A generator: the step owner applies each part (backward, optimiser step) before asking
+        for the next, so a later part is computed with the parameters the earlier one updated.
+        """
         raise NotImplementedError
 
     def val_loss(self, x: Tensor, ctx: StepContext) -> dict[str, float]:
@@ -203,34 +191,8 @@ class Objective:
         """``torch.compile`` (in place) the modules the step calls; kwargs go to ``compile``."""
         self.model.compile(**kwargs)
 
-    # -- helpers --------------------------------------------------------------------------------
-    def _optimize(self, opt_name: str, loss: Tensor, params: list[nn.Parameter],
-                  ctx: StepContext, *, only_these: bool) -> Tensor | None:
-        """zero_grad → backward (only into ``params`` if ``only_these``) → grad_sync → clip → step.
 
-        Returns the pre-clipping gradient norm when clipping, else None.
-        """
-        opt = self.optimizers[opt_name]
-        opt.zero_grad(set_to_none=True)
-        scaled = ctx.scaler.scale(loss) if ctx.scaler is not None else loss
-        if only_these:
-            scaled.backward(inputs=params)
-        else:
-            scaled.backward()
-        ctx.grad_sync(params)
-        norm = None
-        if ctx.grad_clip is not None:
-            if ctx.scaler is not None:
-                ctx.scaler.unscale_(opt)
-            norm = torch.nn.utils.clip_grad_norm_(params, ctx.grad_clip)
-        if ctx.scaler is not None:
-            ctx.scaler.step(opt)
-        else:
-            opt.step()
-        return norm
-
-
-def _floats(d: dict[str, Tensor | None]) -> dict[str, float]:
+def scalar_floats(d: dict[str, Tensor | None]) -> dict[str, float]:
     """Tensors → floats with a single device sync."""
     keys = [k for k, v in d.items() if v is not None]
     vals = torch.stack([d[k].detach().float().reshape(()) for k in keys]).tolist()  # type: ignore[union-attr]
@@ -248,21 +210,18 @@ class _MSEObjective(Objective):
         """Model input for training; identity here (U-Net adds coarse noise)."""
         return x
 
-    def train_step(self, x: Tensor, ctx: StepContext) -> dict[str, float]:
+    def losses(self, x: Tensor, ctx: StepContext) -> Iterator[LossPart]:
         xin = self.corrupt(x, ctx.generator)
         with ctx.autocast():
             y = self.model(xin)
         loss = F.mse_loss(y.float(), x.float())
-        norm = self._optimize("model", loss, self.params, ctx, only_these=False)
-        if ctx.scaler is not None:
-            ctx.scaler.update()
-        return _floats({"loss": loss, "grad_norm": norm})
+        yield LossPart("model", loss, self.params, terms={"loss": loss})
 
     @torch.no_grad()
     def val_loss(self, x: Tensor, ctx: StepContext) -> dict[str, float]:
         with ctx.autocast():
             y = self.model(x)
-        return _floats({"loss": F.mse_loss(y.float(), x.float())})
+        return scalar_floats({"loss": F.mse_loss(y.float(), x.float())})
 
 
 class AEObjective(_MSEObjective):
@@ -302,7 +261,7 @@ class UNetObjective(_MSEObjective):
         with ctx.autocast():
             y_noisy = self.model(xin)
             y_clean = self.model(x) if self.cfg.noise_std > 0 else y_noisy
-        return _floats({"loss": F.mse_loss(y_noisy.float(), x.float()),
+        return scalar_floats({"loss": F.mse_loss(y_noisy.float(), x.float()),
                         "mse_clean": F.mse_loss(y_clean.float(), x.float())})
 
 
@@ -449,31 +408,14 @@ class RAObjective(Objective):
         return {"loss_decoder": loss_d, "rec_decoder": rec_err, "kl_rec": kl_rec,
                 "kl_fake": kl_fake, "rec_rec": rr, "rec_fake": rf}
 
-    def encoder_step(self, x: Tensor, ctx: StepContext) -> _EncoderStepOut:
-        """Draw z_fake, compute L_E and update the encoder only."""
+    def losses(self, x: Tensor, ctx: StepContext) -> Iterator[LossPart]:
+        """L_E (encoder update), then L_D with the updated encoder (decoder update)."""
         noise = self._noise(torch.empty((x.shape[0], self.ra.zdim), device=x.device), ctx.generator)
-        out = self.encoder_loss(x, noise, ctx)
-        norm = self._optimize("encoder", out.terms["loss_encoder"], self.enc_params, ctx,
-                              only_these=True)
-        if norm is not None:
-            out.terms["grad_norm_encoder"] = norm
-        return out
-
-    def decoder_step(self, x: Tensor, e: _EncoderStepOut, ctx: StepContext) -> dict[str, Tensor]:
-        """Compute L_D with the updated encoder and update the decoder only."""
-        terms = self.decoder_loss(x, e, ctx)
-        norm = self._optimize("decoder", terms["loss_decoder"], self.dec_params, ctx,
-                              only_these=True)
-        if norm is not None:
-            terms["grad_norm_decoder"] = norm
-        return terms
-
-    def train_step(self, x: Tensor, ctx: StepContext) -> dict[str, float]:
-        e = self.encoder_step(x, ctx)
-        d = self.decoder_step(x, e, ctx)
-        if ctx.scaler is not None:
-            ctx.scaler.update()
-        return _floats({"loss": e.terms["mse"], **e.terms, **d})
+        e = self.encoder_loss(x, noise, ctx)
+        yield LossPart("encoder", e.terms["loss_encoder"], self.enc_params, only_these=True,
+                       terms={"loss": e.terms["mse"], **e.terms})
+        d = self.decoder_loss(x, e, ctx)
+        yield LossPart("decoder", d["loss_decoder"], self.dec_params, only_these=True, terms=d)
 
     @torch.no_grad()
     def val_loss(self, x: Tensor, ctx: StepContext) -> dict[str, float]:
@@ -481,5 +423,5 @@ class RAObjective(Objective):
         with ctx.autocast():
             mu, logvar, _ = self.ra.encoder(x)
             y = self.ra.decoder(mu)
-        return _floats({"loss": F.mse_loss(y.float(), x.float()),
+        return scalar_floats({"loss": F.mse_loss(y.float(), x.float()),
                         "kl": kl_divergence(mu, logvar).mean()})

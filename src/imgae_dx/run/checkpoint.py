@@ -267,3 +267,14 @@ def read_checkpoint(
             "resume with the run's own config or start a new --out folder"
         )
     return ck
+
+
+def state_dict_digest(sd: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 over a state dict's names and tensor bytes: equal digests = bit-identical weights."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k in sorted(sd):
+        h.update(k.encode())
+        h.update(sd[k].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()

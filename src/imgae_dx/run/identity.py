@@ -22,6 +22,7 @@ RESUMABLE_KEYS: tuple[str, ...] = (
     "training.compile",
     "training.cudnn_benchmark",
     "training.tf32",
+    "training.dist_backend",
     "training.checkpoint_every_steps",
     "training.checkpoint_every_minutes",
     "training.log_every_steps",

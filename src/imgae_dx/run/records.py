@@ -12,7 +12,8 @@ per line, flat, with ``kind`` saying which type it is:
 
 A row's extra named values (``grad_norm``, ``kl_real``, …) are kept in ``terms`` and written flat.
 Rows that are not valid records of a known kind (a torn last line after a crash, hand edits) are
-skipped by :func:`read_records`.
+skipped by :func:`read_records`. A value that is not finite (the loss of a stage without validation
+images, a diverged step) is written as ``null`` and read back as None.
 """
 
 from __future__ import annotations
@@ -53,10 +54,10 @@ class TrainRecord:
     stage_index: int
     epoch: int
     model: str
-    loss: float
+    loss: float | None
     lr: float | None
-    images_per_s: float
-    rss_mb: float
+    images_per_s: float | None
+    rss_mb: float | None
     elapsed_s: float
     images_seen: int
     cache_hit_rate: float | None = None
@@ -85,15 +86,15 @@ class ValRecord:
     stage_index: int
     epoch: int
     model: str
-    val_loss: float
+    val_loss: float | None
     val_images: int
-    selection_loss: float
+    selection_loss: float | None
     selection_images: int
     selection_stages: int
     best_loss: float | None
     improved: bool
     val_s: float
-    rss_mb: float
+    rss_mb: float | None
     elapsed_s: float
     terms: dict[str, float] = field(default_factory=dict)
 

@@ -302,8 +302,8 @@ class ColabStreamingSetup:
     def setup_gpu_optimization(self) -> GPUPlan:
         """Report the GPU and choose precision and a batch size that fits its memory.
 
-        bf16 when the GPU supports it (Ampere and newer), else fp16 (T4, V100); on CPU fp32 and a
-        small batch. The batch size is an estimate (see :func:`plan_batch_size`).
+        bf16 where the GPU has native bf16 (compute capability ≥ 8.0: A100, L4, H100), else fp16
+        with a GradScaler (T4, V100); on CPU fp32 and a small batch. The batch size is an estimate (see :func:`plan_batch_size`).
         """
         import torch
 
@@ -313,16 +313,20 @@ class ColabStreamingSetup:
             hint = " (Colab: Runtime → Change runtime type → GPU)" if self.is_colab() else ""
             self._say(f"no CUDA GPU{hint}: training on CPU, fp32, batch size {plan.batch_size}; it will be slow")
             return plan
+        from imgae_dx.training.precision import has_native_bf16
+
         props = torch.cuda.get_device_properties(0)
         mem_gb = props.total_memory / 1024**3
-        bf16 = bool(torch.cuda.is_bf16_supported())
+        # not torch.cuda.is_bf16_supported(): it says True on a T4 (sm 7.5), where bf16 is only
+        # emulated (no tensor cores); native bf16 starts at compute capability 8.0
+        bf16 = has_native_bf16((props.major, props.minor))
         precision: Precision = "bf16" if bf16 else "fp16"
         bs = plan_batch_size(mem_gb, self.image_size, precision, self.models)
         plan = GPUPlan("cuda", props.name, round(mem_gb, 1), precision, precision, bs, self.image_size)
         self._say(
-            f"GPU: {props.name}, {mem_gb:.1f} GiB; precision {precision}"
-            f"{'' if bf16 else ' (no bf16 support)'}; batch size {bs} at {self.image_size}² "
-            f"for {'/'.join(self.models)}"
+            f"GPU: {props.name} (compute capability {props.major}.{props.minor}), {mem_gb:.1f} GiB; "
+            f"precision {precision}{'' if bf16 else ' with a GradScaler (no native bf16)'}; "
+            f"batch size {bs} at {self.image_size}² for {'/'.join(self.models)}"
         )
         return plan
 

@@ -12,9 +12,9 @@ from typing import Any
 _EXPORTS = {
     "StreamingTrainer": "imgae_dx.training.streaming_trainer",
     "TrainResult": "imgae_dx.training.streaming_trainer",
-    "TrainingInterrupted": "imgae_dx.training.streaming_trainer",
-    "save_checkpoint": "imgae_dx.training.checkpoint",
-    "load_checkpoint": "imgae_dx.training.checkpoint",
+    "TrainingInterrupted": "imgae_dx.training.signals",
+    "Checkpointer": "imgae_dx.training.checkpointer",
+    "TrainStep": "imgae_dx.training.step",
     "MetricsLogger": "imgae_dx.training.loggers",
 }
 

@@ -67,17 +67,21 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
-def init_distributed(device: torch.device, timeout_s: float = 1800.0) -> DistInfo:
+def init_distributed(device: torch.device, timeout_s: float = 1800.0,
+                     backend: str = "auto") -> DistInfo:
     """Join the process group when launched by ``torchrun`` with more than one process.
 
     Args:
-        device: the device this rank trains on (``cuda`` → ``nccl`` backend, else ``gloo``).
+        device: the device this rank trains on.
+        backend: ``auto`` (``nccl`` on CUDA, else ``gloo``), ``nccl`` or ``gloo`` (gloo also
+            runs several ranks on one GPU, which NCCL refuses).
     """
     info = detect()
     if not info.distributed or not dist.is_available():
         return DistInfo()
     if not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
+        if backend == "auto":
+            backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(backend=backend, timeout=_dt.timedelta(seconds=timeout_s))

@@ -1,15 +1,14 @@
 """Metric sinks: ``metrics.jsonl`` always; TensorBoard or Weights & Biases on request.
 
-A record is a flat ``dict`` such as ``{"step": 120, "stage": "images_002", "epoch": 0,
-"model": "unet", "loss": 0.013, "images_per_s": 212.0, "rss_mb": 830.5}``. The JSONL file gets
-every record as one line (flushed). TensorBoard and W&B are imported only when chosen; a missing
-package raises :class:`LoggerUnavailableError` with the install command. The W&B run id is kept
-(the trainer stores it in the checkpoint) so a resumed run continues the same W&B run.
+The trainer logs typed records (:mod:`imgae_dx.run.records`: ``TrainRecord``, ``ValRecord``);
+``metrics.jsonl`` gets each as one flat JSON line (flushed), the optional backend the same flat
+values as scalars. TensorBoard and W&B are imported only when chosen; a missing package raises
+:class:`LoggerUnavailableError` with the install command. The W&B run id is kept (the trainer
+stores it in the checkpoint) so a resumed run continues the same W&B run.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from imgae_dx.errors import UserError
-from imgae_dx.utils.atomic import atomic_write_text
+from imgae_dx.run.records import Record, RecordWriter, to_json
 
 _TAG_KEYS = ("step", "stage", "stage_index", "epoch", "model", "kind", "time")
 # Shared by all models of a step: logged once under system/ in W&B.
@@ -29,17 +28,6 @@ _SYSTEM_KEYS = frozenset(
 
 class LoggerUnavailableError(UserError):
     """The chosen logger's package is not installed (message gives the install command)."""
-
-
-def _clean(v: Any) -> Any:
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if hasattr(v, "item") and callable(v.item):
-        try:
-            return _clean(v.item())
-        except (ValueError, RuntimeError):
-            return str(v)
-    return v
 
 
 _INSTALL_HINT = {
@@ -63,48 +51,6 @@ def check_available(kind: str) -> None:
     _, package, hint = _INSTALL_HINT[kind]
     if importlib.util.find_spec(package) is None:
         raise LoggerUnavailableError(hint)
-
-
-class JsonlLogger:
-    """Append-only ``metrics.jsonl`` (one JSON object per line, flushed after each)."""
-
-    def __init__(self, path: str | os.PathLike[str]):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
-
-    def log(self, record: Mapping[str, Any]) -> None:
-        self._f.write(json.dumps({k: _clean(v) for k, v in record.items()}, allow_nan=False) + "\n")
-        self._f.flush()
-
-    def close(self) -> None:
-        if not self._f.closed:
-            self._f.close()
-
-
-def truncate_jsonl(path: str | os.PathLike[str], max_step: int) -> int:
-    """Drop records with ``step > max_step`` (logged after the checkpoint a run resumes from).
-
-    Rewrites the file atomically; a torn last line (crash mid-write) is dropped too.
-    Returns the number of records removed.
-    """
-    path = Path(path)
-    if not path.exists():
-        return 0
-    keep, dropped = [], 0
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            dropped += 1
-            continue
-        if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] > max_step:
-            dropped += 1
-            continue
-        keep.append(line)
-    if dropped:
-        atomic_write_text(path, "".join(line + "\n" for line in keep))
-    return dropped
 
 
 class TensorBoardLogger:
@@ -228,35 +174,19 @@ class MetricsLogger:
             )
         elif kind != "jsonl":
             raise LoggerUnavailableError(f"unknown logger {kind!r}; allowed: jsonl, tensorboard, wandb")
-        self.jsonl = JsonlLogger(self.run_dir / "metrics.jsonl")
+        self.jsonl = RecordWriter(self.run_dir / "metrics.jsonl")
 
     @property
     def wandb_run_id(self) -> str | None:
         return self.backend.run_id if isinstance(self.backend, WandbLogger) else None
 
-    def log(self, record: Mapping[str, Any]) -> None:
-        self.jsonl.log(record)
+    def log(self, record: Record) -> None:
+        self.jsonl.write(record)
         if self.backend is not None:
-            self.backend.log(record)
+            self.backend.log(to_json(record))
 
     def close(self) -> None:
         self.jsonl.close()
         if self.backend is not None:
             self.backend.close()
             self.backend = None
-
-
-def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Records of a ``metrics.jsonl`` (torn lines skipped)."""
-    out = []
-    p = Path(path)
-    if not p.exists():
-        return out
-    for line in p.read_text(encoding="utf-8").splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(rec, dict):
-            out.append(rec)
-    return out

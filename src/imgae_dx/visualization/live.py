@@ -12,10 +12,10 @@ import math
 import os
 import time
 from collections import defaultdict
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from imgae_dx.run.records import Record, TrainRecord
 from imgae_dx.utils.atomic import atomic_open
 from imgae_dx.visualization.plots import colour
 
@@ -61,30 +61,27 @@ class LivePlot:
         self.draws = 0
 
     # ------------------------------------------------------------------ data
-    def add(self, record: Mapping[str, Any]) -> None:
-        """Take one metrics record (same dicts as ``metrics.jsonl``)."""
-        step = record.get("step")
-        if not isinstance(step, int):
-            return
-        stage = record.get("stage")
-        if stage and (not self.stage_starts or self.stage_starts[-1][1] != stage):
-            self.stage_starts.append((step, str(stage)))
-        model = record.get("model")
-        if model and _num(record.get("loss")):
-            self._append(self.loss[model], step, record["loss"])
-        if model and _num(record.get("val_loss")):
-            self._append(self.val[model], step, record["val_loss"])
-        if _num(record.get("images_per_s")) and (not self.speed or self.speed[-1][0] != step):
-            self._append(self.speed, step, record["images_per_s"])
-        if _num(record.get("rss_mb")) and (not self.rss or self.rss[-1][0] != step):
-            self._append(self.rss, step, record["rss_mb"])
+    def add(self, record: Record) -> None:
+        """Take one metrics record (a :class:`TrainRecord` or :class:`ValRecord`)."""
+        step, stage, model = record.step, record.stage, record.model
+        if not self.stage_starts or self.stage_starts[-1][1] != stage:
+            self.stage_starts.append((step, stage))
+        if isinstance(record, TrainRecord):
+            if _num(record.loss):
+                self._append(self.loss[model], step, record.loss)
+            if _num(record.images_per_s) and (not self.speed or self.speed[-1][0] != step):
+                self._append(self.speed, step, record.images_per_s)
+        elif _num(record.val_loss):
+            self._append(self.val[model], step, record.val_loss)
+        if _num(record.rss_mb) and (not self.rss or self.rss[-1][0] != step):
+            self._append(self.rss, step, record.rss_mb)
 
     def _append(self, series: list[tuple[int, float]], step: int, value: float) -> None:
         series.append((step, float(value)))
         if len(series) > self.max_points:
             del series[: len(series) // 2 : 2]  # thin the oldest half
 
-    def update(self, record: Mapping[str, Any] | None = None, force: bool = False) -> bool:
+    def update(self, record: Record | None = None, force: bool = False) -> bool:
         """Add ``record`` and redraw if ``every_s`` has passed (or ``force``). True if drawn."""
         if record is not None:
             self.add(record)

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from imgae_dx.run.records import Record, TrainRecord
+
 MODEL_COLOURS = {"unet": "#1f77b4", "ra": "#d62728", "ae": "#2ca02c"}
 _FALLBACK = ["#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
 
@@ -169,39 +171,22 @@ def plot_per_finding(metrics: Mapping[str, Any], path: Path) -> Path | None:
 
 
 # ------------------------------------------------------------------------------ training logs
-def _is_val(rec: Mapping[str, Any]) -> bool:
-    return rec.get("split") == "val" or rec.get("kind") == "val" or rec.get("phase") == "val"
-
-
-def val_loss_of(rec: Mapping[str, Any]) -> Any:
-    """A record's validation loss: its ``val_loss``, or the ``loss`` of a validation row; else None."""
-    if rec.get("val_loss") is not None:
-        return rec["val_loss"]
-    return rec.get("loss") if _is_val(rec) else None
-
-
-def plot_losses(records: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
+def plot_losses(records: Sequence[Record], path: Path) -> Path | None:
     """Training loss (per logged step) and validation loss per model, stages marked.
 
     Args:
-        records: ``metrics.jsonl`` rows: ``step, stage, model, loss`` for training; validation as
-            ``val_loss`` on a row, or rows with ``split == "val"`` holding ``loss``.
+        records: ``metrics.jsonl`` records; validation points are each epoch's loss on the
+            stage's own validation split.
     """
     models: dict[str, dict[str, list[tuple[float, float]]]] = {}
     stage_spans: dict[str, dict[str, tuple[float, float]]] = {}
     for r in records:
-        m, step = r.get("model"), r.get("step")
-        if m is None or step is None:
-            continue
-        d = models.setdefault(str(m), {"train": [], "val": []})
-        val = val_loss_of(r)
-        if val is not None:
-            d["val"].append((float(step), float(val)))
-        if not _is_val(r) and r.get("loss") is not None:
-            d["train"].append((float(step), float(r["loss"])))
-        if r.get("stage") is not None:  # first and last logged step of each stage
-            lo, hi = stage_spans.setdefault(str(m), {}).get(str(r["stage"]), (math.inf, -math.inf))
-            stage_spans[str(m)][str(r["stage"])] = (min(lo, float(step)), max(hi, float(step)))
+        d = models.setdefault(r.model, {"train": [], "val": []})
+        value = r.loss if isinstance(r, TrainRecord) else r.val_loss
+        if _finite(value):  # NaN is written as null: no point to draw
+            d["train" if isinstance(r, TrainRecord) else "val"].append((float(r.step), float(value)))
+        lo, hi = stage_spans.setdefault(r.model, {}).get(r.stage, (math.inf, -math.inf))
+        stage_spans[r.model][r.stage] = (min(lo, float(r.step)), max(hi, float(r.step)))
     models = {k: v for k, v in models.items() if v["train"] or v["val"]}
     if not models:
         return None
@@ -233,45 +218,42 @@ def plot_losses(records: Sequence[Mapping[str, Any]], path: Path) -> Path | None
     return _save(fig, path)
 
 
-def plot_throughput(records: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
-    """Training images/s and resident memory (RSS, MB) over the run.
+def plot_throughput(records: Sequence[Record], path: Path) -> Path | None:
+    """Training images/s and resident memory (RSS, MB) over the run (by optimiser step).
 
     The models train on the same batches, so these are run-wide figures: one point per logged
-    training step (validation rows add RSS points).
+    training step (validation records add RSS points).
     """
-    rows = [r for r in records if r.get("step") is not None and
-            (r.get("images_per_s") is not None or r.get("rss_mb") is not None)]
+    rows = list(records)
     if not rows:
         return None
     plt = _plt()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
-    has_time = all(r.get("time") is not None or r.get("elapsed_s") is not None for r in rows)
-    t0 = min((float(r.get("elapsed_s", r.get("time", 0.0))) for r in rows), default=0.0) if has_time else 0.0
-
-    def x_of(r: Mapping[str, Any]) -> float:
-        return float(r.get("elapsed_s", r.get("time", 0.0))) - t0 if has_time else float(r["step"])
-
     ips: dict[float, float] = {}
     rss: dict[float, float] = {}
     for r in rows:
-        x = x_of(r)
-        if r.get("images_per_s") is not None and not _is_val(r):
-            ips.setdefault(x, float(r["images_per_s"]))
-        if r.get("rss_mb") is not None:
-            rss[x] = max(rss.get(x, 0.0), float(r["rss_mb"]))
+        x = float(r.step)
+        if isinstance(r, TrainRecord) and _finite(r.images_per_s):
+            ips.setdefault(x, float(r.images_per_s))
+        if _finite(r.rss_mb):
+            rss[x] = max(rss.get(x, 0.0), float(r.rss_mb))
     if ips:
         xs = sorted(ips)
         ax1.plot(xs, [ips[x] for x in xs], color="#444", lw=1, marker="." if len(xs) < 60 else None)
     if rss:
         xs = sorted(rss)
         ax2.plot(xs, [rss[x] for x in xs], color="#8c564b", lw=1, marker="." if len(xs) < 60 else None)
-    xl = "elapsed seconds" if has_time else "step"
+    xl = "optimiser step"
     ax1.set(title="training throughput (all models, same batches)", xlabel=xl, ylabel="images/s")
     ax2.set(title="resident memory of the process (RSS)", xlabel=xl, ylabel="MB")
     for ax, series in ((ax1, ips), (ax2, rss)):
         ax.set_ylim(0, 1.08 * max(series.values(), default=1.0) or 1.0)  # from 0, with headroom
         ax.grid(alpha=0.3)
     return _save(fig, path)
+
+
+def _finite(v: float | None) -> bool:
+    return v is not None and math.isfinite(float(v))
 
 
 # ------------------------------------------------------------------------------ examples

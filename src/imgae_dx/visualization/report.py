@@ -27,7 +27,7 @@ import numpy as np
 from imgae_dx.errors import RunFolderError
 from imgae_dx.evaluation.results import load_examples, read_scores
 from imgae_dx.evaluation.summary import best_by_auroc
-from imgae_dx.training.loggers import read_metrics
+from imgae_dx.run.records import Record, TrainRecord, read_records
 from imgae_dx.utils.atomic import atomic_write_text
 from imgae_dx.visualization import plots
 
@@ -98,24 +98,20 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 # ------------------------------------------------------------------------------ sections
-def stage_table(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Per (stage, model): last training loss, best validation loss, mean images/s, steps."""
+def stage_table(records: Sequence[Record]) -> list[dict[str, Any]]:
+    """Per (stage, model): last training loss, best validation loss on the stage's own validation
+    split, mean images/s, steps."""
     acc: dict[tuple[str, str], dict[str, Any]] = {}
     for r in records:
-        m, st = r.get("model"), r.get("stage")
-        if m is None or st is None:
-            continue
-        a = acc.setdefault((str(st), str(m)), {"stage": str(st), "model": str(m), "train_loss": None,
-                                               "val_loss": None, "ips": [], "steps": 0})
-        is_val = plots._is_val(r)
-        if not is_val and r.get("loss") is not None:
-            a["train_loss"] = float(r["loss"])
-            a["steps"] = max(a["steps"], int(r.get("step", 0) or 0))
-        v = plots.val_loss_of(r)
-        if v is not None:
-            a["val_loss"] = float(v) if a["val_loss"] is None else min(a["val_loss"], float(v))
-        if r.get("images_per_s") is not None:
-            a["ips"].append(float(r["images_per_s"]))
+        a = acc.setdefault((r.stage, r.model), {"stage": r.stage, "model": r.model, "train_loss": None,
+                                                 "val_loss": None, "ips": [], "steps": 0})
+        if isinstance(r, TrainRecord):
+            a["train_loss"] = r.loss
+            a["steps"] = max(a["steps"], int(r.step))
+            if r.images_per_s is not None:
+                a["ips"].append(float(r.images_per_s))
+        elif r.val_loss is not None and math.isfinite(r.val_loss):
+            a["val_loss"] = r.val_loss if a["val_loss"] is None else min(a["val_loss"], r.val_loss)
     out = []
     for a in acc.values():
         a["images_per_s"] = float(np.mean(a.pop("ips"))) if a["ips"] else None
@@ -222,7 +218,7 @@ def _localisation_html(metrics: Mapping[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------------------ main
-def make_plots(run_dir: Path, metrics: Mapping[str, Any], records: Sequence[Mapping[str, Any]]
+def make_plots(run_dir: Path, metrics: Mapping[str, Any], records: Sequence[Record]
                ) -> dict[str, Path | None]:
     """Draw every figure the run folder has data for into RUN_DIR/plots/; returns name → path.
 
@@ -261,7 +257,7 @@ def write_report(run_dir: str | Path) -> Path:
             "eval/metrics.json); pass the --out folder of `imgae-dx train`"
         )
     metrics = _read_json(run_dir / "eval" / "metrics.json")
-    records = read_metrics(run_dir / "metrics.jsonl")
+    records = read_records(run_dir / "metrics.jsonl")
     cfg_path = run_dir / "config.yaml"
     cfg_text = cfg_path.read_text() if cfg_path.is_file() else "(config.yaml missing)"
     figs = make_plots(run_dir, metrics or {}, records)
@@ -275,7 +271,7 @@ def write_report(run_dir: str | Path) -> Path:
                 f"DeLong p = {plots.fmt_p(comp.get('delong_p'))}") if comp else ""
         ci = best.get("auroc_ci") or [None, None]
         parts.append(
-            f'<div class="headline">Best model: <b>{_e(best_name)}</b>, test AUROC '
+            f'<div class="headline">Highest test AUROC (descriptive): <b>{_e(best_name)}</b>, '
             f"<b>{_num(best.get('auroc'))}</b> (95% CI {_num(ci[0])}–{_num(ci[1])}) on "
             f"{_num((metrics.get('counts') or {}).get('images'))} test images{ptxt}.</div>")
         parts.append(_honest_note(metrics))

@@ -1,0 +1,138 @@
+"""The data side of training: per-stage datasets and caches, and the next stage's early start.
+
+:class:`StageData` builds, for every stage, the training dataset (normal images of training
+patients; ``drop_last``, equal batch counts on every rank) and the validation dataset (normal images
+of the stage's validation patients), sharing one decoded-image cache per stage, allocated lazily and
+freed when the stage ends. During a stage's last epoch, :meth:`StageData.start_next` begins
+streaming the next stage in a background thread (:class:`StageWarmup`), so the stage switch does not
+wait on the network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from imgae_dx.config import Config
+
+
+class StageWarmup:
+    """Pulls a dataset's first batch in a thread while training goes on.
+
+    The dataset's prefetcher then holds its first ``requests_in_flight`` requests (within the
+    memory budget). The order of samples is a pure function of the plan, so which thread decodes
+    the first batch changes nothing.
+    """
+
+    def __init__(self, ds: Any) -> None:
+        self.ds = ds
+        self._it = ds.batches()
+        self._first: Any = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="imgae-dx-stage-warmup", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._first = next(self._it, None)
+        except BaseException as e:  # re-raised in the training thread by batches()
+            self._error = e
+
+    def batches(self) -> Iterator[Any]:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        if self._first is not None:
+            first, self._first = self._first, None
+            yield first
+            yield from self._it
+
+    def close(self, timeout: float = 30.0) -> None:
+        self._thread.join(timeout)
+        if not self._thread.is_alive():
+            with contextlib.suppress(Exception):
+                self._it.close()
+
+
+class StageData:
+    """Datasets and caches of every stage of a run (see the module docstring).
+
+    Args:
+        cfg: the run's configuration.
+        archive: the opened archive; ``index``: its :class:`~imgae_dx.data.nih_index.NIHIndex`.
+        stages: the stages in training order.
+        rank, world_size: this process's place in the job.
+        run_dir: the run folder (default location of the disk cache).
+    """
+
+    def __init__(self, cfg: Config, archive: Any, index: Any, stages: list[str], *, rank: int,
+                 world_size: int, run_dir: Path) -> None:
+        from imgae_dx.data.dataset import StreamingNIHDataset, make_cache, pipeline_budget
+        from imgae_dx.data.memory import MemoryManager
+
+        d = cfg.data
+        pipeline_budget(d)  # ConfigError now if the memory budget cannot hold the pipeline
+        self.memory = MemoryManager(d.memory_budget_mb)
+        self.caches: dict[str, Any] = {}
+        self.train: dict[str, Any] = {}
+        self.val: dict[str, Any] = {}
+        common = dict(seed=cfg.seed, rank=rank, world_size=world_size, memory=self.memory,
+                      batch_size=cfg.training.batch_size)
+        for stage in stages:
+            cache = make_cache(d, run_dir / "cache")
+            if cache is not None:
+                self.caches[stage] = cache
+            self.train[stage] = StreamingNIHDataset(archive, index, stage, "train", d, cache=cache,
+                                                    drop_last=True, **common)
+            self.val[stage] = StreamingNIHDataset(archive, index, stage, "val", d, cache=cache,
+                                                  drop_last=False, **common)
+        self.batches_per_epoch = {s: int(self.train[s].num_batches()) for s in stages}
+        self._warmup: tuple[str, StageWarmup] | None = None
+
+    def start_next(self, stage: str) -> None:
+        """Start streaming ``stage``'s first training epoch in the background (once)."""
+        if self._warmup is None:
+            self.train[stage].set_epoch(0)
+            self._warmup = (stage, StageWarmup(self.train[stage]))
+
+    def epoch_batches(self, stage: str, epoch: int, resume_state: Any = None) -> tuple[Any, Iterator[Any]]:
+        """``(dataset, batches)`` of one training epoch, from ``resume_state`` when given (the
+        early-started stream is used when it is this stage's first epoch from the start)."""
+        ds = self.train[stage]
+        ds.set_epoch(epoch)
+        if resume_state is not None:
+            ds.load_state_dict(resume_state)
+        source = ds.batches()
+        if self._warmup is not None and self._warmup[0] == stage:
+            warm = self._warmup[1]
+            self._warmup = None
+            if epoch == 0 and resume_state is None:
+                source = warm.batches()
+            else:
+                warm.close()
+        return ds, source
+
+    def val_batches(self, stage: str) -> Iterator[Any]:
+        """The stage's validation images from the start of their (fixed) order."""
+        ds = self.val[stage]
+        ds.set_epoch(-1)  # switching epochs resets the position: a cut-short pass starts over
+        ds.set_epoch(0)
+        return (b.images for b in ds.batches())
+
+    def release(self, stage: str) -> None:
+        """Free the stage's cache and other registered buffers once the stage is done."""
+        self.memory.cleanup_stage(stage)
+        cache = self.caches.pop(stage, None)
+        if cache is not None:
+            with contextlib.suppress(Exception):
+                cache.close()
+
+    def close(self) -> None:
+        if self._warmup is not None:
+            self._warmup[1].close()
+            self._warmup = None
+        for stage in list(self.caches):
+            self.release(stage)
