@@ -29,7 +29,8 @@ def _run(script: str, *args: str, cwd: Path) -> str:
 
 def _json(script: str, *args: str, cwd: Path) -> dict:
     out = _run(script, *args, cwd=cwd)
-    return json.loads(out[out.index("{"):])  # compare_loaders prints a Markdown table first
+    # compare_loaders prints a Markdown table first, gpu_check a table after
+    return json.JSONDecoder().raw_decode(out[out.index("{"):])[0]
 
 
 def test_model_bench_times_every_model(tmp_path):
@@ -108,3 +109,17 @@ def test_ablation_bench_scores_each_variant(small_archive, tmp_path):
     assert [r["variant"] for r in out["results"]] == ["unet_skips_no_noise", "unet_skips_dae"]
     for r in out["results"]:
         assert all(0.0 <= v <= 1.0 for k, v in r.items() if k.startswith("auroc"))
+
+
+@pytest.mark.slow
+def test_gpu_check_cpu_smoke_runs_every_section(tmp_path):
+    """The GPU check's every code path on the CPU: precision × channels_last × compile, a
+    2-process torchrun over the loopback archive, and the trainer-vs-bare-step harness."""
+    out = _json("gpu_check.py", "--cpu-smoke", "--out", str(tmp_path / "gpu_check.json"), cwd=tmp_path)
+    cells = {(r["model"], r["precision"], r["channels_last"], r["compiled"]) for r in out["matrix"]}
+    assert len(cells) == 3 * 3 * 2 + 3 * 2  # eager: all; compiled: bf16 and fp16 with channels_last
+    assert all(r["ok"] and "error" not in r for r in out["matrix"]), out["matrix"]
+    assert {r["loss_scale"] > 0 for r in out["matrix"] if r["precision"] == "fp16"} == {True}
+    assert out["ddp"]["ok"] and out["ddp"]["identical_weights_across_ranks"]
+    assert out["trainer"]["bare_all_models_images_per_s"] > 0
+    assert out["ok"] and json.loads((tmp_path / "gpu_check.json").read_text())["ok"]

@@ -41,7 +41,7 @@ LOCAL_RUNS = "runs"
 
 #: Activation memory of one training step per image at 128², fp32, MiB, by model (default
 #: configs). Measured on CPU as the peak of live tensors saved for backward during one
-#: ``Objective.train_step`` (``torch.autograd.graph.saved_tensors_hooks``, batch 2): U-Net 168,
+#: training step (``torch.autograd.graph.saved_tensors_hooks``, batch 2): U-Net 168,
 #: RA 333 (its encoder and decoder steps do not coexist), AE 16. Rounded up. Scales with the
 #: pixel count; 16-bit autocast is planned at half. Out of memory anyway → lower
 #: ``training.batch_size``.

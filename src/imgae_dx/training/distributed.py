@@ -2,8 +2,9 @@
 
 Under ``torchrun`` each process sees ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` (and
 ``MASTER_ADDR``/``MASTER_PORT``). :func:`init_distributed` joins the process group (``nccl`` on
-CUDA, ``gloo`` on CPU). Gradients are averaged by :func:`all_reduce_grads`, which the trainer
-passes to objectives as ``StepContext.grad_sync``: objectives such as RA run several forwards and
+CUDA, ``gloo`` on CPU, or ``training.dist_backend``). Gradients are averaged by
+:func:`all_reduce_grads`, which the step owner (:class:`~imgae_dx.training.step.TrainStep`) calls
+after every backward: objectives such as RA run several forwards and
 backwards per step through sub-modules (encoder, decoder), which ``DistributedDataParallel``'s
 forward hook cannot see, so every model uses this explicit all-reduce (bucketed into one flat
 tensor per dtype) — mathematically the same averaging DDP performs. Buffers (e.g. BatchNorm
