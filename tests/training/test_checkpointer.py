@@ -16,6 +16,7 @@ from imgae_dx.config import load_config
 from imgae_dx.errors import CheckpointError
 from imgae_dx.run.checkpoint import (
     FORMAT,
+    ArchiveRef,
     CheckpointPayload,
     Position,
     RankState,
@@ -41,6 +42,7 @@ def _payload(step=1, model_name="unet", **kw) -> CheckpointPayload:
         model_name=model_name, model=model.state_dict(), config_yaml="seed: 1\n", fingerprint="abc",
         image_size=64, package_version="test", step=step, optimizers={"model": opt.state_dict()},
         position=Position(1, 2, 3), selection=Selection(best_loss=0.5, set_stages=2, best_step=1),
+        stages=["images_001"], archive=ArchiveRef("file:/a.zip", "v1", 10),
         rank_states=[RankState(dataset={"order": np.arange(5, dtype=np.int32), "pos": np.int64(3),
                                         "name": "x"}, rng=capture_rng(), generators={})],
     )
@@ -199,6 +201,9 @@ def test_link_copy_links_or_copies_atomically(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt", "stage_1.pt"]
 
 
+RUN = dict(world_size=1, archive=ArchiveRef("file:/a.zip", "v1", 10), stages=["images_001"])
+
+
 def test_checkpointer_save_policy_and_resume_from_prev(tmp_path):
     ck = Checkpointer(tmp_path, ["unet", "ra"])
     ck.save({m: _payload(step=1, model_name=m) for m in ("unet", "ra")}, stage_k=1, best=["unet"])
@@ -208,13 +213,18 @@ def test_checkpointer_save_policy_and_resume_from_prev(tmp_path):
                      "ra": ["best.pt", "last.pt", "prev.pt", "stage_1.pt"]}
     assert read_checkpoint(ck.path("unet", "best")).step == 1
     assert read_checkpoint(ck.path("ra", "best")).step == 2
-    assert {m: c.step for m, c in ck.latest("abc").items()} == {"unet": 2, "ra": 2}
+    assert {m: c.step for m, c in ck.latest("abc", **RUN).items()} == {"unet": 2, "ra": 2}
     # killed between the two models' writes of the next save: both continue from step 2
     ck.save({"unet": _payload(step=3, model_name="unet")})
-    assert {m: c.step for m, c in ck.latest("abc").items()} == {"unet": 2, "ra": 2}
+    assert {m: c.step for m, c in ck.latest("abc", **RUN).items()} == {"unet": 2, "ra": 2}
     with pytest.raises(CheckpointError, match="another configuration"):
-        ck.latest("zzz")
+        ck.latest("zzz", **RUN)
     # a rank that does not write leaves the folder alone
     Checkpointer(tmp_path, ["unet"], writer=False).save({"unet": _payload(step=9)})
+    # another process count, another version of the archive, other stages: refused
+    for bad, msg in ((dict(world_size=2), "process"), (dict(stages=["images_002"]), "stages"),
+                     (dict(archive=ArchiveRef("file:/a.zip", "v2", 10)), "no longer the archive")):
+        with pytest.raises(CheckpointError, match=msg):
+            ck.latest("abc", **{**RUN, **bad})
     assert read_checkpoint(ck.path("unet")).step == 3
     assert torch.equal(ck.best_weights("unet")["bias"], read_checkpoint(ck.path("unet", "best")).model["bias"])

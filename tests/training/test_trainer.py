@@ -313,3 +313,37 @@ def test_other_runtime_errors_are_not_taken_for_out_of_memory(train_archive, tmp
     cfg = tiny_config(train_archive, tmp_path / "bug", models=["ae"], stages=["images_001"])
     with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
         StreamingTrainer(cfg).train_progressive_stages()
+
+
+@pytest.mark.slow
+def test_fp16_on_cpu_logs_the_loss_scale_and_resumes_exactly(train_archive, tmp_path):
+    """training.amp fp16 on the CPU takes the CUDA mixed-precision path (autocast fp16 and a real
+    GradScaler): every training row carries the scaler's loss_scale, and a run stopped mid-stage
+    resumes with the scaler's state and ends bit-identical to an uninterrupted one."""
+    over = {"training.amp": "fp16", "training.checkpoint_every_steps": 1000}
+    kw = dict(models=["ra", "ae"], stages=["images_001", "images_002"])
+    ref = tmp_path / "ref"
+    StreamingTrainer(tiny_config(train_archive, ref, **kw, **over)).train_progressive_stages()
+    recs = [json.loads(x) for x in (ref / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in recs if r["kind"] == "train"]
+    assert train and all(r["precision"] == "fp16" and r["loss_scale"] > 0 for r in train)
+    ck = torch.load(ref / "checkpoints" / "ra" / "last.pt", weights_only=True)
+    assert ck["precision"] == "fp16" and ck["scaler"]["scale"] > 0
+
+    out, n = tmp_path / "run", []
+    cfg = tiny_config(train_archive, out, **kw, **over)
+
+    def on_batch(stage, epoch, batch):
+        n.append(stage)
+        if n.count("images_002") == 2:
+            tr.request_stop()
+
+    tr = StreamingTrainer(cfg, on_batch=on_batch)
+    assert tr.train_progressive_stages().interrupted
+    res = StreamingTrainer(cfg, resume=True).train_progressive_stages()
+    assert not res.interrupted and res.resumed_from_step is not None
+    for m in ("ra", "ae"):
+        assert state_dict_digest(weights(out, m)) == state_dict_digest(weights(ref, m)), m
+        a = torch.load(out / "checkpoints" / m / "last.pt", weights_only=True)["scaler"]
+        b = torch.load(ref / "checkpoints" / m / "last.pt", weights_only=True)["scaler"]
+        assert a == b

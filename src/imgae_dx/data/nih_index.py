@@ -1,5 +1,8 @@
 """NIH ChestX-ray14 metadata: parsers, the join to archive members, stages and patient-disjoint splits.
 
+Over 500 lines on purpose: the three metadata formats, their join to the members and the split
+rules depend on each other's quirks (malformed headers, spellings, patients), kept side by side.
+
 The metadata files come with the dataset (at the archive's root, or in one top folder):
 
 - ``Data_Entry_2017.csv``: one row per image. Its header is malformed (bracketed names with commas,

@@ -1,5 +1,8 @@
 """The zip central directory as compact numpy arrays, plus member extraction with CRC checks.
 
+Over 500 lines on purpose: the ZIP format (EOCD, ZIP64 locator and record, central and local
+headers, unsafe names) is parsed in one place, so every bounds check sits next to the field it guards.
+
 :class:`ArchiveIndex` reads the end-of-central-directory record (EOCD) from the archive's tail,
 follows the ZIP64 locator/record when present, reads the central directory with one range read
 and parses it into columns — no Python object per member:

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from imgae_dx.errors import CheckpointError
-from imgae_dx.run.checkpoint import CheckpointPayload, read_checkpoint
+from imgae_dx.run.checkpoint import ArchiveRef, CheckpointPayload, read_checkpoint
 from imgae_dx.utils.atomic import atomic_open, fsync_dir
 
 log = logging.getLogger(__name__)
@@ -119,9 +119,15 @@ class Checkpointer:
         """The model weights of ``best.pt`` (CPU tensors)."""
         return read_checkpoint(self.path(model, "best"), model_name=model).model
 
-    def latest(self, fingerprint: str) -> dict[str, CheckpointPayload]:
-        """Every model's ``last.pt``, all at the same step (``prev.pt`` where a kill fell between
-        two models' writes). Raises :class:`CheckpointError` when they cannot meet."""
+    def latest(self, fingerprint: str, *, world_size: int, archive: ArchiveRef,
+               stages: list[str]) -> dict[str, CheckpointPayload]:
+        """Every model's ``last.pt`` to resume from, all at the same step (``prev.pt`` where a kill
+        fell between two models' writes), checked against the run being resumed.
+
+        Raises:
+            CheckpointError: the models cannot meet at one step, or the run had another process
+                count, another version of the same archive, or other stages.
+        """
         ckpts = {m: read_checkpoint(self.path(m), model_name=m, fingerprint=fingerprint)
                  for m in self.models}
         steps = {m: c.step for m, c in ckpts.items()}
@@ -142,6 +148,23 @@ class Checkpointer:
                 "run was stopped while they were being written, so the models cannot continue "
                 "together; start a new --out (the stage_K.pt files keep every finished stage)"
             )
+        first = next(iter(ckpts.values()))
+        if first.world_size != world_size:
+            raise CheckpointError(
+                f"the run was saved with {first.world_size} process(es) but this resume has "
+                f"{world_size}; resume with the same --nproc_per_node")
+        saved = first.archive
+        if saved and saved.identity == archive.identity and (saved.version, saved.size) != (
+                archive.version, archive.size):
+            raise CheckpointError(
+                f"{archive.identity} is no longer the archive this run was trained on (version "
+                f"{saved.version}, {saved.size} bytes; now {archive.version}, {archive.size} bytes): "
+                "the saved stream positions would point into another dataset version; start a new "
+                "--out folder")
+        if first.stages != stages[: len(first.stages)]:
+            raise CheckpointError(
+                f"the run trained stages {', '.join(first.stages)} but the source now resolves to "
+                f"{', '.join(stages)}; resume with the same source and --stages")
         return ckpts
 
 

@@ -168,6 +168,7 @@ class StreamingTrainer:
         self.pool = ValidationPool(t.batch_size)
         self.progress, self.position = Progress(), Position()
         self.bad_epochs, self.resumed_from_step, self._resume_ds, self._si = 0, None, None, 0
+        self._live_ds: Any = None
         wandb_id = self._restore() if resuming else None
         if self.is_main:  # 3. run folder, reporting
             run_folder.prepare_run_folder(self.run_dir, self.config_yaml,
@@ -388,14 +389,13 @@ class StreamingTrainer:
     def _save(self, stage_k: int | None = None, best: list[str] | tuple[str, ...] = (),
               val: dict[str, float] | None = None, val_stages: int = 0) -> None:
         """Every model's ``last.pt`` (+ ``stage_K.pt``, ``best.pt``). Collective under DDP."""
-        mine = RankState(dataset=self._live_ds.state_dict() if getattr(self, "_live_ds", None) else None,
+        mine = RankState(dataset=self._live_ds.state_dict() if self._live_ds is not None else None,
                          rng=capture_rng(),
                          generators={n: s.ctx.generator.get_state() for n, s in self.steps.items()})
         ranks = dist_utils.gather_objects(mine)
         self._last_save, self._last_save_step = time.monotonic(), self.progress.step
         if not self.is_main:
             return
-        reader = self._archive.reader
         common = dict(
             config_yaml=self.config_yaml, fingerprint=self.fingerprint,
             image_size=self.cfg.data.image_size, package_version=__version__,
@@ -403,8 +403,7 @@ class StreamingTrainer:
             stage=self.stages[self._si], stage_k=self._si + 1, position=replace(self.position),
             world_size=self.dist.world_size, precision=self.precision.name, val_stages=val_stages,
             rank_states=ranks, wandb_run_id=self.reporter.wandb_run_id if self.reporter else None,
-            archive=ArchiveRef(str(self._archive.identity), str(reader.version), int(reader.size)),
-            saved_at=time.time())
+            archive=self._archive_ref(), saved_at=time.time())
         payloads = {}
         for n, model in self.models.items():
             st = self.steps[n].state_dict()
@@ -415,24 +414,14 @@ class StreamingTrainer:
                 **common)
         self.checkpointer.save(payloads, stage_k=stage_k, best=best)
 
-    def _restore(self) -> str | None:
-        ckpts = self.checkpointer.latest(self.fingerprint)
-        first = next(iter(ckpts.values()))
-        if first.world_size != self.dist.world_size:
-            raise CheckpointError(
-                f"the run was saved with {first.world_size} process(es) but this resume has "
-                f"{self.dist.world_size}; resume with the same --nproc_per_node")
+    def _archive_ref(self) -> ArchiveRef:
         reader = self._archive.reader
-        saved, now = first.archive, ArchiveRef(str(self._archive.identity), str(reader.version), int(reader.size))
-        if saved and saved.identity == now.identity and (saved.version, saved.size) != (now.version, now.size):
-            raise CheckpointError(
-                f"{now.identity} is no longer the archive this run was trained on (version "
-                f"{saved.version}, {saved.size} bytes; now {now.version}, {now.size} bytes): the "
-                "saved stream positions would point into another dataset version; start a new --out folder")
-        if first.stages != self.stages[: len(first.stages)]:
-            raise CheckpointError(
-                f"the run trained stages {', '.join(first.stages)} but the source now resolves to "
-                f"{', '.join(self.stages)}; resume with the same source and --stages")
+        return ArchiveRef(str(self._archive.identity), str(reader.version), int(reader.size))
+
+    def _restore(self) -> str | None:
+        ckpts = self.checkpointer.latest(self.fingerprint, world_size=self.dist.world_size,
+                                         archive=self._archive_ref(), stages=self.stages)
+        first = next(iter(ckpts.values()))
         for name, ck in ckpts.items():
             try:
                 self.models[name].load_state_dict(ck.model)
