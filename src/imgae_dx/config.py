@@ -80,10 +80,14 @@ class AnomalyConfig(_Strict):
     score: Literal["mean", "max", "topk"] = Field("mean", description="image score from the map")
     topk_percent: float = Field(1.0, gt=0, le=100, description="top-k %% of pixels for score=topk")
     smoothing_sigma: float = Field(0.0, ge=0, description="Gaussian smoothing of the map (pixels)")
-    clahe_clip_limit: float = Field(
-        2.56, gt=0, description="CLAHE clip limit (OpenCV units; 2.56 = skimage's default 0.01)"
+    clahe_clip: float = Field(
+        0.01, gt=0, le=1, description="CLAHE clip limit as skimage's equalize_adapthist takes it"
     )
-    clahe_tiles: int = Field(8, ge=1, description="CLAHE tile grid (tiles per side)")
+    clahe_tiles: int = Field(8, ge=1, description="CLAHE kernel = image side / tiles (skimage: 8)")
+    saliency: Literal["none", "lpips"] = Field(
+        "none", description="multiply the map by the RA authors' perceptual saliency: "
+        "G(LPIPS(x̂, x)) · G(LPIPS(CLAHE x̂, CLAHE x)), LPIPS on SqueezeNet (pretrained weights)")
+    saliency_sigma: float = Field(2.0, gt=0, description="Gaussian σ of the saliency (authors: 2)")
     ssim_window: int = Field(11, ge=3, description="SSIM Gaussian window size (odd)")
     ssim_sigma: float = Field(1.5, gt=0, description="SSIM Gaussian window sigma")
 
@@ -128,7 +132,9 @@ class RAConfig(_Strict):
     gamma_r: float = Field(1e-8, ge=0, description="decoder weight of rec-of-rec / rec-of-fake terms")
     exp_elbo_weight: float = Field(0.25, ge=0, description="encoder weight of the two expELBO terms")
     embedding_weight: float = Field(0.005, ge=0, description="weight of the reversed-embedding loss")
-    inference_samples: int = Field(0, ge=0, description="0 = use z=mu; K>0 averages K samples")
+    inference_samples: int = Field(
+        0, ge=0, description="0: reconstruct from z = mu; K > 0: average K decodes of sampled z "
+        "(the authors' scoring samples z; the noise is seeded by each image's pixels)")
     lrelu_slope: float = Field(0.2, ge=0, description="LeakyReLU negative slope (paper: 0.2)")
     optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=5e-5))
     anomaly: AnomalyConfig = Field(default_factory=AnomalyConfig)

@@ -5,10 +5,17 @@ Maps (per pixel, B×1×H×W, float32, larger = more anomalous):
 * ``l1``    — ``|x − x̂|``
 * ``l2``    — ``(x − x̂)²``
 * ``clahe`` — ``|CLAHE(x) − CLAHE(x̂)|``: both images clamped to [0, 1] and contrast-equalised
-  (CLAHE, OpenCV, per image) before the residual, as the RA paper's evaluation does
-  (``skimage.exposure.equalize_adapthist`` there; ``clahe_clip_limit`` 2.56 in OpenCV units equals
-  skimage's default 0.01). Runs on the CPU (OpenCV) and is not differentiable.
+  per image with ``skimage.exposure.equalize_adapthist`` (as the RA authors' evaluation does: it
+  min–max rescales each image, then equalises with clip limit ``clahe_clip`` = 0.01 and a kernel of
+  1/``clahe_tiles`` of the side). Runs on the CPU and is not differentiable.
 * ``ssim``  — ``1 − SSIM(x, x̂)``, the local SSIM map with a Gaussian window (data range 1).
+
+``saliency: lpips`` multiplies the map by the RA authors' perceptual saliency (ci-ber/RA,
+``DownstreamEvaluator.compute_residual``): ``G_σ(LPIPS(x̂, x)) · G_σ(LPIPS(CLAHE x̂, CLAHE x))`` with
+spatial LPIPS on SqueezeNet (:mod:`imgae_dx.models.perceptual`) and a Gaussian of σ =
+``saliency_sigma`` (2, ``scipy.ndimage.gaussian_filter`` as there), on images clamped to [0, 1].
+With ``map: clahe`` and ``score: mean`` this is the authors' image score. Without the pretrained
+weights (offline, first use) the saliency is left out, after one log line that says so.
 
 An optional Gaussian smoothing (``smoothing_sigma`` > 0, reflect padding) is applied to the map.
 
@@ -91,20 +98,45 @@ def ssim_map(x: Tensor, y: Tensor, window: int = 11, sigma: float = 1.5) -> Tens
     return num / den
 
 
-def clahe_equalise(x: Tensor, clip_limit: float = 2.56, tiles: int = 8) -> Tensor:
-    """CLAHE of each image of x (B×1×H×W, values clamped to [0, 1]) → B×1×H×W float32 in [0, 1].
+def clahe_equalise(x: Tensor, clip: float = 0.01, tiles: int = 8) -> Tensor:
+    """skimage's CLAHE of each image of x (B×1×H×W, clamped to [0, 1]) → B×1×H×W float32.
 
-    Quantises to 8 bits (as the equalisation works on 256 bins), runs OpenCV on the CPU and
-    returns a tensor on x's device.
+    ``exposure.equalize_adapthist(img, kernel_size=side // tiles, clip_limit=clip)``: each image
+    is min–max rescaled, equalised on 256 bins and rescaled to [0, 1]. Runs on the CPU; returns a
+    tensor on x's device.
     """
-    import cv2  # lazy: only this map needs OpenCV
+    from skimage import exposure  # lazy: only the CLAHE map needs scikit-image
 
-    arr = (x.detach().float().clamp(0, 1) * 255.0).round().to(torch.uint8).cpu().numpy()
-    clahe = cv2.createCLAHE(clipLimit=float(clip_limit), tileGridSize=(int(tiles), int(tiles)))
-    out = np.empty_like(arr)
+    arr = x.detach().double().clamp(0, 1).cpu().numpy()
+    h, w = arr.shape[-2:]
+    kernel = (max(h // tiles, 1), max(w // tiles, 1))
+    out = np.empty(arr.shape, dtype=np.float32)
     for i in range(arr.shape[0]):
-        out[i, 0] = clahe.apply(np.ascontiguousarray(arr[i, 0]))
-    return torch.from_numpy(out).to(x.device).float().div_(255.0)
+        if np.ptp(arr[i, 0]) == 0:  # a flat image stays flat (skimage would divide by 0)
+            out[i, 0] = arr[i, 0]
+            continue
+        out[i, 0] = exposure.equalize_adapthist(arr[i, 0], kernel_size=kernel, clip_limit=clip)
+    return torch.from_numpy(out).to(x.device)
+
+
+def lpips_saliency(x: Tensor, recon: Tensor, cfg: AnomalyConfig) -> Tensor | None:
+    """The RA authors' saliency (B×1×H×W) of x vs recon, or None without the LPIPS weights."""
+    from scipy.ndimage import gaussian_filter
+
+    from imgae_dx.models.perceptual import load_lpips
+
+    net = load_lpips(x.device)
+    if net is None:
+        return None
+    x, recon = x.clamp(0, 1), recon.clamp(0, 1)
+    cx = clahe_equalise(x, cfg.clahe_clip, cfg.clahe_tiles)
+    cr = clahe_equalise(recon, cfg.clahe_clip, cfg.clahe_tiles)
+    out = []
+    for a, b in ((recon, x), (cr, cx)):
+        d = net(a, b).cpu().numpy()
+        out.append(np.stack([gaussian_filter(d[i, 0], sigma=cfg.saliency_sigma)
+                             for i in range(d.shape[0])])[:, None])
+    return torch.from_numpy((out[0] * out[1]).astype(np.float32)).to(x.device)
 
 
 def anomaly_map(x: Tensor, recon: Tensor, cfg: AnomalyConfig) -> Tensor:
@@ -118,12 +150,16 @@ def anomaly_map(x: Tensor, recon: Tensor, cfg: AnomalyConfig) -> Tensor:
     elif cfg.map == "l2":
         m = (x - recon).square()
     elif cfg.map == "clahe":
-        m = (clahe_equalise(x, cfg.clahe_clip_limit, cfg.clahe_tiles)
-             - clahe_equalise(recon, cfg.clahe_clip_limit, cfg.clahe_tiles)).abs()
+        m = (clahe_equalise(x, cfg.clahe_clip, cfg.clahe_tiles)
+             - clahe_equalise(recon, cfg.clahe_clip, cfg.clahe_tiles)).abs()
     elif cfg.map == "ssim":
         m = 1.0 - ssim_map(x.clamp(0, 1), recon.clamp(0, 1), cfg.ssim_window, cfg.ssim_sigma)
     else:  # pragma: no cover - the config schema forbids other values
         raise ValueError(f"unknown anomaly map {cfg.map!r}")
+    if cfg.saliency == "lpips":
+        sal = lpips_saliency(x, recon, cfg)
+        if sal is not None:
+            m = m * sal
     return gaussian_smooth(m, cfg.smoothing_sigma)
 
 

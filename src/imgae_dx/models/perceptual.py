@@ -1,0 +1,174 @@
+"""LPIPS on SqueezeNet features: the perceptual saliency of the RA authors' anomaly maps.
+
+:class:`LPIPS` is Zhang et al.'s learned perceptual distance (``lpips`` package, ``net='squeeze'``,
+version 0.1, ``spatial=True``) rebuilt here so that no torchvision is needed: the SqueezeNet 1.1
+feature extractor (:class:`SqueezeFeatures`, the layer names of torchvision's
+``squeezenet1_1().features``), the input scaling layer, channel-normalised feature differences at
+the 7 taps and the learned 1×1 "linear" heads, each upsampled to the input size and summed::
+
+    x ∈ [0, 1]  →  2x − 1  →  (· − shift) / scale  →  SqueezeNet taps f_l (l = 1..7)
+    d_l = (f_l(x)/‖f_l(x)‖ − f_l(y)/‖f_l(y)‖)²  →  w_l · d_l (1×1 conv)  →  bilinear to H×W  →  Σ_l
+
+Inputs are B×1×H×W gray images: they broadcast over the three RGB channels in the scaling layer,
+as in the authors' code. Output: B×1×H×W (float32).
+
+Weights, loaded the standard way and kept in the standard caches (never unpickled):
+
+* the backbone: torchvision's ``squeezenet1_1-b8a52dc0.pth`` in ``$TORCH_HOME/hub/checkpoints``
+  (``torch.hub.load_state_dict_from_url``: downloaded on first use where the network allows);
+* the linear heads: ``lpips/weights/v0.1/squeeze.pth`` of an installed ``lpips`` package, else
+  the same file in ``~/.cache/imgae_dx/lpips/`` (downloaded on first use where the network allows).
+
+:func:`load_lpips` returns None when a file is missing and cannot be fetched (offline), after one
+log line naming the file and how to provide it; the caller then scores without the saliency.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
+
+BACKBONE_URL = "https://download.pytorch.org/models/squeezenet1_1-b8a52dc0.pth"
+HEADS_URL = "https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v0.1/squeeze.pth"
+#: channels of the 7 taps
+CHANNELS: tuple[int, ...] = (64, 128, 256, 384, 384, 512, 512)
+#: SqueezeNet 1.1 ``features`` indices after which a tap is taken (as the lpips package slices it)
+TAPS: tuple[int, ...] = (1, 4, 7, 9, 10, 11, 12)
+
+
+class Fire(nn.Module):
+    """SqueezeNet's fire module: 1×1 squeeze, then 1×1 and 3×3 expands concatenated."""
+
+    def __init__(self, inplanes: int, squeeze: int, expand1x1: int, expand3x3: int) -> None:
+        super().__init__()
+        self.squeeze = nn.Conv2d(inplanes, squeeze, kernel_size=1)
+        self.expand1x1 = nn.Conv2d(squeeze, expand1x1, kernel_size=1)
+        self.expand3x3 = nn.Conv2d(squeeze, expand3x3, kernel_size=3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.relu(self.squeeze(x))
+        return torch.cat([F.relu(self.expand1x1(x)), F.relu(self.expand3x3(x))], 1)
+
+
+class SqueezeFeatures(nn.Module):
+    """torchvision's ``squeezenet1_1().features`` (same parameter names under ``features.``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 64, kernel_size=3, stride=2), nn.ReLU(),
+            nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True),
+            Fire(64, 16, 64, 64), Fire(128, 16, 64, 64),
+            nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True),
+            Fire(128, 32, 128, 128), Fire(256, 32, 128, 128),
+            nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True),
+            Fire(256, 48, 192, 192), Fire(384, 48, 192, 192),
+            Fire(384, 64, 256, 256), Fire(512, 64, 256, 256),
+        )
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        """x: B×3×H×W → the 7 tap activations."""
+        taps = []
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if i in TAPS:
+                taps.append(x)
+        return taps
+
+
+class LPIPS(nn.Module):
+    """Spatial LPIPS (SqueezeNet, v0.1): ``lpips(x, y)`` → B×1×H×W for x, y B×1×H×W in [0, 1]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = SqueezeFeatures()
+        self.lins = nn.ModuleList(nn.Conv2d(c, 1, kernel_size=1, bias=False) for c in CHANNELS)
+        self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1))
+        self.register_buffer("scale", torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1))
+        self.requires_grad_(False)
+        self.eval()
+
+    def load_heads(self, sd: dict[str, Tensor]) -> None:
+        """The lpips package's head weights (``lin{k}.model.1.weight``)."""
+        for k, lin in enumerate(self.lins):
+            lin.weight.copy_(sd[f"lin{k}.model.1.weight"])
+
+    @torch.no_grad()
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        h, w = x.shape[-2:]
+        fx = self.net((2 * x.float() - 1 - self.shift) / self.scale)
+        fy = self.net((2 * y.float() - 1 - self.shift) / self.scale)
+        out = torch.zeros((x.shape[0], 1, h, w), device=x.device)
+        for a, b, lin in zip(fx, fy, self.lins, strict=True):
+            d = (_unit(a) - _unit(b)).square()
+            out += F.interpolate(lin(d), size=(h, w), mode="bilinear", align_corners=False)
+        return out
+
+
+def _unit(t: Tensor, eps: float = 1e-10) -> Tensor:
+    """Divide by the L2 norm over channels (as ``lpips.normalize_tensor``)."""
+    return t / (t.square().sum(dim=1, keepdim=True).sqrt() + eps)
+
+
+def _heads_file() -> tuple[Path, bool]:
+    """Where the heads are (path, found): an installed ``lpips`` package, else the cache."""
+    spec = importlib.util.find_spec("lpips")
+    if spec is not None and spec.origin:
+        p = Path(spec.origin).parent / "weights" / "v0.1" / "squeeze.pth"
+        if p.is_file():
+            return p, True
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path("~/.cache").expanduser())
+    p = Path(base) / "imgae_dx" / "lpips" / "squeeze.pth"
+    return p, p.is_file()
+
+
+def _fetch(url: str, dst: Path) -> None:
+    import shutil
+    import tempfile
+
+    import requests
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with requests.get(url, stream=True, timeout=30) as r:
+        r.raise_for_status()
+        with tempfile.NamedTemporaryFile(dir=dst.parent, delete=False) as f:
+            shutil.copyfileobj(r.raw, f)
+    os.replace(f.name, dst)
+
+
+_CACHE: dict[str, LPIPS | None] = {}
+
+
+def load_lpips(device: torch.device | str = "cpu") -> LPIPS | None:
+    """The pretrained LPIPS-SqueezeNet on ``device``, or None (logged once) when its weights are
+    neither cached nor downloadable here. Cached per device for the process."""
+    key = str(torch.device(device))
+    if key in _CACHE:
+        return _CACHE[key]
+    net: LPIPS | None = LPIPS()
+    heads, found = _heads_file()
+    try:
+        backbone = torch.hub.load_state_dict_from_url(BACKBONE_URL, map_location="cpu",
+                                                      progress=False, weights_only=True)
+        if not found:
+            _fetch(HEADS_URL, heads)
+        net.net.load_state_dict({k: v for k, v in backbone.items() if k.startswith("features.")})
+        net.load_heads(torch.load(heads, map_location="cpu", weights_only=True))
+        net.to(device)
+    except Exception as e:  # offline, or a damaged file
+        hub = Path(torch.hub.get_dir()) / "checkpoints" / Path(BACKBONE_URL).name
+        log.warning(
+            "LPIPS saliency unavailable (%s: %s): it needs %s and %s (downloaded on first use "
+            "where the network allows; or `pip install lpips` for the heads); scoring with the "
+            "residual map alone", type(e).__name__, str(e)[:120], hub, heads)
+        net = None
+    _CACHE[key] = net
+    return net
