@@ -88,6 +88,11 @@ class AnomalyConfig(_Strict):
         "none", description="multiply the map by the RA authors' perceptual saliency: "
         "G(LPIPS(x̂, x)) · G(LPIPS(CLAHE x̂, CLAHE x)), LPIPS on SqueezeNet (pretrained weights)")
     saliency_sigma: float = Field(2.0, gt=0, description="Gaussian σ of the saliency (authors: 2)")
+    foreground_threshold: float | None = Field(
+        None, ge=0, description="keep the map only on the body: pixels whose 5×5 neighbourhood is "
+        "all above this input value (Kascenas et al.: 0.01); null = everywhere")
+    median_filter: int = Field(
+        0, ge=0, description="median-filter the map with this odd kernel (Kascenas et al.: 5); 0 = off")
     ssim_window: int = Field(11, ge=3, description="SSIM Gaussian window size (odd)")
     ssim_sigma: float = Field(1.5, gt=0, description="SSIM Gaussian window sigma")
 
@@ -98,12 +103,20 @@ class AnomalyConfig(_Strict):
             raise ValueError(f"must be odd (e.g. 7, 11), got {v}")
         return v
 
+    @field_validator("median_filter")
+    @classmethod
+    def _odd_or_off(cls, v: int) -> int:
+        if v and (v % 2 == 0 or v < 3):
+            raise ValueError(f"must be 0 (off) or an odd kernel ≥ 3 (e.g. 5), got {v}")
+        return v
+
 
 class OptimConfig(_Strict):
     name: Literal["adam", "adamw"] = Field("adam", description="optimiser (RA: one per encoder/decoder)")
     lr: float = Field(1e-4, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
+    weight_decay: float = Field(0.0, ge=0, description="adam: L2 in the gradient; adamw: decoupled")
     betas: tuple[float, float] = (0.9, 0.999)
+    amsgrad: bool = Field(False, description="AMSGrad variant (Kascenas et al.'s DAE uses it)")
 
 
 class UNetConfig(_Strict):
@@ -116,6 +129,16 @@ class UNetConfig(_Strict):
     output_activation: Literal["sigmoid", "linear"] = Field(
         "sigmoid", description="last layer: sigmoid keeps reconstructions in [0, 1]"
     )
+    conv: Literal["standard", "ws"] = Field(
+        "standard", description="ws: weight-standardised 3×3 convolutions (Kascenas et al.)")
+    padding: Literal["zeros", "reflect"] = Field(
+        "zeros", description="padding of the 3×3 convolutions (Kascenas et al.: reflect)")
+    noise_roll: bool = Field(
+        False, description="shift the upsampled noise by a random (dy, dx), wrapping around "
+        "(Kascenas et al.): the noise grid is not tied to image positions")
+    noise_foreground_threshold: float | None = Field(
+        None, ge=0, description="add noise only where the input exceeds this value (Kascenas "
+        "et al.: 0.01); null = everywhere")
     optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=1e-4))
     anomaly: AnomalyConfig = Field(default_factory=AnomalyConfig)
 

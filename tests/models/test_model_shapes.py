@@ -103,7 +103,7 @@ def test_configuration_errors_are_clear():
         create_model("ra", 48)
     with pytest.raises(ConfigError, match=r"model\.unet\.bogus") as bad:
         create_model("unet", 64, bogus=1)
-    assert "allowed keys here: anomaly, base_channels, depth" in str(bad.value)  # the U-Net's own keys
+    assert "allowed keys here: anomaly, base_channels, conv, depth" in str(bad.value)  # the U-Net's own keys
     with pytest.raises(ConfigError, match=r"model\.ra\.anomaly\.mapp: unknown key; allowed keys here: .*map"):
         create_model("ra", 64, anomaly={"mapp": "l1"})
     with pytest.raises(ConfigError, match="groups"):

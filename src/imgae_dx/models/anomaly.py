@@ -17,7 +17,11 @@ spatial LPIPS on SqueezeNet (:mod:`imgae_dx.models.perceptual`) and a Gaussian o
 With ``map: clahe`` and ``score: mean`` this is the authors' image score. Without the pretrained
 weights (offline, first use) the saliency is left out, after one log line that says so.
 
-An optional Gaussian smoothing (``smoothing_sigma`` > 0, reflect padding) is applied to the map.
+Post-processing, in this order (Kascenas et al.'s DAE uses the first two): ``foreground_threshold``
+keeps the map on the body only (pixels whose 5×5 neighbourhood in x is entirely above the
+threshold: the mask eroded at the edges, where reconstructions err most); ``median_filter`` (odd
+kernel, reflect padding) removes isolated bright pixels; ``smoothing_sigma`` > 0 applies a Gaussian
+smoothing (reflect padding).
 
 Scores (per image, B): ``mean`` of the map, ``max``, or ``topk`` = mean of the top
 ``topk_percent`` % pixels (at least one).
@@ -160,7 +164,27 @@ def anomaly_map(x: Tensor, recon: Tensor, cfg: AnomalyConfig) -> Tensor:
         sal = lpips_saliency(x, recon, cfg)
         if sal is not None:
             m = m * sal
+    if cfg.foreground_threshold is not None:
+        m = m * foreground_mask(x, cfg.foreground_threshold)
+    if cfg.median_filter:
+        m = median_filter(m, cfg.median_filter)
     return gaussian_smooth(m, cfg.smoothing_sigma)
+
+
+def foreground_mask(x: Tensor, threshold: float) -> Tensor:
+    """B×1×H×W float mask: 1 where every pixel of the 5×5 neighbourhood (zero-padded) of x
+    exceeds ``threshold`` (Kascenas et al.: ``avg_pool(x > t, 5) > 0.95``)."""
+    inside = (x > threshold).float()
+    return (F.avg_pool2d(inside, kernel_size=5, stride=1, padding=2, count_include_pad=True) > 0.95).float()
+
+
+def median_filter(m: Tensor, k: int) -> Tensor:
+    """Median of each k×k neighbourhood (reflect padding; replicate when the map is too small):
+    B×1×H×W → B×1×H×W."""
+    r = k // 2
+    p = F.pad(m, (r, r, r, r), mode=_pad_mode(m.shape[-2], m.shape[-1], r))
+    patches = F.unfold(p, kernel_size=k)  # B×(k·k)×(H·W)
+    return patches.median(dim=1).values.view_as(m)
 
 
 def image_score(m: Tensor, cfg: AnomalyConfig) -> Tensor:

@@ -74,7 +74,7 @@ def build_optimizer(params: Iterable[nn.Parameter], cfg: OptimConfig) -> torch.o
     fused = bool(params) and all(p.is_cuda for p in params)
     cls = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
     return cls(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay,
-               fused=fused or None)
+               amsgrad=cfg.amsgrad, fused=fused or None)
 
 
 # ------------------------------------------------------------------------------ loss functions
@@ -110,18 +110,26 @@ def exp_elbo(rec_err: Tensor, kl: Tensor, scale: float, beta_rec: float, beta_ne
 
 
 def coarse_noise(
-    x: Tensor, std: float, resolution: int, generator: torch.Generator | None = None
+    x: Tensor, std: float, resolution: int, generator: torch.Generator | None = None,
+    *, roll: bool = False,
 ) -> Tensor:
     """N(0, std²) noise drawn at resolution×resolution, bilinearly upsampled to x's H×W.
 
-    x: B×C×H×W → noise B×C×H×W float32 (``align_corners=False``).
+    x: B×C×H×W → noise B×C×H×W float32 (``align_corners=False``). With ``roll`` the upsampled
+    noise is shifted by one random (dy, dx) for the batch, wrapping around (as Kascenas et al.
+    do), drawn from ``generator`` after the noise.
     """
     b, c, h, w = x.shape
     shape = torch.empty((b, c, resolution, resolution), device=x.device)
     n = randn_like_gen(shape, generator) * std
-    if (resolution, resolution) == (h, w):
-        return n
-    return F.interpolate(n, size=(h, w), mode="bilinear", align_corners=False)
+    if (resolution, resolution) != (h, w):
+        n = F.interpolate(n, size=(h, w), mode="bilinear", align_corners=False)
+    if roll:
+        dev = generator.device if generator is not None else "cpu"
+        dy = int(torch.randint(0, h, (1,), generator=generator, device=dev))
+        dx = int(torch.randint(0, w, (1,), generator=generator, device=dev))
+        n = torch.roll(n, shifts=(dy, dx), dims=(-2, -1))
+    return n
 
 
 @contextmanager
@@ -249,10 +257,15 @@ class UNetObjective(_MSEObjective):
         self.cfg = cfg
 
     def corrupt(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
-        """x + N(0, noise_std) drawn at noise_resolution², upsampled; x itself if noise_std = 0."""
-        if self.cfg.noise_std <= 0:
+        """x + N(0, noise_std) drawn at noise_resolution², upsampled (rolled with ``noise_roll``,
+        only where x > ``noise_foreground_threshold`` when set); x itself if noise_std = 0."""
+        c = self.cfg
+        if c.noise_std <= 0:
             return x
-        return x + coarse_noise(x, self.cfg.noise_std, self.cfg.noise_resolution, generator).to(x.dtype)
+        n = coarse_noise(x, c.noise_std, c.noise_resolution, generator, roll=c.noise_roll)
+        if c.noise_foreground_threshold is not None:
+            n = n * (x > c.noise_foreground_threshold)
+        return x + n.to(x.dtype)
 
     @torch.no_grad()
     def val_loss(self, x: Tensor, ctx: StepContext) -> dict[str, float]:

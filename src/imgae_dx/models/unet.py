@@ -1,7 +1,8 @@
 """U-Net denoising autoencoder (the model; the denoising objective is in ``objectives.py``).
 
 Levels ``i = 0 … depth−1`` have ``base_channels·2^i`` channels; each level is two
-conv3×3 → GroupNorm → SiLU. Down: 2×2 average pooling; up: 2×2 stride-2 transposed conv halving the
+conv3×3 → GroupNorm → SiLU (``conv: ws``: weight-standardised convolutions; ``padding: reflect``:
+reflection padding — Kascenas et al.'s DAE uses both). Down: 2×2 average pooling; up: 2×2 stride-2 transposed conv halving the
 channels, then (with ``skip_connections``) concatenation with the encoder feature of that level.
 Output: 1×1 conv to one channel, sigmoid (or linear). For x: B×1×H×W, H and W divisible by
 ``2^(depth−1)``; the bottleneck is B×(base·2^(depth−1))×H/2^(depth−1)×W/2^(depth−1).
@@ -16,16 +17,33 @@ from imgae_dx.config import UNetConfig
 from imgae_dx.models.base import ReconstructionModel, conv_out_hw
 
 
+class WSConv2d(nn.Conv2d):
+    """Conv2d with weight standardisation (Qiao et al. 2019): each filter is centred and divided
+    by its standard deviation (+1e-5) before the convolution."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = self.weight
+        w = w - w.mean(dim=(1, 2, 3), keepdim=True)
+        w = w / (w.flatten(1).std(dim=1).view(-1, 1, 1, 1) + 1e-5)
+        return self._conv_forward(x, w, self.bias)
+
+
+def conv3x3(cin: int, cout: int, cfg: UNetConfig) -> nn.Conv2d:
+    """The level's 3×3 convolution as configured (standard or weight-standardised; padding)."""
+    cls = WSConv2d if cfg.conv == "ws" else nn.Conv2d
+    return cls(cin, cout, 3, padding=1, padding_mode=cfg.padding, bias=False)
+
+
 class ConvBlock(nn.Sequential):
     """(conv3×3 → GroupNorm → SiLU) × 2: B×cin×H×W → B×cout×H×W."""
 
-    def __init__(self, cin: int, cout: int, groups: int) -> None:
+    def __init__(self, cin: int, cout: int, cfg: UNetConfig) -> None:
         super().__init__(
-            nn.Conv2d(cin, cout, 3, padding=1, bias=False),
-            nn.GroupNorm(groups, cout),
+            conv3x3(cin, cout, cfg),
+            nn.GroupNorm(cfg.groups, cout),
             nn.SiLU(inplace=True),
-            nn.Conv2d(cout, cout, 3, padding=1, bias=False),
-            nn.GroupNorm(groups, cout),
+            conv3x3(cout, cout, cfg),
+            nn.GroupNorm(cfg.groups, cout),
             nn.SiLU(inplace=True),
         )
 
@@ -33,11 +51,11 @@ class ConvBlock(nn.Sequential):
 class UpBlock(nn.Module):
     """Transposed conv ×2 (cin → cout), optional skip concat, ConvBlock → B×cout×2H×2W."""
 
-    def __init__(self, cin: int, cout: int, groups: int, skip: bool) -> None:
+    def __init__(self, cin: int, cout: int, cfg: UNetConfig) -> None:
         super().__init__()
-        self.skip = skip
+        self.skip = cfg.skip_connections
         self.up = nn.ConvTranspose2d(cin, cout, kernel_size=2, stride=2)
-        self.block = ConvBlock(2 * cout if skip else cout, cout, groups)
+        self.block = ConvBlock(2 * cout if self.skip else cout, cout, cfg)
 
     def forward(self, x: Tensor, skip: Tensor | None) -> Tensor:
         """x: B×cin×h×w, skip: B×cout×2h×2w (ignored without skips) → B×cout×2h×2w."""
@@ -65,15 +83,10 @@ class UNet(ReconstructionModel):
                     "set model.unet.groups to a divisor of base_channels"
                 )
         self.widths = widths
-        self.inc = ConvBlock(1, widths[0], cfg.groups)
+        self.inc = ConvBlock(1, widths[0], cfg)
         self.pool = nn.AvgPool2d(2)
-        self.downs = nn.ModuleList(
-            ConvBlock(widths[i - 1], widths[i], cfg.groups) for i in range(1, cfg.depth)
-        )
-        self.ups = nn.ModuleList(
-            UpBlock(widths[i], widths[i - 1], cfg.groups, cfg.skip_connections)
-            for i in range(cfg.depth - 1, 0, -1)
-        )
+        self.downs = nn.ModuleList(ConvBlock(widths[i - 1], widths[i], cfg) for i in range(1, cfg.depth))
+        self.ups = nn.ModuleList(UpBlock(widths[i], widths[i - 1], cfg) for i in range(cfg.depth - 1, 0, -1))
         self.out = nn.Conv2d(widths[0], 1, kernel_size=1)
         self.out_act: nn.Module = nn.Sigmoid() if cfg.output_activation == "sigmoid" else nn.Identity()
 

@@ -1,0 +1,109 @@
+"""Each switch of the denoising-AE recipe of Kascenas et al. (2022), one test each."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from imgae_dx.config import AnomalyConfig, load_config
+from imgae_dx.models import create_model, create_objective
+from imgae_dx.models.anomaly import anomaly_map, foreground_mask, median_filter
+from imgae_dx.models.objectives import build_optimizer, coarse_noise
+from imgae_dx.models.unet import WSConv2d
+
+TINY = {"base_channels": 4, "groups": 2, "depth": 3}
+RECIPE = Path(__file__).resolve().parents[2] / "configs" / "recipes" / "dae_kascenas.yaml"
+
+
+def test_weight_standardised_conv():
+    torch.manual_seed(0)
+    conv = WSConv2d(3, 5, 3, padding=1, bias=False)
+    x = torch.rand(2, 3, 8, 8)
+    w = conv.weight
+    ws = (w - w.mean(dim=(1, 2, 3), keepdim=True)) / (w.flatten(1).std(dim=1).view(-1, 1, 1, 1) + 1e-5)
+    assert torch.allclose(conv(x), F.conv2d(x, ws, padding=1), atol=1e-6)
+    y = conv(x)
+    with torch.no_grad():
+        conv.weight.mul_(3.0).add_(0.5)  # scale and shift of a filter do not change its output
+    assert torch.allclose(conv(x), y, rtol=1e-3, atol=1e-4)  # up to the 1e-5 in the divisor
+
+
+def test_conv_type_and_padding_switches_build_the_same_parameters():
+    a = create_model("unet", 32, **TINY)
+    b = create_model("unet", 32, **TINY, conv="ws", padding="reflect", output_activation="linear")
+    convs = [m for m in b.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
+    assert convs and all(isinstance(m, WSConv2d) and m.padding_mode == "reflect" for m in convs)
+    assert not any(isinstance(m, WSConv2d) for m in a.modules())
+    b.load_state_dict(a.state_dict())  # same parameter names and shapes
+    x = torch.rand(2, 1, 32, 32)
+    ya, yb = a(x), b(x)
+    assert (ya >= 0).all() and (ya <= 1).all()  # sigmoid
+    assert yb.min() < 0 or yb.max() > 1 or not torch.allclose(ya, yb)  # linear output, other convs
+
+
+def test_noise_roll_shifts_the_same_noise_by_a_drawn_offset():
+    x = torch.zeros(2, 1, 32, 32)
+    plain = coarse_noise(x, 0.2, 4, torch.Generator().manual_seed(3))
+    rolled = coarse_noise(x, 0.2, 4, torch.Generator().manual_seed(3), roll=True)
+    g = torch.Generator().manual_seed(3)
+    torch.randn((2, 1, 4, 4), generator=g)  # the noise comes first
+    dy, dx = int(torch.randint(0, 32, (1,), generator=g)), int(torch.randint(0, 32, (1,), generator=g))
+    assert (dy, dx) != (0, 0)
+    assert torch.equal(rolled, torch.roll(plain, shifts=(dy, dx), dims=(-2, -1)))
+
+
+def test_noise_only_on_the_foreground():
+    torch.manual_seed(0)
+    m = create_model("unet", 32, **TINY, noise_foreground_threshold=0.01)
+    obj = create_objective("unet", m)
+    x = torch.rand(2, 1, 32, 32) * 0.5 + 0.2
+    x[:, :, :8] = 0.0  # background band
+    noisy = obj.corrupt(x, torch.Generator().manual_seed(1))
+    assert torch.equal(noisy[:, :, :8], x[:, :, :8]) and not torch.equal(noisy[:, :, 8:], x[:, :, 8:])
+
+
+def test_median_filter_matches_scipy():
+    m = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(2))
+    got = median_filter(m, 5)
+    for i in range(2):  # torch's reflect padding is scipy's "mirror"
+        assert np.allclose(got[i, 0].numpy(), ndimage.median_filter(m[i, 0].numpy(), size=5, mode="mirror"))
+    spike = torch.zeros(1, 1, 9, 9)
+    spike[0, 0, 4, 4] = 1.0
+    assert median_filter(spike, 5).abs().max() == 0  # an isolated pixel is removed
+
+
+def test_foreground_mask_is_eroded_at_the_body_edge():
+    x = torch.zeros(1, 1, 12, 12)
+    x[:, :, 2:10, 2:10] = 0.5
+    mask = foreground_mask(x, 0.01)
+    want = torch.zeros_like(x)
+    want[:, :, 4:8, 4:8] = 1.0  # 2 pixels in from the edge of the body
+    assert torch.equal(mask, want)
+    recon = torch.full_like(x, 0.2)
+    m = anomaly_map(x, recon, AnomalyConfig(map="l1", foreground_threshold=0.01))
+    assert torch.equal(m, (x - recon).abs() * want)
+    with pytest.raises(ValueError, match="odd"):
+        AnomalyConfig(median_filter=4)
+
+
+def test_amsgrad_and_decay_reach_the_optimiser():
+    p = [torch.nn.Parameter(torch.zeros(3))]
+    opt = build_optimizer(p, load_config().model.unet.optim.model_copy(update={"amsgrad": True, "weight_decay": 1e-5}))
+    assert opt.param_groups[0]["amsgrad"] is True and opt.param_groups[0]["weight_decay"] == 1e-5
+
+
+def test_the_recipe_file_sets_every_switch():
+    cfg = load_config(RECIPE)
+    u = cfg.model.unet
+    assert (u.conv, u.padding, u.output_activation, u.noise_roll) == ("ws", "reflect", "linear", True)
+    assert u.noise_foreground_threshold == 0.01 and u.optim.amsgrad and u.optim.weight_decay == 1e-5
+    assert (u.anomaly.median_filter, u.anomaly.foreground_threshold) == (5, 0.01)
+    text = RECIPE.read_text()
+    for key in ("conv:", "padding:", "noise_roll:", "median_filter:", "foreground_threshold:", "amsgrad:"):
+        line = next(ln for ln in text.splitlines() if ln.strip().startswith(key))
+        assert "#" in line, f"{key} is configured without saying why"
