@@ -222,3 +222,43 @@ def test_script_wrapper_defaults_to_runs_latest():
     assert mod.translate([]) == ["--run", "runs/latest"]
     assert mod.translate(["--run-dir", "r", "--stages", "all"]) == ["--run", "r", "--stages", "all"]
     assert mod.translate(["--run=x"]) == ["--run=x"]
+
+
+def test_rescoring_without_retraining_goes_to_its_own_folder(tmp_path, small_archive, capsys):
+    """A scoring overlay re-scores the trained checkpoints into eval-NAME/ (report-NAME.html);
+    eval/ is left alone, models whose scoring did not change score the same."""
+    from imgae_dx.cli import main
+
+    run = make_run(tmp_path, small_archive)
+    base = evaluate_run(run, stages="images_001")
+    before = (run / "eval" / "scores.csv").read_bytes()
+    overlay = tmp_path / "clahe_topk.yaml"
+    overlay.write_text("model:\n  ra:\n    anomaly: {map: clahe, score: topk, topk_percent: 5}\n")
+    assert main(["evaluate", "--run", str(run), "--stages", "images_001", "--config", str(overlay)]) == 0
+    out = capsys.readouterr().out
+    assert "scoring ra: map clahe, score topk 5.0 %" in out and "scoring unet: map l1, score mean" in out
+    m = json.loads((run / "eval-clahe_topk" / "metrics.json").read_text())
+    assert m["evaluation"] == "clahe_topk" and m["scoring"]["ra"]["map"] == "clahe"
+    assert base["scoring"]["ra"]["map"] == "l1" and base["evaluation"] == "default"
+    assert (run / "eval" / "scores.csv").read_bytes() == before  # the default evaluation untouched
+    new, old = _rows(run / "eval-clahe_topk" / "scores.csv"), _rows(run / "eval" / "scores.csv")
+    assert [r["unet"] for r in new] == [r["unet"] for r in old]
+    assert [r["ra"] for r in new] != [r["ra"] for r in old]
+    html = (run / "report-clahe_topk.html").read_text()
+    assert "Re-scored evaluation <code>clahe_topk</code>" in html and "map clahe, score topk" in html
+
+
+def test_overlays_that_need_retraining_are_refused(tmp_path, small_archive, capsys):
+    from imgae_dx.cli import main
+
+    run = make_run(tmp_path, small_archive)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  unet:\n    base_channels: 32\n    anomaly: {map: l2}\ntraining: {batch_size: 4}\n")
+    assert main(["evaluate", "--run", str(run), "--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "model.unet.base_channels, training.batch_size" in err and "another training run" in err
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text("model:\n  ra:\n    anomaly: {map: fancy}\n")
+    assert main(["evaluate", "--run", str(run), "--config", str(wrong)]) == 2
+    assert "model.ra.anomaly.map" in capsys.readouterr().err
+    assert not list(run.glob("eval*"))  # nothing written

@@ -125,7 +125,7 @@ def test_examples_round_trip(tmp_path):
                       [{"image_id": "a.png", "title": "t", "image": img, "reconstruction": img,
                         "anomaly_map": img, "boxes": [("Mass", 1, 2, 3, 4)]}])
     assert p.is_file()
-    (it,) = load_examples(tmp_path, "unet")
+    (it,) = load_examples(tmp_path / "eval", "unet")
     assert it["image"].dtype == np.uint8 and abs(it["image"] / 255.0 - img).max() < 0.003
     assert it["boxes"] == [("Mass", 1.0, 2.0, 3.0, 4.0)] and it["title"] == "t"
 

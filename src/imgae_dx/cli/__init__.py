@@ -63,9 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--run", required=True, metavar="RUN_DIR")
     s.add_argument("--source", default=None)
     s.add_argument("--stages", default=None)
+    s.add_argument("--config", default=None, metavar="OVERLAY",
+                   help="re-score without retraining: a YAML of model.*.anomaly.* / "
+                        "model.ra.inference_samples; results go to RUN_DIR/eval-NAME")
+    s.add_argument("--name", default=None,
+                   help="name of a re-scored evaluation (default: the overlay's file name)")
 
     s = sub.add_parser("report", help="write RUN_DIR/report.html and plots")
     s.add_argument("run_dir", metavar="RUN_DIR")
+    s.add_argument("--eval", default=None, metavar="NAME",
+                   help="the report of the re-scored evaluation RUN_DIR/eval-NAME")
 
     s = sub.add_parser("notebook", help="generate the research notebook")
     s.add_argument("--out", default=None, metavar="PATH")

@@ -1,8 +1,11 @@
-"""``imgae-dx evaluate --run RUN_DIR [--source SRC] [--stages …]``: test metrics, then the report."""
+"""``imgae-dx evaluate --run RUN_DIR [--source SRC] [--stages …] [--config OVERLAY [--name NAME]]``:
+test metrics, then the report. With ``--config``, the trained checkpoints are re-scored with the
+overlay's anomaly settings (no retraining) into ``RUN_DIR/eval-NAME`` and ``report-NAME.html``."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from imgae_dx.visualization.plots import fmt_num as _num
@@ -38,15 +41,26 @@ def summary_lines(metrics: dict[str, Any]) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     """Evaluate RUN_DIR's models on the test split, write eval/ and report.html, print a summary."""
     import logging
+    from pathlib import Path
 
     from imgae_dx.evaluation.evaluator import evaluate_run
+    from imgae_dx.evaluation.scoring import describe, read_overlay
     from imgae_dx.visualization.report import write_report
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    metrics = evaluate_run(args.run, source=args.source, stages=args.stages)
+    overlay = name = None
+    if getattr(args, "config", None):
+        overlay = read_overlay(args.config)
+        name = args.name or Path(args.config).stem
+    elif getattr(args, "name", None):
+        print("error: --name names a re-scored evaluation; give its --config OVERLAY too", file=sys.stderr)
+        return 2
+    metrics = evaluate_run(args.run, source=args.source, stages=args.stages, scoring=overlay, name=name)
     for line in summary_lines(metrics):
         print(line)
-    report = write_report(args.run)
-    print(f"metrics: {args.run}/eval/metrics.json")
+    for model, sc in (metrics.get("scoring") or {}).items():
+        print(f"scoring {model}: {describe(sc)}")
+    report = write_report(args.run, name)
+    print(f"metrics: {Path(args.run) / (f'eval-{name}' if name else 'eval') / 'metrics.json'}")
     print(f"report:  {report}")
     return 0

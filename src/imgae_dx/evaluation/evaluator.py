@@ -26,8 +26,9 @@ import json
 import logging
 import math
 import os
+import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from imgae_dx.evaluation import localisation as L
 from imgae_dx.evaluation import metrics as M
 from imgae_dx.evaluation import results as R
 from imgae_dx.evaluation import summary as S
+from imgae_dx.evaluation.scoring import apply_overlay, scoring_of
 from imgae_dx.training.distributed import resolve_device
 from imgae_dx.utils.atomic import atomic_write_text
 
@@ -74,6 +76,9 @@ class CloudEvaluator:
         progress: show tqdm bars.
         on_batch: called after each scored batch with the number of images scored so far (tests
             use it to interrupt an evaluation).
+        scoring: a scoring overlay (:mod:`.scoring`: ``model.*.anomaly.*``,
+            ``model.ra.inference_samples``) applied to the trained checkpoints.
+        name: the evaluation's name: results go to ``RUN_DIR/eval-NAME`` (default ``eval``).
     """
 
     def __init__(
@@ -86,6 +91,8 @@ class CloudEvaluator:
         batch_size: int | None = None,
         progress: bool | None = None,
         on_batch: Callable[[int], None] | None = None,
+        scoring: Mapping[str, Any] | None = None,
+        name: str | None = None,
     ) -> None:
         from imgae_dx.config import config_from_yaml_text
 
@@ -97,13 +104,19 @@ class CloudEvaluator:
                 "(`imgae-dx train --out RUN_DIR`)"
             )
         self.cfg = config_from_yaml_text(cfg_path.read_text(), str(cfg_path))
+        self.overlay = dict(scoring or {})
+        self.score_cfg = apply_overlay(self.cfg, self.overlay) if self.overlay else self.cfg
+        self.scoring = scoring_of(self.score_cfg, list(self.cfg.models))
         self.source = source or self.cfg.source
         self.stages_arg = _parse_stages(stages) or self.cfg.stages
         self.device = resolve_device(device or self.cfg.training.device)
         self.batch_size = int(batch_size or self.cfg.training.batch_size)
         self.progress = self.cfg.logging.progress if progress is None else progress
         self.on_batch = on_batch
-        self.eval_dir = self.run_dir / "eval"
+        if name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+            raise UserError(f"evaluation name {name!r}: use letters, digits, '.', '_' or '-'")
+        self.name = name
+        self.eval_dir = self.run_dir / (f"eval-{name}" if name else "eval")
         self.models: dict[str, Any] = {}
         self.checkpoints: dict[str, dict[str, Any]] = {}
         self.image_size = int(self.cfg.data.image_size)
@@ -131,7 +144,10 @@ class CloudEvaluator:
                     f"{path} was trained at {size}px but the run's config.yaml says "
                     f"data.image_size={self.image_size}; the run folder is inconsistent"
                 )
-            model = create_model(name, image_size=size, cfg=getattr(run_cfg.model, name))
+            mcfg = getattr(run_cfg.model, name)
+            if self.overlay:  # the trained model with the overlay's scoring settings
+                mcfg = getattr(apply_overlay(run_cfg, self.overlay, f"scoring overlay for {path}").model, name)
+            model = create_model(name, image_size=size, cfg=mcfg)
             try:
                 model.load_state_dict(ck.model)
             except (RuntimeError, KeyError) as e:
@@ -162,6 +178,7 @@ class CloudEvaluator:
             "seed": self.cfg.seed,
             "models": {n: {k: c[k] for k in ("file", "step", "saved_at", "file_stamp")}
                        for n, c in self.checkpoints.items()},
+            "scoring": self.scoring,
         }
 
     def _load_state(self, identity: dict[str, Any]) -> dict[str, Any]:
@@ -396,6 +413,8 @@ class CloudEvaluator:
             "threshold_policy": "no threshold is tuned on the test split; F1-max is an oracle summary",
             "checkpoint_policy": ("best.pt = the epoch-end checkpoint with the lowest loss on the "
                                   "normal validation images of every stage trained so far"),
+            "evaluation": self.name or "default",
+            "scoring": self.scoring,
             "stream": {k: f[k] for k in ("images", "bytes_fetched", "requests", "seconds", "peak_rss_mb")
                        if k in f},
             "table": [

@@ -172,10 +172,10 @@ def save_examples(path: Path, items: Sequence[Mapping[str, Any]]) -> Path:
     return path
 
 
-def load_examples(run_dir: Path, model: str) -> list[dict[str, Any]]:
-    """``eval/examples/<model>.npz`` → items (``image``, ``reconstruction`` uint8 H×W,
+def load_examples(eval_dir: Path, model: str) -> list[dict[str, Any]]:
+    """``EVAL_DIR/examples/<model>.npz`` → items (``image``, ``reconstruction`` uint8 H×W,
     ``anomaly_map`` float32 H×W, ``title``, ``boxes``); empty when not evaluated."""
-    p = run_dir / "eval" / "examples" / f"{model}.npz"
+    p = eval_dir / "examples" / f"{model}.npz"
     if not p.is_file():
         return []
     with np.load(p, allow_pickle=False) as z:

@@ -26,6 +26,7 @@ import numpy as np
 
 from imgae_dx.errors import RunFolderError
 from imgae_dx.evaluation.results import load_examples, read_scores
+from imgae_dx.evaluation.scoring import describe
 from imgae_dx.evaluation.summary import best_by_auroc
 from imgae_dx.run.records import Record, TrainRecord, read_records
 from imgae_dx.utils.atomic import atomic_write_text
@@ -150,6 +151,18 @@ def _honest_note(metrics: Mapping[str, Any] | None) -> str:
     return '<div class="note">' + "".join(f"<p>{t}</p>" for t in lines) + "</div>"
 
 
+def _scoring_html(metrics: Mapping[str, Any]) -> str:
+    """Which anomaly map and score each model's test scores come from."""
+    scoring = metrics.get("scoring") or {}
+    if not scoring:
+        return ""
+    name = metrics.get("evaluation", "default")
+    head = ("Scoring of the trained checkpoints" if name == "default"
+            else f"Re-scored evaluation <code>{_e(name)}</code> of the trained checkpoints")
+    items = "".join(f"<li><b>{_e(m)}</b>: {_e(describe(s))}</li>" for m, s in scoring.items())
+    return f"<p class=muted>{head}:</p><ul class=muted>{items}</ul>"
+
+
 def _comparison_html(metrics: Mapping[str, Any]) -> str:
     models = metrics.get("models", {})
     rows = []
@@ -218,16 +231,18 @@ def _localisation_html(metrics: Mapping[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------------------ main
-def make_plots(run_dir: Path, metrics: Mapping[str, Any], records: Sequence[Record]
-               ) -> dict[str, Path | None]:
-    """Draw every figure the run folder has data for into RUN_DIR/plots/; returns name → path.
+def make_plots(run_dir: Path, metrics: Mapping[str, Any], records: Sequence[Record],
+               evaluation: str | None = None) -> dict[str, Path | None]:
+    """Draw every figure the run folder has data for into RUN_DIR/plots/ (``plots-NAME/`` for the
+    evaluation ``eval-NAME``); returns name → path.
 
     Args:
-        metrics: ``eval/metrics.json`` as read ({} before evaluation).
+        metrics: the evaluation's ``metrics.json`` as read ({} before evaluation).
         records: ``metrics.jsonl`` as read.
     """
-    pd = run_dir / "plots"
-    table = read_scores(run_dir / "eval" / "scores.csv")
+    pd = run_dir / (f"plots-{evaluation}" if evaluation else "plots")
+    ev = run_dir / (f"eval-{evaluation}" if evaluation else "eval")
+    table = read_scores(ev / "scores.csv")
     labels, scores = table.labels, table.scores
     out: dict[str, Path | None] = {
         "roc_pr": plots.plot_roc_pr(metrics, pd / "roc_pr.png"),
@@ -237,13 +252,14 @@ def make_plots(run_dir: Path, metrics: Mapping[str, Any], records: Sequence[Reco
         "throughput": plots.plot_throughput(records, pd / "throughput_memory.png"),
     }
     for name in metrics.get("models", {}) or scores:
-        out[f"examples_{name}"] = plots.plot_examples(name, load_examples(run_dir, name),
+        out[f"examples_{name}"] = plots.plot_examples(name, load_examples(ev, name),
                                                       pd / f"examples_{name}.png")
     return out
 
 
-def write_report(run_dir: str | Path) -> Path:
+def write_report(run_dir: str | Path, evaluation: str | None = None) -> Path:
     """Write RUN_DIR/report.html and RUN_DIR/plots/*.png from the run folder; returns the HTML path.
+    For a re-scored evaluation (``eval-NAME``): ``report-NAME.html`` and ``plots-NAME/``.
 
     Raises:
         RunFolderError: RUN_DIR is not a run folder (no config.yaml, metrics.jsonl or eval/).
@@ -256,11 +272,15 @@ def write_report(run_dir: str | Path) -> Path:
             f"{run_dir} is not an ImgAE-Dx run folder (no config.yaml, metrics.jsonl or "
             "eval/metrics.json); pass the --out folder of `imgae-dx train`"
         )
-    metrics = _read_json(run_dir / "eval" / "metrics.json")
+    ev = run_dir / (f"eval-{evaluation}" if evaluation else "eval")
+    if evaluation and not (ev / "metrics.json").is_file():
+        raise RunFolderError(f"{ev} holds no metrics.json: run `imgae-dx evaluate --run {run_dir} "
+                             f"--config OVERLAY --name {evaluation}` first")
+    metrics = _read_json(ev / "metrics.json")
     records = read_records(run_dir / "metrics.jsonl")
     cfg_path = run_dir / "config.yaml"
     cfg_text = cfg_path.read_text() if cfg_path.is_file() else "(config.yaml missing)"
-    figs = make_plots(run_dir, metrics or {}, records)
+    figs = make_plots(run_dir, metrics or {}, records, evaluation)
 
     parts = [f"<h1>ImgAE-Dx report</h1><p class=muted>Run folder <code>{_e(run_dir.resolve())}</code> · "
              f"written {_e(time.strftime('%Y-%m-%d %H:%M:%S'))}</p>"]
@@ -275,7 +295,8 @@ def write_report(run_dir: str | Path) -> Path:
             f"<b>{_num(best.get('auroc'))}</b> (95% CI {_num(ci[0])}–{_num(ci[1])}) on "
             f"{_num((metrics.get('counts') or {}).get('images'))} test images{ptxt}.</div>")
         parts.append(_honest_note(metrics))
-        parts.append("<h2>Comparison</h2>" + _comparison_html(metrics) + _counts_html(metrics))
+        parts.append("<h2>Comparison</h2>" + _scoring_html(metrics) + _comparison_html(metrics)
+                     + _counts_html(metrics))
         parts.append("<h2>Curves</h2>" + _img(figs["roc_pr"], "ROC and precision-recall curves"))
         parts.append("<h2>Score distributions</h2>" + _img(figs["score_histograms"], "score histograms"))
         parts.append("<h2>Per finding and view</h2>" + _img(figs["per_finding"], "AUROC per finding")
@@ -300,4 +321,4 @@ def write_report(run_dir: str | Path) -> Path:
            "<meta name=viewport content='width=device-width,initial-scale=1'><link rel=icon href='data:,'>"
            f"<title>ImgAE-Dx report</title><style>{_CSS}</style></head><body><main>"
            + "\n".join(parts) + "</main></body></html>")
-    return atomic_write_text(run_dir / "report.html", doc)
+    return atomic_write_text(run_dir / (f"report-{evaluation}.html" if evaluation else "report.html"), doc)
