@@ -21,7 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from imgae_dx.errors import UserError
 
-MODEL_NAMES: tuple[str, ...] = ("unet", "ra", "ae")
+MODEL_NAMES: tuple[str, ...] = ("unet", "ra", "ae", "pca")
+#: the models trained by gradient steps (``pca`` is fitted once, after them)
+GRADIENT_MODELS: tuple[str, ...] = ("unet", "ra", "ae")
 
 
 class ConfigError(UserError, ValueError):
@@ -173,10 +175,22 @@ class AEConfig(_Strict):
     anomaly: AnomalyConfig = Field(default_factory=AnomalyConfig)
 
 
+class PCAConfig(_Strict):
+    max_components: int = Field(128, ge=1, description="principal components fitted (k ≤ this)")
+    fit_images: int = Field(
+        2048, ge=2, description="training normals the components are fitted on, spread evenly "
+        "over the stages (deterministic choice)")
+    explained_variance: float = Field(
+        0.95, gt=0, le=1, description="k = the fewest components explaining this share of the "
+        "validation normals' variance (k is chosen on validation normals only)")
+    anomaly: AnomalyConfig = Field(default_factory=AnomalyConfig)
+
+
 class ModelsConfig(_Strict):
     unet: UNetConfig = Field(default_factory=UNetConfig)
     ra: RAConfig = Field(default_factory=RAConfig)
     ae: AEConfig = Field(default_factory=AEConfig)
+    pca: PCAConfig = Field(default_factory=PCAConfig)
 
 
 # ----------------------------------------------------------------------------------- training
@@ -226,7 +240,7 @@ class Config(_Strict):
     seed: int = 42
     source: str = Field("kaggle:nih-chest-xrays/data", description="kaggle:OWNER/SLUG, URL, .zip, folder")
     stages: str | list[str] = Field("all", description="'all' or a list of images_NNN")
-    models: list[Literal["unet", "ra", "ae"]] = Field(default_factory=lambda: ["unet", "ra"])
+    models: list[Literal["unet", "ra", "ae", "pca"]] = Field(default_factory=lambda: ["unet", "ra", "pca"])
     out: str = "runs/latest"
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelsConfig = Field(default_factory=ModelsConfig)
@@ -249,7 +263,7 @@ class Config(_Strict):
     @classmethod
     def _models(cls, v: list[str]) -> list[str]:
         if not v:
-            raise ValueError("at least one model is needed (unet, ra, ae)")
+            raise ValueError("at least one model is needed (unet, ra, ae, pca)")
         return list(dict.fromkeys(v))
 
     def to_yaml(self) -> str:

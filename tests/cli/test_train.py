@@ -15,7 +15,7 @@ def test_flags_map_to_config_keys(tmp_path):
               "--model", "all", "--image-size", "64", "--batch-size", "8", "--out", str(tmp_path),
               "--device", "cpu", "--logger", "tensorboard")
     cfg = build_config(a)
-    assert cfg.models == ["unet", "ra", "ae"]
+    assert cfg.models == ["unet", "ra", "ae", "pca"]  # all: the deep models and the baseline
     assert cfg.stages == ["images_001", "images_002"]
     assert (cfg.source, cfg.out) == ("x.zip", str(tmp_path))
     assert (cfg.training.epochs_per_stage, cfg.training.batch_size, cfg.training.device) == (3, 8, "cpu")
@@ -32,4 +32,4 @@ def test_resume_starts_from_the_run_config(tmp_path):
     again = build_config(_args("--out", str(run), "--resume"))
     assert again.models == ["ae"] and again.data.image_size == 64
     # without --resume the defaults apply (and the trainer refuses the folder)
-    assert build_config(_args("--out", str(run))).models == ["unet", "ra"]
+    assert build_config(_args("--out", str(run))).models == ["unet", "ra", "pca"]

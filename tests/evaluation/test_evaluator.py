@@ -27,7 +27,7 @@ TINY = {
     "data.image_size": 64, "training.batch_size": 8, "training.device": "cpu",
     "evaluation.bootstrap": 50, "evaluation.examples": 4, "logging.progress": False,
     "model.unet.base_channels": 8, "model.unet.depth": 3, "model.ra.channels": [8, 16, 16],
-    "model.ra.zdim": 16, "data.view": "all",
+    "model.ra.zdim": 16, "data.view": "all", "models": ["unet", "ra"],
 }
 
 
@@ -262,3 +262,17 @@ def test_overlays_that_need_retraining_are_refused(tmp_path, small_archive, caps
     assert main(["evaluate", "--run", str(run), "--config", str(wrong)]) == 2
     assert "model.ra.anomaly.map" in capsys.readouterr().err
     assert not list(run.glob("eval*"))  # nothing written
+
+
+def test_packaged_recipes_as_overlays():
+    """The RA authors' scoring re-scores a trained run; the DAE recipe changes training and is refused."""
+    from imgae_dx.config import ConfigError, load_config
+    from imgae_dx.evaluation.scoring import apply_overlay, read_overlay
+
+    recipes = Path(__file__).resolve().parents[2] / "configs" / "recipes"
+    ov = read_overlay(recipes / "ra_authors_scoring.yaml")
+    ra = apply_overlay(load_config(), ov).model.ra
+    assert (ra.anomaly.map, ra.anomaly.saliency, ra.anomaly.score, ra.inference_samples) == (
+        "clahe", "lpips", "mean", 1)
+    with pytest.raises(ConfigError, match="model.unet.conv"):
+        read_overlay(recipes / "dae_kascenas.yaml")

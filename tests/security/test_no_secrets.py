@@ -109,7 +109,8 @@ def test_scanner_finds_a_planted_key(tmp_path: Path):
 
 
 def _train_evaluate_scan(tmp_path: Path, source: str, credentials: Path) -> list[str]:
-    """Train (3 tiny models, 1 stage), evaluate, generate the notebook; return the secret hits."""
+    """Train (3 tiny models and the PCA baseline, 1 stage), evaluate, generate the notebook; return the
+    secret hits."""
     env = dict(os.environ)
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(TINY)
@@ -134,7 +135,7 @@ def _train_evaluate_scan(tmp_path: Path, source: str, credentials: Path) -> list
 
     # what the run must have produced, so the scan below covers real artefacts
     checkpoints = sorted(run.glob("checkpoints/*/*.pt"))
-    assert {p.parent.name for p in checkpoints} == {"unet", "ra", "ae"}, checkpoints
+    assert {p.parent.name for p in checkpoints} == {"unet", "ra", "ae", "pca"}, checkpoints
     assert (run / "config.yaml").is_file() and (run / "metrics.jsonl").is_file()
     assert (run / "eval" / "metrics.json").is_file() and (run / "report.html").is_file()
 

@@ -26,7 +26,8 @@ MODELS = ("unet", "ra", "ae")
 def test_run_folder_layout(full_run):
     out = full_run
     cfg = yaml.safe_load((out / "config.yaml").read_text())
-    assert cfg["models"] == list(MODELS) and cfg["data"]["image_size"] == 64
+    assert cfg["models"] == [*MODELS, "pca"] and cfg["data"]["image_size"] == 64  # --model all
+    assert {p.name for p in (out / "checkpoints" / "pca").iterdir()} == {"best.pt", "last.pt"}
     for m in MODELS:
         names = {p.name for p in (out / "checkpoints" / m).iterdir()}
         assert {"stage_1.pt", "stage_2.pt", "stage_3.pt", "last.pt", "best.pt"} <= names
@@ -347,3 +348,28 @@ def test_fp16_on_cpu_logs_the_loss_scale_and_resumes_exactly(train_archive, tmp_
         a = torch.load(out / "checkpoints" / m / "last.pt", weights_only=True)["scaler"]
         b = torch.load(ref / "checkpoints" / m / "last.pt", weights_only=True)["scaler"]
         assert a == b
+
+
+def test_pca_baseline_is_fitted_after_the_deep_models_and_evaluated(train_archive, tmp_path):
+    """--model pca next to a deep model: fitted once after the last stage on training normals
+    spread over the stages, k chosen on the validation normals; its checkpoint loads safely and
+    the evaluator scores it next to the deep model."""
+    from imgae_dx.evaluation.evaluator import evaluate_run
+    from imgae_dx.run.checkpoint import read_checkpoint
+    from imgae_dx.training.pca_fit import training_subset
+
+    out = tmp_path / "pca"
+    cfg = tiny_config(train_archive, out, models=["ae", "pca"], stages=["images_001", "images_002"],
+                      **{"evaluation.bootstrap": 20, "model.pca.fit_images": 30})
+    tr = StreamingTrainer(cfg)
+    res = tr.train_progressive_stages()
+    assert set(res.best_val) == {"ae"} and not res.interrupted
+    ck = read_checkpoint(out / "checkpoints" / "pca" / "best.pt", model_name="pca")
+    assert int(ck.model["k"]) >= 1 and ck.val_loss > 0 and ck.stage_k == 2
+    assert (out / "checkpoints" / "pca" / "last.pt").is_file()
+    subset = training_subset(cfg, tr.index, ["images_001", "images_002"])
+    assert 0 < sum(len(m) for m in subset.values()) <= 30 and all(len(m) for m in subset.values())
+    assert {s: m.tolist() for s, m in subset.items()} == {
+        s: m.tolist() for s, m in training_subset(cfg, tr.index, ["images_001", "images_002"]).items()}
+    m = evaluate_run(out)
+    assert set(m["models"]) == {"ae", "pca"} and 0 <= m["models"]["pca"]["auroc"] <= 1

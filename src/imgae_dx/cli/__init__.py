@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--source", default=None)
     s.add_argument("--stages", default=None)
     s.add_argument("--epochs-per-stage", type=int, default=None)
-    s.add_argument("--model", choices=["unet", "ra", "ae", "all"], default=None)
+    s.add_argument("--model", choices=["unet", "ra", "ae", "pca", "all"], default=None,
+                   help="all = unet, ra, ae and the pca baseline")
     s.add_argument("--image-size", type=int, default=None)
     s.add_argument("--batch-size", type=int, default=None)
     s.add_argument("--out", default=None, metavar="RUN_DIR")

@@ -4,7 +4,7 @@
 anomaly-map/score settings. An overlay has the shape of a config file but may only hold the keys
 that act after training:
 
-* ``model.<unet|ra|ae>.anomaly.*`` — the map, its post-processing, the saliency and the image score;
+* ``model.<unet|ra|ae|pca>.anomaly.*`` — the map, its post-processing, the saliency and the image score;
 * ``model.ra.inference_samples`` — reconstruct from μ or from sampled z.
 
 Anything else (widths, losses, data, training…) would need another training run and is refused
@@ -23,7 +23,7 @@ from typing import Any
 from imgae_dx.config import Config, ConfigError, _deep_merge, _read_yaml, format_validation_error
 
 #: dotted keys an overlay may set (regular expressions over the flattened keys)
-SCORING_KEYS: tuple[str, ...] = (r"model\.(unet|ra|ae)\.anomaly\.[a-z_]+", r"model\.ra\.inference_samples")
+SCORING_KEYS: tuple[str, ...] = (r"model\.(unet|ra|ae|pca)\.anomaly\.[a-z_]+", r"model\.ra\.inference_samples")
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -46,7 +46,7 @@ def read_overlay(path: str | Path) -> dict[str, Any]:
     if bad:
         raise ConfigError(
             f"scoring overlay {path} changes {', '.join(bad)}: that needs another training run. "
-            "An evaluation overlay may only set model.<unet|ra|ae>.anomaly.* and "
+            "An evaluation overlay may only set model.<unet|ra|ae|pca>.anomaly.* and "
             "model.ra.inference_samples")
     return data
 

@@ -17,6 +17,7 @@ from imgae_dx.config import (
     MODEL_NAMES,
     AEConfig,
     ConfigError,
+    PCAConfig,
     RAConfig,
     UNetConfig,
     _deep_merge,
@@ -33,18 +34,20 @@ from imgae_dx.models.objectives import (
     StepContext,
     UNetObjective,
 )
+from imgae_dx.models.pca import PCAModel
 from imgae_dx.models.reversed_ae import ReversedAutoencoder
 from imgae_dx.models.unet import UNet
 
 __all__ = [
-    "Prediction", "ReconstructionModel", "UNet", "ReversedAutoencoder", "ConvAutoencoder",
+    "Prediction", "ReconstructionModel", "UNet", "ReversedAutoencoder", "ConvAutoencoder", "PCAModel",
     "Objective", "LossPart", "StepContext", "UNetObjective", "RAObjective", "AEObjective",
     "create_model", "create_objective", "model_config",
 ]
 
-_CONFIGS: dict[str, type[BaseModel]] = {"unet": UNetConfig, "ra": RAConfig, "ae": AEConfig}
+_CONFIGS: dict[str, type[BaseModel]] = {"unet": UNetConfig, "ra": RAConfig, "ae": AEConfig,
+                                        "pca": PCAConfig}
 _MODELS: dict[str, type[ReconstructionModel]] = {
-    "unet": UNet, "ra": ReversedAutoencoder, "ae": ConvAutoencoder,
+    "unet": UNet, "ra": ReversedAutoencoder, "ae": ConvAutoencoder, "pca": PCAModel,
 }
 _OBJECTIVES: dict[str, type[Objective]] = {"unet": UNetObjective, "ra": RAObjective, "ae": AEObjective}
 
@@ -107,6 +110,9 @@ def create_objective(name: str, model: ReconstructionModel,
     ``model.cfg``; pass the section of the run's config to change optimiser/loss settings.
     """
     _check_name(name)
+    if name not in _OBJECTIVES:
+        raise ConfigError(f"{name!r} has no training objective: it is fitted after the others "
+                          "(PCAModel.fit), not trained by gradient steps")
     if not isinstance(model, _MODELS[name]):
         raise ConfigError(f"create_objective({name!r}) needs a {_MODELS[name].__name__}, "
                           f"got {type(model).__name__}")

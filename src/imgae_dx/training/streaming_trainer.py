@@ -43,8 +43,8 @@ import numpy as np
 import torch
 
 from imgae_dx import __version__
-from imgae_dx.config import Config, load_config
-from imgae_dx.errors import CheckpointError
+from imgae_dx.config import GRADIENT_MODELS, Config, load_config
+from imgae_dx.errors import CheckpointError, UserError
 from imgae_dx.models.objectives import StepContext
 from imgae_dx.run.checkpoint import ArchiveRef, CheckpointPayload, Position, RankState
 from imgae_dx.run.identity import config_fingerprint
@@ -53,6 +53,7 @@ from imgae_dx.training import run_folder
 from imgae_dx.training.checkpointer import Checkpointer, capture_rng, restore_rng
 from imgae_dx.training.loggers import check_available as check_logger
 from imgae_dx.training.loop import Progress, ValSums, train_one_epoch, validate
+from imgae_dx.training.pca_fit import fit_pca
 from imgae_dx.training.precision import resolve_precision
 from imgae_dx.training.reporting import Reporter, pooled_loss
 from imgae_dx.training.selection import Selector, ValidationPool, collect
@@ -143,7 +144,8 @@ class StreamingTrainer:
         cfg_dict = run_folder.config_dict(cfg)  # 1. validate everything before writing anything
         self.fingerprint = config_fingerprint(cfg_dict)
         self.config_yaml = run_folder.config_yaml(cfg_dict)
-        resuming = run_folder.check_run_folder(self.run_dir, list(cfg.models), cfg_dict, self.resume)
+        self.deep = [m for m in cfg.models if m in GRADIENT_MODELS]  # pca: fitted after them
+        resuming = run_folder.check_run_folder(self.run_dir, self.deep, cfg_dict, self.resume)
         check_logger(cfg.logging.logger)
         from imgae_dx.data.nih_index import NIHIndex
 
@@ -163,8 +165,8 @@ class StreamingTrainer:
         total = sum(self.data.batches_per_epoch.values()) * t.epochs_per_stage
         for st in self.steps.values():
             st.schedule = lambda s, total=total: lr_factor(s, total, t.warmup_steps, t.scheduler)
-        self.checkpointer = Checkpointer(self.run_dir, cfg.models, writer=self.is_main)
-        self.selector = Selector(cfg.models)
+        self.checkpointer = Checkpointer(self.run_dir, self.deep, writer=self.is_main)
+        self.selector = Selector(self.deep)
         self.pool = ValidationPool(t.batch_size)
         self.progress, self.position = Progress(), Position()
         self.bad_epochs, self.resumed_from_step, self._resume_ds, self._si = 0, None, None, 0
@@ -189,7 +191,7 @@ class StreamingTrainer:
         cfg, t = self.cfg, self.cfg.training
         self.models, self.objectives, self.steps = {}, {}, {}
         sync = dist_utils.all_reduce_grads if self.dist.distributed else None
-        for i, name in enumerate(cfg.models):
+        for i, name in enumerate(self.deep):
             model = create_model(name, image_size=cfg.data.image_size, cfg=getattr(cfg.model, name))
             model.to(self.device)
             if self.cuda and t.channels_last:
@@ -235,7 +237,9 @@ class StreamingTrainer:
             if not self._prepared:
                 self._prepare()
             with self.stop.handlers():
-                interrupted = self._loop()
+                interrupted = self._loop() if self.deep else False
+            if not interrupted:
+                self._finish()
             sig = self.stop.signum if interrupted else None
             return TrainResult(
                 run_dir=self.run_dir, step=self.progress.step, stages=list(self.stages),
@@ -385,6 +389,31 @@ class StreamingTrainer:
             out[n][s].images = int(v)
         return out
 
+    def _finish(self) -> None:
+        """After the last stage: the PCA baseline (rank 0), fitted on training normals with k
+        chosen on the validation normals of every stage; ``checkpoints/pca/{last,best}.pt``."""
+        if "pca" not in self.cfg.models:
+            return
+        for stage in self.stages:
+            if stage not in self.pool:
+                self.pool.add(stage, collect(self.data.val_batches(stage), self.cfg.training.val_max_images))
+        if self.is_main:
+            try:
+                model, facts = fit_pca(self.cfg, self._archive, self.index, self.stages, self.pool,
+                                       self.data.memory)
+            except ValueError as e:
+                raise UserError(f"the PCA baseline cannot be fitted: {e}; widen the split "
+                                "(data.view all, more --stages) or drop pca from --model") from None
+            self._si = len(self.stages) - 1
+            payload = CheckpointPayload(
+                model_name="pca", model={k: v.cpu() for k, v in model.state_dict().items()},
+                val_loss=facts["val_mse"], **self._common_fields(ranks=[], val_stages=len(self.stages)))
+            Checkpointer(self.run_dir, ["pca"]).save({"pca": payload}, best=["pca"])
+            log.info("pca: k = %d of %d components (%.1f %% of the validation variance), fitted on "
+                     "%d training normals; validation MSE %.5f", facts["k"], facts["components"],
+                     100 * facts["explained"], facts["train_images"], facts["val_mse"])
+        dist_utils.barrier()
+
     # ------------------------------------------------------------------ checkpoints
     def _save(self, stage_k: int | None = None, best: list[str] | tuple[str, ...] = (),
               val: dict[str, float] | None = None, val_stages: int = 0) -> None:
@@ -396,14 +425,7 @@ class StreamingTrainer:
         self._last_save, self._last_save_step = time.monotonic(), self.progress.step
         if not self.is_main:
             return
-        common = dict(
-            config_yaml=self.config_yaml, fingerprint=self.fingerprint,
-            image_size=self.cfg.data.image_size, package_version=__version__,
-            step=self.progress.step, images_seen=self.progress.images_seen, stages=list(self.stages),
-            stage=self.stages[self._si], stage_k=self._si + 1, position=replace(self.position),
-            world_size=self.dist.world_size, precision=self.precision.name, val_stages=val_stages,
-            rank_states=ranks, wandb_run_id=self.reporter.wandb_run_id if self.reporter else None,
-            archive=self._archive_ref(), saved_at=time.time())
+        common = self._common_fields(ranks=ranks, val_stages=val_stages)
         payloads = {}
         for n, model in self.models.items():
             st = self.steps[n].state_dict()
@@ -413,6 +435,17 @@ class StreamingTrainer:
                 val_loss=(val or {}).get(n), selection=replace(self.selector.state[n], bad_epochs=self.bad_epochs),
                 **common)
         self.checkpointer.save(payloads, stage_k=stage_k, best=best)
+
+    def _common_fields(self, *, ranks: list[RankState], val_stages: int) -> dict[str, Any]:
+        """The payload fields every model's checkpoint of one save shares."""
+        return dict(
+            config_yaml=self.config_yaml, fingerprint=self.fingerprint,
+            image_size=self.cfg.data.image_size, package_version=__version__,
+            step=self.progress.step, images_seen=self.progress.images_seen, stages=list(self.stages),
+            stage=self.stages[self._si], stage_k=self._si + 1, position=replace(self.position),
+            world_size=self.dist.world_size, precision=self.precision.name, val_stages=val_stages,
+            rank_states=ranks, wandb_run_id=self.reporter.wandb_run_id if self.reporter else None,
+            archive=self._archive_ref(), saved_at=time.time())
 
     def _archive_ref(self) -> ArchiveRef:
         reader = self._archive.reader

@@ -1,0 +1,170 @@
+"""Detection-quality ablations: each recipe switch × several training seeds, on a development
+archive (never the demo's test split), test AUROC as mean ± sd per setting and model.
+
+    python benchmarks/quality_bench.py                     # 3 seeds, the demo recipe's switches
+    python benchmarks/quality_bench.py --smoke             # CI: tiny archive, 1 seed, 1 epoch
+
+Settings that need training (``--settings``):
+
+* ``demo`` — ``configs/demo.yaml`` as shipped;
+* ``dae`` — the same, with the U-Net as Kascenas et al.'s DAE (``configs/recipes/dae_kascenas.yaml``);
+* ``replay`` — the same, with ``training.replay: all`` (earlier stages revisited; when built).
+
+Each trained run is then re-scored without retraining (``imgae-dx evaluate --config``) with every
+scoring variant of ``SCORINGS`` (map × score; the RA authors' score). The archive is the demo's
+sample recipe with another generator seed (``--archive-seed``, default 1): defaults are chosen on it
+and on validation loss, never on the demo's own test split.
+
+Prints one JSON object and a Markdown table (``--markdown``) for ``benchmarks/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = ROOT / "configs" / "recipes"
+
+#: scoring overlays applied to every trained model (name → anomaly settings)
+SCORINGS: dict[str, dict[str, Any]] = {
+    "l1_mean": {"map": "l1", "score": "mean"},
+    "l1_top1": {"map": "l1", "score": "topk", "topk_percent": 1.0},
+    "l2_mean": {"map": "l2", "score": "mean"},
+    "clahe_mean": {"map": "clahe", "score": "mean"},
+    "ssim_mean": {"map": "ssim", "score": "mean"},
+    "l1_median5_mean": {"map": "l1", "score": "mean", "median_filter": 5},
+}
+
+
+def _overlay(models: list[str], anomaly: dict[str, Any]) -> dict[str, Any]:
+    return {"model": {m: {"anomaly": dict(anomaly)} for m in models}}
+
+
+def train_and_score(setting: str, seed: int, archive: Path, out: Path, args: argparse.Namespace) -> dict:
+    """Train one setting at one seed, then score it with every variant; returns the figures."""
+    from imgae_dx.config import load_config, nest_dotted
+    from imgae_dx.evaluation.evaluator import evaluate_run
+    from imgae_dx.training.streaming_trainer import StreamingTrainer
+
+    over: dict[str, Any] = {"source": str(archive), "out": str(out), "seed": seed,
+                            "logging.progress": False, "evaluation.bootstrap": args.bootstrap,
+                            "evaluation.examples": 0}
+    if args.smoke:
+        over.update({"training.epochs_per_stage": 1, "model.unet.base_channels": 8,
+                     "model.unet.groups": 4, "model.ra.channels": [4, 8, 8, 16, 16]})
+    files = [ROOT / "configs" / "demo.yaml"]
+    if setting == "dae":
+        files.append(RECIPES / "dae_kascenas.yaml")
+    if setting == "replay":
+        over["training.replay"] = "all"
+    base: dict[str, Any] = {}
+    import yaml
+
+    from imgae_dx.config import _deep_merge
+
+    for f in files:
+        base = _deep_merge(base, yaml.safe_load(f.read_text()))
+    merged = out.parent / f"{out.name}.yaml"
+    merged.write_text(yaml.safe_dump(_deep_merge(base, nest_dotted(over))))
+    cfg = load_config(merged)
+    t0 = time.perf_counter()
+    res = StreamingTrainer(cfg).train_progressive_stages()
+    train_s = time.perf_counter() - t0
+    models = list(cfg.models)
+    row: dict[str, Any] = {"setting": setting, "seed": seed, "train_s": round(train_s, 1),
+                           "val_loss": res.best_val, "auroc": {}}
+    for name, anomaly in SCORINGS.items():
+        m = evaluate_run(out, scoring=_overlay(models, anomaly), name=name,
+                         progress=False)
+        row["auroc"][name] = {k: v["auroc"] for k, v in m["models"].items()}
+    ra_authors = yaml.safe_load((RECIPES / "ra_authors_scoring.yaml").read_text())
+    if "ra" in models:
+        m = evaluate_run(out, scoring=ra_authors, name="ra_authors", progress=False)
+        row["auroc"]["ra_authors"] = {"ra": m["models"]["ra"]["auroc"]}
+        from imgae_dx.models import perceptual
+
+        row["lpips_used"] = any(v is not None for v in perceptual._CACHE.values())
+    return row
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Mean ± sd over seeds per (setting, scoring, model)."""
+    keys = sorted({(r["setting"], s, m) for r in rows for s, per in r["auroc"].items() for m in per})
+    out = []
+    for setting, scoring, model in keys:
+        vals = [r["auroc"][scoring][model] for r in rows
+                if r["setting"] == setting and model in r["auroc"].get(scoring, {})]
+        vals = [v for v in vals if v is not None and math.isfinite(v)]
+        out.append({"setting": setting, "scoring": scoring, "model": model, "n": len(vals),
+                    "mean": round(float(np.mean(vals)), 4) if vals else None,
+                    "sd": round(float(np.std(vals, ddof=1)), 4) if len(vals) > 1 else None})
+    return out
+
+
+def markdown(summary: list[dict], rows: list[dict]) -> str:
+    models = sorted({s["model"] for s in summary}, key=["unet", "ra", "ae", "pca"].index)
+    lines = ["| setting | scoring | " + " | ".join(models) + " |",
+             "|---|---|" + "---|" * len(models)]
+    cells: dict[tuple[str, str], dict[str, str]] = {}
+    for s in summary:
+        txt = "-" if s["mean"] is None else (f"{s['mean']:.3f}" + (f" ± {s['sd']:.3f}" if s["sd"] is not None else ""))
+        cells.setdefault((s["setting"], s["scoring"]), {})[s["model"]] = txt
+    for (setting, scoring), per in cells.items():
+        lines.append(f"| {setting} | {scoring} | " + " | ".join(per.get(m, "") for m in models) + " |")
+    val = {}
+    for r in rows:
+        for m, v in (r["val_loss"] or {}).items():
+            if v is not None:
+                val.setdefault((r["setting"], m), []).append(v)
+    lines.append("")
+    lines.append("Best validation loss (selection set), mean over seeds: " + "; ".join(
+        f"{s}/{m} {np.mean(v):.5f}" for (s, m), v in sorted(val.items())))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--settings", default="demo,dae")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--archive-seed", type=int, default=1, help="sample generator seed (dev archive)")
+    ap.add_argument("--images-per-stage", type=int, default=800)
+    ap.add_argument("--bootstrap", type=int, default=200)
+    ap.add_argument("--smoke", action="store_true", help="tiny archive, 1 epoch: checks the harness")
+    ap.add_argument("--markdown", action="store_true")
+    ap.add_argument("--workdir", default=None)
+    args = ap.parse_args(argv)
+    from imgae_dx.testing.sample import write_sample_archive
+
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    with tempfile.TemporaryDirectory(prefix="quality_bench_", dir=args.workdir) as d:
+        tmp = Path(d)
+        n = 60 if args.smoke else args.images_per_stage
+        archive = write_sample_archive(tmp / "dev", images_per_stage=n, stages=3 if not args.smoke else 2,
+                                       seed=args.archive_seed, image_px=128, progress=False)
+        rows = []
+        for setting in [s.strip() for s in args.settings.split(",") if s.strip()]:
+            for seed in seeds:
+                out = tmp / f"{setting}_{seed}"
+                print(f"{setting} seed {seed} …", file=sys.stderr, flush=True)
+                rows.append(train_and_score(setting, seed, archive, out, args))
+                shutil.rmtree(out, ignore_errors=True)
+        summary = summarise(rows)
+    result = {"archive_seed": args.archive_seed, "seeds": seeds, "rows": rows, "summary": summary}
+    print(json.dumps(result, indent=1))
+    if args.markdown:
+        print(markdown(summary, rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
