@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp = None
     path = args.archive
     if path is None:
-        from imgae_dx.data.sample import write_sample_archive
+        from imgae_dx.testing.sample import write_sample_archive
 
         tmp = tempfile.TemporaryDirectory(prefix="imgae_decode_bench_")
         path = write_sample_archive(tmp.name, images_per_stage=args.images, stages=1, seed=0,

@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp = tempfile.TemporaryDirectory(prefix="imgae_link_bench_")
     path = args.archive
     if path is None:
-        from imgae_dx.data.sample import write_sample_archive
+        from imgae_dx.testing.sample import write_sample_archive
 
         path = write_sample_archive(tmp.name, images_per_stage=args.images, stages=1, seed=0,
                                     image_px=1024, progress=False)

@@ -325,3 +325,18 @@ def test_gil_released_during_inflate_and_unfilter():
     raw &= 7  # few matches: inflates slowly
     z = zlib.compress(raw, 1)
     assert _other_thread_progress_during(lambda: deflate.zlib_decompress(z, raw.nbytes)) > 0
+
+
+def test_without_the_fast_path_everything_goes_through_libpng(monkeypatch, caplog):
+    monkeypatch.setattr(png_split, "_unfilter", None)
+    monkeypatch.setattr(png_split, "_why_unavailable", "extension missing (test)")
+    monkeypatch.setattr(png_split, "_notice_given", False)
+    monkeypatch.delenv("RANK", raising=False)
+    img = _images(20, 30, seed=4)[1]
+    data = encode(img, PAETH)
+    with caplog.at_level("WARNING", logger="imgae_dx.data.png_split"):
+        assert png_split.decode_gray8(data, max_side=8192) is None
+        assert np.array_equal(decode_gray(data), img)
+        assert np.array_equal(decode_gray(data), img)
+    notices = [r for r in caplog.records if "fast PNG decoder unavailable" in r.getMessage()]
+    assert len(notices) == 1 and "extension missing (test)" in notices[0].getMessage()

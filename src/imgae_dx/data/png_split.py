@@ -31,6 +31,7 @@ libpng, and a one-time notice is logged (:func:`notice_unavailable`).
 from __future__ import annotations
 
 import logging
+import os
 import struct
 from typing import Any
 
@@ -90,11 +91,14 @@ def why_unavailable() -> str | None:
 
 
 def notice_unavailable() -> None:
-    """Log, once per process, that PNGs are decoded by libpng alone and why."""
+    """Log, once per process and only on rank 0 (``RANK`` as torchrun sets it), that PNGs are
+    decoded by libpng alone and why."""
     global _notice_given
     if _notice_given or available():
         return
     _notice_given = True
+    if os.environ.get("RANK", "0") not in ("", "0"):
+        return
     log.warning("fast PNG decoder unavailable, decoding with OpenCV/libpng (about 2x slower): %s",
                 _why_unavailable)
 
