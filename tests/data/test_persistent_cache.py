@@ -182,6 +182,22 @@ def test_eviction_rule(tmp_path):
     assert total <= bound
 
 
+def test_a_failed_write_stops_caching_but_not_reading(tmp_path, monkeypatch):
+    c = _cache(tmp_path)
+    for m in range(64):
+        c.put(m, _img(m))
+    import imgae_dx.data.persistent_cache as pc
+
+    def no_space(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pc, "atomic_open", no_space)
+    for m in range(64, 128):
+        c.put(m, _img(m))  # the 64th put tries to publish
+    assert c.full and not c.put(200, _img(200)) and c.nbytes == 0
+    assert np.array_equal(c.get(5), _img(5)) and c.get(100) is None
+
+
 def _writer(root: str, lo: int, hi: int, seed: int) -> None:
     c = _cache(Path(root), ram_images=16)
     rng = np.random.default_rng(seed)

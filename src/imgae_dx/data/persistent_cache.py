@@ -238,12 +238,21 @@ class PersistentImageCache:
     def _reject(self, path: Path, why: str) -> None:
         self.rejected += 1
         if not self.quiet:
-            log.warning("image cache: %s is unusable (%s); deleted, its images will be decoded "
-                        "and cached again", path, why)
+            log.warning("image cache: dropped %s (%s); its images are decoded and cached again "
+                        "when next streamed", path, why)
         try:
             path.unlink()
         except OSError:
             pass
+
+    def _stop(self, why: str) -> None:
+        """Take no more images (the buffer is dropped): the bound is reached or writes fail."""
+        self._full = True
+        self._pending = None
+        if not self.quiet:
+            log.warning("image cache %s takes no more images: %s; %d images of this archive are "
+                        "cached, the others are decoded each time they are read", self.root, why,
+                        len(self))
 
     def refresh(self) -> int:
         """Index segments published (by any process) since the last scan; returns how many."""
@@ -403,8 +412,9 @@ class PersistentImageCache:
     def flush(self) -> int:
         """Publish the buffered images as one segment; returns how many were published.
 
-        When the segment does not fit the bound even after evicting other keys, nothing is
-        published, the buffer is dropped and the cache stops taking images (``full``).
+        When the segment does not fit the bound even after evicting other keys, or cannot be
+        written (disk full, quota), nothing is published, the buffer is dropped and the cache
+        stops taking images (``full``); reads go on.
         """
         with self._lock:
             count = len(self._pending_members)
@@ -417,12 +427,7 @@ class PersistentImageCache:
             self._pending_index = {}
             size = _FIXED.size + 16 * count + 4 + count * self.item_bytes
             if not self._make_room(size):
-                self._full = True
-                if not self.quiet:
-                    log.warning("image cache %s is full (data.cache_max_gb=%.3g): %d images of "
-                                "this archive are cached; further images are decoded each time "
-                                "they are read", self.root, self.max_bytes / GB, len(self))
-                self._pending = None
+                self._stop(f"full (data.cache_max_gb={self.max_bytes / GB:.3g})")
                 return 0
             src = (self._source_crc[members] if self._source_crc is not None
                    else np.zeros(count, np.uint32))
@@ -433,9 +438,13 @@ class PersistentImageCache:
             head += struct.pack("<I", zlib.crc32(head))
             name = f"seg-{time.time_ns():x}-{os.getpid()}-{secrets.token_hex(4)}{SEGMENT_SUFFIX}"
             path = self.folder / name
-            with atomic_open(path, "wb") as f:
-                f.write(head)
-                f.write(memoryview(np.ascontiguousarray(images)).cast("B"))
+            try:
+                with atomic_open(path, "wb") as f:
+                    f.write(head)
+                    f.write(memoryview(np.ascontiguousarray(images)).cast("B"))
+            except OSError as e:  # disk full, quota, a Drive hiccup: training goes on uncached
+                self._stop(f"writing {path.name} failed ({e.strerror or e})")
+                return 0
             self._add_segment(name, _Segment(path, len(head), members, img_crc, size))
             self.published += count
             return count
@@ -469,7 +478,7 @@ class PersistentImageCache:
 
     @property
     def full(self) -> bool:
-        """True once the bound stopped this cache from taking more images."""
+        """True once the bound (or a failed write) stopped this cache from taking images."""
         return self._full
 
     @property
