@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from imgae_dx.config import DataConfig
+from imgae_dx.config import ConfigError, DataConfig
 from imgae_dx.data.dataset import StreamingNIHDataset, make_cache
 from imgae_dx.data.nih_index import NIHIndex
 from imgae_dx.data.persistent_cache import (
@@ -287,5 +287,5 @@ def test_second_process_reads_the_stage_without_fetching(small_archive, tmp_path
 
 
 def test_make_cache_persistent_needs_the_archive(tmp_path):
-    with pytest.raises(ValueError, match="needs the archive"):
+    with pytest.raises(ConfigError, match="no archive to key the cache by"):
         make_cache(_cfg(tmp_path))

@@ -173,8 +173,11 @@ def make_cache(cfg: DataConfig, cache_dir: str | Path | None = None, *, archive:
     ``rank`` 0 logs its notices.
 
     Raises:
-        ValueError: ``persistent`` without ``archive`` (the cache is keyed by the archive).
+        ConfigError: ``persistent`` without ``archive`` (the cache is keyed by the archive): a
+            caller that does not pass it cannot offer that mode.
     """
+    from imgae_dx.config import ConfigError
+
     if cfg.cache == "off":
         return None
     budget = pipeline_budget(cfg)["cache"]
@@ -183,8 +186,8 @@ def make_cache(cfg: DataConfig, cache_dir: str | Path | None = None, *, archive:
         from imgae_dx.data.persistent_cache import PersistentImageCache
 
         if archive is None:
-            raise ValueError("data.cache=persistent: make_cache needs the archive (its images "
-                             "are keyed by the archive's identity and version)")
+            raise ConfigError("data.cache=persistent is not available here: make_cache got no "
+                              "archive to key the cache by; set data.cache to memory or disk")
         root = Path(folder) if folder else Path(cfg.index_cache_dir).expanduser() / "images"
         return PersistentImageCache.for_archive(root, archive, cfg.image_size, max_gb=cfg.cache_max_gb,
                                                 ram_bytes=budget, quiet=rank != 0)
