@@ -24,6 +24,10 @@ the order, the previous one), so counts stay equal and DDP never waits on a shor
 Memory is bounded by configuration: requests in flight (``requests_in_flight × max_request_mb``),
 the reassembly window (≈ ``shuffle_buffer`` + one request's images, uint8) and the cache (its own
 byte budget); all are registered with the :class:`~imgae_dx.data.memory.MemoryManager`.
+
+Over 500 lines on purpose: the plan (order, shares, equal counts), the resumable iteration and the
+fetch/decode engine (``_Fetch``) share one contract — what is yielded, in which order, from which
+bytes — and are tested together; split apart, each half would need the other's invariants.
 """
 
 from __future__ import annotations

@@ -39,6 +39,9 @@ the bound by at most one segment each.
 
 Reads: a lookup in two numpy arrays, one ``pread`` and a CRC-32 (≈ 10⁵ images/s from the page
 cache). Nothing per image is kept as a Python object. Thread-safe.
+
+Over 500 lines on purpose: the file format, its validation, the atomic publish, the eviction
+rule and the index are one contract with other processes; they change together.
 """
 
 from __future__ import annotations
