@@ -100,7 +100,7 @@ def measure(sets: dict[str, list[bytes]], threads: list[int], reps: int, image_s
                 split_ms = statistics.median(samples["split"]) * 1e3
                 rows.append({"set": set_name, "op": op, "threads": k, "images": len(items),
                              "mean_kb": round(sum(map(len, items)) / len(items) / 1024, 1),
-                             "cv2_ms": round(cv2_ms, 3), "split_ms": round(split_ms, 3),
+                             "cv2_ms": round(cv2_ms, 4), "split_ms": round(split_ms, 4),
                              "speedup": round(cv2_ms / split_ms, 2)})
     for p in pools.values():
         p.shutdown()
