@@ -11,6 +11,9 @@ written as JSON.
 Rows: 1, 2, 3 stages of a 3 × 300-image archive; then 100, 300, 1000 images of one stage of the
 1,000-image archive. Columns: images, wall s, images/s, peak RSS, RSS above the imports, RSS
 after each stage, bytes fetched.
+
+``--cache persistent`` keeps the decoded images in a persistent cache on disk (a fresh folder per
+row) instead of the RAM cache: RAM then holds one 16 MB write buffer whatever the stage size.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ HERE = Path(__file__).resolve().parent
 BATCH = 32
 
 
-def child(url: str, stages: int, limit: int | None, size: int, workers: int) -> dict:
+def child(url: str, stages: int, limit: int | None, size: int, workers: int, cache_mode: str) -> dict:
     from imgae_dx.config import DataConfig
     from imgae_dx.data.dataset import StreamingNIHDataset, make_cache
     from imgae_dx.data.memory import MB, MemoryManager, peak_rss_bytes, rss_bytes
@@ -37,7 +40,8 @@ def child(url: str, stages: int, limit: int | None, size: int, workers: int) -> 
 
     base = peak_rss_bytes() / MB
     with tempfile.TemporaryDirectory() as idx:
-        cfg = DataConfig(image_size=size, view="all", decode_workers=workers, index_cache_dir=idx)
+        cfg = DataConfig(image_size=size, view="all", decode_workers=workers, index_cache_dir=idx,
+                         cache=cache_mode)
         mm = MemoryManager(cfg.memory_budget_mb)
         t0 = time.perf_counter()
         archive = open_archive(url, cfg)
@@ -46,7 +50,7 @@ def child(url: str, stages: int, limit: int | None, size: int, workers: int) -> 
         after = []
         for stage in nih.stages()[:stages]:
             members = archive.index.names_with_prefix(f"{stage}/images/")[:limit]
-            cache = make_cache(cfg)
+            cache = make_cache(cfg, archive=archive)
             ds = StreamingNIHDataset(archive, nih, stage, "train", cfg, seed=0, batch_size=BATCH,
                                      cache=cache, memory=mm, drop_last=False, members=members)
             for b in ds.batches():
@@ -71,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-stage", default="100,300,1000")
     ap.add_argument("--image-size", type=int, default=128)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--cache", choices=["memory", "persistent"], default="memory", help="data.cache")
     ap.add_argument("--json", type=Path, default=HERE / "out" / "scaling_bench.json")
     ap.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--_url")
@@ -78,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--_limit", type=int, default=0)
     args = ap.parse_args(argv)
     if args._child:
-        print(json.dumps(child(args._url, args._stages, args._limit or None, args.image_size, args.workers)))
+        print(json.dumps(child(args._url, args._stages, args._limit or None, args.image_size, args.workers,
+                               args.cache)))
         return 0
 
     from imgae_dx.testing import RangeServer
@@ -90,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         write_sample_archive(args.stage_archive.parent, images_per_stage=1000, stages=1, seed=0)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENCV_NUM_THREADS": "1"}
     me = [sys.executable, str(Path(__file__).resolve()), "--_child", "--image-size", str(args.image_size),
-          "--workers", str(args.workers)]
+          "--workers", str(args.workers), "--cache", args.cache]
     plan = [(f"{k} stage(s) × 300", args.stages_archive, k, 0) for k in (1, 2, 3)]
     plan += [(f"1 stage × {n}", args.stage_archive, 1, n) for n in map(int, args.per_stage.split(","))]
     rows = []
@@ -105,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         r["label"] = label
         rows.append(r)
     out = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "loadavg": os.getloadavg(),
-           "nproc": os.cpu_count(), "rows": rows}
+           "nproc": os.cpu_count(), "cache": args.cache, "rows": rows}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(out, indent=2))
     head = ("run", "images", "wall s", "images/s", "peak RSS MB", "above imports MB",

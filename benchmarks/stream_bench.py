@@ -19,6 +19,10 @@ Two selections are measured: ``stage`` (every image of a stage, as a full pass o
 reads it; the headline) and ``train_split`` (the sparse default training split: normal PA images
 of the training patients — interleaved with unwanted members, so fewer images per request).
 
+``--decoder cv2`` decodes with libpng alone (pipeline and ceiling), ``auto`` (default) with the
+split decoder; ``--link-rtt-ms`` / ``--link-mbps`` make the server emulate a network link
+(:class:`~imgae_dx.testing.range_server.Link`; MB = 10⁶ bytes).
+
 Usage: ``python benchmarks/stream_bench.py [--images-per-stage 200] [--stages 3] [--workers 2]``.
 """
 
@@ -39,7 +43,7 @@ import numpy as np
 
 from imgae_dx.config import DataConfig
 from imgae_dx.data.dataset import StreamingNIHDataset, make_cache
-from imgae_dx.data.decode import decode_png
+from imgae_dx.data.decode import Decoder, decode_png
 from imgae_dx.data.memory import MB, MemoryManager, peak_rss_bytes, rss_bytes
 from imgae_dx.data.nih_index import NIHIndex
 from imgae_dx.streaming.sources import open_archive
@@ -55,13 +59,14 @@ TARGETS = {
 }
 
 
-def _ceiling(local: Any, members: list[int], size: int, pool: ThreadPoolExecutor) -> tuple[int, float]:
+def _ceiling(local: Any, members: list[int], size: int, pool: ThreadPoolExecutor,
+             decoder: Decoder = "auto") -> tuple[int, float]:
     """(images, seconds) of decode_png alone over ``members``; raw bytes read (untimed) in chunks."""
     total_t = 0.0
     for lo in range(0, len(members), 32):
         raws = [local.read_member_id(m) for m in members[lo : lo + 32]]
         t = time.perf_counter()
-        list(pool.map(lambda b: decode_png(b, size), raws))
+        list(pool.map(lambda b: decode_png(b, size, decoder=decoder), raws))
         total_t += time.perf_counter() - t
         del raws
     return len(members), total_t
@@ -69,19 +74,24 @@ def _ceiling(local: Any, members: list[int], size: int, pool: ThreadPoolExecutor
 
 _SERVER = """
 import sys
-from imgae_dx.testing.range_server import RangeServer
-with RangeServer(sys.argv[1]) as srv:
+from imgae_dx.testing.range_server import Link, RangeServer
+rtt_ms, mbps = float(sys.argv[2]), float(sys.argv[3])
+link = Link(bandwidth_bytes_per_s=mbps * 1e6 if mbps > 0 else None, rtt_s=rtt_ms / 1000)
+with RangeServer(sys.argv[1], link=link) as srv:
     print(srv.url, flush=True)
     sys.stdin.read()  # serve until the parent closes stdin
 """
 
 
 class _ServerProcess:
-    """RangeServer in its own process: the server's threads do not share the client's GIL."""
+    """RangeServer in its own process: the server's threads do not share the client's GIL.
 
-    def __init__(self, path: Path) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-c", _SERVER, str(path)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True)
+    ``rtt_ms`` / ``mbps`` (MB = 10⁶ bytes; 0 = unlimited) emulate a network link.
+    """
+
+    def __init__(self, path: Path, rtt_ms: float = 0.0, mbps: float = 0.0) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", _SERVER, str(path), str(rtt_ms), str(mbps)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         self.url = self.proc.stdout.readline().strip()
         if not self.url.startswith("http"):
@@ -106,10 +116,10 @@ def _selection(nih: NIHIndex, archive: Any, stage: str, which: str, cfg: DataCon
 
 
 def run_selection(archive_path: Path, which: str, cfg: DataConfig, workers: int, seed: int,
-                  batch_size: int) -> dict[str, Any]:
+                  batch_size: int, link: tuple[float, float] = (0.0, 0.0)) -> dict[str, Any]:
     """Stream every stage (cold epoch, warm epoch, cleanup) over HTTP; gather the figures."""
     out: dict[str, Any] = {}
-    with _ServerProcess(archive_path) as srv:
+    with _ServerProcess(archive_path, *link) as srv:
         t_open = time.perf_counter()
         archive = open_archive(srv.url, cfg)
         try:
@@ -145,7 +155,7 @@ def run_selection(archive_path: Path, which: str, cfg: DataConfig, workers: int,
                 fetched += st["bytes_fetched"]
                 selected += int(archive.index.comp_size[ds.members].sum())
                 # the ceiling on the same images, right after: same machine load as the cold pass
-                cn, ct = _ceiling(local, ds.members.tolist(), cfg.image_size, pool)
+                cn, ct = _ceiling(local, ds.members.tolist(), cfg.image_size, pool, cfg.png_decoder)
                 ceil_n += cn
                 ceil_t += ct
                 ds.set_epoch(1)  # warm: everything is in the cache now
@@ -207,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--archive", default=None, help="reuse this sample archive instead of generating one")
     p.add_argument("--selection", choices=["stage", "train_split", "both"], default="both")
+    p.add_argument("--decoder", choices=["auto", "cv2"], default="auto", help="data.png_decoder")
+    p.add_argument("--link-rtt-ms", type=float, default=0.0, help="emulated round-trip time")
+    p.add_argument("--link-mbps", type=float, default=0.0, help="emulated bandwidth, MB/s (0: none)")
     args = p.parse_args(argv)
 
     tmp = None
@@ -221,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         gen_s = time.perf_counter() - t
     try:
         cfg = DataConfig(image_size=args.image_size, view="all", decode_workers=args.workers,
-                         memory_budget_mb=512, index_cache_dir=str(Path(tempfile.gettempdir()) / "imgae_bench_idx"))
+                         memory_budget_mb=512, png_decoder=args.decoder,
+                         index_cache_dir=str(Path(tempfile.gettempdir()) / "imgae_bench_idx"))
         result: dict[str, Any] = {
             "archive": {"path": str(path), "bytes": path.stat().st_size, "generation_s": round(gen_s, 1),
                         "image_px": 1024},
@@ -229,17 +243,21 @@ def main(argv: list[str] | None = None) -> int:
             "decode_workers": args.workers,
             "image_size": args.image_size,
             "memory_budget_mb": cfg.memory_budget_mb,
+            "decoder": args.decoder,
+            "link": {"rtt_ms": args.link_rtt_ms, "mbps": args.link_mbps},
             "targets": TARGETS,
         }
         if args.selection == "both":  # one process per selection: peak RSS is per process
             for sel in ("stage", "train_split"):
                 cmd = [sys.executable, __file__, "--archive", str(path), "--selection", sel,
                        "--workers", str(args.workers), "--image-size", str(args.image_size),
-                       "--batch-size", str(args.batch_size)]
+                       "--batch-size", str(args.batch_size), "--decoder", args.decoder,
+                       "--link-rtt-ms", str(args.link_rtt_ms), "--link-mbps", str(args.link_mbps)]
                 sub = subprocess.run(cmd, check=True, capture_output=True, text=True)
                 result[sel] = json.loads(sub.stdout)[sel]
         else:
-            r = run_selection(path, args.selection, cfg, args.workers, seed=42, batch_size=args.batch_size)
+            r = run_selection(path, args.selection, cfg, args.workers, seed=42, batch_size=args.batch_size,
+                              link=(args.link_rtt_ms, args.link_mbps))
             r["meets_target"] = _verdict(r)
             result[args.selection] = r
         print(json.dumps(result, indent=2))

@@ -56,10 +56,22 @@ class DataConfig(_Strict):
     requests_in_flight: int = Field(4, ge=1, le=64, description="range requests fetched ahead")
     decode_workers: int = Field(2, ge=1, le=128, description="threads decoding PNGs")
     shuffle_buffer: int = Field(256, ge=1, description="images in the bounded shuffle buffer")
-    cache: Literal["memory", "disk", "off"] = Field(
-        "memory", description="preprocessed-image cache: RAM spilling to disk, disk only, or none"
+    png_decoder: Literal["auto", "cv2"] = Field(
+        "auto", description="auto: libdeflate + C unfilter for 8-bit gray PNGs, libpng for the rest; "
+        "cv2: libpng for all (same pixels)"
     )
-    cache_dir: str | None = Field(None, description="folder of the disk cache shard (default: run folder)")
+    cache: Literal["memory", "disk", "persistent", "off"] = Field(
+        "memory", description="preprocessed-image cache: RAM spilling to disk, disk only, on disk "
+        "across stages/restarts/runs (persistent), or none"
+    )
+    cache_dir: str | None = Field(
+        None, description="folder of the disk cache (default: run folder; persistent outside a run: "
+        "INDEX_CACHE_DIR/images); may be on Google Drive"
+    )
+    cache_max_gb: float = Field(
+        20.0, gt=0, description="bound of a persistent cache folder; other archives' or sizes' images "
+        "are evicted first (oldest first), then caching stops"
+    )
     memory_budget_mb: float = Field(
         512.0, gt=0, description="bound of the pipeline's buffers (in-flight, shuffle, cache)"
     )

@@ -74,7 +74,8 @@ def test_train_bench_gpu_scenario_says_why_it_skips(tmp_path):
 
 def test_stream_bench_reports_every_target(small_archive, tmp_path):
     out = _json("stream_bench.py", "--archive", str(small_archive), "--selection", "stage",
-               "--image-size", "64", cwd=tmp_path)
+               "--image-size", "64", "--link-rtt-ms", "1", "--link-mbps", "500", cwd=tmp_path)
+    assert out["link"] == {"rtt_ms": 1.0, "mbps": 500.0} and out["decoder"] == "auto"
     r = out["stage"]
     assert set(r["meets_target"]) == set(out["targets"])
     assert 1.0 <= r["bytes_ratio"] <= 1.25  # every member of every stage, nothing read twice
@@ -123,3 +124,29 @@ def test_gpu_check_cpu_smoke_runs_every_section(tmp_path):
     assert out["ddp"]["ok"] and out["ddp"]["identical_weights_across_ranks"]
     assert out["trainer"]["bare_all_models_images_per_s"] > 0
     assert out["ok"] and json.loads((tmp_path / "gpu_check.json").read_text())["ok"]
+
+
+def test_decode_bench_rows_and_ratios(small_archive, tmp_path):
+    out = _json("decode_bench.py", "--archive", str(small_archive), "--images", "6", "--filter-images",
+               "2", "--reps", "1", "--threads", "1,2", "--image-size", "64", cwd=tmp_path)
+    rows = out["rows"]
+    sets = {r["set"] for r in rows}
+    assert sets == {"sample", "none", "sub", "up", "avg", "paeth"}
+    assert len(rows) == len(sets) * 2 * 2  # × (decode, ceiling) × (1, 2 threads)
+    for r in rows:
+        assert r["cv2_ms"] > 0 and r["split_ms"] > 0
+        assert r["speedup"] == pytest.approx(r["cv2_ms"] / r["split_ms"], rel=0.02)  # rounded ms
+    assert set(out["meets_target"]) == {"1", "2"} and "2_vs_1_threads" in out["split_thread_scaling"]
+
+
+def test_link_bench_sweeps_prefetch_settings(small_archive, tmp_path):
+    out = _json("link_bench.py", "--archive", str(small_archive), "--rtt-ms", "5", "--mbps", "50",
+               "--in-flight", "1,2", "--request-mb", "1", "--limit", "10", "--image-size", "64",
+               cwd=tmp_path)
+    rows = out["rows"]
+    assert [(r["in_flight"], r["request_mb"]) for r in rows] == [(1, 1.0), (2, 1.0)]
+    for r in rows:
+        assert r["images"] == 10 and r["bytes_fetched"] > 0
+        bound = min(r["link_bound"], out["ceiling_images_per_s"])
+        assert r["vs_bound"] == pytest.approx(r["images_per_s"] / bound, rel=0.01)
+    assert set(out["meets_target"]) == {"50.0"}

@@ -106,7 +106,7 @@ def test_truncated_and_corrupt_png():
     rng = np.random.default_rng(0)
     data = _png(rng.integers(0, 256, (128, 128), dtype=np.uint8))
     for cut in (len(data) // 2, len(data) - 12):
-        with pytest.raises(DecodeError, match="truncated or corrupt"):
+        with pytest.raises(DecodeError, match="truncated"):
             decode_png(data[:cut], 32)
     bad = bytearray(data)
     for i in range(100, len(bad) - 20, 7):  # scramble the compressed stream

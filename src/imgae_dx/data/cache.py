@@ -8,6 +8,10 @@ Images are decoded once; epochs after the first read them from here at memory sp
 * ``disk``: every image goes to the disk shard (RAM holds only the page cache the OS manages);
 * ``off``: nothing is stored, every ``get`` misses.
 
+This cache lives as long as its process (one stage in the trainer). The decode-once cache that
+outlives stages and processes is :class:`~imgae_dx.data.persistent_cache.PersistentImageCache`;
+both satisfy :class:`ImageStore`, which is what the dataset uses.
+
 All images have the same shape (``image_size × image_size``, uint8), so a slot is one row of a
 block. ``get`` returns a read-only view (RAM) or a copy (disk); reads are a dict lookup plus an
 index, well above 10⁴ images/s. Thread-safe.
@@ -20,12 +24,34 @@ import shutil
 import tempfile
 import threading
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 
 CacheMode = Literal["memory", "disk", "off"]
 _MODES = ("memory", "disk", "off")
+
+
+class ImageStore(Protocol):
+    """What the dataset needs of an image cache (``ImageCache``, ``PersistentImageCache``)."""
+
+    mode: str
+    image_size: int
+
+    def get(self, member: int) -> np.ndarray | None:
+        """The uint8 ``image_size × image_size`` image of ``member``, or ``None``."""
+
+    def put(self, member: int, image: np.ndarray) -> bool:
+        """Store ``image``; ``False`` when it was not stored (off, full)."""
+
+    def __contains__(self, member: object) -> bool: ...
+
+    @property
+    def nbytes(self) -> int:
+        """RAM held (counted against the pipeline's memory budget)."""
+
+    def release(self) -> None:
+        """Free the RAM held (the memory manager calls this when the stage ends)."""
 
 
 class ImageCache:
@@ -223,6 +249,10 @@ class ImageCache:
 
     def close(self) -> None:
         """Same as :meth:`clear` (the cache can still be used afterwards)."""
+        self.clear()
+
+    def release(self) -> None:
+        """Same as :meth:`clear`: this cache's images live in RAM and its private shard only."""
         self.clear()
 
     def __del__(self) -> None:  # best effort: do not leave temporary shards behind

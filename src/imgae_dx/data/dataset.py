@@ -24,6 +24,10 @@ the order, the previous one), so counts stay equal and DDP never waits on a shor
 Memory is bounded by configuration: requests in flight (``requests_in_flight × max_request_mb``),
 the reassembly window (≈ ``shuffle_buffer`` + one request's images, uint8) and the cache (its own
 byte budget); all are registered with the :class:`~imgae_dx.data.memory.MemoryManager`.
+
+Over 500 lines on purpose: the plan (order, shares, equal counts), the resumable iteration and the
+fetch/decode engine (``_Fetch``) share one contract — what is yielded, in which order, from which
+bytes — and are tested together; split apart, each half would need the other's invariants.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from imgae_dx.data.cache import ImageCache
+from imgae_dx.data.cache import ImageCache, ImageStore
 from imgae_dx.data.decode import decode_png
 from imgae_dx.data.memory import limit_heap_fragmentation
 from imgae_dx.errors import ArchiveError, CheckpointError, UserError
@@ -158,16 +162,39 @@ def pipeline_budget(cfg: DataConfig) -> dict[str, int]:
     return {"total": total, "in_flight": in_flight, "window": window, "cache": cache}
 
 
-def make_cache(cfg: DataConfig, cache_dir: str | Path | None = None) -> ImageCache | None:
+def make_cache(cfg: DataConfig, cache_dir: str | Path | None = None, *, archive: Any = None,
+               rank: int = 0) -> ImageStore | None:
     """The image cache the configuration asks for (``None`` when ``cache: off``).
 
-    Its RAM budget is what :func:`pipeline_budget` leaves for it; the disk shard goes to
-    ``cfg.cache_dir``, else ``cache_dir`` (typically ``RUN_DIR/cache``), else a temporary folder.
+    ``memory`` / ``disk``: an :class:`ImageCache` whose RAM budget is what :func:`pipeline_budget`
+    leaves for it; its disk shard goes to ``cfg.cache_dir``, else ``cache_dir`` (typically
+    ``RUN_DIR/cache``), else a temporary folder.
+
+    ``persistent``: the :class:`~imgae_dx.data.persistent_cache.PersistentImageCache` of
+    ``archive``'s images at ``cfg.image_size``, in ``cfg.cache_dir``, else ``cache_dir``, else
+    ``INDEX_CACHE_DIR/images``; bounded by ``cfg.cache_max_gb``; its write buffer within the same
+    RAM budget. Every stage, process and rank may build its own: they share the folder. Only
+    ``rank`` 0 logs its notices.
+
+    Raises:
+        ConfigError: ``persistent`` without ``archive`` (the cache is keyed by the archive): a
+            caller that does not pass it cannot offer that mode.
     """
+    from imgae_dx.config import ConfigError
+
     if cfg.cache == "off":
         return None
     budget = pipeline_budget(cfg)["cache"]
     folder = cfg.cache_dir or cache_dir
+    if cfg.cache == "persistent":
+        from imgae_dx.data.persistent_cache import PersistentImageCache
+
+        if archive is None:
+            raise ConfigError("data.cache=persistent is not available here: make_cache got no "
+                              "archive to key the cache by; set data.cache to memory or disk")
+        root = Path(folder) if folder else Path(cfg.index_cache_dir).expanduser() / "images"
+        return PersistentImageCache.for_archive(root, archive, cfg.image_size, max_gb=cfg.cache_max_gb,
+                                                ram_bytes=budget, quiet=rank != 0)
     return ImageCache(cfg.image_size, budget, cfg.cache, folder)
 
 
@@ -186,7 +213,7 @@ class StreamingNIHDataset(IterableDataset):
         batch_size: batch size of :meth:`batches` (and the unit of the per-rank truncation).
         rank, world_size: distributed position; requests are dealt round-robin over ranks.
         cache: preprocessed-image cache (see :func:`make_cache`; one cache may serve every
-            dataset of a run), or ``None``.
+            dataset of a run), or ``None``. Members it holds are read from it and never fetched.
         memory: the run's memory manager. The dataset registers its in-flight requests and
             reassembly window under its stage, and the cache under the stage that iterates last,
             so ``memory.cleanup_stage(stage)`` at the end of a stage frees all of them.
@@ -209,7 +236,7 @@ class StreamingNIHDataset(IterableDataset):
         batch_size: int,
         rank: int = 0,
         world_size: int = 1,
-        cache: ImageCache | None = None,
+        cache: ImageStore | None = None,
         memory: MemoryManager | None = None,
         drop_last: bool = True,
         members: Sequence[int] | np.ndarray | None = None,
@@ -267,7 +294,7 @@ class StreamingNIHDataset(IterableDataset):
         """(Re-)register the cache under this dataset's stage: the stage iterating owns it."""
         cache, memory = self.cache, self.memory
         if cache is not None and memory is not None:
-            memory.register(f"cache#{id(cache):x}", lambda: cache.nbytes, stage=self.stage, free=cache.clear)
+            memory.register(f"cache#{id(cache):x}", lambda: cache.nbytes, stage=self.stage, free=cache.release)
 
     # --------------------------------------------------------------------------- plan
     @property
@@ -454,12 +481,6 @@ class StreamingNIHDataset(IterableDataset):
             self.memory.unregister(f"{self._tag}:in_flight")
             self.memory.unregister(f"{self._tag}:window")
 
-    # --------------------------------------------------------------------------- records
-    def _record(self, member: int) -> tuple[str, int]:
-        """(image id, 0/1 label) of a member: a lookup in the index's columns (microseconds)."""
-        r = self.nih.record(member)
-        return str(r.image), int(r.label)
-
     # --------------------------------------------------------------------------- iteration
     def _iter_uint8(self) -> Iterator[tuple[int, np.ndarray]]:
         """(member, uint8 H×W) in this rank's order, from the saved position on."""
@@ -482,6 +503,9 @@ class StreamingNIHDataset(IterableDataset):
             return
         need = set(order[start:].tolist())
         cache = self.cache
+        refresh = getattr(cache, "refresh", None)
+        if refresh is not None:
+            refresh()  # images other processes or ranks published meanwhile
         fetch_reqs: list[RangeRequest] = []
         index = self.archive.index
         for req in share.requests:
@@ -512,6 +536,9 @@ class StreamingNIHDataset(IterableDataset):
             fetch.close()
             if self._active is fetch:
                 self._active = None
+            flush = getattr(cache, "flush", None)
+            if flush is not None:
+                flush()  # a persistent cache publishes what this pass decoded
 
     def _substitute(self, fetch: _Fetch, order: np.ndarray, p: int) -> tuple[int, np.ndarray]:
         """Deterministic stand-in for the undecodable member at ``order[p]``."""
@@ -530,40 +557,51 @@ class StreamingNIHDataset(IterableDataset):
         )
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        for m, img in self._iter_uint8():
-            image_id, label = self._record(m)
-            t = torch.from_numpy(_TO_UNIT[img]).unsqueeze(0)
-            yield {"image": t, "member": m, "image_id": image_id, "label": label}
+        return samples(self._iter_uint8(), self.nih)
 
     def batches(self) -> Iterator[Batch]:
         """Batches of ``batch_size`` (the last one smaller only without ``drop_last``)."""
-        bs, size = self.batch_size, self.image_size
         t_start = time.perf_counter()
-        buf = np.empty((bs, 1, size, size), np.uint8)
-        members: list[int] = []
-        n = 0
-        for m, img in self._iter_uint8():
-            buf[n, 0] = img
-            members.append(m)
-            n += 1
-            if n == bs:
-                yield self._make_batch(buf, members, t_start)
-                buf = np.empty((bs, 1, size, size), np.uint8)
-                members, n = [], 0
-        if n and not self.drop_last:
-            yield self._make_batch(buf[:n], members, t_start)
+        for b in batches_of(self._iter_uint8(), self.nih, self.batch_size, self.image_size, self.drop_last):
+            if self._first_batch_s is None:
+                self._first_batch_s = round(time.perf_counter() - t_start, 4)
+            yield b
 
-    def _make_batch(self, buf: np.ndarray, members: list[int], t_start: float) -> Batch:
-        recs = [self._record(m) for m in members]
-        images = torch.from_numpy(_TO_UNIT[buf])
-        if self._first_batch_s is None:
-            self._first_batch_s = round(time.perf_counter() - t_start, 4)
-        return Batch(
-            images=images,
-            members=torch.tensor(members, dtype=torch.long),
-            image_ids=[r[0] for r in recs],
-            labels=torch.tensor([r[1] for r in recs], dtype=torch.long),
-        )
+
+def samples(pairs: Iterator[tuple[int, np.ndarray]], nih: NIHIndex) -> Iterator[dict[str, Any]]:
+    """``(member, uint8 H×W)`` pairs → sample dicts (``image``: float 1×H×W in [0, 1])."""
+    for m, img in pairs:
+        r = nih.record(m)
+        t = torch.from_numpy(_TO_UNIT[img]).unsqueeze(0)
+        yield {"image": t, "member": m, "image_id": str(r.image), "label": int(r.label)}
+
+
+def batches_of(pairs: Iterator[tuple[int, np.ndarray]], nih: NIHIndex, batch_size: int,
+               image_size: int, drop_last: bool) -> Iterator[Batch]:
+    """``(member, uint8 H×W)`` pairs → :class:`Batch` es of ``batch_size`` (the last one smaller
+    only without ``drop_last``); ids and labels from ``nih`` (microseconds per image)."""
+    bs = batch_size
+    buf = np.empty((bs, 1, image_size, image_size), np.uint8)
+    members: list[int] = []
+    for m, img in pairs:
+        buf[len(members), 0] = img
+        members.append(m)
+        if len(members) == bs:
+            yield _batch(buf, members, nih)
+            buf = np.empty((bs, 1, image_size, image_size), np.uint8)
+            members = []
+    if members and not drop_last:
+        yield _batch(buf[:len(members)], members, nih)
+
+
+def _batch(buf: np.ndarray, members: list[int], nih: NIHIndex) -> Batch:
+    recs = [nih.record(m) for m in members]
+    return Batch(
+        images=torch.from_numpy(_TO_UNIT[buf]),
+        members=torch.tensor(members, dtype=torch.long),
+        image_ids=[str(r.image) for r in recs],
+        labels=torch.tensor([int(r.label) for r in recs], dtype=torch.long),
+    )
 
 
 # ------------------------------------------------------------------------------ fetch + decode
@@ -589,6 +627,7 @@ class _Fetch:
         )
         self.workers = ds.cfg.decode_workers
         self.pool: ThreadPoolExecutor | None = None
+        self.planned: set[int] = {int(m) for r in requests for m in r.members.tolist()}
         self.submitted: set[int] = set()  # decoding or decoded, not yet handed to ``ready``
         self.ready: dict[int, np.ndarray | None] = {}  # resolved, not yet emitted (None = bad)
         self._done: dict[int, np.ndarray | BaseException] = {}
@@ -624,7 +663,7 @@ class _Fetch:
                     start = s
                     self.ds._add(crc_rereads=1, bytes_fetched=e - s, requests=1)
             del data
-            result = decode_png(raw, self.ds.image_size)
+            result = decode_png(raw, self.ds.image_size, decoder=self.ds.cfg.png_decoder)
         except BaseException as e:  # handed to the consumer: ArchiveError = skip, others raise
             result = e
         self.ds._add(decode_s=time.perf_counter() - t)
@@ -693,9 +732,10 @@ class _Fetch:
                 ds._add(cache_hits=1)
                 self.ready[m] = img
                 return img
-        while m not in self.submitted and self._pump():
+        while m in self.planned and m not in self.submitted and self._pump():
             pass
-        if m not in self.submitted:  # not planned (cache cleared meanwhile, or a stand-in from before a resume)
+        if m not in self.submitted:  # not planned: cached when planned but no longer readable
+            # (cleared, or a corrupt persistent entry), or a stand-in from before a resume
             s, e = self.index.span(m)
             data = self.reader.read(s, e - s)
             ds._add(bytes_fetched=len(data), requests=1)

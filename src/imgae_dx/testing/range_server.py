@@ -18,10 +18,15 @@ Behaviour:
   mid-body (TCP RST), short body then close, slow body (a pause mid-body), 5xx, 429 with
   ``Retry-After``, corrupted bytes (one byte flipped, status and headers intact).
 * ``server.replace_file(path=None, etag=...)`` changes the content and/or ETag mid-run.
+* An emulated network link (:class:`Link`, off by default): every response waits one round-trip
+  time before its first byte (a new connection one more, its TCP handshake), and all response
+  bodies share one bandwidth (bytes leave in order, paced by a virtual clock). Not modelled: TCP
+  slow start and receive windows, loss, jitter. The client is unchanged: it sees a slow network.
 
 Example::
 
-    with RangeServer("data.zip", signed=True, faults=Faults(reset=0.05, seed=1)) as srv:
+    with RangeServer("data.zip", signed=True, faults=Faults(reset=0.05, seed=1),
+                     link=Link(bandwidth_bytes_per_s=100e6, rtt_s=0.030)) as srv:
         url = srv.signed_url(ttl_s=60)
         ...
         srv.counts()   # {"requests": …, "methods": {"GET": …}, "status": {206: …}, "faults": {…}, …}
@@ -95,6 +100,47 @@ class Faults:
 
 
 @dataclass(frozen=True)
+class Link:
+    """An emulated network link between the server and its clients.
+
+    Attributes:
+        bandwidth_bytes_per_s: capacity shared by every response body (``None``: unlimited).
+        rtt_s: round-trip time; every response starts this long after its request arrived.
+        handshake_rtts: extra round trips before a new connection's first response (TCP: 1;
+            TLS would add 1–2).
+    """
+
+    bandwidth_bytes_per_s: float | None = None
+    rtt_s: float = 0.0
+    handshake_rtts: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.bandwidth_bytes_per_s is not None and self.bandwidth_bytes_per_s <= 0:
+            raise ValueError(f"bandwidth must be positive, got {self.bandwidth_bytes_per_s}")
+        if self.rtt_s < 0 or self.handshake_rtts < 0:
+            raise ValueError("rtt_s and handshake_rtts must be >= 0")
+
+
+class _Pacer:
+    """Bytes leave one shared link in order: a virtual clock of when the link is next free."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self._free_at = 0.0
+        self._lock = threading.Lock()
+
+    def wait(self, nbytes: int) -> None:
+        """Block until ``nbytes`` more bytes have crossed the link."""
+        with self._lock:
+            now = time.monotonic()
+            done = max(now, self._free_at) + nbytes / self.rate
+            self._free_at = done
+        delay = done - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+
+
+@dataclass(frozen=True)
 class _FileState:
     path: Path
     size: int
@@ -138,6 +184,7 @@ class RangeServer:
         signed: require ``signed_url`` signatures.
         faults: injected faults (default none).
         keepalive_timeout_s: idle keep-alive connections are closed after this.
+        link: emulated bandwidth and latency (default: loopback as is).
     """
 
     def __init__(
@@ -152,6 +199,7 @@ class RangeServer:
         signed: bool = False,
         faults: Faults | None = None,
         keepalive_timeout_s: float = 15.0,
+        link: Link | None = None,
     ) -> None:
         p = Path(path)
         self._state = _file_state(p, etag, last_modified)
@@ -164,6 +212,7 @@ class RangeServer:
         self._secret = secrets.token_bytes(32)
         self._lock = threading.Lock()
         self.set_faults(faults or Faults())
+        self.set_link(link or Link())
         self._keepalive = keepalive_timeout_s
         self._status: Counter[int] = Counter()
         self._methods: Counter[str] = Counter()
@@ -271,6 +320,13 @@ class RangeServer:
             self._rng = random.Random(faults.seed)
             self._faults_left = faults.max_faults
 
+    def set_link(self, link: Link) -> None:
+        """Emulate ``link`` from now on (``Link()``: no emulation)."""
+        pacer = None if link.bandwidth_bytes_per_s is None else _Pacer(link.bandwidth_bytes_per_s)
+        with self._lock:
+            self.link = link
+            self._pacer = pacer
+
     def counts(self) -> dict[str, Any]:
         """Snapshot: ``requests``, ``methods`` {GET/HEAD/…: n}, ``status`` {code: n},
         ``faults`` {kind: n}, ``bytes_sent``."""
@@ -377,6 +433,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        self._new_connection = True
         # headers and body go out in separate writes: without NODELAY, Nagle + delayed ACK
         # would add ~40 ms to every response
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -392,6 +449,18 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet
         pass
+
+    def _link_delay(self) -> None:
+        """The emulated link's round trip(s) before this response starts."""
+        link = self.server_ref.link
+        rtts = 1.0 + (link.handshake_rtts if self._new_connection else 0.0)
+        self._new_connection = False
+        if link.rtt_s:
+            time.sleep(link.rtt_s * rtts)
+
+    def send_response(self, code: int, message: str | None = None) -> None:
+        self._link_delay()
+        super().send_response(code, message)
 
     def _refuse(self, code: int, msg: str, extra: dict[str, str] | None = None) -> None:
         body = (msg + "\n").encode()
@@ -465,6 +534,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(k, v)
         self.end_headers()
         sent = 0
+        pacer = srv._pacer
         try:
             fd = os.open(st.path, os.O_RDONLY)
             try:
@@ -480,6 +550,8 @@ class _Handler(BaseHTTPRequestHandler):
                         ba[corrupt_at - sent] ^= 0xFF
                         chunk = bytes(ba)
                     if chunk:
+                        if pacer is not None:
+                            pacer.wait(len(chunk))
                         self.wfile.write(chunk)
                     sent += len(chunk)
                     pos += len(chunk)
@@ -507,4 +579,4 @@ class _Handler(BaseHTTPRequestHandler):
             srv._add_sent(sent - planned)
 
 
-__all__ = ["Faults", "RangeServer"]
+__all__ = ["Faults", "Link", "RangeServer"]
