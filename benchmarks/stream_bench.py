@@ -126,7 +126,7 @@ def run_selection(archive_path: Path, which: str, cfg: DataConfig, workers: int,
             nih = NIHIndex.from_archive(archive)
             stages = nih.stages()
             memory = MemoryManager(cfg.memory_budget_mb)
-            cache = make_cache(cfg)
+            cache = make_cache(cfg, archive=archive)
             cold_n = cold_t = warm_n = warm_t = 0.0
             fetched = selected = 0
             http_requests = 0

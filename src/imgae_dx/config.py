@@ -61,7 +61,7 @@ class DataConfig(_Strict):
         "cv2: libpng for all (same pixels)"
     )
     cache: Literal["memory", "disk", "persistent", "off"] = Field(
-        "memory", description="preprocessed-image cache: RAM spilling to disk, disk only, on disk "
+        "persistent", description="preprocessed-image cache: RAM spilling to disk, disk only, on disk "
         "across stages/restarts/runs (persistent), or none"
     )
     cache_dir: str | None = Field(
@@ -226,6 +226,17 @@ class TrainingConfig(_Strict):
     scheduler: Literal["cosine", "constant"] = "cosine"
     warmup_steps: int = Field(0, ge=0)
     early_stopping_patience: int | None = Field(None, ge=1, description="epochs without val gain")
+    replay: Literal["none", "all"] | float = Field(
+        "none", description="after the first epoch of stage K, each epoch also revisits the "
+        "cached training images of stages 1..K-1: all of them, or this share (0-1] of each; "
+        "needs data.cache: persistent")
+
+    @field_validator("replay")
+    @classmethod
+    def _replay_share(cls, v: str | float) -> str | float:
+        if isinstance(v, float) and not 0 < v <= 1:
+            raise ValueError(f"a share must be in (0, 1] (or none / all), got {v}")
+        return v
     checkpoint_every_steps: int = Field(200, ge=1)
     checkpoint_every_minutes: float = Field(10.0, gt=0)
     log_every_steps: int = Field(10, ge=1)

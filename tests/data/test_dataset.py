@@ -265,7 +265,8 @@ def _plan_order(archive, nih, cfg, rank, world):
 
 # ----------------------------------------------------------------------------- memory
 def test_memory_bounded_and_registered(opened):
-    cfg = _cfg(memory_budget_mb=8, max_request_mb=0.25, requests_in_flight=2, shuffle_buffer=8)
+    cfg = _cfg(memory_budget_mb=8, max_request_mb=0.25, requests_in_flight=2, shuffle_buffer=8,
+               cache="memory")
     mm = MemoryManager(cfg.memory_budget_mb)
     cache = make_cache(cfg)
     assert cache is not None and cache.budget_bytes == pipeline_budget(cfg)["cache"]

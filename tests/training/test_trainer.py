@@ -373,3 +373,58 @@ def test_pca_baseline_is_fitted_after_the_deep_models_and_evaluated(train_archiv
         s: m.tolist() for s, m in training_subset(cfg, tr.index, ["images_001", "images_002"]).items()}
     m = evaluate_run(out)
     assert set(m["models"]) == {"ae", "pca"} and 0 <= m["models"]["pca"]["auroc"] <= 1
+
+
+@pytest.mark.slow
+def test_replay_revisits_earlier_stages_and_resumes_exactly(train_archive, tmp_path):
+    """training.replay all (persistent cache): the first epoch of stage K streams stage K, later
+    epochs draw from stages 1..K; a run stopped in a replay epoch resumes bit-identical, and the
+    resumed process reads the stages it had decoded from the cache (0 bytes fetched for them)."""
+    from imgae_dx.data.nih_index import NIHIndex
+    from imgae_dx.streaming.sources import open_archive
+
+    over = {"data.cache": "persistent", "training.replay": "all", "training.epochs_per_stage": 2,
+            "training.checkpoint_every_steps": 1000}
+    kw = dict(models=["ae"], stages=["images_001", "images_002", "images_003"])
+    ref_seen: list[tuple[str, int, list[int]]] = []
+    ref = StreamingTrainer(tiny_config(train_archive, tmp_path / "ref", **kw, **over),
+                           on_batch=lambda s, e, b: ref_seen.append((s, e, b.members.tolist())))
+    ref.train_progressive_stages()
+    cfg0 = tiny_config(train_archive, tmp_path / "x", **kw, **over)
+    archive = open_archive(str(train_archive), cfg0.data)
+    stage_of = {m: NIHIndex.from_archive(archive).record(m).stage
+                for _, _, ms in ref_seen for m in ms}
+    archive.close()
+    assert {stage_of[m] for s, e, ms in ref_seen if (s, e) == ("images_001", 1) for m in ms} == {"images_001"}
+    assert {stage_of[m] for s, e, ms in ref_seen if (s, e) == ("images_003", 1) for m in ms} == {
+        "images_001", "images_002", "images_003"}
+    assert {stage_of[m] for s, e, ms in ref_seen if (s, e) == ("images_003", 0) for m in ms} == {"images_003"}
+
+    out, n = tmp_path / "run", []
+    cfg = tiny_config(train_archive, out, **kw, **over)
+
+    def on_batch(stage, epoch, batch):
+        n.append((stage, epoch))
+        if n.count(("images_003", 1)) == 2:  # in stage 3's replay epoch
+            tr.request_stop()
+
+    tr = StreamingTrainer(cfg, on_batch=on_batch)
+    assert tr.train_progressive_stages().interrupted
+    res2 = StreamingTrainer(cfg, resume=True)
+    assert not res2.train_progressive_stages().interrupted
+    assert state_dict_digest(weights(out, "ae")) == state_dict_digest(weights(tmp_path / "ref", "ae"))
+    # the resumed process re-collected stages 1-3's validation images from the cache, not the archive
+    for s in ("images_001", "images_002", "images_003"):
+        assert res2.data.val[s].stats()["bytes_fetched"] == 0, s
+    assert res2.data.replay["images_003"].stats()["bytes_fetched"] == 0
+
+
+def test_replay_needs_the_persistent_cache(train_archive, tmp_path):
+    from imgae_dx.config import ConfigError
+
+    cfg = tiny_config(train_archive, tmp_path / "r", models=["ae"],
+                      **{"training.replay": 0.5, "data.cache": "memory"})
+    with pytest.raises(ConfigError, match="data.cache: persistent"):
+        StreamingTrainer(cfg).train_progressive_stages()
+    with pytest.raises(ConfigError, match=r"training.replay"):
+        tiny_config(train_archive, tmp_path / "r", **{"training.replay": 1.5})

@@ -65,7 +65,7 @@ def stream(cfg: Any, *, split: str = "all", limit: int | None = None, progress: 
         nih = NIHIndex.from_archive(archive)
         stages = nih.resolve_stages(cfg.stages)
         memory = MemoryManager(cfg.data.memory_budget_mb)
-        cache = make_cache(cfg.data)
+        cache = make_cache(cfg.data, archive=archive)
         plans = [
             (stage, s, StreamingNIHDataset(archive, nih, stage, s, cfg.data, seed=cfg.seed,
                                            batch_size=cfg.training.batch_size, cache=cache,

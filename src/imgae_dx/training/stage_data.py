@@ -1,11 +1,22 @@
-"""The data side of training: per-stage datasets and caches, and the next stage's early start.
+"""The data side of training: per-stage datasets and caches, replay, the next stage's early start.
 
 :class:`StageData` builds, for every stage, the training dataset (normal images of training
 patients; ``drop_last``, equal batch counts on every rank) and the validation dataset (normal images
-of the stage's validation patients), sharing one decoded-image cache per stage, allocated lazily and
-freed when the stage ends. During a stage's last epoch, :meth:`StageData.start_next` begins
-streaming the next stage in a background thread (:class:`StageWarmup`), so the stage switch does not
-wait on the network.
+of the stage's validation patients). Decoded images go to one cache:
+
+* ``data.cache: persistent`` — one decode-once cache on disk for the whole run (``RUN_DIR/cache``
+  or ``data.cache_dir``), keyed by the archive; it outlives stages and processes, so a resumed run
+  reads what it decoded before instead of streaming it again;
+* ``memory`` / ``disk`` — one cache per stage, allocated lazily and freed when the stage ends.
+
+**Replay** (``training.replay``: ``all`` or a fraction): the first epoch of stage K streams stage K
+(decoding it into the cache); every later epoch of stage K draws, from the cache, the training
+images of stage K and of the earlier stages (all of them, or that fraction of each earlier stage,
+chosen once per stage from the seed) in a seeded order (:class:`~imgae_dx.data.replay.ReplayDataset`:
+exact resume, equal batch counts on every rank). Replay needs the persistent cache.
+
+During a stage's last epoch, :meth:`StageData.start_next` begins streaming the next stage in a
+background thread (:class:`StageWarmup`), so the stage switch does not wait on the network.
 """
 
 from __future__ import annotations
@@ -70,27 +81,55 @@ class StageData:
 
     def __init__(self, cfg: Config, archive: Any, index: Any, stages: list[str], *, rank: int,
                  world_size: int, run_dir: Path) -> None:
+        from imgae_dx.config import ConfigError
         from imgae_dx.data.dataset import StreamingNIHDataset, make_cache, pipeline_budget
         from imgae_dx.data.memory import MemoryManager
+        from imgae_dx.data.replay import ReplayDataset
 
-        d = cfg.data
+        d, t = cfg.data, cfg.training
         pipeline_budget(d)  # ConfigError now if the memory budget cannot hold the pipeline
+        if t.replay != "none" and d.cache != "persistent":
+            raise ConfigError(f"training.replay: {t.replay} revisits earlier stages' decoded images, "
+                              f"which only data.cache: persistent keeps (now {d.cache!r}); set "
+                              "data.cache: persistent or training.replay: none")
         self.memory = MemoryManager(d.memory_budget_mb)
+        self.shared = (make_cache(d, run_dir / "cache", archive=archive, rank=rank)
+                       if d.cache == "persistent" else None)
         self.caches: dict[str, Any] = {}
         self.train: dict[str, Any] = {}
         self.val: dict[str, Any] = {}
+        self.replay: dict[str, Any] = {}
         common = dict(seed=cfg.seed, rank=rank, world_size=world_size, memory=self.memory,
-                      batch_size=cfg.training.batch_size)
-        for stage in stages:
-            cache = make_cache(d, run_dir / "cache")
-            if cache is not None:
+                      batch_size=t.batch_size)
+        for k, stage in enumerate(stages):
+            cache = self.shared if self.shared is not None else make_cache(d, run_dir / "cache")
+            if cache is not None and self.shared is None:
                 self.caches[stage] = cache
             self.train[stage] = StreamingNIHDataset(archive, index, stage, "train", d, cache=cache,
                                                     drop_last=True, **common)
             self.val[stage] = StreamingNIHDataset(archive, index, stage, "val", d, cache=cache,
                                                   drop_last=False, **common)
-        self.batches_per_epoch = {s: int(self.train[s].num_batches()) for s in stages}
+            if k and t.replay != "none":
+                members = replay_members(cfg, index, stages[: k + 1], t.replay)
+                self.replay[stage] = ReplayDataset(archive, index, stages[: k + 1], "train", d,
+                                                   cache=self.shared, members=members, **common)
+        self.first_epoch_batches = {s: int(self.train[s].num_batches()) for s in stages}
         self._warmup: tuple[str, StageWarmup] | None = None
+
+    def dataset(self, stage: str, epoch: int) -> Any:
+        """The training dataset of ``stage``'s ``epoch``: the stream, or (replay, epochs ≥ 1) the
+        replay over the cached stages so far."""
+        return self.replay[stage] if epoch > 0 and stage in self.replay else self.train[stage]
+
+    def batches_in(self, stage: str, epoch: int) -> int:
+        """Batches every rank yields in ``stage``'s ``epoch``."""
+        return int(self.dataset(stage, epoch).num_batches())
+
+    def flush(self) -> None:
+        """Publish what the persistent cache holds in memory (before a checkpoint: a kill after
+        the save then loses no decoded image the checkpoint's position has passed)."""
+        if self.shared is not None:
+            self.shared.flush()
 
     def start_next(self, stage: str) -> None:
         """Start streaming ``stage``'s first training epoch in the background (once)."""
@@ -101,7 +140,7 @@ class StageData:
     def epoch_batches(self, stage: str, epoch: int, resume_state: Any = None) -> tuple[Any, Iterator[Any]]:
         """``(dataset, batches)`` of one training epoch, from ``resume_state`` when given (the
         early-started stream is used when it is this stage's first epoch from the start)."""
-        ds = self.train[stage]
+        ds = self.dataset(stage, epoch)
         ds.set_epoch(epoch)
         if resume_state is not None:
             ds.load_state_dict(resume_state)
@@ -123,8 +162,10 @@ class StageData:
         return (b.images for b in ds.batches())
 
     def release(self, stage: str) -> None:
-        """Free the stage's cache and other registered buffers once the stage is done."""
+        """Free the stage's cache (a per-stage one; the persistent cache is published and kept)
+        and other registered buffers once the stage is done."""
         self.memory.cleanup_stage(stage)
+        self.flush()
         cache = self.caches.pop(stage, None)
         if cache is not None:
             with contextlib.suppress(Exception):
@@ -136,3 +177,22 @@ class StageData:
             self._warmup = None
         for stage in list(self.caches):
             self.release(stage)
+        if self.shared is not None:
+            with contextlib.suppress(Exception):
+                self.shared.close()
+
+
+def replay_members(cfg: Config, index: Any, stages: list[str], replay: str | float) -> Any:
+    """Training members of a replay epoch over ``stages`` (the last one is the current stage):
+    all of the current stage's, and of each earlier stage all (``all``) or a seeded share."""
+    import numpy as np
+
+    d = cfg.data
+    parts = []
+    for j, stage in enumerate(stages):
+        m = index.split(stage, "train", view=d.view, val_fraction=d.val_fraction, seed=cfg.seed)
+        if replay != "all" and j < len(stages) - 1:
+            rng = np.random.default_rng([cfg.seed, 0x5E7, len(stages), j])
+            m = rng.permutation(m)[: int(round(float(replay) * len(m)))]
+        parts.append(np.asarray(m, dtype=np.int64))
+    return np.concatenate(parts)

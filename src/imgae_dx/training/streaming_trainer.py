@@ -162,7 +162,7 @@ class StreamingTrainer:
         self._build_models()
         self.data = StageData(cfg, self._archive, self.index, self.stages, rank=self.dist.rank,
                               world_size=self.dist.world_size, run_dir=self.run_dir)
-        total = sum(self.data.batches_per_epoch.values()) * t.epochs_per_stage
+        total = sum(self.data.batches_in(s, e) for s in self.stages for e in range(t.epochs_per_stage))
         for st in self.steps.values():
             st.schedule = lambda s, total=total: lr_factor(s, total, t.warmup_steps, t.scheduler)
         self.checkpointer = Checkpointer(self.run_dir, self.deep, writer=self.is_main)
@@ -257,7 +257,7 @@ class StreamingTrainer:
         start = self.position.stage_index
         for si in range(start, len(self.stages)):
             stage, self._si = self.stages[si], si
-            if self.data.batches_per_epoch[stage] == 0 and self.is_main:
+            if self.data.first_epoch_batches[stage] == 0 and self.is_main:
                 log.warning("stage %s yields no full training batch (%d training images for %d "
                             "process(es), batch size %d): it trains nothing; lower --batch-size or "
                             "widen the split (data.view all)", stage,
@@ -289,13 +289,13 @@ class StreamingTrainer:
         if self.is_main and self.progress_bars:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=self.data.batches_per_epoch[stage], initial=self.progress.batch,
+            bar = tqdm(total=self.data.batches_in(stage, epoch), initial=self.progress.batch,
                        leave=False, dynamic_ncols=True,
                        desc=f"{stage} [{si + 1}/{len(self.stages)}] epoch {epoch + 1}/{t.epochs_per_stage}")
         try:
             return train_one_epoch(
                 self.steps, batches, self.progress, to_device=self._to_device,
-                world_size=self.dist.world_size, total_batches=self.data.batches_per_epoch[stage],
+                world_size=self.dist.world_size, total_batches=self.data.batches_in(stage, epoch),
                 log_every=t.log_every_steps, bar=bar,
                 on_log=lambda means, ips: self.reporter.train(
                     step=self.progress.step, stage=stage, stage_index=si + 1, epoch=epoch, means=means,
@@ -319,6 +319,7 @@ class StreamingTrainer:
         stop, due = self._sync_flags()
         if stop or due or self.progress.step - self._last_save_step >= t.checkpoint_every_steps:
             self.position.batch = self.progress.batch  # mid-epoch: where the epoch continues
+            self.data.flush()
             self._save()
         return stop
 
@@ -353,6 +354,7 @@ class StreamingTrainer:
         stop_early = t.early_stopping_patience is not None and self.bad_epochs >= t.early_stopping_patience
         last = epoch + 1 == t.epochs_per_stage or stop_early
         self.position = Position(si + 1, 0, 0) if last else Position(si, epoch + 1, 0)
+        self.data.flush()
         self._save(stage_k=si + 1 if last else None, best=improved, val=sel, val_stages=k)
         if stop_early and self.is_main:
             log.info("early stopping: no validation gain for %d epochs; stage %s ends", self.bad_epochs, stage)
