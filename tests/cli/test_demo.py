@@ -8,7 +8,9 @@ the demo promises.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -104,7 +106,7 @@ def test_demo_end_to_end_on_a_tiny_archive(tmp_path, capsys, monkeypatch):
     spec = demo.SampleSpec(images_per_stage=40, image_px=64)
     archive = demo.sample_cache_root() / spec.key() / "data.zip"
     assert archive.is_file()
-    assert f"[1/5] sample archive: {archive}" in printed and "generated" in printed
+    assert f"[1/6] sample archive: {archive}" in printed and "generated" in printed
 
     # a complete run folder
     for rel in ("config.yaml", "metrics.jsonl", demo.MARKER, "eval/metrics.json", "eval/scores.csv",
@@ -134,8 +136,20 @@ def test_demo_end_to_end_on_a_tiny_archive(tmp_path, capsys, monkeypatch):
     assert "<h1>ImgAE-Dx report</h1>" in (out / "report.html").read_text()
     streamed = [x for x in printed.splitlines() if x.startswith("streamed ")]
     assert streamed and int(streamed[0].split(" in ")[1].split()[0]) > 0  # range requests served
-    for step in ("[2/5]", "[3/5]", "[4/5]", "[5/5]"):
+    for step in ("[2/6]", "[3/6]", "[4/6]", "[5/6]", "[6/6]"):
         assert step in printed
+
+    # the last step scored held-out test images from files and the report links its gallery
+    heldout = sorted((out / "heldout").glob("*.png"))
+    assert heldout
+    test_names = set(zipfile.ZipFile(archive).read("test_list.txt").decode().split())
+    assert {p.name for p in heldout} <= test_names  # held-out patients only
+    with (out / "predict" / "predictions.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3 * len(heldout) and all(r["error"] == "" and r["score"] for r in rows)
+    assert len(list((out / "predict" / "overlays").glob("*.png"))) == len(heldout)
+    assert 'href="predict/index.html"' in (out / "report.html").read_text()
+    assert f"gallery: {out / 'predict' / 'index.html'}" in printed
 
     # a second demo into the same folder reuses the sample and replaces the previous run
     (out / "stale.txt").write_text("from the first run")

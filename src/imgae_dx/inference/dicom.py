@@ -30,7 +30,7 @@ import numpy as np
 
 from imgae_dx.inference.errors import ImageReadError
 
-INSTALL_HINT = "pip install 'imgae-dx[dicom]' (or: pip install pydicom)"
+INSTALL_HINT = "pip install 'pydicom>=3.0' (a dependency of imgae-dx: reinstall it)"
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
 
