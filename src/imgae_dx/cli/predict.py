@@ -9,13 +9,20 @@ stderr, plus a one-line summary), 2 for a user error that stops the command (no 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+import warnings
 
 
 def run(args: argparse.Namespace) -> int:
     from imgae_dx.inference.calibration import check_specificity
     from imgae_dx.inference.job import predict_to_folder
     from imgae_dx.inference.predictor import load
+
+    # pydicom warns (and logs) about every irregular header it tolerates; the command reports each
+    # file's outcome on its row, so these would only clutter stderr
+    warnings.filterwarnings("ignore", module="pydicom")
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
 
     def note(msg: str) -> None:
         print(msg, file=sys.stderr)

@@ -100,12 +100,13 @@ def _gray_unit(arr: np.ndarray, ds: Any) -> np.ndarray:
     """Modality LUT + VOI (or min–max) of a grayscale frame → float64 in [0, 1]."""
     from pydicom.pixels import apply_modality_lut, apply_voi
 
-    x = np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
+    m = np.asarray(apply_modality_lut(arr, ds))
     if "VOILUTSequence" in ds and len(ds.VOILUTSequence):
-        item = ds.VOILUTSequence[0]
-        bits = int(item.LUTDescriptor[2])
-        out = np.asarray(apply_voi(x, ds, index=0), dtype=np.float64)
+        bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
+        lut_in = m if np.issubdtype(m.dtype, np.integer) else np.rint(m).astype(np.int64)  # LUTs index integers
+        out = np.asarray(apply_voi(lut_in, ds, index=0), dtype=np.float64)
         return np.clip(out / float(2**bits - 1), 0.0, 1.0)
+    x = m.astype(np.float64)
     if "WindowCenter" in ds and "WindowWidth" in ds:
         return window(x, _first(ds.WindowCenter), _first(ds.WindowWidth),
                       str(getattr(ds, "VOILUTFunction", "LINEAR") or "LINEAR"))

@@ -138,7 +138,8 @@ def predict_to_folder(inputs: Sequence[str], predictor: Predictor, out: str | Pa
                 o.overlay = f"overlays/{name}"
                 panels = [O.Panel(r.model, r.anomaly_map, vmax[r.model], r.score, r.percentile,  # type: ignore[arg-type]
                                   bool(r.flagged)) for r in res]
-                writes.append(pool.submit(_render_write, overlays / name, res[0].image, panels, o.path))
+                writes.append(pool.submit(_render_write, overlays / name, res[0].image, panels,
+                                          Path(o.path).name))
                 for r in res:
                     summary.flagged[r.model] += bool(r.flagged)
                     r.anomaly_map = r.reconstruction = r.image = None  # the panels hold what is drawn
