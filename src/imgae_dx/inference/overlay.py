@@ -66,13 +66,17 @@ def _colorbar(vmax: float) -> np.ndarray:
 
 
 def blend(gray: np.ndarray, amap: np.ndarray, vmax: float) -> np.ndarray:
-    """PANEL×PANEL BGR: ``gray`` (PANEL² uint8) with ``amap`` (any H×W) over it on 0…vmax."""
-    m = cv2.resize(amap.astype(np.float32), (PANEL, PANEL), interpolation=cv2.INTER_LINEAR)
-    n = np.clip(m / np.float32(vmax), 0.0, 1.0)
+    """``gray`` (H×W uint8) with ``amap`` (H×W float) blended over it on 0…vmax → H×W×3 BGR.
+
+    Blended at model resolution and upscaled afterwards (both inputs are model-resolution
+    arrays; 16× fewer pixels to blend than at the panel size for a 64 px model).
+    """
+    if amap.shape != gray.shape:
+        amap = cv2.resize(amap.astype(np.float32), gray.shape[::-1], interpolation=cv2.INTER_LINEAR)
+    n = np.clip(amap.astype(np.float32) / np.float32(vmax), 0.0, 1.0)
     color = _LUT[(n * 255.0 + 0.5).astype(np.uint8)].astype(np.float32)
     alpha = (ALPHA_MAX * n)[..., None]
-    base = np.repeat(gray[..., None], 3, axis=2).astype(np.float32)
-    return (base * (1.0 - alpha) + color * alpha + 0.5).astype(np.uint8)
+    return (gray[..., None].astype(np.float32) * (1.0 - alpha) + color * alpha + 0.5).astype(np.uint8)
 
 
 def render(image: np.ndarray, panels: Sequence[Panel], title: str) -> np.ndarray:
@@ -88,7 +92,8 @@ def render(image: np.ndarray, panels: Sequence[Panel], title: str) -> np.ndarray
     bar_cache: dict[float, np.ndarray] = {}
     for k, p in enumerate(panels):
         x0 = GAP + PANEL + GAP + k * step
-        canvas[TITLE_H:TITLE_H + PANEL, x0:x0 + PANEL] = blend(gray, p.anomaly_map, p.vmax)
+        canvas[TITLE_H:TITLE_H + PANEL, x0:x0 + PANEL] = cv2.resize(
+            blend(image, p.anomaly_map, p.vmax), (PANEL, PANEL), interpolation=cv2.INTER_LINEAR)
         if p.vmax not in bar_cache:
             bar_cache[p.vmax] = _colorbar(p.vmax)
         canvas[TITLE_H:TITLE_H + PANEL, x0 + PANEL:x0 + PANEL + BAR_W + BAR_LABEL_W] = bar_cache[p.vmax]
@@ -102,8 +107,10 @@ def render(image: np.ndarray, panels: Sequence[Panel], title: str) -> np.ndarray
 
 
 def encode_png(bgr: np.ndarray) -> bytes:
-    """PNG bytes of a BGR image (fast zlib level: overlays are written per input image)."""
-    ok, buf = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    """PNG bytes of a BGR image: zlib level 1 and the UP filter (upscaled panels repeat rows), about
+    twice as fast as OpenCV's default adaptive filtering for a file of the same size."""
+    ok, buf = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 1,
+                                         cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP])
     if not ok:  # pragma: no cover - OpenCV fails only on invalid arrays
         raise RuntimeError("PNG encoding of an overlay failed")
     return buf.tobytes()
