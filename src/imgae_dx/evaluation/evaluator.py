@@ -514,13 +514,14 @@ def operating_point(labels: np.ndarray, scores: np.ndarray, calibration: Any,
 
 
 def run_operating_point(run_dir: Path, name: str, labels: np.ndarray, scores: np.ndarray,
-                        step: int | None, specificity: float | None = None) -> dict[str, Any]:
-    """:func:`operating_point` with the run's ``checkpoints/NAME/calibration.json``; when it is
-    missing or belongs to another step than the evaluated checkpoint, says so instead."""
-    from imgae_dx.inference.calibration import DEFAULT_SPECIFICITY, Calibration, calibration_path
+                        step: int | None) -> dict[str, Any]:
+    """:func:`operating_point` at ``predict``'s default target (95 %) with the run's
+    ``checkpoints/NAME/calibration.json``; when that is missing or belongs to another step than
+    the evaluated checkpoint, says so instead."""
+    from imgae_dx.inference.calibration import DEFAULT_SPECIFICITY as spec
+    from imgae_dx.inference.calibration import Calibration, calibration_path
     from imgae_dx.inference.errors import CalibrationError
 
-    spec = DEFAULT_SPECIFICITY if specificity is None else specificity
     path = calibration_path(run_dir, name)
     try:
         cal = Calibration.load(path)
