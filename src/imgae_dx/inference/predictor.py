@@ -26,7 +26,14 @@ import torch
 
 from imgae_dx.inference.calibration import DEFAULT_SPECIFICITY, check_specificity
 from imgae_dx.inference.errors import ImageReadError
-from imgae_dx.inference.images import MAX_SIDE, load_file, prepare_array, read_bytes, to_unit
+from imgae_dx.inference.images import (
+    MAX_SIDE,
+    decode_file_bytes,
+    load_file,
+    prepare_array,
+    read_bytes,
+    to_unit,
+)
 from imgae_dx.inference.loading import LoadedModel
 
 Item = str | os.PathLike | np.ndarray
@@ -99,8 +106,6 @@ class Predictor:
             return {s: prepare_array(item, s, max_side=self.max_side) for s in self.sizes}
         if len(self.sizes) == 1:
             return {self.sizes[0]: load_file(item, self.sizes[0], max_side=self.max_side)}
-        from imgae_dx.inference.images import decode_file_bytes
-
         data = read_bytes(item)
         return {s: decode_file_bytes(data, s, name=str(item), max_side=self.max_side) for s in self.sizes}
 
