@@ -150,3 +150,31 @@ def test_link_bench_sweeps_prefetch_settings(small_archive, tmp_path):
         bound = min(r["link_bound"], out["ceiling_images_per_s"])
         assert r["vs_bound"] == pytest.approx(r["images_per_s"] / bound, rel=0.01)
     assert set(out["meets_target"]) == {"50.0"}
+
+
+def test_predict_bench_measures_predict_against_the_decode_ceiling(tmp_path):
+    out = _json("predict_bench.py", "--images", "6", "--image-px", "128", "--repeats", "1", "--tiny",
+               "--batch-size", "4", "--workdir", str(tmp_path), cwd=tmp_path)
+    assert out["images"] == 6 and out["models"] == ["unet", "ra", "ae"]
+    assert out["decode_ceiling_median"] > 0 and out["predict_median"] > 0
+    assert out["ratio"] == pytest.approx(out["predict_median"] / out["decode_ceiling_median"], rel=0.05)
+    assert len(list((tmp_path / "out" / "overlays").glob("*.png"))) == 6
+
+
+def test_restart_bench_refetches_nothing_cached(tmp_path):
+    out = _json("restart_bench.py", "--smoke", cwd=tmp_path)
+    assert out["killed_at"]["stage"] == "images_002"
+    assert out["refetched_bytes_for_stage_1"] == 0 and out["final_weights_identical"]
+    assert 0 < out["stage_2_and_3_bytes_fetched"] <= sum(
+        out["stage_bytes_in_archive"][s] for s in ("images_002", "images_003"))
+    assert out["ok"]
+
+
+def test_quality_bench_smoke(tmp_path):
+    out = _json("quality_bench.py", "--smoke", "--seeds", "0", "--settings", "demo",
+               "--bootstrap", "20", "--workdir", str(tmp_path), cwd=tmp_path)
+    (row,) = out["rows"]
+    assert set(row["auroc"]) >= {"l1_mean", "l1_top1", "clahe_mean", "ra_authors"}
+    assert set(row["auroc"]["l1_mean"]) == {"unet", "ra", "ae", "pca"}
+    assert all(0 <= v <= 1 for per in row["auroc"].values() for v in per.values())
+    assert {s["setting"] for s in out["summary"]} == {"demo"}

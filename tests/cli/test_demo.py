@@ -8,7 +8,9 @@ the demo promises.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -104,7 +106,7 @@ def test_demo_end_to_end_on_a_tiny_archive(tmp_path, capsys, monkeypatch):
     spec = demo.SampleSpec(images_per_stage=40, image_px=64)
     archive = demo.sample_cache_root() / spec.key() / "data.zip"
     assert archive.is_file()
-    assert f"[1/5] sample archive: {archive}" in printed and "generated" in printed
+    assert f"[1/6] sample archive: {archive}" in printed and "generated" in printed
 
     # a complete run folder
     for rel in ("config.yaml", "metrics.jsonl", demo.MARKER, "eval/metrics.json", "eval/scores.csv",
@@ -128,14 +130,26 @@ def test_demo_end_to_end_on_a_tiny_archive(tmp_path, capsys, monkeypatch):
         assert line in printed
     assert "unet vs ra: ΔAUROC" in printed and "DeLong p =" in printed
     best = max(metrics["models"].items(), key=lambda kv: kv[1]["auroc"])
-    assert f"best model: {best[0]}, test AUROC {best[1]['auroc']:.3f}" in printed
+    assert f"highest test AUROC (descriptive): {best[0]}, {best[1]['auroc']:.3f}" in printed
     report_line = [x for x in printed.splitlines() if x.startswith("report:")]
     assert report_line and Path(report_line[-1].split(None, 1)[1]) == out / "report.html"
     assert "<h1>ImgAE-Dx report</h1>" in (out / "report.html").read_text()
     streamed = [x for x in printed.splitlines() if x.startswith("streamed ")]
     assert streamed and int(streamed[0].split(" in ")[1].split()[0]) > 0  # range requests served
-    for step in ("[2/5]", "[3/5]", "[4/5]", "[5/5]"):
+    for step in ("[2/6]", "[3/6]", "[4/6]", "[5/6]", "[6/6]"):
         assert step in printed
+
+    # the last step scored held-out test images from files and the report links its gallery
+    heldout = sorted((out / "heldout").glob("*.png"))
+    assert heldout
+    test_names = set(zipfile.ZipFile(archive).read("test_list.txt").decode().split())
+    assert {p.name for p in heldout} <= test_names  # held-out patients only
+    with (out / "predict" / "predictions.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3 * len(heldout) and all(r["error"] == "" and r["score"] for r in rows)
+    assert len(list((out / "predict" / "overlays").glob("*.png"))) == len(heldout)
+    assert 'href="predict/index.html"' in (out / "report.html").read_text()
+    assert f"gallery: {out / 'predict' / 'index.html'}" in printed
 
     # a second demo into the same folder reuses the sample and replaces the previous run
     (out / "stale.txt").write_text("from the first run")
@@ -145,3 +159,22 @@ def test_demo_end_to_end_on_a_tiny_archive(tmp_path, capsys, monkeypatch):
     assert "reused" in printed2 and "previous demo run replaced" in printed2
     assert archive.stat().st_mtime_ns == mtime
     assert not (out / "stale.txt").exists() and (out / "report.html").is_file()
+
+
+@pytest.mark.slow
+def test_demo_over_seeds_reports_mean_and_sd(tmp_path, capsys):
+    from imgae_dx.cli.demo import run
+
+    out = tmp_path / "seeds"
+    args = _args(out, tmp_path / "sample", seeds="3,4",
+                 overrides={**TINY_OVERRIDES, "models": ["unet", "ra"]})
+    assert run(args) == 0
+    printed = capsys.readouterr().out
+    assert "over 2 seeds (seed-3, seed-4)" in printed and "unet − ra ΔAUROC" in printed
+    for s in (3, 4):
+        run_dir = out / f"seed-{s}"
+        assert (run_dir / "report.html").is_file()
+        assert yaml.safe_load((run_dir / "config.yaml").read_text())["seed"] == s
+    agg = json.loads((out / "seeds.json").read_text())
+    assert agg["models"]["unet"]["auroc"]["n"] == 2 and agg["models"]["ra"]["auroc"]["sd"] is not None
+    assert "2 training seeds" in (out / "report.html").read_text()

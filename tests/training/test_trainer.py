@@ -27,10 +27,17 @@ def test_run_folder_layout(full_run):
     out = full_run
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["models"] == [*MODELS, "pca"] and cfg["data"]["image_size"] == 64  # --model all
-    assert {p.name for p in (out / "checkpoints" / "pca").iterdir()} == {"best.pt", "last.pt"}
+    assert {p.name for p in (out / "checkpoints" / "pca").iterdir()} == {"best.pt", "last.pt",
+                                                                       "calibration.json"}
     for m in MODELS:
         names = {p.name for p in (out / "checkpoints" / m).iterdir()}
-        assert {"stage_1.pt", "stage_2.pt", "stage_3.pt", "last.pt", "best.pt"} <= names
+        assert {"stage_1.pt", "stage_2.pt", "stage_3.pt", "last.pt", "best.pt", "calibration.json"} <= names
+        cal = json.loads((out / "checkpoints" / m / "calibration.json").read_text())
+        best = torch.load(out / "checkpoints" / m / "best.pt", weights_only=True)
+        assert cal["source"]["step"] == best["step"] and cal["source"]["split"] == "val"
+        val = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+               if r["kind"] == "val" and r["model"] == m]
+        assert cal["n_images"] == val[-1]["selection_images"]  # the validation normals of every stage
         assert not [n for n in names if n.endswith(".tmp")]
     recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in recs if r.get("kind") == "train"]

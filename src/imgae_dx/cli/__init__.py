@@ -80,6 +80,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("demo", help="the main job on the embedded sample dataset, offline")
     s.add_argument("--out", default=None, metavar="DIR")
+    s.add_argument("--seeds", default=None, metavar="S,S,…",
+                   help="train once per seed (OUT/seed-S, each with its report), then report the "
+                        "test AUROC as mean ± sd over the seeds in OUT/report.html")
+
+    s = sub.add_parser("predict", help="score your own PNG/JPEG/DICOM files with a trained model")
+    s.add_argument("inputs", nargs="+", metavar="INPUT", help="files, folders (recursive) and globs")
+    g = s.add_mutually_exclusive_group(required=True)
+    g.add_argument("--run", metavar="RUN_DIR", help="a training run folder (imgae-dx train --out)")
+    g.add_argument("--model", metavar="BUNDLE_DIR", help="a bundle written by imgae-dx export")
+    s.add_argument("--out", default="predictions", metavar="DIR",
+                   help="where predictions.csv, overlays/ and index.html go (default ./predictions)")
+    s.add_argument("--model-name", choices=["unet", "ra", "ae", "all"], default="all")
+    s.add_argument("--specificity", type=float, default=0.95,
+                   help="target specificity of the flag: the share of validation normals below the "
+                        "threshold (default 0.95)")
+
+    s = sub.add_parser("export", help="write a run's models as safetensors + JSON (+ ONNX) bundles")
+    s.add_argument("--run", required=True, metavar="RUN_DIR")
+    s.add_argument("--out", required=True, metavar="BUNDLE_DIR")
+    s.add_argument("--onnx", action="store_true",
+                   help="also write model.onnx, checked against PyTorch with onnxruntime")
     return p
 
 

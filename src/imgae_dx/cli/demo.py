@@ -23,6 +23,11 @@ Steps (each announced on one line; tqdm bars while they run):
    intervals, U-Net vs RA DeLong p-value; the AE is reported alongside as the baseline).
 5. **Report**: ``DIR/report.html`` (:func:`~imgae_dx.visualization.report.write_report`), then the
    summary table and the report's path are printed.
+6. **Predict on image files**: a few held-out test images (normal and abnormal, patients never
+   trained on) are copied out of the archive to ``DIR/heldout/`` and scored as a user's own files
+   would be (:func:`imgae_dx.inference.job.predict_to_folder`, as ``imgae-dx predict DIR/heldout
+   --run DIR --out DIR/predict``); ``report.html`` is rewritten to link the gallery
+   ``DIR/predict/index.html``.
 
 The run folder ``DIR`` (default ``runs/demo``) is the usual run folder plus a marker file
 ``.imgae-dx-demo``; a later demo with the same ``--out`` replaces a folder carrying that marker and
@@ -169,9 +174,66 @@ class _SayHandler(logging.Handler):
         _say("      " + record.getMessage())
 
 
+HELDOUT_IMAGES = 8
+
+
+def _heldout_images(archive: Path, dest: Path, view: str, n: int) -> list[Path]:
+    """Copy ``n`` test-split PNGs (half normal, half abnormal, of the run's view cohort) out of the
+    sample archive into ``dest``; returns their paths."""
+    import csv
+    import io
+    import zipfile
+
+    with zipfile.ZipFile(archive) as z:
+        members = {name.rsplit("/", 1)[-1]: name for name in z.namelist() if name.endswith(".png")}
+        test = set(z.read("test_list.txt").decode().split())
+        rows = list(csv.reader(io.StringIO(z.read("Data_Entry_2017.csv").decode())))[1:]
+        picked: dict[bool, list[str]] = {True: [], False: []}
+        for r in rows:  # columns by position: image, labels, follow-up, patient, age, sex, view
+            normal = r[1] == "No Finding"
+            if (r[0] in test and r[0] in members and (view == "all" or r[6] == view)
+                    and len(picked[normal]) < n // 2):
+                picked[normal].append(r[0])
+        dest.mkdir(parents=True, exist_ok=True)
+        out = []
+        for name in picked[True] + picked[False]:
+            p = dest / name
+            p.write_bytes(z.read(members[name]))
+            out.append(p)
+    return out
+
+
+def run_seeds(args: argparse.Namespace, seeds: list[int]) -> int:
+    """The demo once per training seed into OUT/seed-S, then the mean ± sd over the seeds."""
+    from imgae_dx.visualization.seeds import aggregate, seed_runs, summary_lines, write_seeds_report
+
+    out = Path(getattr(args, "out", None) or DEFAULT_OUT).expanduser()
+    prepare_out(out)
+    for seed in seeds:
+        one = argparse.Namespace(**{**vars(args), "seeds": None, "out": str(out / f"seed-{seed}"),
+                                    "overrides": {**(getattr(args, "overrides", None) or {}), "seed": seed}})
+        _say(f"===== training seed {seed} =====")
+        rc = run(one)
+        if rc:
+            return rc
+    print()
+    for line in summary_lines(aggregate(seed_runs(out))):
+        print(line)
+    print(f"report over seeds: {write_seeds_report(out)}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the demo (see the module doc); returns the exit code."""
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    if getattr(args, "seeds", None):
+        from imgae_dx.errors import UserError
+
+        try:
+            seeds = [int(s) for s in str(args.seeds).split(",") if s.strip()]
+        except ValueError:
+            raise UserError(f"--seeds {args.seeds!r}: give integers separated by commas, e.g. 0,1,2") from None
+        return run_seeds(args, seeds)
     t_start = time.monotonic()
     out = Path(getattr(args, "out", None) or DEFAULT_OUT).expanduser()
     spec = replace(
@@ -194,7 +256,7 @@ def run(args: argparse.Namespace) -> int:
 
     # 1. sample archive
     t = time.monotonic()
-    _say(f"[1/5] sample archive: {folder / 'data.zip'}")
+    _say(f"[1/6] sample archive: {folder / 'data.zip'}")
     path, generated = ensure_sample(spec, folder, progress=progress)
     size_mb = path.stat().st_size / 1e6
     _say(f"      {'generated' if generated else 'reused'} ({size_mb:.1f} MB"
@@ -211,11 +273,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         # 2. the same range-reading path as the real archive
         cfg.source = server.url
-        _say(f"[2/5] streaming it over loopback HTTP (byte ranges): {server.url}")
+        _say(f"[2/6] streaming it over loopback HTTP (byte ranges): {server.url}")
 
         # 3. training
         n_stages = spec.stages if cfg.stages == "all" else len(cfg.stages)
-        _say(f"[3/5] training {', '.join(cfg.models)}: {n_stages} stages × "
+        _say(f"[3/6] training {', '.join(cfg.models)}: {n_stages} stages × "
              f"{cfg.training.epochs_per_stage} epochs, {cfg.data.image_size} px, batch "
              f"{cfg.training.batch_size}, view {cfg.data.view}, device {cfg.training.device}")
         trainer_log = logging.getLogger("imgae_dx.training")
@@ -237,13 +299,26 @@ def run(args: argparse.Namespace) -> int:
 
         # 4. evaluation
         t = time.monotonic()
-        _say("[4/5] evaluating best.pt of each model on the held-out test patients")
+        _say("[4/6] evaluating best.pt of each model on the held-out test patients")
         metrics = evaluate_run(out, progress=progress)
         _say(f"      done in {time.monotonic() - t:.0f} s")
 
         # 5. report
-        _say("[5/5] writing the report")
+        _say("[5/6] writing the report")
         report = write_report(out)
+
+        # 6. predict on held-out image files, as a user would on their own X-rays
+        from imgae_dx.inference.job import predict_to_folder
+        from imgae_dx.inference.predictor import load
+
+        files = _heldout_images(path, out / "heldout", cfg.data.view, HELDOUT_IMAGES)
+        _say(f"[6/6] predict: scoring {len(files)} held-out test images from image files "
+             f"(imgae-dx predict {out / 'heldout'} --run {out} --out {out / 'predict'})")
+        predictor = load(out, notify=lambda msg: _say("      " + msg), progress=progress)
+        predicted = predict_to_folder([str(out / "heldout")], predictor, out / "predict", progress=progress)
+        for line in predicted.lines(predictor.specificity):
+            _say("      " + line)
+        report = write_report(out)  # now with the link to the gallery
         served = server.counts()
     finally:
         server.stop()
@@ -256,11 +331,12 @@ def run(args: argparse.Namespace) -> int:
     if best is not None:
         name, m = best
         lo, hi = m.get("auroc_ci") or [float("nan"), float("nan")]
-        print(f"best model: {name}, test AUROC {m['auroc']:.3f} (95% CI {lo:.3f}–{hi:.3f})")
+        print(f"highest test AUROC (descriptive): {name}, {m['auroc']:.3f} (95% CI {lo:.3f}–{hi:.3f})")
     print(f"streamed {served['bytes_sent'] / 1e6:.1f} MB in {served['requests']} range requests "
           f"from {path}")
     print(f"wall time: {wall:.0f} s")
     print(f"metrics: {out / 'eval' / 'metrics.json'}")
     print(f"report:  {report}")
+    print(f"gallery: {out / 'predict' / 'index.html'}")
     print(f"re-evaluate later: imgae-dx evaluate --run {out} --source {path}")
     return 0

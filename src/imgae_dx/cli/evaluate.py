@@ -30,8 +30,10 @@ def summary_lines(metrics: dict[str, Any]) -> list[str]:
         )
     comp = metrics.get("comparison")
     if comp:
+        ci = comp.get("diff_ci") or [None, None]
         lines.append(
-            f"{comp['a']} vs {comp['b']}: ΔAUROC {_num(comp.get('diff'))}, "
+            f"{comp['a']} vs {comp['b']}: ΔAUROC {_num(comp.get('diff'))} "
+            f"[95% CI {_num(ci[0])}, {_num(ci[1])}], "
             f"DeLong p = {fmt_p(comp.get('delong_p'))}, "
             f"paired patient-bootstrap p = {_num(comp.get('bootstrap_p'))}"
         )

@@ -46,6 +46,13 @@ class ReconstructionModel(nn.Module):
         self.image_size = int(image_size)
         self.scorer = AnomalyScorer(anomaly)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the model's tensors live (parameters, or buffers for the PCA baseline)."""
+        for t in (*self.parameters(), *self.buffers()):
+            return t.device
+        return torch.device("cpu")
+
     def reconstruct(self, x: Tensor) -> Tensor:
         """Inference reconstruction of x (B×1×H×W) → B×1×H×W. Default: ``forward``."""
         return self(x)

@@ -153,8 +153,12 @@ def load_lpips(device: torch.device | str = "cpu") -> LPIPS | None:
     key = str(torch.device(device))
     if key in _CACHE:
         return _CACHE[key]
+    import socket
+
     net: LPIPS | None = LPIPS()
     heads, found = _heads_file()
+    old_timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(30)  # a network that drops packets must not hang the scoring
     try:
         backbone = torch.hub.load_state_dict_from_url(BACKBONE_URL, map_location="cpu",
                                                       progress=False, weights_only=True)
@@ -170,5 +174,7 @@ def load_lpips(device: torch.device | str = "cpu") -> LPIPS | None:
             "where the network allows; or `pip install lpips` for the heads); scoring with the "
             "residual map alone", type(e).__name__, str(e)[:120], hub, heads)
         net = None
+    finally:
+        socket.setdefaulttimeout(old_timeout)
     _CACHE[key] = net
     return net

@@ -22,8 +22,6 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from imgae_dx.errors import UserError
-
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -56,16 +54,6 @@ def detect() -> DistInfo:
     rank = _int("RANK", 0)
     local = _int("LOCAL_RANK", rank)
     return DistInfo(rank=rank, world_size=world, local_rank=local)
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """The device for ``training.device`` (``auto`` | ``cpu`` | ``cuda``): under torchrun, the
-    GPU of this process's local rank."""
-    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise UserError("--device cuda was asked for but no CUDA device is available; use --device cpu")
-        return torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
-    return torch.device("cpu")
 
 
 def init_distributed(device: torch.device, timeout_s: float = 1800.0,

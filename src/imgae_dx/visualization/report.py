@@ -6,7 +6,8 @@ folder holds:
 
 - ``config.yaml`` (the resolved configuration),
 - ``metrics.jsonl`` (training log: loss, validation loss, images/s, RSS),
-- ``eval/metrics.json``, ``eval/scores.csv`` and ``eval/examples/<model>.npz`` (from the evaluator).
+- ``eval/metrics.json``, ``eval/scores.csv`` and ``eval/examples/<model>.npz`` (from the evaluator),
+- ``predict/index.html`` when present (the demo's ``predict`` gallery: linked, not embedded).
 
 Parts whose inputs are missing (e.g. not evaluated yet) are stated as missing, never invented.
 """
@@ -230,6 +231,46 @@ def _localisation_html(metrics: Mapping[str, Any]) -> str:
                    "share of top px in box", "box area share (chance)", "pixel AUROC in vs out"], rows)
 
 
+# ------------------------------------------------------------------------------ operating point
+#: Where the demo's ``predict`` step writes its gallery (linked from the report when present).
+GALLERY = "predict/index.html"
+
+
+def _operating_point_html(metrics: Mapping[str, Any]) -> str:
+    """Test sensitivity/specificity at the threshold calibrated on the validation normals."""
+    ops = {n: m.get("operating_point") for n, m in metrics.get("models", {}).items() if m.get("operating_point")}
+    if not ops:
+        return ""
+    rows, notes = [], []
+    for n, op in ops.items():
+        if op.get("threshold") is None:
+            notes.append(f"{_e(n)}: {_e(op.get('note', 'no calibration'))}")
+            continue
+        sci, eci = op.get("specificity_ci") or [None, None], op.get("sensitivity_ci") or [None, None]
+        rows.append([f"<b>{_e(n)}</b>", f"{op['target_specificity']:.0%}", _num(op["threshold"], 5),
+                     f"{_num(op.get('specificity'))} <span class=muted>[{_num(sci[0])}, {_num(sci[1])}]</span>",
+                     f"{_num(op.get('sensitivity'))} <span class=muted>[{_num(eci[0])}, {_num(eci[1])}]</span>",
+                     _num(op.get("calibration_images"))])
+    out = "<h2>Operating point</h2><p>The flag of <code>imgae-dx predict</code>: a score above the "
+    out += ("threshold that leaves the target share of the <i>validation</i> normals below it (no test "
+            "image is used to set it). On the test split it gives:</p>")
+    if rows:
+        out += _table(["model", "target specificity", "threshold", "test specificity [95% CI]",
+                       "test sensitivity [95% CI]", "validation normals"], rows)
+    if notes:
+        out += "<p class=muted>" + "<br>".join(notes) + "</p>"
+    return out
+
+
+def _gallery_html(run_dir: Path) -> str:
+    """A link to the ``predict`` gallery in the run folder, when there is one."""
+    if not (run_dir / GALLERY).is_file():
+        return ""
+    return (f'<h2>Predictions on image files</h2><p><a href="{GALLERY}">Gallery of <code>imgae-dx '
+            "predict</code> on held-out image files</a> (overlays of the anomaly maps, flags at the "
+            "operating point).</p>")
+
+
 # ------------------------------------------------------------------------------ main
 def make_plots(run_dir: Path, metrics: Mapping[str, Any], records: Sequence[Record],
                evaluation: str | None = None) -> dict[str, Path | None]:
@@ -297,6 +338,7 @@ def write_report(run_dir: str | Path, evaluation: str | None = None) -> Path:
         parts.append(_honest_note(metrics))
         parts.append("<h2>Comparison</h2>" + _scoring_html(metrics) + _comparison_html(metrics)
                      + _counts_html(metrics))
+        parts.append(_operating_point_html(metrics))
         parts.append("<h2>Curves</h2>" + _img(figs["roc_pr"], "ROC and precision-recall curves"))
         parts.append("<h2>Score distributions</h2>" + _img(figs["score_histograms"], "score histograms"))
         parts.append("<h2>Per finding and view</h2>" + _img(figs["per_finding"], "AUROC per finding")
@@ -309,6 +351,7 @@ def write_report(run_dir: str | Path, evaluation: str | None = None) -> Path:
         parts.append('<div class="note">Not evaluated yet: run <code>imgae-dx evaluate --run '
                      f"{_e(run_dir)}</code> for the test metrics.</div>")
         parts.append(_honest_note(None))
+    parts.append(_gallery_html(run_dir))
     parts.append("<h2>Training</h2>" + _img(figs["loss"], "training and validation loss")
                  + _img(figs["throughput"], "images per second and memory"))
     st = stage_table(records)

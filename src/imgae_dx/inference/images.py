@@ -1,0 +1,174 @@
+"""A user's image (file or array) → the uint8 ``image_size × image_size`` array a model scores.
+
+The preprocessing is the training pipeline's, so a file scores as ``evaluate`` scored it:
+
+* **PNG** (8/16-bit; gray, RGB, RGBA, palette): the bytes go through
+  :func:`imgae_dx.data.decode.decode_png` — the very function the streaming dataset and its cache
+  use (IHDR size check, decode, luminance, area resize).
+* **JPEG**: size read from the SOF marker and checked before decoding; a file without its
+  end-of-image marker is refused as truncated; decoded with OpenCV, converted to gray with the
+  same :func:`~imgae_dx.data.decode.to_gray8`, then :func:`~imgae_dx.data.decode.resize_area`.
+* **DICOM** (``DICM`` at byte 128, or a ``.dcm``/``.dicom`` name): :mod:`imgae_dx.inference.dicom`
+  → uint8 gray at full resolution → :func:`~imgae_dx.data.decode.resize_area`.
+* **arrays** (Python API): H×W or H×W×C (C = 1, 3 BGR, 4 BGRA), uint8 / uint16 as the PNG path
+  converts them, or float in [0, 1] (rounded to uint8 first, as the cache stores images).
+
+The model input is then ``v / 255`` as float32 (:func:`to_unit`, the dataset's lookup table).
+Format is recognised by content, not by name. Anything else — not an image, corrupt, truncated,
+too large (a side over ``max_side``, or a file over :data:`MAX_FILE_BYTES`), unreadable — raises
+:class:`~imgae_dx.inference.errors.ImageReadError` with a one-line reason.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from imgae_dx.data.decode import (
+    DEFAULT_MAX_SIDE,
+    PNG_SIGNATURE,
+    DecodeError,
+    decode_png,
+    resize_area,
+    to_gray8,
+)
+from imgae_dx.inference.errors import ImageReadError
+
+MAX_SIDE = DEFAULT_MAX_SIDE
+#: Larger files are refused before they are read (a 1024² X-ray is ~0.5 MB; a DICOM rarely > 100 MB).
+MAX_FILE_BYTES = 512 * 2**20
+DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
+_TO_UNIT = np.arange(256, dtype=np.float32) / np.float32(255.0)
+# SOF markers carrying the frame size (not DHT C4, JPG C8, DAC CC)
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def sniff(head: bytes, name: str = "") -> str | None:
+    """``png`` | ``jpeg`` | ``dicom`` from a file's first 132 bytes (and its name), else None."""
+    if head.startswith(PNG_SIGNATURE):
+        return "png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head[128:132] == b"DICM" or name.lower().endswith(DICOM_SUFFIXES):
+        return "dicom"
+    return None
+
+
+def jpeg_size(data: bytes) -> tuple[int, int]:
+    """``(width, height)`` from a JPEG's SOF segment, without decoding."""
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            raise ImageReadError("corrupt JPEG (marker expected)")
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0x01, *range(0xD0, 0xD8)):  # standalone markers
+            i += 2
+            continue
+        (length,) = struct.unpack(">H", data[i + 2:i + 4])
+        if marker in _SOF:
+            if i + 9 > n:
+                break
+            height, width = struct.unpack(">HH", data[i + 5:i + 9])
+            return int(width), int(height)
+        if marker == 0xDA or length < 2:  # start of scan before any frame header
+            break
+        i += 2 + length
+    raise ImageReadError("corrupt or truncated JPEG (no frame header)")
+
+
+def decode_jpeg(data: bytes, *, max_side: int = MAX_SIDE) -> np.ndarray:
+    """JPEG bytes → uint8 H×W gray at full resolution (size checked before decoding)."""
+    width, height = jpeg_size(data)
+    if width == 0 or height == 0 or width > max_side or height > max_side:
+        raise ImageReadError(f"JPEG declares {width}×{height} pixels; allowed 1–{max_side} per side "
+                             "(refused before decoding)")
+    if not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
+        raise ImageReadError("truncated JPEG (no end-of-image marker)")
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise ImageReadError("corrupt JPEG (OpenCV could not decode it)")
+    try:
+        return to_gray8(img)
+    except DecodeError as e:
+        raise ImageReadError(str(e)) from None
+
+
+def read_bytes(path: str | os.PathLike[str]) -> bytes:
+    """A file's bytes, refusing folders, unreadable paths and files over :data:`MAX_FILE_BYTES`."""
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+        if p.is_dir():
+            raise ImageReadError("is a folder, not an image file")
+        if size > MAX_FILE_BYTES:
+            raise ImageReadError(f"file of {size / 2**20:.0f} MB is larger than the "
+                                 f"{MAX_FILE_BYTES // 2**20} MB allowed for one image")
+        return p.read_bytes()
+    except FileNotFoundError:
+        raise ImageReadError("no such file") from None
+    except PermissionError:
+        raise ImageReadError("permission denied (the file cannot be read)") from None
+    except OSError as e:
+        raise ImageReadError(f"cannot be read ({e.strerror or e})") from None
+
+
+def decode_file_bytes(data: bytes, image_size: int, *, name: str = "",
+                      max_side: int = MAX_SIDE) -> np.ndarray:
+    """An image file's bytes → uint8 ``image_size × image_size`` (see the module doc)."""
+    kind = sniff(data[:132], name)
+    if kind == "png":
+        try:
+            return decode_png(data, image_size, max_side=max_side)
+        except DecodeError as e:
+            raise ImageReadError(str(e)) from None
+    if kind == "jpeg":
+        return resize_area(decode_jpeg(data, max_side=max_side), image_size)
+    if kind == "dicom":
+        from imgae_dx.inference.dicom import decode_dicom
+
+        force = data[128:132] != b"DICM"
+        return resize_area(decode_dicom(data, max_side=max_side, force=force), image_size)
+    if not data:
+        raise ImageReadError("empty file")
+    raise ImageReadError("not a PNG, JPEG or DICOM image (unrecognised content)")
+
+
+def load_file(path: str | os.PathLike[str], image_size: int, *, max_side: int = MAX_SIDE) -> np.ndarray:
+    """Read and preprocess one image file → uint8 ``image_size × image_size``.
+
+    Raises:
+        ImageReadError: unreadable path, not an image, corrupt, truncated or too large.
+    """
+    return decode_file_bytes(read_bytes(path), image_size, name=str(path), max_side=max_side)
+
+
+def prepare_array(arr: np.ndarray, image_size: int, *, max_side: int = MAX_SIDE) -> np.ndarray:
+    """An in-memory image → uint8 ``image_size × image_size`` (see the module doc)."""
+    a = np.asarray(arr)
+    if a.ndim not in (2, 3) or a.shape[0] == 0 or a.shape[1] == 0:
+        raise ImageReadError(f"an image array must be H×W or H×W×C, got shape {a.shape}")
+    if max(a.shape[:2]) > max_side:
+        raise ImageReadError(f"array of {a.shape[1]}×{a.shape[0]} pixels is larger than {max_side} per side")
+    if np.issubdtype(a.dtype, np.floating):
+        if not np.all(np.isfinite(a)) or a.min() < 0 or a.max() > 1:
+            raise ImageReadError("a float image array must hold values in [0, 1]")
+        a = np.rint(a * 255.0).astype(np.uint8)
+    elif a.dtype == np.bool_:
+        a = a.astype(np.uint8) * 255
+    try:
+        gray = to_gray8(np.ascontiguousarray(a))
+    except DecodeError as e:
+        raise ImageReadError(f"{e} (use uint8, uint16 or float in [0, 1])") from None
+    return resize_area(gray, image_size)
+
+
+def to_unit(images: np.ndarray) -> np.ndarray:
+    """uint8 images (any shape) → float32 ``v / 255``, exactly as the training dataset does."""
+    return _TO_UNIT[images]

@@ -1,0 +1,225 @@
+"""Trained models with their calibration, from a run folder or from a bundle.
+
+``load_models(path, model_name="all", device="auto")`` → ``list[LoadedModel]``:
+
+* a **run folder** (``config.yaml`` + ``checkpoints/``): each model's ``checkpoints/MODEL/best.pt``
+  (else ``last.pt``, as the evaluator chooses), read with
+  :func:`imgae_dx.run.checkpoint.read_checkpoint`, and its ``calibration.json`` next to it. A
+  calibration that is missing, or that belongs to other weights or settings (another step,
+  anomaly map or size), is computed by streaming the run's validation split
+  (:func:`imgae_dx.inference.run_calibration.calibrate_run`, announced through ``notify``) and
+  saved where the trainer writes it;
+* a **bundle** (``imgae-dx export``: ``BUNDLE_DIR/MODEL/{config.json, model.safetensors,
+  calibration.json}``) or one model folder of it: JSON and safetensors only — nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from imgae_dx.config import MODEL_NAMES
+from imgae_dx.errors import CheckpointError, RunFolderError, UserError
+from imgae_dx.inference.errors import BundleError, CalibrationError
+from imgae_dx.run.calibration import Calibration, calibration_path
+from imgae_dx.run.checkpoint import read_checkpoint
+
+Notify = Callable[[str], None]
+
+
+@dataclass
+class LoadedModel:
+    """One model ready to score.
+
+    Attributes:
+        name: ``unet`` | ``ra`` | ``ae``.
+        model: the ``nn.Module`` in eval mode, on its device.
+        calibration: its normal validation scores.
+        image_size: model resolution in pixels.
+        info: where the weights came from (checkpoint file, step, stage, stages, images_seen,
+            val_loss, precision, package_version, fingerprint; ``origin``: run folder or bundle).
+    """
+
+    name: str
+    model: Any
+    calibration: Calibration
+    image_size: int
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def select_names(available: list[str], model_name: str, where: str) -> list[str]:
+    """``all`` → every available model; a name → [name] if available, else UserError."""
+    if model_name == "all":
+        return list(available)
+    if model_name not in MODEL_NAMES:
+        raise UserError(f"unknown model {model_name!r}; choose one of {', '.join(MODEL_NAMES)} or all")
+    if model_name not in available:
+        raise UserError(f"{where} holds no {model_name!r} model (it has: {', '.join(available) or 'none'})")
+    return [model_name]
+
+
+def checkpoint_file(run_dir: Path, name: str) -> Path:
+    """``best.pt`` of the model, else ``last.pt`` (CheckpointError when neither exists)."""
+    folder = run_dir / "checkpoints" / name
+    for p in (folder / "best.pt", folder / "last.pt"):
+        if p.is_file():
+            return p
+    raise CheckpointError(f"no checkpoint for model {name!r} in {folder} (best.pt or last.pt); "
+                          f"train it first (`imgae-dx train --out {run_dir} --model {name}`)")
+
+
+def build_model(name: str, image_size: int, model_cfg: Any, state: dict[str, torch.Tensor],
+                where: str, device: torch.device) -> Any:
+    """create_model + load_state_dict (strict), eval mode, on ``device``."""
+    from imgae_dx.models import create_model
+
+    model = create_model(name, image_size=image_size, cfg=model_cfg)
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, KeyError) as e:
+        raise CheckpointError(f"{where} does not fit model {name!r}: {str(e)[:300]}") from None
+    return model.to(device).eval()
+
+
+def _run_config(run_dir: Path) -> Any:
+    from imgae_dx.config import config_from_yaml_text
+
+    p = run_dir / "config.yaml"
+    if not p.is_file():
+        raise RunFolderError(f"{run_dir} has no config.yaml: pass the --out folder of a training run "
+                             "(`imgae-dx train --out RUN_DIR`) or a bundle folder of `imgae-dx export`")
+    return config_from_yaml_text(p.read_text(), str(p))
+
+
+def load_run_models(run_dir: str | os.PathLike[str], model_name: str = "all", *,
+                    device: torch.device | None = None, notify: Notify | None = None,
+                    progress: bool = False) -> list[LoadedModel]:
+    """The run's models (best.pt, else last.pt) with their calibration (computed when needed)."""
+    from imgae_dx.config import config_from_yaml_text
+
+    run_dir = Path(run_dir)
+    cfg = _run_config(run_dir)
+    device = device or torch.device("cpu")
+    out: list[LoadedModel] = []
+    stale: dict[str, str] = {}
+    for name in select_names(list(cfg.models), model_name, f"run folder {run_dir}"):
+        path = checkpoint_file(run_dir, name)
+        ck = read_checkpoint(path, model_name=name)
+        run_cfg = config_from_yaml_text(ck.config_yaml, f"{path} config") if ck.config_yaml else cfg
+        model_cfg = getattr(run_cfg.model, name)
+        model = build_model(name, ck.image_size, model_cfg, ck.model, str(path), device)
+        info = {"origin": str(run_dir), "checkpoint": str(path.relative_to(run_dir)), "step": ck.step,
+                "stage": ck.stage, "stage_k": ck.stage_k, "stages": list(ck.stages or []),
+                "images_seen": ck.images_seen, "val_loss": ck.val_loss, "precision": ck.precision,
+                "package_version": ck.package_version, "fingerprint": ck.fingerprint,
+                "view": run_cfg.data.view, "source": run_cfg.source, "seed": run_cfg.seed}
+        cal_file = calibration_path(run_dir, name)
+        cal: Calibration | None = None
+        if cal_file.is_file():
+            cal = Calibration.load(cal_file)
+            why = cal.matches(model_cfg.anomaly.model_dump(mode="json"), ck.image_size, ck.step)
+            if why is not None:
+                stale[name] = f"{cal_file} is stale ({why})"
+                cal = None
+        else:
+            stale[name] = f"{cal_file} does not exist"
+        out.append(LoadedModel(name, model, cal, ck.image_size, info))  # type: ignore[arg-type]
+    if stale:
+        from imgae_dx.inference.run_calibration import calibrate_run
+
+        for why in stale.values():
+            if notify:
+                notify(f"{why}: computing it from the run's validation normals (once)")
+        todo = [m for m in out if m.name in stale]
+        for m, cal in zip(todo, calibrate_run(run_dir, cfg, todo, progress=progress), strict=True):
+            m.calibration = cal
+            if notify:
+                notify(f"calibration of {m.name}: {cal.n} validation normals → {calibration_path(run_dir, m.name)}")
+    return out
+
+
+# ------------------------------------------------------------------------------ bundles
+BUNDLE_FORMAT = "imgae_dx.bundle/1"
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+def is_bundle_model_dir(p: Path) -> bool:
+    return (p / CONFIG_NAME).is_file() and (p / WEIGHTS_NAME).is_file()
+
+
+def bundle_model_dirs(bundle: Path) -> dict[str, Path]:
+    """Model name → folder of a bundle (or of one of its model folders)."""
+    if is_bundle_model_dir(bundle):
+        return {read_bundle_config(bundle)["model"]: bundle}
+    return {d.name: d for d in sorted(bundle.iterdir()) if d.is_dir() and is_bundle_model_dir(d)} \
+        if bundle.is_dir() else {}
+
+
+def read_bundle_config(folder: Path) -> dict[str, Any]:
+    import json
+
+    p = folder / CONFIG_NAME
+    try:
+        cfg = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(f"{p} cannot be read as JSON ({e})") from None
+    if not isinstance(cfg, dict) or cfg.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{p} is not an imgae-dx bundle config (format {BUNDLE_FORMAT} expected)")
+    if cfg.get("model") not in MODEL_NAMES:
+        raise BundleError(f"{p} names an unknown model {cfg.get('model')!r}")
+    return cfg
+
+
+def load_bundle_models(bundle_dir: str | os.PathLike[str], model_name: str = "all", *,
+                       device: torch.device | None = None) -> list[LoadedModel]:
+    """Models of a bundle: config.json + model.safetensors + calibration.json (no pickle)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    bundle = Path(bundle_dir)
+    dirs = bundle_model_dirs(bundle)
+    if not dirs:
+        raise BundleError(f"{bundle} is not a model bundle: no MODEL/{CONFIG_NAME} with {WEIGHTS_NAME} "
+                          "(write one with `imgae-dx export --run RUN_DIR --out BUNDLE_DIR`)")
+    device = device or torch.device("cpu")
+    out = []
+    for name in select_names(list(dirs), model_name, f"bundle {bundle}"):
+        folder = dirs[name]
+        cfg = read_bundle_config(folder)
+        try:
+            state = load_file(str(folder / WEIGHTS_NAME), device="cpu")
+        except (SafetensorError, OSError, ValueError) as e:
+            raise BundleError(f"{folder / WEIGHTS_NAME} is damaged ({e})") from None
+        size = int(cfg["image_size"])
+        model = build_model(name, size, cfg["architecture"], state, str(folder / WEIGHTS_NAME), device)
+        try:
+            cal = Calibration.load(folder / "calibration.json")
+        except CalibrationError as e:
+            raise BundleError(f"bundle model {folder} has no usable calibration: {e}") from None
+        why = cal.matches(model.cfg.anomaly.model_dump(mode="json"), size)
+        if why is not None:
+            raise BundleError(f"{folder / 'calibration.json'} does not belong to its model ({why})")
+        info = {"origin": str(folder), **cfg.get("checkpoint", {})}
+        out.append(LoadedModel(name, model, cal, size, info))
+    return out
+
+
+def load_models(path: str | os.PathLike[str], model_name: str = "all", *, device: str = "auto",
+                notify: Notify | None = None, progress: bool = False) -> list[LoadedModel]:
+    """A run folder's or a bundle's models (see the module doc); ``device``: auto | cpu | cuda."""
+    from imgae_dx.utils.device import resolve_device
+
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise UserError(f"{p} does not exist: pass a run folder (imgae-dx train --out) or a bundle "
+                        "(imgae-dx export --out)")
+    dev = resolve_device(device)
+    if (p / "config.yaml").is_file():
+        return load_run_models(p, model_name, device=dev, notify=notify, progress=progress)
+    return load_bundle_models(p, model_name, device=dev)

@@ -1,0 +1,105 @@
+"""``MODEL_CARD.md`` of an exported model: what it was trained on, how well it did, what it is for.
+
+Built only from what the bundle's ``config.json`` and calibration hold and, when the run was
+evaluated, its ``eval/metrics.json``; a missing part is said to be missing, never invented.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from imgae_dx.run.calibration import DEFAULT_SPECIFICITY, Calibration
+
+ARCHITECTURES = {
+    "unet": "U-Net trained as a denoising autoencoder (coarse noise on the input, clean target)",
+    "ra": "Reversed Autoencoder (Bercea et al., MIDL 2023): Soft-IntroVAE with a reversed-embedding loss",
+    "ae": "plain convolutional autoencoder with a small dense bottleneck (the published baseline)",
+}
+
+
+def _n(v: Any, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "n/a"
+    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def model_card(config: Mapping[str, Any], cal: Calibration, metrics: Mapping[str, Any] | None) -> str:
+    """The Markdown text (see the module doc)."""
+    name = config["model"]
+    ck = config.get("checkpoint", {})
+    an = config["anomaly"]
+    score = f"top {an['topk_percent']:g} % mean" if an["score"] == "topk" else an["score"]
+    thr = cal.threshold(DEFAULT_SPECIFICITY)
+    synthetic = bool((metrics or {}).get("synthetic_data"))
+    lines = [
+        f"# ImgAE-Dx model card: `{name}`",
+        "",
+        f"**{ARCHITECTURES[name]}**, {config['image_size']}×{config['image_size']} px grayscale input, "
+        f"anomaly map `{an['map']}`, image score = {score} of the map. Written by imgae-dx "
+        f"{config['package_version']}.",
+        "",
+        "## Intended use and limits",
+        "",
+        "- **Research only.** Not a medical device; not validated for diagnosis, triage or any "
+        "clinical decision.",
+        "- Unsupervised: trained on radiographs labelled *No Finding* only; it scores how unlike "
+        "those normals an image looks. Findings that look normal to it are missed, and unusual "
+        "normal images (devices, positioning, other scanners) are flagged.",
+        f"- Trained on the view cohort `{config.get('view', '?')}`: images of other views, "
+        "paediatric patients or other modalities are outside what it has seen.",
+        "- On real NIH ChestX-ray14 data, published unsupervised detectors reach image-level AUROC "
+        "of roughly 0.60–0.78.",
+        "",
+        "## Training data",
+        "",
+        f"- Source: `{config.get('source', '?')}`" + (" (synthetic sample dataset: figures below say "
+                                                       "nothing about real X-rays)" if synthetic else ""),
+        f"- Stages: {', '.join(ck.get('stages') or []) or 'n/a'}; checkpoint from stage "
+        f"`{ck.get('stage') or 'n/a'}` (K = {ck.get('stage_k') or 'n/a'})",
+        f"- Views: `{config.get('view', '?')}`; split: patient-disjoint train / validation / test "
+        "(official `test_list.txt`)",
+        f"- Steps: {ck.get('step', 'n/a')}; images seen: {ck.get('images_seen', 'n/a')}; "
+        f"precision: {ck.get('precision', 'n/a')}",
+        f"- Validation loss (normal validation images) of these weights: {_n(ck.get('val_loss'), 5)}",
+        "",
+        "## Calibration (no test image used)",
+        "",
+        f"- {cal.n} normal validation images (stages {', '.join(cal.source.stages) or 'n/a'}, view "
+        f"`{cal.source.view or '?'}`), scored with `{cal.source.checkpoint}` (step {cal.source.step}).",
+        f"- Threshold at {DEFAULT_SPECIFICITY:.0%} target specificity: score > {thr:.6g} "
+        "(`imgae-dx predict --specificity S` picks another).",
+        f"- Heat-map colour scale: 0 … {cal.map_vmax:.4g} (99.9th percentile of the normal maps).",
+        "",
+        "## Test metrics",
+        "",
+    ]
+    m = ((metrics or {}).get("models") or {}).get(name)
+    if not m:
+        lines.append("Not evaluated (run `imgae-dx evaluate --run RUN_DIR` before exporting).")
+    else:
+        c = (metrics or {}).get("counts") or {}
+        ci = m.get("auroc_ci") or [None, None]
+        lines += [
+            f"Held-out test patients: {c.get('images', 'n/a')} images ({c.get('normal', 'n/a')} normal, "
+            f"{c.get('abnormal', 'n/a')} abnormal), view `{(metrics or {}).get('view', '?')}`.",
+            "",
+            "| metric | value |",
+            "|---|---|",
+            f"| AUROC [95% CI] | {_n(m.get('auroc'))} [{_n(ci[0])}, {_n(ci[1])}] |",
+            f"| AUPRC | {_n(m.get('auprc'))} |",
+            f"| FPR at 95% TPR | {_n(m.get('fpr_at_95_tpr'))} |",
+            f"| sensitivity at 90% specificity | {_n(m.get('sensitivity_at_90_specificity'))} |",
+        ]
+        op = m.get("operating_point")
+        if op and op.get("threshold") is not None:
+            lines.append(f"| at the calibrated threshold ({op['target_specificity']:.0%} target): "
+                         f"specificity / sensitivity | {_n(op.get('specificity'))} / "
+                         f"{_n(op.get('sensitivity'))} |")
+    lines += ["", "## Files", "",
+              "`model.safetensors` (weights), `config.json` (architecture, preprocessing, anomaly map "
+              "and score, checkpoint facts), `calibration.json` (the normal validation scores)"
+              + (", `model.onnx` (image → reconstruction, anomaly map, score)" if config.get("onnx") else "")
+              + ". Load with `imgae_dx.load(BUNDLE_DIR)` or `imgae-dx predict … --model BUNDLE_DIR`.", ""]
+    return "\n".join(lines)

@@ -1,0 +1,110 @@
+"""Several training seeds of one recipe: test AUROC as mean ± sd, and the U-Net − RA gap.
+
+A single seed's difference between two models is not a result (the demo's unet − ra ΔAUROC was
+0.005 on one machine and 0.020 on another, same seed). ``imgae-dx demo --seeds 0,1,2`` trains the
+recipe once per seed into ``OUT/seed-S/`` (each a complete run folder with its own report);
+:func:`aggregate` reads their ``eval/metrics.json`` and :func:`write_seeds_report` writes
+``OUT/report.html``: per model the mean ± sd (sample sd, n − 1) of test AUROC and AUPRC over the
+seeds, the per-seed values, and the unet − ra gap per seed with its 95 % interval.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from imgae_dx.errors import RunFolderError
+from imgae_dx.utils.atomic import atomic_write_text
+
+
+def seed_runs(root: Path) -> list[Path]:
+    """The evaluated ``seed-*`` run folders under ``root`` (sorted by seed)."""
+    runs = [p for p in Path(root).glob("seed-*") if (p / "eval" / "metrics.json").is_file()]
+    return sorted(runs, key=lambda p: int(p.name.split("-", 1)[1]) if p.name.split("-", 1)[1].isdigit() else 0)
+
+
+def _mean_sd(values: list[float]) -> dict[str, Any]:
+    v = [x for x in values if x is not None and math.isfinite(x)]
+    return {"n": len(v), "mean": float(np.mean(v)) if v else None,
+            "sd": float(np.std(v, ddof=1)) if len(v) > 1 else None, "values": v}
+
+
+def aggregate(runs: list[Path]) -> dict[str, Any]:
+    """Mean ± sd over the runs of each model's test AUROC/AUPRC, and of the unet − ra gap."""
+    if not runs:
+        raise RunFolderError("no evaluated seed-* run folders to aggregate")
+    metrics = {r.name: json.loads((r / "eval" / "metrics.json").read_text()) for r in runs}
+    models: list[str] = []
+    for m in metrics.values():
+        models += [n for n in m.get("models", {}) if n not in models]
+    out: dict[str, Any] = {"runs": list(metrics), "models": {}}
+    for name in models:
+        out["models"][name] = {k: _mean_sd([m["models"].get(name, {}).get(k) for m in metrics.values()])
+                               for k in ("auroc", "auprc")}
+    gaps = []
+    for run, m in metrics.items():
+        comp = next((c for c in m.get("comparisons") or [m.get("comparison") or {}]
+                     if c and {c.get("a"), c.get("b")} == {"unet", "ra"}), None)
+        if comp:
+            sign = 1.0 if comp["a"] == "unet" else -1.0
+            ci = [sign * v for v in comp.get("diff_ci") or [math.nan, math.nan]]
+            gaps.append({"run": run, "diff": sign * comp["diff"], "ci": sorted(ci),
+                         "delong_p": comp.get("delong_p")})
+    out["unet_minus_ra"] = {"per_seed": gaps, **_mean_sd([g["diff"] for g in gaps])}
+    return out
+
+
+def _fmt(s: dict[str, Any]) -> str:
+    if s["mean"] is None:
+        return "-"
+    return f"{s['mean']:.3f}" + (f" ± {s['sd']:.3f}" if s["sd"] is not None else "") + f" (n={s['n']})"
+
+
+def summary_lines(agg: dict[str, Any]) -> list[str]:
+    """The aggregate as printable lines."""
+    lines = [f"over {len(agg['runs'])} seeds ({', '.join(agg['runs'])}): test AUROC mean ± sd"]
+    for name, s in agg["models"].items():
+        lines.append(f"  {name:<6} AUROC {_fmt(s['auroc'])}   AUPRC {_fmt(s['auprc'])}")
+    g = agg["unet_minus_ra"]
+    if g["per_seed"]:
+        per = ", ".join(f"{p['run']} {p['diff']:+.3f} [{p['ci'][0]:+.3f}, {p['ci'][1]:+.3f}]"
+                        for p in g["per_seed"])
+        lines.append(f"  unet − ra ΔAUROC {_fmt(g)}; per seed (95% CI): {per}")
+    return lines
+
+
+def write_seeds_report(root: str | Path) -> Path:
+    """``ROOT/report.html``: the aggregate and links to each seed's report; also ``seeds.json``."""
+    root = Path(root)
+    agg = aggregate(seed_runs(root))
+    atomic_write_text(root / "seeds.json", json.dumps(agg, indent=1))
+    e = html.escape
+    rows = "".join(
+        f"<tr><td><b>{e(n)}</b></td><td>{e(_fmt(s['auroc']))}</td><td>{e(_fmt(s['auprc']))}</td>"
+        f"<td>{e(', '.join(f'{v:.3f}' for v in s['auroc']['values']))}</td></tr>"
+        for n, s in agg["models"].items())
+    gaps = ""
+    for p in agg["unet_minus_ra"]["per_seed"]:
+        dp = "" if p["delong_p"] is None else f"{p['delong_p']:.3g}"
+        gaps += (f"<tr><td>{e(p['run'])}</td><td>{p['diff']:+.3f}</td>"
+                 f"<td>[{p['ci'][0]:+.3f}, {p['ci'][1]:+.3f}]</td><td>{dp}</td></tr>")
+    links = "".join(f'<li><a href="{e(r)}/report.html">{e(r)}</a></li>' for r in agg["runs"])
+    doc = (
+        "<!DOCTYPE html><html lang=en><head><meta charset=utf-8><link rel=icon href='data:,'>"
+        "<title>ImgAE-Dx report: seeds</title><style>body{font-family:system-ui,sans-serif;margin:2em}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccd;padding:4px 9px}</style></head><body>"
+        f"<h1>ImgAE-Dx: {len(agg['runs'])} training seeds</h1>"
+        f"<p>Written {e(time.strftime('%Y-%m-%d %H:%M:%S'))}. Test metrics of each seed's best.pt on the "
+        "held-out test patients; mean ± sample sd over the seeds. The model with the highest mean is a "
+        "description, not a selection; a gap smaller than its spread over seeds is not a result.</p>"
+        "<table><tr><th>model</th><th>AUROC</th><th>AUPRC</th><th>AUROC per seed</th></tr>"
+        f"{rows}</table><h2>unet − ra</h2><p>{e(_fmt(agg['unet_minus_ra']))}</p>"
+        "<table><tr><th>seed</th><th>ΔAUROC</th><th>95% CI (patient bootstrap)</th><th>DeLong p</th></tr>"
+        f"{gaps}</table><h2>Each seed's report</h2><ul>{links}</ul></body></html>")
+    return atomic_write_text(root / "report.html", doc)

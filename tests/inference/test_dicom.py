@@ -1,0 +1,165 @@
+"""DICOM files made here with pydicom: grey levels, bit depths, rescale, VOI LUT / window,
+MONOCHROME1, compressed syntaxes, and the files that must be refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import (
+    DigitalXRayImageStorageForPresentation,
+    ExplicitVRLittleEndian,
+    JPEGLSLossless,
+    RLELossless,
+    generate_uid,
+)
+
+from imgae_dx.data.decode import resize_area
+from imgae_dx.inference.dicom import decode_dicom, window
+from imgae_dx.inference.errors import ImageReadError
+from imgae_dx.inference.images import load_file
+
+from .conftest import gray_of
+
+
+def make_dicom(path: Path, pixels: np.ndarray | None, *, bits_stored: int,
+               photometric: str = "MONOCHROME2", rescale: tuple[float, float] | None = None,
+               window_cw: tuple[float, float] | None = None, voi_lut: np.ndarray | None = None,
+               frames: int = 1, size: tuple[int, int] | None = None, preamble: bool = True,
+               compress: str | None = None) -> Path:
+    """Write a DX DICOM; ``pixels`` None → no pixel data. Returns ``path``."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "DX"
+    ds.PatientID = "TEST"
+    rows, cols = size or (pixels.shape[:2] if pixels is not None else (64, 64))
+    ds.Rows, ds.Columns = rows, cols
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated = 8 if bits_stored <= 8 else 16
+    ds.BitsStored = bits_stored
+    ds.HighBit = bits_stored - 1
+    ds.PixelRepresentation = 0
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    if rescale:
+        ds.RescaleSlope, ds.RescaleIntercept = rescale
+    if window_cw:
+        ds.WindowCenter, ds.WindowWidth = window_cw
+    if voi_lut is not None:
+        item = Dataset()
+        item.LUTDescriptor = [len(voi_lut), 0, 12]  # 12-bit output entries
+        item.LUTData = voi_lut.astype("<u2").tobytes()  # OW: one 16-bit word per entry
+        ds.VOILUTSequence = [item]
+    if pixels is not None:
+        ds.PixelData = np.ascontiguousarray(pixels.astype(np.uint8 if bits_stored <= 8 else np.uint16)).tobytes()
+    if compress == "rle":
+        ds.compress(RLELossless)
+    elif compress == "jpegls":  # header only: what matters is that no handler is installed
+        ds.file_meta.TransferSyntaxUID = JPEGLSLossless
+        from pydicom.encaps import encapsulate
+
+        ds.PixelData = encapsulate([b"\xff\xd8\xff\xf7" + b"\0" * 64])
+        ds["PixelData"].VR = "OB"
+    ds.save_as(path, enforce_file_format=preamble)
+    return path
+
+
+@pytest.fixture
+def gray(sample_pngs) -> np.ndarray:
+    g = gray_of(sample_pngs[0]).copy()
+    g[0, 0], g[0, 1] = 0, 255  # spans the full 8-bit range: min–max is the identity
+    return g
+
+
+def _decode(p: Path) -> np.ndarray:
+    return decode_dicom(p.read_bytes(), max_side=8192)
+
+
+def test_monochrome2_at_8_12_16_bits_without_voi_is_min_max(gray, tmp_path):
+    for bits in (8, 12, 16):
+        scale = (2**bits - 1) / 255.0
+        stored = np.rint(gray * scale)
+        p = make_dicom(tmp_path / f"m2_{bits}.dcm", stored, bits_stored=bits)
+        got = _decode(p)
+        assert got.dtype == np.uint8 and got.shape == gray.shape
+        assert np.array_equal(got, gray), bits  # full-range data: same pixels as the PNG
+        # and through the file reader: the model input equals the PNG's
+        assert np.array_equal(load_file(p, 64), resize_area(gray, 64))
+
+
+def test_rescale_does_not_change_min_max_and_monochrome1_is_inverted(gray, tmp_path):
+    stored = gray.astype(np.uint16) * 16
+    plain = _decode(make_dicom(tmp_path / "a.dcm", stored, bits_stored=12))
+    rescaled = _decode(make_dicom(tmp_path / "b.dcm", stored, bits_stored=12, rescale=(2.0, -1024.0)))
+    assert np.array_equal(plain, rescaled)
+    inverted = _decode(make_dicom(tmp_path / "c.dcm", 4095 - stored, bits_stored=12,
+                                  photometric="MONOCHROME1"))
+    assert np.abs(inverted.astype(int) - plain).max() <= 1  # white = low values, shown as NIH does
+
+
+def test_window_center_width_in_rescaled_units(gray, tmp_path):
+    stored = gray.astype(np.uint16) * 16  # 0 … 4080
+    slope, intercept, center, width = 1.0, -1000.0, 1040.0, 2000.0
+    p = make_dicom(tmp_path / "w.dcm", stored, bits_stored=12, rescale=(slope, intercept),
+                   window_cw=(center, width))
+    x = stored * slope + intercept
+    want = np.rint(np.clip((x - (center - 0.5)) / (width - 1) + 0.5, 0, 1) * 255).astype(np.uint8)
+    assert np.array_equal(_decode(p), want)
+    assert window(np.array([0.0]), 100.0, 0.5, "LINEAR_EXACT")[0] == 0.0
+    with pytest.raises(ImageReadError, match="Window Width"):
+        window(np.array([0.0]), 100.0, 0.5, "LINEAR")
+
+
+def test_voi_lut_sequence_wins_over_window(gray, tmp_path):
+    stored = gray.astype(np.uint16) * 16
+    lut = np.rint(np.sqrt(np.arange(4096) / 4095.0) * 4095).astype(np.uint16)  # a gamma curve
+    p = make_dicom(tmp_path / "lut.dcm", stored, bits_stored=12, voi_lut=lut, window_cw=(10.0, 20.0))
+    assert np.array_equal(_decode(p), np.rint(lut[stored] / 4095.0 * 255).astype(np.uint8))
+
+
+def test_rle_is_decoded_by_pydicom_alone(gray, tmp_path):
+    stored = gray.astype(np.uint16) * 16
+    plain = _decode(make_dicom(tmp_path / "u.dcm", stored, bits_stored=12))
+    rle = make_dicom(tmp_path / "rle.dcm", stored, bits_stored=12, compress="rle")
+    assert np.array_equal(_decode(rle), plain)
+
+
+def test_file_without_preamble_is_read_by_its_name(gray, tmp_path):
+    p = make_dicom(tmp_path / "raw.dcm", gray, bits_stored=8, preamble=False)
+    assert p.read_bytes()[128:132] != b"DICM"
+    assert np.array_equal(load_file(p, 64), resize_area(gray, 64))
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning:pydicom")  # the garbage file makes pydicom guess the VR
+@pytest.mark.parametrize("case", ["no_pixels", "bomb", "frames", "truncated", "jpegls", "garbage"])
+def test_dicom_refusals(case, gray, tmp_path):
+    p = tmp_path / f"{case}.dcm"
+    if case == "no_pixels":
+        make_dicom(p, None, bits_stored=8)
+        match = "no pixel data"
+    elif case == "bomb":
+        make_dicom(p, np.zeros((4, 4)), bits_stored=8, size=(50_000, 50_000))
+        match = "50000×50000.*before decoding"
+    elif case == "frames":
+        make_dicom(p, np.zeros((3 * 8, 8)), bits_stored=8, size=(8, 8), frames=3)
+        match = "3 frames"
+    elif case == "truncated":
+        make_dicom(p, gray[:100], bits_stored=8, size=gray.shape)
+        match = "cannot be decoded"
+    elif case == "jpegls":
+        make_dicom(p, gray, bits_stored=8, compress="jpegls")
+        match = r"JPEG-LS Lossless.*no installed package decodes it.*pip install .*(pylibjpeg|pyjpegls)"
+    else:
+        p.write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00\x10\x00garbage" * 3)
+        match = "DICOM"
+    with pytest.raises(ImageReadError, match=match):
+        load_file(p, 64)
