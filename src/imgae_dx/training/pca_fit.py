@@ -50,9 +50,11 @@ def fit_pca(cfg: Config, archive: Any, index: Any, stages: list[str], pool: Vali
                                  batch_size=cfg.training.batch_size, cache=None, memory=memory,
                                  drop_last=False, members=members)
         try:
-            parts.append(collect(b.images for b in ds.batches()))
+            imgs = collect(b.images for b in ds.batches())
         finally:
             ds.close()
+        if len(imgs):
+            parts.append(imgs)
     train = np.concatenate(parts) if parts else np.zeros((0, 1, 1), np.uint8)
     val = pool.images()
     model = create_model("pca", cfg.data.image_size, cfg=cfg.model.pca)

@@ -70,7 +70,7 @@ class ValidationPool:
 
     def images(self) -> np.ndarray:
         """All held images, stage after stage (N×H×W uint8)."""
-        parts = list(self._images.values())
+        parts = [a for a in self._images.values() if len(a)]  # a stage may have no val images
         return np.concatenate(parts) if parts else np.zeros((0, 0, 0), np.uint8)
 
 
