@@ -9,7 +9,8 @@ import json
 import numpy as np
 import pytest
 
-from imgae_dx.evaluation.evaluator import CloudEvaluator, operating_point, run_operating_point
+from imgae_dx.evaluation.evaluator import CloudEvaluator
+from imgae_dx.evaluation.operating_point import operating_point, run_operating_point
 from imgae_dx.evaluation.results import SCORE_FIELDS
 from imgae_dx.run.calibration import Calibration, CalibrationSource, calibration_path
 from imgae_dx.visualization.report import write_report

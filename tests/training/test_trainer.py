@@ -363,7 +363,7 @@ def test_pca_baseline_is_fitted_after_the_deep_models_and_evaluated(train_archiv
     the evaluator scores it next to the deep model."""
     from imgae_dx.evaluation.evaluator import evaluate_run
     from imgae_dx.run.checkpoint import read_checkpoint
-    from imgae_dx.training.pca_fit import training_subset
+    from imgae_dx.training.finish import training_subset
 
     out = tmp_path / "pca"
     cfg = tiny_config(train_archive, out, models=["ae", "pca"], stages=["images_001", "images_002"],

@@ -42,6 +42,7 @@ from imgae_dx.evaluation import localisation as L
 from imgae_dx.evaluation import metrics as M
 from imgae_dx.evaluation import results as R
 from imgae_dx.evaluation import summary as S
+from imgae_dx.evaluation.operating_point import run_operating_point
 from imgae_dx.evaluation.scoring import apply_overlay, scoring_of
 from imgae_dx.utils.atomic import atomic_write_text
 from imgae_dx.utils.device import resolve_device
@@ -397,7 +398,8 @@ class CloudEvaluator:
             out["models"][n]["checkpoint"] = {k: v for k, v in self.checkpoints[n].items()
                                               if k not in ("wandb_run_id", "file_stamp")}
             out["models"][n]["operating_point"] = run_operating_point(
-                self.run_dir, n, table.labels, table.scores[n], self.checkpoints[n].get("step"))
+                self.run_dir, n, table.labels, table.scores[n], self.checkpoints[n].get("step"),
+                self.scoring.get(n))
         stages_seen = sorted(set(table.stages))
         out["counts"]["by_stage"] = {s: table.stages.count(s) for s in stages_seen}
         out["counts"]["bbox_images"] = len({r["image"] for rows in loc.values() for r in rows})
@@ -498,60 +500,6 @@ class CloudEvaluator:
             self._archive.close()
         metrics["wandb_logged"] = self.log_wandb(metrics)
         return metrics
-
-
-# ------------------------------------------------------------------ operating point (calibration)
-def _wilson(k: int, n: int, z: float = 1.959964) -> list[float]:
-    """Wilson 95 % interval of a proportion k/n ([nan, nan] when n = 0)."""
-    if n == 0:
-        return [math.nan, math.nan]
-    p = k / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return [max(0.0, c - h), min(1.0, c + h)]
-
-
-def operating_point(labels: np.ndarray, scores: np.ndarray, calibration: Any,
-                    specificity: float) -> dict[str, Any]:
-    """Test-split sensitivity/specificity at the threshold a calibration gives for ``specificity``.
-
-    Pure: ``labels`` (N, 1 = abnormal) and ``scores`` (N) are ``eval/scores.csv``'s columns; the
-    threshold comes from the validation normals only (:class:`imgae_dx.run.calibration.Calibration`),
-    so it is an honest operating point. Flagged = score > threshold.
-    """
-    thr = calibration.threshold(specificity)
-    flagged = np.asarray(scores, dtype=np.float64) > thr
-    y = np.asarray(labels)
-    neg, pos = int((y == 0).sum()), int((y == 1).sum())
-    tn, tp = int((~flagged[y == 0]).sum()), int(flagged[y == 1].sum())
-    return {
-        "target_specificity": specificity, "threshold": thr, "calibration_images": calibration.n,
-        "calibration_checkpoint": calibration.source.checkpoint,
-        "specificity": tn / neg if neg else math.nan, "specificity_ci": _wilson(tn, neg),
-        "sensitivity": tp / pos if pos else math.nan, "sensitivity_ci": _wilson(tp, pos),
-        "n_normal": neg, "n_abnormal": pos, "flagged": int(flagged.sum()),
-    }
-
-
-def run_operating_point(run_dir: Path, name: str, labels: np.ndarray, scores: np.ndarray,
-                        step: int | None) -> dict[str, Any]:
-    """:func:`operating_point` at ``predict``'s default target (95 %) with the run's
-    ``checkpoints/NAME/calibration.json``; when that is missing or belongs to another step than
-    the evaluated checkpoint, says so instead."""
-    from imgae_dx.run.calibration import DEFAULT_SPECIFICITY as spec
-    from imgae_dx.run.calibration import Calibration, CalibrationError, calibration_path
-
-    path = calibration_path(run_dir, name)
-    try:
-        cal = Calibration.load(path)
-    except CalibrationError as e:
-        return {"target_specificity": spec, "threshold": None,
-                "note": f"no usable calibration ({e}); `imgae-dx predict --run` or `export` computes it"}
-    if step is not None and cal.source.step != int(step):
-        return {"target_specificity": spec, "threshold": None,
-                "note": f"{path.name} is for step {cal.source.step}, the evaluated checkpoint is step {step}"}
-    return operating_point(labels, scores, cal, spec)
 
 
 def evaluate_run(

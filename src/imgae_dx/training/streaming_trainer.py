@@ -44,22 +44,21 @@ import torch
 
 from imgae_dx import __version__
 from imgae_dx.config import GRADIENT_MODELS, Config, load_config
-from imgae_dx.errors import CheckpointError, UserError
+from imgae_dx.errors import CheckpointError
 from imgae_dx.models.objectives import StepContext
 from imgae_dx.run.checkpoint import (
     ArchiveRef,
     CheckpointPayload,
     Position,
     RankState,
-    read_checkpoint,
 )
 from imgae_dx.run.identity import config_fingerprint
 from imgae_dx.training import distributed as dist_utils
 from imgae_dx.training import run_folder
 from imgae_dx.training.checkpointer import Checkpointer, capture_rng, restore_rng
+from imgae_dx.training.finish import Calibrator, fit_pca_baseline
 from imgae_dx.training.loggers import check_available as check_logger
 from imgae_dx.training.loop import Progress, ValSums, train_one_epoch, validate
-from imgae_dx.training.pca_fit import fit_pca
 from imgae_dx.training.precision import resolve_precision
 from imgae_dx.training.reporting import Reporter, pooled_loss
 from imgae_dx.training.selection import Selector, ValidationPool, collect
@@ -399,57 +398,21 @@ class StreamingTrainer:
         return out
 
     def _finish(self) -> None:
-        """After the last stage (rank 0): each model's calibration — the scores its ``best.pt``
-        gives the validation normals of every stage (``checkpoints/MODEL/calibration.json``, what
-        ``predict`` reports percentiles and flags against) — and the PCA baseline, fitted on
-        training normals with k chosen on the same validation normals."""
+        """After the last stage (rank 0): calibrations and the PCA baseline (:mod:`.finish`)."""
         for stage in self.stages:
             if stage not in self.pool:
                 self.pool.add(stage, collect(self.data.val_batches(stage), self.cfg.training.val_max_images))
         if self.is_main:
+            val = Calibrator(self.run_dir, self.pool, self.stages, self.cfg.data.view, self.device)
             for name in self.deep:
-                self._calibrate_best(name)
+                val.calibrate_checkpoint(name, self.models[name], self.checkpointer,
+                                         self.selector.state[name].best_step, self.progress.step)
             if "pca" in self.cfg.models:
-                self._fit_pca()
+                self._si = len(self.stages) - 1
+                fit_pca_baseline(self.cfg, self._archive, self.index, self.stages, self.pool,
+                                 self.data.memory, self.data.shared, val,
+                                 self._common_fields(ranks=[], val_stages=len(self.stages)))
         dist_utils.barrier()
-
-    def _calibrate_best(self, name: str) -> None:
-        model, best = self.models[name], self.selector.state[name]
-        current = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        kind = "best" if self.checkpointer.path(name, "best").is_file() else "last"
-        model.load_state_dict(read_checkpoint(self.checkpointer.path(name, kind), model_name=name).model)
-        model.eval()
-        try:
-            self._write_calibration(name, model, kind, best.best_step if kind == "best" else self.progress.step)
-        finally:
-            model.load_state_dict(current)
-            model.train()
-
-    def _write_calibration(self, name: str, model: Any, kind: str, step: int | None) -> None:
-        from imgae_dx.run.calibration import calibrate, calibration_path
-
-        batches = (x.to(self.device) for s in self.pool.stages for x in self.pool.batches(s))
-        cal = calibrate(model, batches, source={
-            "checkpoint": f"checkpoints/{name}/{kind}.pt", "step": step, "stages": list(self.stages),
-            "view": self.cfg.data.view})
-        cal.save(calibration_path(self.run_dir, name))
-
-    def _fit_pca(self) -> None:
-        try:
-            model, facts = fit_pca(self.cfg, self._archive, self.index, self.stages, self.pool,
-                                   self.data.memory)
-        except ValueError as e:
-            raise UserError(f"the PCA baseline cannot be fitted: {e}; widen the split (data.view "
-                            "all, more --stages) or drop pca from --model") from None
-        self._si = len(self.stages) - 1
-        payload = CheckpointPayload(
-            model_name="pca", model={k: v.cpu() for k, v in model.state_dict().items()},
-            val_loss=facts["val_mse"], **self._common_fields(ranks=[], val_stages=len(self.stages)))
-        Checkpointer(self.run_dir, ["pca"]).save({"pca": payload}, best=["pca"])
-        log.info("pca: k = %d of %d components (%.1f %% of the validation variance), fitted on "
-                 "%d training normals; validation MSE %.5f", facts["k"], facts["components"],
-                 100 * facts["explained"], facts["train_images"], facts["val_mse"])
-        self._write_calibration("pca", model.to(self.device).eval(), "best", self.progress.step)
 
     # ------------------------------------------------------------------ checkpoints
     def _save(self, stage_k: int | None = None, best: list[str] | tuple[str, ...] = (),
