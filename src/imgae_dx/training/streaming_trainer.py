@@ -9,11 +9,12 @@ feeds every model (``--model all`` costs one pass over the stream). The parts, o
 :mod:`.precision`                  autocast dtype and GradScaler for the device (``training.amp``)
 :mod:`.step`                       :class:`TrainStep`: the only place parameters change
 :mod:`.loop`                       :func:`train_one_epoch`, :func:`validate` (plain iterables)
-:mod:`.stage_data`                 per-stage datasets and caches; the next stage's early start
+:mod:`.stage_data`                 per-stage datasets, decode-once cache, replay; next stage early
+:mod:`.finish`                     after the last stage: calibrations, the PCA baseline
 :mod:`.selection`                  ``best.pt`` chosen on one fixed set of validation images
 :mod:`.checkpointer`               the only writer of checkpoint files; resume's reader
 :mod:`.run_folder`                 what ``--out`` may hold; ``config.yaml``; ``metrics.jsonl``
-:mod:`.loggers`                    ``metrics.jsonl`` + TensorBoard / W&B (typed records)
+:mod:`.reporting`                  typed records to :mod:`.loggers` (jsonl, TensorBoard, W&B), live plot
 :mod:`.signals`                    SIGINT/SIGTERM → save ``last.pt`` and stop
 =================================  =============================================================
 
