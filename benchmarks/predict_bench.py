@@ -65,7 +65,8 @@ def sample_pngs(workdir: Path, n: int, px: int) -> list[Path]:
 
 
 def demo_run_folder(root: Path, tiny: bool) -> Path:
-    """A run folder with the demo's three models (untrained, seeded) and their calibrations."""
+    """A run folder with the demo's models (deep ones untrained and seeded; the PCA baseline fitted
+    on check images) and their calibrations."""
     over = {"out": str(root), "training.device": "cpu"}
     if tiny:
         over.update({"model.unet.base_channels": 8, "model.unet.depth": 3,
@@ -78,6 +79,9 @@ def demo_run_folder(root: Path, tiny: bool) -> Path:
     for i, name in enumerate(cfg.models):
         torch.manual_seed(i)
         model = create_model(name, size, cfg=getattr(cfg.model, name)).eval()
+        if name == "pca":
+            imgs = torch.from_numpy(check_images(size, n=64)).flatten(1)
+            model.fit(imgs[:48], imgs[48:])
         folder = root / "checkpoints" / name
         folder.mkdir(parents=True, exist_ok=True)
         torch.save(CheckpointPayload(model_name=name, model=model.state_dict(), config_yaml=cfg.to_yaml(),

@@ -155,7 +155,7 @@ def test_link_bench_sweeps_prefetch_settings(small_archive, tmp_path):
 def test_predict_bench_measures_predict_against_the_decode_ceiling(tmp_path):
     out = _json("predict_bench.py", "--images", "6", "--image-px", "128", "--repeats", "1", "--tiny",
                "--batch-size", "4", "--workdir", str(tmp_path), cwd=tmp_path)
-    assert out["images"] == 6 and out["models"] == ["unet", "ra", "ae"]
+    assert out["images"] == 6 and out["models"] == ["unet", "ra", "ae", "pca"]
     assert out["decode_ceiling_median"] > 0 and out["predict_median"] > 0
     assert out["ratio"] == pytest.approx(out["predict_median"] / out["decode_ceiling_median"], rel=0.05)
     assert len(list((tmp_path / "out" / "overlays").glob("*.png"))) == 6

@@ -48,7 +48,7 @@ def _args(out: Path, sample: Path | None = None, **kw) -> argparse.Namespace:
 def test_packaged_demo_config_is_valid_and_small():
     cfg = demo.build_config(Path("runs/x"), "http://127.0.0.1:9/data.zip")
     assert cfg.data.image_size == 64
-    assert cfg.models == ["unet", "ra", "ae"]
+    assert cfg.models == ["unet", "ra", "ae", "pca"]
     assert cfg.stages == "all"
     assert cfg.source == "http://127.0.0.1:9/data.zip"
     assert cfg.out == "runs/x"
@@ -116,7 +116,7 @@ def test_demo_end_to_end_on_a_tiny_archive(tmp_path, capsys, monkeypatch):
     assert list((out / "plots").glob("*.png"))
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["source"].startswith("http://127.0.0.1:")  # trained through the range-reading path
-    assert cfg["models"] == ["unet", "ra", "ae"] and cfg["data"]["image_size"] == 64
+    assert cfg["models"] == ["unet", "ra", "ae", "pca"] and cfg["data"]["image_size"] == 64
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert {r["stage"] for r in records if r.get("kind") == "train"} == {
         "images_001", "images_002", "images_003"}
@@ -146,7 +146,7 @@ def test_demo_end_to_end_on_a_tiny_archive(tmp_path, capsys, monkeypatch):
     assert {p.name for p in heldout} <= test_names  # held-out patients only
     with (out / "predict" / "predictions.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 3 * len(heldout) and all(r["error"] == "" and r["score"] for r in rows)
+    assert len(rows) == 4 * len(heldout) and all(r["error"] == "" and r["score"] for r in rows)  # 4 models
     assert len(list((out / "predict" / "overlays").glob("*.png"))) == len(heldout)
     assert 'href="predict/index.html"' in (out / "report.html").read_text()
     assert f"gallery: {out / 'predict' / 'index.html'}" in printed
