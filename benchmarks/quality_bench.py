@@ -137,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--settings", default="demo,dae")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--archive-seed", type=int, default=1, help="sample generator seed (dev archive)")
+    ap.add_argument("--variety", choices=["standard", "wide"], default="standard",
+                    help="the dev archive's variety (wide: the harder one, see imgae_dx.testing.sample.plan)")
     ap.add_argument("--images-per-stage", type=int, default=800)
     ap.add_argument("--bootstrap", type=int, default=200)
     ap.add_argument("--smoke", action="store_true", help="tiny archive, 1 epoch: checks the harness")
@@ -150,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(d)
         n = 60 if args.smoke else args.images_per_stage
         archive = write_sample_archive(tmp / "dev", images_per_stage=n, stages=3 if not args.smoke else 2,
-                                       seed=args.archive_seed, image_px=128, progress=False)
+                                       seed=args.archive_seed, image_px=128, progress=False,
+                                       variety=args.variety)
         rows = []
         for setting in [s.strip() for s in args.settings.split(",") if s.strip()]:
             for seed in seeds:
@@ -159,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(train_and_score(setting, seed, archive, out, args))
                 shutil.rmtree(out, ignore_errors=True)
         summary = summarise(rows)
-    result = {"archive_seed": args.archive_seed, "seeds": seeds, "rows": rows, "summary": summary}
+    result = {"archive_seed": args.archive_seed, "variety": args.variety, "seeds": seeds, "rows": rows, "summary": summary}
     print(json.dumps(result, indent=1))
     if args.markdown:
         print(markdown(summary, rows))

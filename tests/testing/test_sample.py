@@ -217,3 +217,43 @@ def test_stored_png_members(tmp_path: Path) -> None:
             assert i.compress_type == (zipfile.ZIP_STORED if i.filename.endswith(".png")
                                        else zipfile.ZIP_DEFLATED)
         assert zf.testzip() is None
+
+
+def test_wide_variety_widens_pose_exposure_and_adds_clutter_to_both_classes() -> None:
+    from imgae_dx.testing.sample.plan import plan_images
+
+    std, _, _ = plan_images(200, 2, seed=4)
+    wide, _, _ = plan_images(200, 2, seed=4, variety="wide")
+    assert abs(np.mean([not p.findings for p in wide]) - np.mean([not p.findings for p in std])) < 0.08
+    assert not any(p.leads or any(p.collimation) for p in std)
+
+    def spread(plans, i, part):
+        return float(np.std([getattr(p, part)[i] for p in plans]))
+
+    for part, i in (("warp", 0), ("warp", 1), ("window", 0), ("window", 2)):
+        assert spread(wide, i, part) > 2 * spread(std, i, part), (part, i)
+    # the clutter of real normals is in both classes, not a proxy for the label
+    for normal in (True, False):
+        grp = [p for p in wide if (not p.findings) == normal]
+        assert 0.2 < np.mean([bool(p.leads) for p in grp]) < 0.5
+        assert 0.1 < np.mean([any(p.collimation) for p in grp]) < 0.45
+
+
+def test_wide_archive_renders_leads_and_collimation(tmp_path: Path) -> None:
+    from imgae_dx.testing.sample.plan import plan_images
+    from imgae_dx.testing.sample.render import Renderer
+
+    plans, anatomy, _ = plan_images(40, 1, seed=2, variety="wide")
+    r = Renderer(128, 2)
+    p = next(p for p in plans if p.leads and not p.rgba)
+    bare = r.render(type(p)(**{**p.__dict__, "leads": ()}), anatomy[p.patient])
+    with_leads = r.render(p, anatomy[p.patient])
+    assert (with_leads.astype(int) - bare).max() > 40  # bright electrodes and wires
+    q = next(p for p in plans if p.collimation[1] > 0.03 and not p.rgba)  # a top band
+    img = r.render(q, anatomy[q.patient])
+    assert img[1:3, 40:90].mean() > 200  # unexposed: bright
+    path = write_sample_archive(tmp_path, images_per_stage=20, stages=1, seed=2, image_px=64,
+                                variety="wide", progress=False)
+    assert zipfile.ZipFile(path).testzip() is None
+    with pytest.raises(ValueError, match="variety must be one of standard, wide"):
+        plan_images(10, 1, seed=0, variety="noisy")

@@ -12,8 +12,9 @@ import torch
 
 from imgae_dx.errors import CheckpointError, StepMemoryError
 from imgae_dx.models import create_model, create_objective
-from imgae_dx.training.precision import has_native_bf16, resolve_precision
+from imgae_dx.training.precision import resolve_precision
 from imgae_dx.training.step import TrainStep, lr_factor, memory_guard
+from imgae_dx.utils.device import has_native_bf16
 
 TINY = {
     "unet": {"base_channels": 4, "groups": 2, "depth": 3},

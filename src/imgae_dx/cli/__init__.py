@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--images-per-stage", type=int, default=300)
     s.add_argument("--stages", type=int, default=3, help="number of images_NNN stages")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--variety", choices=["standard", "wide"], default="standard",
+                   help="wide: far more varied bodies, poses, exposures, ECG leads and collimation "
+                        "(a harder development archive; same patients and findings)")
 
     s = sub.add_parser("setup-kaggle", help="install and verify Kaggle credentials")
     s.add_argument("--api-key-path", default=None, help="kaggle.json or an access-token file")

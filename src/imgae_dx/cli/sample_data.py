@@ -22,7 +22,8 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     try:
         path = write_sample_archive(args.out_dir, images_per_stage=per_stage, stages=stages,
-                                    seed=int(args.seed), progress=None)
+                                    seed=int(args.seed), progress=None,
+                                    variety=getattr(args, "variety", "standard"))
     except OSError as e:
         raise UserError(f"cannot write {args.out_dir}/data.zip: {e.strerror or e}") from None
     dt = time.perf_counter() - t0

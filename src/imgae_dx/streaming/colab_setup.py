@@ -313,7 +313,7 @@ class ColabStreamingSetup:
             hint = " (Colab: Runtime → Change runtime type → GPU)" if self.is_colab() else ""
             self._say(f"no CUDA GPU{hint}: training on CPU, fp32, batch size {plan.batch_size}; it will be slow")
             return plan
-        from imgae_dx.training.precision import has_native_bf16
+        from imgae_dx.utils.device import has_native_bf16
 
         props = torch.cuda.get_device_properties(0)
         mem_gb = props.total_memory / 1024**3

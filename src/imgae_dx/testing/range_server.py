@@ -3,6 +3,9 @@
 Used by the tests, the demo and the benchmarks as "cloud storage", and by the Kaggle API
 emulator as the storage server its download redirect points at.
 
+Over 500 lines on purpose: one server whose behaviours (ranges, signatures, faults, link) act on
+the same request; splitting them would spread one HTTP exchange over several files.
+
 Behaviour:
 
 * ``GET`` with ``Range: bytes=a-b`` / ``bytes=a-`` / ``bytes=-n`` → 206 with ``Content-Range``;

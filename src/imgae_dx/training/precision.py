@@ -31,11 +31,11 @@ from typing import Any, Literal
 
 import torch
 
+from imgae_dx.utils.device import has_native_bf16
+
 log = logging.getLogger(__name__)
 
 AmpSetting = Literal["auto", "bf16", "fp16", "off"]
-#: First compute capability with native bf16 tensor cores (Ampere).
-NATIVE_BF16_CAPABILITY = (8, 0)
 
 
 @dataclass(frozen=True)
@@ -84,11 +84,6 @@ def cuda_capability(device: torch.device) -> tuple[int, int]:
     """(major, minor) compute capability of a CUDA device."""
     props = torch.cuda.get_device_properties(device)
     return int(props.major), int(props.minor)
-
-
-def has_native_bf16(capability: tuple[int, int]) -> bool:
-    """True from compute capability 8.0 (Ampere) on."""
-    return tuple(capability) >= NATIVE_BF16_CAPABILITY
 
 
 def resolve_precision(amp: AmpSetting, device: torch.device | str,

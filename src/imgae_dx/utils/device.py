@@ -1,10 +1,19 @@
-"""The torch device a configuration asks for (training, evaluation and inference share the rule)."""
+"""The torch device a configuration asks for (training, evaluation and inference share the rule),
+and what a CUDA device can do natively."""
 
 from __future__ import annotations
 
 import torch
 
 from imgae_dx.errors import UserError
+
+NATIVE_BF16_CAPABILITY = (8, 0)  # Ampere: the first GPUs with bf16 tensor cores
+
+
+def has_native_bf16(capability: tuple[int, int]) -> bool:
+    """True from compute capability 8.0 (Ampere) on. Not ``torch.cuda.is_bf16_supported()``: it
+    says True on a T4 (sm 7.5), where bf16 is only emulated."""
+    return tuple(capability) >= NATIVE_BF16_CAPABILITY
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:

@@ -74,7 +74,7 @@ def _zinfo(name: str, method: int) -> zipfile.ZipInfo:
 
 def write_sample_archive(out_dir: str | os.PathLike[str], images_per_stage: int = 300, stages: int = 3,
                          seed: int = 0, image_px: int = 1024, *, progress: bool | None = None,
-                         png_method: str = "deflate",
+                         png_method: str = "deflate", variety: str = "standard",
                          on_image: Callable[[int, int], None] | None = None) -> Path:
     """Write ``out_dir/data.zip``, a synthetic NIH ChestX-ray14 archive in Kaggle's layout.
 
@@ -88,6 +88,9 @@ def write_sample_archive(out_dir: str | os.PathLike[str], images_per_stage: int 
         progress: show a tqdm bar (None: only when stderr is a terminal).
         png_method: zip method of PNG members, ``"deflate"`` (level 1, like Kaggle deflating
             everything) or ``"stored"``; CSV/TXT members are always deflated.
+        variety: ``"standard"`` (the demo's) or ``"wide"``: a harder development archive with the
+            same patients and findings but far more varied bodies, poses, exposures and noise, and
+            ECG leads and collimation borders in images of both classes (:mod:`.plan`).
         on_image: optional callback ``(done, total)`` after each image.
 
     Returns:
@@ -102,7 +105,7 @@ def write_sample_archive(out_dir: str | os.PathLike[str], images_per_stage: int 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dest = out / "data.zip"
-    plans, anatomy, test_patients = plan_images(images_per_stage, stages, seed)
+    plans, anatomy, test_patients = plan_images(images_per_stage, stages, seed, variety)
     meta = _metadata(plans, test_patients)
     in_archive = [p for p in plans if p.stage]
     renderer = Renderer(image_px, seed)

@@ -4,6 +4,13 @@ Cheap and independent of the pixel size: :func:`plan_images` draws, from ``seed`
 patients (age, sex, follow-ups, PA/AP views, train/test), their anatomy (:class:`Anatomy`) and each
 image's findings with lesion geometry and ``BBox_List`` boxes in the 1024-px frame. The renderer
 (:mod:`.render`) turns plans into pixels; :mod:`.archive` writes the zip.
+
+``variety="standard"`` (the demo's archive) keeps poses, exposures and bodies in narrow ranges.
+``variety="wide"`` is a harder *development* archive for recipe choices that must carry over to real
+radiographs, whose normals vary far more: every range of the body habitus, pose, exposure and
+detector noise is widened, and images of both classes get what real normals show — ECG leads and
+wires, a collimation border — from a separate generator. Findings follow the same distributions;
+the standard archive's bytes are unchanged by this option.
 """
 
 from __future__ import annotations
@@ -28,6 +35,17 @@ _PRIMARY = {
 _BOXED = {"Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
           "Pneumothorax"}
 _BBOX_LABEL = {"Infiltration": "Infiltrate"}  # the BBox list's own spelling
+
+
+VARIETIES = ("standard", "wide")
+
+
+def _u(rng: np.random.Generator, lo: float, hi: float, widen: float) -> float:
+    """``rng.uniform(lo, hi)``, or over the range widened ``widen``-fold about its middle."""
+    if widen == 1.0:
+        return float(rng.uniform(lo, hi))
+    mid, half = 0.5 * (lo + hi), 0.5 * (hi - lo) * widen
+    return float(rng.uniform(mid - half, mid + half))
 
 
 # ------------------------------------------------------------------------------------ planning
@@ -116,19 +134,21 @@ class Anatomy:
         return hx - ex, self.hy - ey, hx + ex, self.hy + ey
 
 
-def new_anatomy(rng: np.random.Generator) -> Anatomy:
-    cx = 0.5 + rng.uniform(-0.02, 0.02)
-    bw = rng.uniform(0.40, 0.46)
-    lo = bw * rng.uniform(0.82, 0.88)
-    cp = rng.uniform(0.76, 0.83)
+def new_anatomy(rng: np.random.Generator, widen: float = 1.0) -> Anatomy:
+    """A patient's geometry; ``widen`` > 1 spreads the body habitus ranges (see the module doc)."""
+    w = widen
+    cx = 0.5 + _u(rng, -0.02, 0.02, w)
+    bw = _u(rng, 0.40, 0.46, w)
+    lo = bw * _u(rng, 0.82, 0.88, min(w, 1.5))
+    cp = _u(rng, 0.76, 0.83, w)
     female = bool(rng.random() < 0.45)
     return Anatomy(
-        cx=cx, bw=bw, top=rng.uniform(0.10, 0.14), cp=cp, dome=rng.uniform(0.05, 0.085),
-        lm=rng.uniform(0.055, 0.07), lo=lo, hx=cx + rng.uniform(0.035, 0.055),
-        hy=cp - rng.uniform(0.13, 0.16), hrx=rng.uniform(0.16, 0.175), hry=rng.uniform(0.105, 0.125),
-        hang=rng.uniform(-22, -10), hv=rng.uniform(0.62, 0.7), depth=rng.uniform(0.55, 0.66),
-        rib_gap=rng.uniform(0.058, 0.066), rib_phase=rng.uniform(0.0, 0.02),
-        rib_w=rng.uniform(0.014, 0.019), clav_y=rng.uniform(0.15, 0.18), female=female,
+        cx=cx, bw=bw, top=_u(rng, 0.10, 0.14, w), cp=cp, dome=_u(rng, 0.05, 0.085, w),
+        lm=_u(rng, 0.055, 0.07, min(w, 1.5)), lo=lo, hx=cx + _u(rng, 0.035, 0.055, w),
+        hy=cp - _u(rng, 0.13, 0.16, w), hrx=_u(rng, 0.16, 0.175, w), hry=_u(rng, 0.105, 0.125, w),
+        hang=_u(rng, -22, -10, w), hv=_u(rng, 0.62, 0.7, w), depth=_u(rng, 0.55, 0.66, w),
+        rib_gap=_u(rng, 0.058, 0.066, w), rib_phase=_u(rng, 0.0, 0.02, w),
+        rib_w=_u(rng, 0.014, 0.019, w), clav_y=_u(rng, 0.15, 0.18, w), female=female,
         tex_seed=int(rng.integers(2**31)),
     )
 
@@ -159,6 +179,10 @@ class ImagePlan:
     orig: tuple[int, int, float]
     rgba: bool
     seed: int
+    # what real normals show too (``variety="wide"`` only): ECG leads as (x, y) in the patient frame,
+    # a wire's control points per lead, and the collimation border (fraction of the side) per edge
+    leads: tuple[tuple[float, float], ...] = ()
+    collimation: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)  # left, top, right, bottom
     stage: int = 0  # 1-based archive stage, 0 = listed in the metadata but not in the archive
     boxes: list[tuple[str, float, float, float, float]] = field(default_factory=list)
 
@@ -270,8 +294,13 @@ def _plan_lesion(rng: np.random.Generator, an: Anatomy, finding: str) -> Lesion 
     return None
 
 
-def plan_images(images_per_stage: int, stages: int, seed: int) -> tuple[list[ImagePlan], dict[int, Anatomy], set[int]]:
+def plan_images(images_per_stage: int, stages: int, seed: int, variety: str = "standard",
+                ) -> tuple[list[ImagePlan], dict[int, Anatomy], set[int]]:
     """Every image's metadata and drawing parameters; independent of the pixel size."""
+    if variety not in VARIETIES:
+        raise ValueError(f"variety must be one of {', '.join(VARIETIES)}, got {variety!r}")
+    wide = variety == "wide"
+    w_body, w_pose = (1.8, 3.0) if wide else (1.0, 1.0)  # how far each range is widened
     rng = np.random.default_rng([seed, 0x5A3])
     n_archive = images_per_stage * stages
     n_extra = max(5, int(round(0.03 * n_archive)))
@@ -286,7 +315,7 @@ def plan_images(images_per_stage: int, stages: int, seed: int) -> tuple[list[Ima
     counts_p = counts_p / counts_p.sum()
     while len(plans) < n_archive + n_extra:
         pid += int(rng.integers(1, 4))
-        an = new_anatomy(rng)
+        an = new_anatomy(rng, w_body)
         anatomy[pid] = an
         sick = rng.random() < 0.5
         p_abn = rng.uniform(0.72, 0.95) if sick else rng.uniform(0.0, 0.12)
@@ -317,11 +346,11 @@ def plan_images(images_per_stage: int, stages: int, seed: int) -> tuple[list[Ima
                     les = _plan_lesion(rng, van, f)
                     if les is not None:
                         lesions.append(les)
-            warp = (float(rng.uniform(-1.5, 1.5)), float(rng.uniform(0.98, 1.02)),
-                    float(rng.uniform(-0.015, 0.015)), float(rng.uniform(-0.015, 0.015)))
-            window = (float(rng.uniform(0.95, 1.05)), float(rng.uniform(-0.02, 0.02)),
-                      float(rng.uniform(0.93, 1.07)))
-            noise = (float(rng.uniform(0.6, 1.1)), int(rng.integers(0, 1 << 30)),
+            warp = (_u(rng, -1.5, 1.5, w_pose), _u(rng, 0.98, 1.02, w_pose),
+                    _u(rng, -0.015, 0.015, w_pose), _u(rng, -0.015, 0.015, w_pose))
+            window = (_u(rng, 0.95, 1.05, w_pose), _u(rng, -0.02, 0.02, w_pose),
+                      _u(rng, 0.93, 1.07, w_pose))
+            noise = (_u(rng, 0.6, 1.1, w_pose), int(rng.integers(0, 1 << 30)),
                      int(rng.integers(0, 1 << 30)), int(rng.integers(0, 4)))
             markers = (int(rng.integers(0, 3)), float(rng.uniform(0.04, 0.08)), float(rng.uniform(0.05, 0.09)))
             orig_w, orig_h, sp = [(2500, 2048, 0.168), (2992, 2991, 0.143), (3056, 2544, 0.139),
@@ -336,6 +365,8 @@ def plan_images(images_per_stage: int, stages: int, seed: int) -> tuple[list[Ima
             plan.boxes = final_boxes(plan, rng)
             plans.append(plan)
     plans = plans[: n_archive + n_extra]
+    if wide:
+        _add_real_world_clutter(plans, seed)
     for i, p in enumerate(plans[:n_archive]):
         p.stage = i // images_per_stage + 1
     # RGBA: ~0.5 % of the archive's images, at least 2 (when there are that many)
@@ -348,6 +379,19 @@ def plan_images(images_per_stage: int, stages: int, seed: int) -> tuple[list[Ima
     n_test = max(1, int(round(0.3 * len(pids))))
     test_patients = {pids[int(i)] for i in order[:n_test]}
     return plans, anatomy, test_patients
+
+
+def _add_real_world_clutter(plans: list[ImagePlan], seed: int) -> None:
+    """ECG leads (~35 % of images) and collimation borders (~30 %), independent of the findings,
+    from their own generator (the plan's stream, hence labels and splits, stay untouched)."""
+    xr = np.random.default_rng([seed, 0xC1A7])
+    for p in plans:
+        if xr.random() < 0.35:
+            n = int(xr.integers(2, 6))
+            p.leads = tuple((float(xr.uniform(0.15, 0.85)), float(xr.uniform(0.2, 0.85))) for _ in range(n))
+        if xr.random() < 0.3:
+            p.collimation = tuple(float(xr.uniform(0.0, 0.07)) if xr.random() < 0.6 else 0.0
+                                  for _ in range(4))  # type: ignore[assignment]
 
 
 def warp_matrix(angle: float, scale: float, tx: float, ty: float) -> np.ndarray:

@@ -292,6 +292,42 @@ def _heart(C: int, an: Anatomy, scale: float) -> np.ndarray:
     return _blur(m.astype(np.float32) / 255.0, 0.007)
 
 
+def _draw_leads(img: np.ndarray, leads: tuple[tuple[float, float], ...], seed: int) -> None:
+    """ECG electrodes (bright rings with a dense snap) and their wires, in place (patient frame)."""
+    C = img.shape[0]
+    lr = np.random.default_rng([seed, 0xECC])
+    m = np.zeros((C, C), np.uint8)
+    wires = []
+    for x, y in leads:
+        r = max(1, int(0.016 * C))
+        cv2.circle(m, (int(x * C), int(y * C)), r, 160, max(1, r // 3), cv2.LINE_AA)
+        cv2.circle(m, (int(x * C), int(y * C)), max(1, r // 3), 255, -1, cv2.LINE_AA)
+        # a wire sagging towards the image edge
+        ex = float(np.clip(x + lr.uniform(-0.4, 0.4), 0.0, 1.0))
+        t = np.linspace(0.0, 1.0, 16)[:, None]
+        sag = lr.uniform(0.05, 0.2)
+        pts = np.hstack([x + (ex - x) * t, y + (1.02 - y) * t + sag * np.sin(np.pi * t)])
+        wires.append(pts)
+    _lines(C, wires, 0.004, 200, canvas=m)
+    np.maximum(img, _blur(m.astype(np.float32) / 255.0, 0.001) * 0.95, out=img)
+
+
+def _collimate(img: np.ndarray, borders: tuple[float, float, float, float]) -> None:
+    """Bright unexposed bands (fraction of the side per edge: left, top, right, bottom), in place."""
+    C = img.shape[0]
+    m = np.zeros((C, C), np.float32)
+    left, top, right, bottom = (int(round(b * C)) for b in borders)
+    m[:, :left] = 1.0
+    m[:top] = 1.0
+    if right:
+        m[:, C - right:] = 1.0
+    if bottom:
+        m[C - bottom:] = 1.0
+    m = _blur(m, 0.003)
+    img *= 1.0 - m
+    img += 0.9 * m
+
+
 class Renderer:
     """Renders planned images at ``image_px`` (anatomy canvas ≤ MAX_CANVAS, noise at full size)."""
 
@@ -336,6 +372,8 @@ class Renderer:
         img, vw = _draw_lesions(img, base, an, plan.lesions, rng)
         img += base.vessels * vw
         img = np.maximum(img, _heart(C, an, plan.heart_scale) * an.hv)
+        if plan.leads:
+            _draw_leads(img, plan.leads, plan.seed)
         # pose
         M = warp_matrix(*plan.warp).astype(np.float64)
         M_px = M.copy()
@@ -345,6 +383,8 @@ class Renderer:
         gain, bias, gamma = plan.window
         np.clip(img * gain + bias, 0.0, 1.0, out=img)
         img = cv2.pow(img, gamma)
+        if any(plan.collimation):
+            _collimate(img, plan.collimation)
         if N != C:
             img = cv2.resize(img, (N, N), interpolation=cv2.INTER_LINEAR)
         sigma, ox, oy, flip = plan.noise
