@@ -43,6 +43,9 @@ SCORINGS: dict[str, dict[str, Any]] = {
     "clahe_mean": {"map": "clahe", "score": "mean"},
     "ssim_mean": {"map": "ssim", "score": "mean"},
     "l1_median5_mean": {"map": "l1", "score": "mean", "median_filter": 5},
+    "l1_rs1_mean": {"map": "l1", "score": "mean", "residual_sigma": 1.0},
+    "l1_rs2_mean": {"map": "l1", "score": "mean", "residual_sigma": 2.0},
+    "l1_rs4_mean": {"map": "l1", "score": "mean", "residual_sigma": 4.0},
 }
 
 
@@ -67,6 +70,7 @@ def train_and_score(setting: str, seed: int, archive: Path, out: Path, args: arg
         files.append(RECIPES / "dae_kascenas.yaml")
     if setting == "replay":
         over["training.replay"] = "all"
+    over.update(args.overrides)
     base: dict[str, Any] = {}
     import yaml
 
@@ -144,7 +148,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--smoke", action="store_true", help="tiny archive, 1 epoch: checks the harness")
     ap.add_argument("--markdown", action="store_true")
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--keep", default=None, metavar="DIR",
+                    help="keep the dev archive and every trained run under DIR (to re-score later)")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=YAML",
+                    help="config override for every setting, e.g. training.epochs_per_stage=12 "
+                         "or models=[unet,ra,pca] (repeatable; named in the table's setting)")
     args = ap.parse_args(argv)
+    import yaml
+
+    args.overrides = {}
+    for kv in args.sets:
+        key, sep, val = kv.partition("=")
+        if not sep:
+            ap.error(f"--set needs KEY=VALUE, got {kv!r}")
+        args.overrides[key.strip()] = yaml.safe_load(val)
+    suffix = "".join(f" {k.rsplit('.', 1)[-1]}={v}" for k, v in args.overrides.items() if k != "models")
     from imgae_dx.testing.sample import write_sample_archive
 
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -159,10 +177,20 @@ def main(argv: list[str] | None = None) -> int:
             for seed in seeds:
                 out = tmp / f"{setting}_{seed}"
                 print(f"{setting} seed {seed} …", file=sys.stderr, flush=True)
-                rows.append(train_and_score(setting, seed, archive, out, args))
-                shutil.rmtree(out, ignore_errors=True)
+                row = train_and_score(setting, seed, archive, out, args)
+                row["setting"] += suffix
+                rows.append(row)
+                if args.keep:
+                    keep = Path(args.keep) / f"{setting}{suffix.replace(' ', '_')}_{seed}"
+                    shutil.rmtree(keep, ignore_errors=True)
+                    shutil.move(str(out), keep)
+                else:
+                    shutil.rmtree(out, ignore_errors=True)
+        if args.keep:
+            (Path(args.keep) / "dev").mkdir(parents=True, exist_ok=True)
+            shutil.copy2(archive, Path(args.keep) / "dev" / "data.zip")
         summary = summarise(rows)
-    result = {"archive_seed": args.archive_seed, "variety": args.variety, "seeds": seeds, "rows": rows, "summary": summary}
+    result = {"archive_seed": args.archive_seed, "variety": args.variety, "overrides": args.overrides, "seeds": seeds, "rows": rows, "summary": summary}
     print(json.dumps(result, indent=1))
     if args.markdown:
         print(markdown(summary, rows))

@@ -94,6 +94,10 @@ class AnomalyConfig(_Strict):
     score: Literal["mean", "max", "topk"] = Field("mean", description="image score from the map")
     topk_percent: float = Field(1.0, gt=0, le=100, description="top-k %% of pixels for score=topk")
     smoothing_sigma: float = Field(0.0, ge=0, description="Gaussian smoothing of the map (pixels)")
+    residual_sigma: float = Field(
+        0.0, ge=0, description="l1/l2 maps: Gaussian smoothing (pixels) of the signed residual "
+        "x - x̂ before its magnitude, so pixel-scale errors of opposite sign (noise, edges a "
+        "pixel off) cancel and deviations at the scale of findings remain; 0 = off")
     clahe_clip: float = Field(
         0.01, gt=0, le=1, description="CLAHE clip limit as skimage's equalize_adapthist takes it"
     )
@@ -208,6 +212,10 @@ class ModelsConfig(_Strict):
 # ----------------------------------------------------------------------------------- training
 class TrainingConfig(_Strict):
     epochs_per_stage: int = Field(5, ge=1)
+    min_images_per_stage: int = Field(
+        0, ge=0, description="a stage trains epochs_per_stage epochs, and more until its epochs "
+        "have drawn at least this many training images (repeats counted): a small cohort gets "
+        "as many steps as a large one (0 = off)")
     batch_size: int = Field(32, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: Literal["auto", "bf16", "fp16", "off"] = Field(

@@ -41,3 +41,22 @@ def test_sample_data_unwritable_out_dir(tmp_path: Path, capsys: pytest.CaptureFi
     blocker.write_text("x")
     assert main(["sample-data", str(blocker / "sub"), "--images-per-stage", "1", "--stages", "1"]) == 2
     assert "cannot write" in capsys.readouterr().err
+
+
+def test_sample_data_wide_variety(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch) -> None:
+    import imgae_dx.testing.sample as sample
+
+    seen = {}
+    real = sample.write_sample_archive
+
+    def spy(*a, **kw):
+        seen.update(kw)
+        return real(*a, **{**kw, "image_px": 64})
+
+    monkeypatch.setattr(sample, "write_sample_archive", spy)
+    assert main(["sample-data", str(tmp_path / "w"), "--images-per-stage", "4", "--stages", "1",
+                 "--variety", "wide"]) == 0
+    assert seen["variety"] == "wide" and (tmp_path / "w" / "data.zip").is_file()
+    with pytest.raises(SystemExit):
+        main(["sample-data", str(tmp_path / "x"), "--variety", "extreme"])
+    assert "invalid choice: 'extreme'" in capsys.readouterr().err

@@ -108,6 +108,24 @@ def test_smoothing_is_a_normalised_gaussian():
     assert torch.allclose(anomaly_map(x, y, cfg), gaussian_smooth((x - y).abs(), 1.0))
 
 
+def test_residual_sigma_cancels_pixel_scale_errors_and_keeps_a_blob():
+    """residual_sigma smooths the signed residual before |·| / (·)²: a ±0.1 checkerboard (noise,
+    edges a pixel off) all but cancels, a smooth +0.1 blob of finding size stays."""
+    yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    checker = 0.1 * (((yy + xx) % 2) * 2 - 1)
+    blob = 0.1 * torch.exp(-((yy - 16) ** 2 + (xx - 16) ** 2) / (2 * 4.0**2))
+    recon = torch.full((1, 1, 32, 32), 0.5)
+    cfg = AnomalyConfig(map="l1", residual_sigma=2.0)
+    noisy = anomaly_map(recon + checker, recon, cfg)
+    lesion = anomaly_map(recon + blob, recon, cfg)
+    assert float(noisy.max()) < 0.01 < 0.05 < float(lesion.max())
+    assert torch.allclose(anomaly_map(recon + checker, recon, AnomalyConfig(map="l1")), checker.abs().expand(1, 1, 32, 32))
+    x, y = _pair()
+    r = gaussian_smooth(x - y, 2.0)
+    assert torch.allclose(anomaly_map(x, y, cfg), r.abs())
+    assert torch.allclose(anomaly_map(x, y, AnomalyConfig(map="l2", residual_sigma=2.0)), r.square())
+
+
 def test_bad_map_shapes_raise():
     with pytest.raises(ValueError, match="differ"):
         anomaly_map(torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 4), AnomalyConfig())

@@ -426,6 +426,40 @@ def test_replay_revisits_earlier_stages_and_resumes_exactly(train_archive, tmp_p
     assert res2.data.replay["images_003"].stats()["bytes_fetched"] == 0
 
 
+def test_min_images_per_stage_adds_epochs_to_a_small_stage_and_resumes_exactly(train_archive, tmp_path):
+    """training.min_images_per_stage: a stage trains epochs_per_stage epochs, and more until it has
+    drawn that many images; the extra epochs are ordinary ones (logged, validated, resumable)."""
+    kw = dict(models=["ae"], stages=["images_001", "images_002"])
+    seen: list[tuple[str, int]] = []
+    probe = StreamingTrainer(tiny_config(train_archive, tmp_path / "probe", **kw),
+                             on_batch=lambda s, e, b: seen.append((s, e)))
+    probe.train_progressive_stages()
+    per_epoch = {s: seen.count((s, 0)) * 4 for s in kw["stages"]}  # images drawn per epoch (batch 4)
+    target = 3 * per_epoch["images_001"] - 1  # stage 1 needs 3 epochs to draw it
+    over = {"training.min_images_per_stage": target, "training.checkpoint_every_steps": 1000}
+    ref_seen: list[tuple[str, int]] = []
+    StreamingTrainer(tiny_config(train_archive, tmp_path / "ref", **kw, **over),
+                     on_batch=lambda s, e, b: ref_seen.append((s, e))).train_progressive_stages()
+    for s in kw["stages"]:
+        want = max(1, -(-target // per_epoch[s]))
+        assert sorted({e for st, e in ref_seen if st == s}) == list(range(want)), s
+    rows = [json.loads(x) for x in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()]
+    assert sum(r["kind"] == "val" and r["stage"] == "images_001" for r in rows) == 3
+
+    out, n = tmp_path / "run", []
+    cfg = tiny_config(train_archive, out, **kw, **over)
+
+    def on_batch(stage, epoch, batch):
+        n.append((stage, epoch))
+        if (stage, epoch) == ("images_001", 2):  # in an added epoch
+            tr.request_stop()
+
+    tr = StreamingTrainer(cfg, on_batch=on_batch)
+    assert tr.train_progressive_stages().interrupted
+    assert not StreamingTrainer(cfg, resume=True).train_progressive_stages().interrupted
+    assert state_dict_digest(weights(out, "ae")) == state_dict_digest(weights(tmp_path / "ref", "ae"))
+
+
 def test_replay_needs_the_persistent_cache(train_archive, tmp_path):
     from imgae_dx.config import ConfigError
 

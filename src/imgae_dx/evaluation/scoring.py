@@ -80,7 +80,8 @@ def describe(scoring: Mapping[str, Any]) -> str:
         parts[-1] += f" {scoring.get('topk_percent')} %"
     if scoring.get("saliency", "none") != "none":
         parts.append(f"saliency {scoring['saliency']} (σ {scoring.get('saliency_sigma')})")
-    for k, label in (("foreground_threshold", "body mask >"), ("median_filter", "median"),
+    for k, label in (("residual_sigma", "residual smoothed σ"),
+                     ("foreground_threshold", "body mask >"), ("median_filter", "median"),
                      ("smoothing_sigma", "smoothing σ"), ("inference_samples", "sampled z ×")):
         if scoring.get(k):
             parts.append(f"{label} {scoring[k]}")

@@ -2,8 +2,8 @@
 
 Maps (per pixel, B×1×H×W, float32, larger = more anomalous):
 
-* ``l1``    — ``|x − x̂|``
-* ``l2``    — ``(x − x̂)²``
+* ``l1``    — ``|x − x̂|``  (``|G_σ * (x − x̂)|`` with ``residual_sigma`` = σ > 0)
+* ``l2``    — ``(x − x̂)²``  (``(G_σ * (x − x̂))²`` likewise)
 * ``clahe`` — ``|CLAHE(x) − CLAHE(x̂)|``: both images clamped to [0, 1] and contrast-equalised
   per image with ``skimage.exposure.equalize_adapthist`` (as the RA authors' evaluation does: it
   min–max rescales each image, then equalises with clip limit ``clahe_clip`` = 0.01 and a kernel of
@@ -149,10 +149,9 @@ def anomaly_map(x: Tensor, recon: Tensor, cfg: AnomalyConfig) -> Tensor:
         raise ValueError(f"input {tuple(x.shape)} and reconstruction {tuple(recon.shape)} differ")
     x = x.float()
     recon = recon.float()
-    if cfg.map == "l1":
-        m = (x - recon).abs()
-    elif cfg.map == "l2":
-        m = (x - recon).square()
+    if cfg.map in ("l1", "l2"):
+        r = gaussian_smooth(x - recon, cfg.residual_sigma)
+        m = r.abs() if cfg.map == "l1" else r.square()
     elif cfg.map == "clahe":
         m = (clahe_equalise(x, cfg.clahe_clip, cfg.clahe_tiles)
              - clahe_equalise(recon, cfg.clahe_clip, cfg.clahe_tiles)).abs()

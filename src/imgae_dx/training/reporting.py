@@ -53,11 +53,11 @@ class Reporter:
         logger_kwargs: :class:`MetricsLogger` arguments (kind, W&B project/entity/run id, config).
         live_every_s: seconds between live-plot redraws.
         replay: add the records already in ``metrics.jsonl`` to the live plot (a resumed run).
-        n_stages, epochs: for the log lines.
+        n_stages, epochs: for the log lines (epochs: per stage).
     """
 
     def __init__(self, run_dir: Path, *, enabled: bool, logger_kwargs: dict[str, Any],
-                 live_every_s: float, replay: bool, n_stages: int, epochs: int) -> None:
+                 live_every_s: float, replay: bool, n_stages: int, epochs: dict[str, int]) -> None:
         self.enabled = enabled
         self.n_stages, self.epochs = n_stages, epochs
         self.t_start = time.monotonic()
@@ -121,7 +121,7 @@ class Reporter:
         if sums and not next(iter(sums.values()))[stage].images:
             log.warning("stage %s has no validation images; best.pt is chosen on earlier stages' only", stage)
         log.info("%s [%d/%d] epoch %d/%d done (%.0f s): val loss %s", stage, stage_index, self.n_stages,
-                 epoch + 1, self.epochs, self.elapsed(), ", ".join(texts))
+                 epoch + 1, self.epochs.get(stage, 0), self.elapsed(), ", ".join(texts))
 
     def close(self) -> None:
         if self.live is not None:

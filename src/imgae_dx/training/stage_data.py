@@ -92,6 +92,7 @@ class StageData:
             raise ConfigError(f"training.replay: {t.replay} revisits earlier stages' decoded images, "
                               f"which only data.cache: persistent keeps (now {d.cache!r}); set "
                               "data.cache: persistent or training.replay: none")
+        self.world_size = world_size
         self.memory = MemoryManager(d.memory_budget_mb)
         self.shared = (make_cache(d, run_dir / "cache", archive=archive, rank=rank)
                        if d.cache == "persistent" else None)
@@ -124,6 +125,18 @@ class StageData:
     def batches_in(self, stage: str, epoch: int) -> int:
         """Batches every rank yields in ``stage``'s ``epoch``."""
         return int(self.dataset(stage, epoch).num_batches())
+
+    def epochs_of(self, stage: str, epochs: int, min_images: int, batch_size: int,
+                  max_epochs: int = 10_000) -> int:
+        """Epochs ``stage`` trains: ``epochs``, or more until they have drawn ``min_images``
+        images over all ranks (``max_epochs`` at most; a stage with no batch keeps ``epochs``)."""
+        drawn, e = 0, 0
+        while e < max_epochs and (e < epochs or drawn < min_images):
+            n = self.batches_in(stage, e) * batch_size * self.world_size
+            if n == 0 and e >= epochs:
+                break
+            drawn, e = drawn + n, e + 1
+        return e
 
     def flush(self) -> None:
         """Publish what the persistent cache holds in memory (before a checkpoint: a kill after

@@ -2,7 +2,8 @@
 
 ``StreamingTrainer(config).train_progressive_stages()`` trains every model in ``config.models`` on
 the normal (``No Finding``) training images of each stage in order (``images_001``, …):
-``training.epochs_per_stage`` epochs per stage, then validation and checkpoints. Each decoded batch
+``training.epochs_per_stage`` epochs per stage (more for a stage too small to draw
+``training.min_images_per_stage`` images in them), each followed by validation and checkpoints. Each decoded batch
 feeds every model (``--model all`` costs one pass over the stream). The parts, one owner each:
 
 =================================  =============================================================
@@ -169,7 +170,9 @@ class StreamingTrainer:
         self._build_models()
         self.data = StageData(cfg, self._archive, self.index, self.stages, rank=self.dist.rank,
                               world_size=self.dist.world_size, run_dir=self.run_dir)
-        total = sum(self.data.batches_in(s, e) for s in self.stages for e in range(t.epochs_per_stage))
+        self.epochs = {s: self.data.epochs_of(s, t.epochs_per_stage, t.min_images_per_stage, t.batch_size)
+                       for s in self.stages}
+        total = sum(self.data.batches_in(s, e) for s in self.stages for e in range(self.epochs[s]))
         for st in self.steps.values():
             st.schedule = lambda s, total=total: lr_factor(s, total, t.warmup_steps, t.scheduler)
         self.checkpointer = Checkpointer(self.run_dir, self.deep, writer=self.is_main)
@@ -186,7 +189,7 @@ class StreamingTrainer:
         lg = cfg.logging
         self.reporter = Reporter(
             self.run_dir, enabled=self.is_main, live_every_s=t.live_plot_every_s, replay=resuming,
-            n_stages=len(self.stages), epochs=t.epochs_per_stage,
+            n_stages=len(self.stages), epochs=self.epochs,
             logger_kwargs=dict(kind=lg.logger, wandb_project=lg.wandb_project,
                                wandb_entity=lg.wandb_entity, config=cfg_dict, wandb_run_id=wandb_id))
         dist_utils.barrier()
@@ -273,11 +276,11 @@ class StreamingTrainer:
             first = self.position.epoch if si == start else 0
             if si != start:
                 self.bad_epochs = 0
-            for epoch in range(first, t.epochs_per_stage):
+            for epoch in range(first, self.epochs[stage]):
                 resume_ds = self._resume_ds if (si == start and epoch == first) else None
                 self.progress.batch = self.position.batch if resume_ds is not None else 0
                 self.position = Position(si, epoch, self.progress.batch)
-                if epoch + 1 == t.epochs_per_stage and si + 1 < len(self.stages):
+                if epoch + 1 == self.epochs[stage] and si + 1 < len(self.stages):
                     self.data.start_next(self.stages[si + 1])
                 if self._train_epoch(stage, si, epoch, resume_ds):
                     return True
@@ -298,7 +301,7 @@ class StreamingTrainer:
 
             bar = tqdm(total=self.data.batches_in(stage, epoch), initial=self.progress.batch,
                        leave=False, dynamic_ncols=True,
-                       desc=f"{stage} [{si + 1}/{len(self.stages)}] epoch {epoch + 1}/{t.epochs_per_stage}")
+                       desc=f"{stage} [{si + 1}/{len(self.stages)}] epoch {epoch + 1}/{self.epochs[stage]}")
         try:
             return train_one_epoch(
                 self.steps, batches, self.progress, to_device=self._to_device,
@@ -359,7 +362,7 @@ class StreamingTrainer:
                           selection=sel, best=self.selector.best_losses(), improved=improved,
                           val_s=time.monotonic() - t0)
         stop_early = t.early_stopping_patience is not None and self.bad_epochs >= t.early_stopping_patience
-        last = epoch + 1 == t.epochs_per_stage or stop_early
+        last = epoch + 1 == self.epochs[stage] or stop_early
         self.position = Position(si + 1, 0, 0) if last else Position(si, epoch + 1, 0)
         self.data.flush()
         self._save(stage_k=si + 1 if last else None, best=improved, val=sel, val_stages=k)
