@@ -3,6 +3,8 @@ archive (never the demo's test split), test AUROC as mean ± sd per setting and 
 
     python benchmarks/quality_bench.py                     # 3 seeds, the demo recipe's switches
     python benchmarks/quality_bench.py --smoke             # CI: tiny archive, 1 seed, 1 epoch
+    python benchmarks/quality_bench.py --variety wide --set training.epochs_per_stage=12 --keep DIR
+                                                           # the harder archive, a probe, runs kept
 
 Settings that need training (``--settings``):
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +73,21 @@ def test_calibrate_scores_every_image_with_predict():
     assert cal.matches(cal.anomaly, 64, 7) is None and "step" in cal.matches(cal.anomaly, 64, 8)
     with pytest.raises(CalibrationError, match="no validation image"):
         calibrate(model, [], source={"checkpoint": "c", "step": 1})
+
+
+def test_a_calibration_from_before_a_new_setting_still_matches_its_default():
+    """A calibration written by an older version lacks settings added since (residual_sigma):
+    it matches a model that leaves them at their default, not one that changes them."""
+    from imgae_dx.config import AnomalyConfig
+
+    now = AnomalyConfig(map="ssim").model_dump(mode="json")
+    older = {k: v for k, v in now.items() if k != "residual_sigma"}
+    cal = replace(_cal([0.1, 0.2, 0.3]), anomaly=older)
+    assert cal.matches(now, cal.image_size) is None
+    assert "settings differ" in cal.matches({**now, "residual_sigma": 2.0}, cal.image_size)
+    assert "settings differ" in cal.matches({**now, "map": "l1"}, cal.image_size)
+    cal = replace(cal, anomaly={**older, "from_the_future": 1})
+    assert "settings differ" in cal.matches(now, cal.image_size)
 
 
 def _extract(archive: Path, folder: Path) -> None:

@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model", metavar="BUNDLE_DIR", help="a bundle written by imgae-dx export")
     s.add_argument("--out", default="predictions", metavar="DIR",
                    help="where predictions.csv, overlays/ and index.html go (default ./predictions)")
-    s.add_argument("--model-name", choices=["unet", "ra", "ae", "all"], default="all")
+    s.add_argument("--model-name", choices=["unet", "ra", "ae", "pca", "all"], default="all")
     s.add_argument("--specificity", type=float, default=0.95,
                    help="target specificity of the flag: the share of validation normals below the "
                         "threshold (default 0.95)")

@@ -144,7 +144,7 @@ class Calibration:
 
     def matches(self, anomaly: Mapping[str, Any], image_size: int, step: int | None = None) -> str | None:
         """Why this calibration does not belong to a model with these settings (None: it does)."""
-        if dict(anomaly) != self.anomaly:
+        if not same_scoring(anomaly, self.anomaly):
             return "the anomaly map/score settings differ"
         if int(image_size) != self.image_size:
             return f"it was computed at {self.image_size}px, the model runs at {image_size}px"
@@ -193,6 +193,25 @@ class Calibration:
         except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
             raise CalibrationError(f"{p} cannot be read as JSON ({e})") from None
         return cls.from_json(d, str(p))
+
+
+def same_scoring(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Whether two ``model.*.anomaly`` settings score alike: each is completed with the defaults
+    of the installed version first, so a calibration written before a setting existed still
+    matches a model that leaves it at its default."""
+    return _completed(a) == _completed(b)
+
+
+def _completed(anomaly: Mapping[str, Any]) -> dict[str, Any]:
+    from imgae_dx.config import AnomalyConfig
+
+    known = {k: v for k, v in anomaly.items() if k in AnomalyConfig.model_fields}
+    if len(known) != len(anomaly):
+        return dict(anomaly)  # a setting this version does not know: never the same
+    try:
+        return AnomalyConfig.model_validate(known).model_dump(mode="json")
+    except ValueError:
+        return dict(anomaly)
 
 
 def check_specificity(specificity: float) -> float:
