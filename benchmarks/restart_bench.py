@@ -18,16 +18,12 @@ import argparse
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import torch
 import yaml
 
 TINY = {
@@ -46,15 +42,6 @@ def _train(cfg: Path, url: str, out: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "imgae_dx", "train", "--config", str(cfg),
                              "--source", url, "--out", str(out), *extra],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-
-
-def _position(out: Path) -> dict[str, Any] | None:
-    p = out / "checkpoints" / "ae" / "last.pt"
-    try:
-        ck = torch.load(p, weights_only=True)
-    except Exception:  # not there yet, or being replaced
-        return None
-    return {"stage": ck["stage"], **ck["position"], "step": ck["step"]}
 
 
 def _bytes_by_stage(log: list[tuple[str, str, str, int]], archive: Path) -> dict[str, int]:
@@ -104,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=int, default=900)
     args = ap.parse_args(argv)
     from imgae_dx.run.checkpoint import read_checkpoint, state_dict_digest
+    from imgae_dx.testing.kill import sigkill_in_stage
     from imgae_dx.testing.range_server import RangeServer
     from imgae_dx.testing.sample import write_sample_archive
 
@@ -119,15 +107,8 @@ def main(argv: list[str] | None = None) -> int:
             assert ref.wait(args.timeout) == 0, ref.stderr.read().decode()[-2000:]
             run = tmp / "run"
             proc = _train(cfg, server.url, run)
-            killed = None
-            deadline = time.monotonic() + args.timeout
-            while time.monotonic() < deadline and proc.poll() is None:
-                pos = _position(run)
-                if pos and pos["stage"] == "images_002" and pos["batch"] >= 2:
-                    proc.send_signal(signal.SIGKILL)
-                    killed = pos
-                    break
-                time.sleep(0.02)
+            killed = sigkill_in_stage(proc, run, "images_002", min_batch=2, timeout=args.timeout,
+                                      poll_s=0.02)
             proc.wait(60)
             if killed is None:
                 print(json.dumps({"error": "the run ended before it could be killed in stage 2"}))

@@ -7,12 +7,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from training_helpers import TINY_FLAGS, tiny_yaml, weights
+
+from imgae_dx.testing.kill import sigkill_in_stage
 
 MODELS = ("unet", "ra", "ae")
 
@@ -27,17 +28,6 @@ def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def _last_position(out: Path) -> dict | None:
-    p = out / "checkpoints" / "ae" / "last.pt"
-    if not p.exists():
-        return None
-    try:
-        ck = torch.load(p, weights_only=True)
-    except Exception:  # replaced while reading: try again later
-        return None
-    return {"stage": ck["stage"], **ck["position"], "step": ck["step"]}
-
-
 @pytest.mark.slow
 def test_sigkill_in_stage_2_then_resume_is_bit_identical(train_archive, full_run, tmp_path):
     out = tmp_path / "run"
@@ -46,14 +36,7 @@ def test_sigkill_in_stage_2_then_resume_is_bit_identical(train_archive, full_run
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     killed_at = None
     try:
-        deadline = time.monotonic() + 900
-        while time.monotonic() < deadline and proc.poll() is None:
-            pos = _last_position(out)
-            if pos and pos["stage"] == "images_002" and pos["batch"] >= 2:
-                proc.send_signal(signal.SIGKILL)
-                killed_at = pos
-                break
-            time.sleep(0.05)
+        killed_at = sigkill_in_stage(proc, out, "images_002", min_batch=2, timeout=900)
     finally:
         if proc.poll() is None and killed_at is None:
             proc.kill()
