@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shutil
 import sys
 import tempfile
@@ -105,15 +104,16 @@ def train_and_score(setting: str, seed: int, archive: Path, out: Path, args: arg
 
 def summarise(rows: list[dict]) -> list[dict]:
     """Mean ± sd over seeds per (setting, scoring, model)."""
+    from imgae_dx.visualization.seeds import mean_sd
+
     keys = sorted({(r["setting"], s, m) for r in rows for s, per in r["auroc"].items() for m in per})
     out = []
     for setting, scoring, model in keys:
         vals = [r["auroc"][scoring][model] for r in rows
                 if r["setting"] == setting and model in r["auroc"].get(scoring, {})]
-        vals = [v for v in vals if v is not None and math.isfinite(v)]
-        out.append({"setting": setting, "scoring": scoring, "model": model, "n": len(vals),
-                    "mean": round(float(np.mean(vals)), 4) if vals else None,
-                    "sd": round(float(np.std(vals, ddof=1)), 4) if len(vals) > 1 else None})
+        st = mean_sd(vals)
+        out.append({"setting": setting, "scoring": scoring, "model": model, "n": st["n"],
+                    **{k: None if st[k] is None else round(st[k], 4) for k in ("mean", "sd")}})
     return out
 
 

@@ -29,7 +29,8 @@ def seed_runs(root: Path) -> list[Path]:
     return sorted(runs, key=lambda p: int(p.name.split("-", 1)[1]) if p.name.split("-", 1)[1].isdigit() else 0)
 
 
-def _mean_sd(values: list[float]) -> dict[str, Any]:
+def mean_sd(values: list[float | None]) -> dict[str, Any]:
+    """``{"n", "mean", "sd", "values"}`` of the finite values (sample sd, n − 1; None when undefined)."""
     v = [x for x in values if x is not None and math.isfinite(x)]
     return {"n": len(v), "mean": float(np.mean(v)) if v else None,
             "sd": float(np.std(v, ddof=1)) if len(v) > 1 else None, "values": v}
@@ -45,7 +46,7 @@ def aggregate(runs: list[Path]) -> dict[str, Any]:
         models += [n for n in m.get("models", {}) if n not in models]
     out: dict[str, Any] = {"runs": list(metrics), "models": {}}
     for name in models:
-        out["models"][name] = {k: _mean_sd([m["models"].get(name, {}).get(k) for m in metrics.values()])
+        out["models"][name] = {k: mean_sd([m["models"].get(name, {}).get(k) for m in metrics.values()])
                                for k in ("auroc", "auprc")}
     gaps = []
     for run, m in metrics.items():
@@ -56,7 +57,7 @@ def aggregate(runs: list[Path]) -> dict[str, Any]:
             ci = [sign * v for v in comp.get("diff_ci") or [math.nan, math.nan]]
             gaps.append({"run": run, "diff": sign * comp["diff"], "ci": sorted(ci),
                          "delong_p": comp.get("delong_p")})
-    out["unet_minus_ra"] = {"per_seed": gaps, **_mean_sd([g["diff"] for g in gaps])}
+    out["unet_minus_ra"] = {"per_seed": gaps, **mean_sd([g["diff"] for g in gaps])}
     return out
 
 
