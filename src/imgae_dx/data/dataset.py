@@ -48,7 +48,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from imgae_dx.data.cache import ImageCache, ImageStore
-from imgae_dx.data.decode import decode_png
+from imgae_dx.data.decode import decode_png, to_unit
 from imgae_dx.data.memory import limit_heap_fragmentation
 from imgae_dx.errors import ArchiveError, CheckpointError, UserError
 from imgae_dx.streaming.fetcher import Prefetcher, RangeRequest, coalesce
@@ -65,9 +65,6 @@ CRC_REREADS = 3
 MIN_REQUESTS_PER_SHARE = 4
 #: Images of one request the reassembly window budgets for, on top of the shuffle buffer.
 WINDOW_SLACK_IMAGES = 256
-#: uint8 → float32 in [0, 1] by table lookup: exact (v / 255), single-threaded numpy (torch's
-#: intra-op threads would contend with the decode threads for a 100 µs conversion).
-_TO_UNIT = np.arange(256, dtype=np.float32) / np.float32(255.0)
 
 
 @dataclass
@@ -572,7 +569,7 @@ def samples(pairs: Iterator[tuple[int, np.ndarray]], nih: NIHIndex) -> Iterator[
     """``(member, uint8 H×W)`` pairs → sample dicts (``image``: float 1×H×W in [0, 1])."""
     for m, img in pairs:
         r = nih.record(m)
-        t = torch.from_numpy(_TO_UNIT[img]).unsqueeze(0)
+        t = torch.from_numpy(to_unit(img)).unsqueeze(0)
         yield {"image": t, "member": m, "image_id": str(r.image), "label": int(r.label)}
 
 
@@ -597,7 +594,7 @@ def batches_of(pairs: Iterator[tuple[int, np.ndarray]], nih: NIHIndex, batch_siz
 def _batch(buf: np.ndarray, members: list[int], nih: NIHIndex) -> Batch:
     recs = [nih.record(m) for m in members]
     return Batch(
-        images=torch.from_numpy(_TO_UNIT[buf]),
+        images=torch.from_numpy(to_unit(buf)),
         members=torch.tensor(members, dtype=torch.long),
         image_ids=[str(r.image) for r in recs],
         labels=torch.tensor([int(r.label) for r in recs], dtype=torch.long),

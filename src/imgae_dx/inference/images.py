@@ -36,13 +36,13 @@ from imgae_dx.data.decode import (
     resize_area,
     to_gray8,
 )
+from imgae_dx.data.decode import to_unit as to_unit  # the model input, re-exported for predict
 from imgae_dx.inference.errors import ImageReadError
 
 MAX_SIDE = DEFAULT_MAX_SIDE
 #: Larger files are refused before they are read (a 1024² X-ray is ~0.5 MB; a DICOM rarely > 100 MB).
 MAX_FILE_BYTES = 512 * 2**20
 DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
-_TO_UNIT = np.arange(256, dtype=np.float32) / np.float32(255.0)
 # SOF markers carrying the frame size (not DHT C4, JPG C8, DAC CC)
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
@@ -168,7 +168,3 @@ def prepare_array(arr: np.ndarray, image_size: int, *, max_side: int = MAX_SIDE)
         raise ImageReadError(f"{e} (use uint8, uint16 or float in [0, 1])") from None
     return resize_area(gray, image_size)
 
-
-def to_unit(images: np.ndarray) -> np.ndarray:
-    """uint8 images (any shape) → float32 ``v / 255``, exactly as the training dataset does."""
-    return _TO_UNIT[images]

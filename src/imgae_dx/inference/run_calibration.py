@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from imgae_dx.data.decode import to_uint8, to_unit
 from imgae_dx.errors import SourceError
 from imgae_dx.inference.errors import CalibrationError
-from imgae_dx.inference.images import to_unit
 from imgae_dx.run.calibration import (
     Calibration,
     CalibrationSource,
@@ -68,7 +68,7 @@ def validation_images(cfg: Any, stages_wanted: Sequence[str] | str, *, progress:
                        leave=False)
             try:
                 for batch in ds.batches():
-                    u8 = np.rint(batch.images[:, 0].numpy() * 255.0).astype(np.uint8)
+                    u8 = to_uint8(batch.images[:, 0].numpy())
                     for m, img in zip(batch.members.tolist(), u8, strict=True):
                         if m not in seen:  # an undecodable member is replaced by a neighbour: once
                             seen.add(m)

@@ -22,10 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from imgae_dx.data.decode import to_uint8, to_unit
 from imgae_dx.run.checkpoint import Selection
-
-#: uint8 → float32 in [0, 1], exactly as the streaming dataset converts (v / 255).
-_TO_UNIT = np.arange(256, dtype=np.float32) / np.float32(255.0)
 
 
 class ValidationPool:
@@ -66,7 +64,7 @@ class ValidationPool:
         """``stage``'s images as float batches B×1×H×W in [0, 1], always the same partition."""
         imgs = self._images[stage]
         for i in range(0, imgs.shape[0], self.batch_size):
-            yield torch.from_numpy(_TO_UNIT[imgs[i : i + self.batch_size, None]])
+            yield torch.from_numpy(to_unit(imgs[i : i + self.batch_size, None]))
 
     def images(self) -> np.ndarray:
         """All held images, stage after stage (N×H×W uint8)."""
@@ -80,7 +78,7 @@ def collect(batches: Iterable[Tensor], max_images: int | None = None) -> np.ndar
     parts: list[np.ndarray] = []
     n = 0
     for x in batches:
-        parts.append(np.rint(x.numpy()[:, 0] * 255.0).astype(np.uint8))
+        parts.append(to_uint8(x.numpy()[:, 0]))
         n += parts[-1].shape[0]
         if max_images is not None and n >= max_images:
             break
