@@ -10,6 +10,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -17,16 +18,16 @@ from typing import Any
 def last_position(run_dir: Path, model: str = "ae") -> dict[str, Any] | None:
     """``{"stage", "stage_index", "epoch", "batch", "step"}`` of the run's ``last.pt`` for
     ``model``; None while there is none (or it is being replaced)."""
-    import torch
+    from imgae_dx.run.checkpoint import read_checkpoint
 
     p = Path(run_dir) / "checkpoints" / model / "last.pt"
     if not p.exists():
         return None
     try:
-        ck = torch.load(p, weights_only=True)
+        ck = read_checkpoint(p, model_name=model)
     except Exception:  # replaced while reading: try again later
         return None
-    return {"stage": ck["stage"], **ck["position"], "step": ck["step"]}
+    return {"stage": ck.stage, **asdict(ck.position), "step": ck.step}
 
 
 def sigkill_in_stage(proc: subprocess.Popen, run_dir: Path, stage: str, *, min_batch: int,
