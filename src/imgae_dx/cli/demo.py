@@ -180,25 +180,20 @@ HELDOUT_IMAGES = 8
 def _heldout_images(archive: Path, dest: Path, view: str, n: int) -> list[Path]:
     """Copy ``n`` test-split PNGs (half normal, half abnormal, of the run's view cohort) out of the
     sample archive into ``dest``; returns their paths."""
-    import csv
-    import io
     import zipfile
 
+    from imgae_dx.data.nih_index import METADATA_NAMES, NIHIndex
+
     with zipfile.ZipFile(archive) as z:
-        members = {name.rsplit("/", 1)[-1]: name for name in z.namelist() if name.endswith(".png")}
-        test = set(z.read("test_list.txt").decode().split())
-        rows = list(csv.reader(io.StringIO(z.read("Data_Entry_2017.csv").decode())))[1:]
-        picked: dict[bool, list[str]] = {True: [], False: []}
-        for r in rows:  # columns by position: image, labels, follow-up, patient, age, sex, view
-            normal = r[1] == "No Finding"
-            if (r[0] in test and r[0] in members and (view == "all" or r[6] == view)
-                    and len(picked[normal]) < n // 2):
-                picked[normal].append(r[0])
+        names = z.namelist()
+        index = NIHIndex.from_files(*(z.read(m) for m in METADATA_NAMES), names)
+        test = index.split("all", "test", view=view)  # member ids = positions in names
+        picked = [m for label in (0, 1) for m in test[index.labels(test) == label][: n // 2]]
         dest.mkdir(parents=True, exist_ok=True)
         out = []
-        for name in picked[True] + picked[False]:
-            p = dest / name
-            p.write_bytes(z.read(members[name]))
+        for m in picked:
+            p = dest / index.record(int(m)).image
+            p.write_bytes(z.read(names[int(m)]))
             out.append(p)
     return out
 
