@@ -132,17 +132,11 @@ class CloudEvaluator:
     def load_models(self) -> None:
         """Build each model of the run and load its ``best.pt`` (else ``last.pt``)."""
         from imgae_dx.config import config_from_yaml_text
-        from imgae_dx.models import create_model
-        from imgae_dx.run.checkpoint import read_checkpoint
+        from imgae_dx.models import load_model
+        from imgae_dx.run.checkpoint import checkpoint_file, read_checkpoint
 
         for name in self.cfg.models:
-            folder = self.run_dir / "checkpoints" / name
-            path = next((p for p in (folder / "best.pt", folder / "last.pt") if p.is_file()), None)
-            if path is None:
-                raise CheckpointError(
-                    f"no checkpoint for model {name!r} in {folder} (best.pt or last.pt); train it "
-                    f"first (`imgae-dx train --out {self.run_dir} --model {name}`)"
-                )
+            path = checkpoint_file(self.run_dir, name)
             ck = read_checkpoint(path, model_name=name, map_location="cpu")
             run_cfg = config_from_yaml_text(ck.config_yaml, f"the configuration saved in {path}")
             size = int(ck.image_size)
@@ -154,12 +148,7 @@ class CloudEvaluator:
             mcfg = getattr(run_cfg.model, name)
             if self.overlay:  # the trained model with the overlay's scoring settings
                 mcfg = getattr(apply_overlay(run_cfg, self.overlay, f"scoring overlay for {path}").model, name)
-            model = create_model(name, image_size=size, cfg=mcfg)
-            try:
-                model.load_state_dict(ck.model)
-            except (RuntimeError, KeyError) as e:
-                raise CheckpointError(f"{path} does not fit model {name!r}: {str(e)[:300]}") from None
-            model.to(self.device).eval()
+            model = load_model(name, size, mcfg, ck.model, str(path), self.device)
             self.models[name] = model
             self.checkpoints[name] = {
                 "file": str(path.relative_to(self.run_dir)),

@@ -24,10 +24,11 @@ from typing import Any
 import torch
 
 from imgae_dx.config import MODEL_NAMES
-from imgae_dx.errors import CheckpointError, RunFolderError, UserError
+from imgae_dx.errors import RunFolderError, UserError
 from imgae_dx.inference.errors import BundleError, CalibrationError
+from imgae_dx.models import load_model
 from imgae_dx.run.calibration import Calibration, calibration_path
-from imgae_dx.run.checkpoint import read_checkpoint
+from imgae_dx.run.checkpoint import checkpoint_file, read_checkpoint
 
 Notify = Callable[[str], None]
 
@@ -63,29 +64,6 @@ def select_names(available: list[str], model_name: str, where: str) -> list[str]
     return [model_name]
 
 
-def checkpoint_file(run_dir: Path, name: str) -> Path:
-    """``best.pt`` of the model, else ``last.pt`` (CheckpointError when neither exists)."""
-    folder = run_dir / "checkpoints" / name
-    for p in (folder / "best.pt", folder / "last.pt"):
-        if p.is_file():
-            return p
-    raise CheckpointError(f"no checkpoint for model {name!r} in {folder} (best.pt or last.pt); "
-                          f"train it first (`imgae-dx train --out {run_dir} --model {name}`)")
-
-
-def build_model(name: str, image_size: int, model_cfg: Any, state: dict[str, torch.Tensor],
-                where: str, device: torch.device) -> Any:
-    """create_model + load_state_dict (strict), eval mode, on ``device``."""
-    from imgae_dx.models import create_model
-
-    model = create_model(name, image_size=image_size, cfg=model_cfg)
-    try:
-        model.load_state_dict(state)
-    except (RuntimeError, KeyError) as e:
-        raise CheckpointError(f"{where} does not fit model {name!r}: {str(e)[:300]}") from None
-    return model.to(device).eval()
-
-
 def _run_config(run_dir: Path) -> Any:
     from imgae_dx.config import config_from_yaml_text
 
@@ -112,7 +90,7 @@ def load_run_models(run_dir: str | os.PathLike[str], model_name: str = "all", *,
         ck = read_checkpoint(path, model_name=name)
         run_cfg = config_from_yaml_text(ck.config_yaml, f"{path} config") if ck.config_yaml else cfg
         model_cfg = getattr(run_cfg.model, name)
-        model = build_model(name, ck.image_size, model_cfg, ck.model, str(path), device)
+        model = load_model(name, ck.image_size, model_cfg, ck.model, str(path), device)
         info = {"origin": str(run_dir), "checkpoint": str(path.relative_to(run_dir)), "step": ck.step,
                 "stage": ck.stage, "stage_k": ck.stage_k, "stages": list(ck.stages or []),
                 "images_seen": ck.images_seen, "val_loss": ck.val_loss, "precision": ck.precision,
@@ -197,7 +175,7 @@ def load_bundle_models(bundle_dir: str | os.PathLike[str], model_name: str = "al
         except (SafetensorError, OSError, ValueError) as e:
             raise BundleError(f"{folder / WEIGHTS_NAME} is damaged ({e})") from None
         size = int(cfg["image_size"])
-        model = build_model(name, size, cfg["architecture"], state, str(folder / WEIGHTS_NAME), device)
+        model = load_model(name, size, cfg["architecture"], state, str(folder / WEIGHTS_NAME), device)
         try:
             cal = Calibration.load(folder / "calibration.json")
         except CalibrationError as e:

@@ -102,6 +102,20 @@ def create_model(name: str, image_size: int = 128, cfg: BaseModel | Mapping[str,
         raise ConfigError(f"cannot build model {name!r} at image_size {image_size}: {e}") from None
 
 
+def load_model(name: str, image_size: int, cfg: BaseModel | Mapping[str, Any] | None,
+               state: Mapping[str, Any], where: str, device: Any = "cpu") -> ReconstructionModel:
+    """:func:`create_model` with trained weights ``state`` (strict), in eval mode on ``device``;
+    CheckpointError naming ``where`` when they do not fit."""
+    from imgae_dx.errors import CheckpointError
+
+    model = create_model(name, image_size=image_size, cfg=cfg)
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, KeyError) as e:
+        raise CheckpointError(f"{where} does not fit model {name!r}: {str(e)[:300]}") from None
+    return model.to(device).eval()
+
+
 def create_objective(name: str, model: ReconstructionModel,
                      model_cfg: BaseModel | Mapping[str, Any] | None = None) -> Objective:
     """The training objective of ``model`` (creates its optimiser(s)).

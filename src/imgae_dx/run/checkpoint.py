@@ -239,6 +239,17 @@ def load_raw(path: str | os.PathLike[str], map_location: str | torch.device = "c
     return raw
 
 
+def checkpoint_file(run_dir: str | os.PathLike[str], name: str) -> Path:
+    """The checkpoint a run is scored with: ``checkpoints/NAME/best.pt``, else ``last.pt``
+    (CheckpointError when neither exists)."""
+    folder = Path(run_dir) / "checkpoints" / name
+    for p in (folder / "best.pt", folder / "last.pt"):
+        if p.is_file():
+            return p
+    raise CheckpointError(f"no checkpoint for model {name!r} in {folder} (best.pt or last.pt); "
+                          f"train it first (`imgae-dx train --out {run_dir} --model {name}`)")
+
+
 def read_checkpoint(
     path: str | os.PathLike[str],
     *,
