@@ -5,6 +5,7 @@ archive (never the demo's test split), test AUROC as mean ± sd per setting and 
     python benchmarks/quality_bench.py --smoke             # CI: tiny archive, 1 seed, 1 epoch
     python benchmarks/quality_bench.py --variety wide --set training.epochs_per_stage=12 --keep DIR
                                                            # the harder archive, a probe, runs kept
+    python benchmarks/quality_bench.py --rescore DIR       # those runs under every scoring, no training
 
 Settings that need training (``--settings``):
 
@@ -13,7 +14,8 @@ Settings that need training (``--settings``):
 * ``replay`` — the same, with ``training.replay: all`` (earlier stages revisited; when built).
 
 Each trained run is then re-scored without retraining (``imgae-dx evaluate --config``) with every
-scoring variant of ``SCORINGS`` (map × score; the RA authors' score). The archive is the demo's
+scoring variant of ``SCORINGS`` (map × score), the one-model variants of ``MODEL_SCORINGS`` (the
+U-Net's noise-then-restore, RA's encoder saliency) and the RA authors' score. The archive is the demo's
 sample recipe with another generator seed (``--archive-seed``, default 1): defaults are chosen on it
 and on validation loss, never on the demo's own test split.
 
@@ -36,28 +38,70 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "configs" / "recipes"
 
-#: scoring overlays applied to every trained model (name → anomaly settings)
+SSIM31 = {"map": "ssim", "score": "mean", "ssim_window": 31, "ssim_sigma": 4.23}
+
+#: scoring overlays applied to every trained model (name → anomaly settings over the defaults)
 SCORINGS: dict[str, dict[str, Any]] = {
     "l1_mean": {"map": "l1", "score": "mean"},
     "l1_top1": {"map": "l1", "score": "topk", "topk_percent": 1.0},
     "l2_mean": {"map": "l2", "score": "mean"},
     "clahe_mean": {"map": "clahe", "score": "mean"},
     "ssim_mean": {"map": "ssim", "score": "mean"},
+    "ssim31_mean": SSIM31,
     "l1_median5_mean": {"map": "l1", "score": "mean", "median_filter": 5},
     "l1_rs1_mean": {"map": "l1", "score": "mean", "residual_sigma": 1.0},
     "l1_rs2_mean": {"map": "l1", "score": "mean", "residual_sigma": 2.0},
     "l1_rs4_mean": {"map": "l1", "score": "mean", "residual_sigma": 4.0},
 }
 
+#: scorings of one model only (name → (model, that model's overlay))
+MODEL_SCORINGS: dict[str, tuple[str, dict[str, Any]]] = {
+    # the U-Net denoising 4 fixed corruptions of x (noise-then-restore), SSIM 31 px
+    "ssim31_restore4": ("unet", {"inference_samples": 4, "anomaly": SSIM31}),
+    # RA's SSIM 31 px map × the saliency of its own encoder embeddings
+    "ssim31_encoder": ("ra", {"anomaly": {**SSIM31, "saliency": "encoder"}}),
+}
+
+#: model keys outside ``anomaly`` that scoring reads, at the values that score x itself
+PLAIN_INFERENCE = {"unet": {"inference_samples": 0}, "ra": {"inference_samples": 0}}
+
 
 def _overlay(models: list[str], anomaly: dict[str, Any]) -> dict[str, Any]:
-    return {"model": {m: {"anomaly": dict(anomaly)} for m in models}}
+    """Every model scored with ``anomaly`` over the default settings (nothing kept from the run's
+    own scoring: a run trained with demo.yaml's saliency or inference samples is re-scored plainly)."""
+    from imgae_dx.config import AnomalyConfig
+
+    full = {**AnomalyConfig().model_dump(mode="json"), **anomaly}
+    return {"model": {m: {**PLAIN_INFERENCE.get(m, {}), "anomaly": dict(full)} for m in models}}
+
+
+def score_variants(out: Path, models: list[str], source: str | None = None) -> dict[str, dict[str, float]]:
+    """Test AUROC of the trained run ``out`` under every scoring (no retraining)."""
+    import yaml
+
+    from imgae_dx.config import AnomalyConfig
+    from imgae_dx.evaluation.evaluator import evaluate_run
+
+    auroc: dict[str, dict[str, float]] = {}
+    for name, anomaly in SCORINGS.items():
+        m = evaluate_run(out, source=source, scoring=_overlay(models, anomaly), name=name, progress=False)
+        auroc[name] = {k: v["auroc"] for k, v in m["models"].items()}
+    for name, (model, over) in MODEL_SCORINGS.items():
+        if model in models:
+            full = {**PLAIN_INFERENCE.get(model, {}), **over,
+                    "anomaly": {**AnomalyConfig().model_dump(mode="json"), **over["anomaly"]}}
+            m = evaluate_run(out, source=source, scoring={"model": {model: full}}, name=name, progress=False)
+            auroc[name] = {model: m["models"][model]["auroc"]}
+    if "ra" in models:
+        ra_authors = yaml.safe_load((RECIPES / "ra_authors_scoring.yaml").read_text())
+        m = evaluate_run(out, source=source, scoring=ra_authors, name="ra_authors", progress=False)
+        auroc["ra_authors"] = {"ra": m["models"]["ra"]["auroc"]}
+    return auroc
 
 
 def train_and_score(setting: str, seed: int, archive: Path, out: Path, args: argparse.Namespace) -> dict:
     """Train one setting at one seed, then score it with every variant; returns the figures."""
     from imgae_dx.config import load_config, nest_dotted
-    from imgae_dx.evaluation.evaluator import evaluate_run
     from imgae_dx.training.streaming_trainer import StreamingTrainer
 
     over: dict[str, Any] = {"source": str(archive), "out": str(out), "seed": seed,
@@ -87,19 +131,30 @@ def train_and_score(setting: str, seed: int, archive: Path, out: Path, args: arg
     train_s = time.perf_counter() - t0
     models = list(cfg.models)
     row: dict[str, Any] = {"setting": setting, "seed": seed, "train_s": round(train_s, 1),
-                           "val_loss": res.best_val, "auroc": {}}
-    for name, anomaly in SCORINGS.items():
-        m = evaluate_run(out, scoring=_overlay(models, anomaly), name=name,
-                         progress=False)
-        row["auroc"][name] = {k: v["auroc"] for k, v in m["models"].items()}
-    ra_authors = yaml.safe_load((RECIPES / "ra_authors_scoring.yaml").read_text())
+                           "val_loss": res.best_val, "auroc": score_variants(out, models)}
     if "ra" in models:
-        m = evaluate_run(out, scoring=ra_authors, name="ra_authors", progress=False)
-        row["auroc"]["ra_authors"] = {"ra": m["models"]["ra"]["auroc"]}
         from imgae_dx.models import perceptual
 
         row["lpips_used"] = any(v is not None for v in perceptual._CACHE.values())
     return row
+
+
+def rescore(kept: Path) -> list[dict]:
+    """Re-score every run kept by ``--keep`` under ``kept`` (its ``dev/data.zip``) with every
+    scoring; nothing is retrained."""
+    from imgae_dx.config import config_from_yaml_text
+    from imgae_dx.run.checkpoint import checkpoint_file, read_checkpoint
+
+    rows = []
+    for run in sorted(p for p in kept.iterdir() if (p / "config.yaml").is_file()):
+        cfg = config_from_yaml_text((run / "config.yaml").read_text(), str(run / "config.yaml"))
+        setting, _, seed = run.name.rpartition("_")
+        print(f"re-scoring {run.name} …", file=sys.stderr, flush=True)
+        val = {m: read_checkpoint(checkpoint_file(run, m), model_name=m).val_loss
+               for m in cfg.models if m != "pca"}
+        rows.append({"setting": setting, "seed": int(seed), "val_loss": val,
+                     "auroc": score_variants(run, list(cfg.models), str(kept / "dev" / "data.zip"))})
+    return rows
 
 
 def summarise(rows: list[dict]) -> list[dict]:
@@ -152,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--keep", default=None, metavar="DIR",
                     help="keep the dev archive and every trained run under DIR (to re-score later)")
+    ap.add_argument("--rescore", default=None, metavar="DIR",
+                    help="train nothing: re-score the runs a previous --keep DIR kept, with every scoring")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=YAML",
                     help="config override for every setting, e.g. training.epochs_per_stage=12 "
                          "or models=[unet,ra,pca] (repeatable; named in the table's setting)")
@@ -165,6 +222,13 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"--set needs KEY=VALUE, got {kv!r}")
         args.overrides[key.strip()] = yaml.safe_load(val)
     suffix = "".join(f" {k.rsplit('.', 1)[-1]}={v}" for k, v in args.overrides.items() if k != "models")
+    if args.rescore:
+        rows = rescore(Path(args.rescore))
+        summary = summarise(rows)
+        print(json.dumps({"rescored": args.rescore, "rows": rows, "summary": summary}, indent=1))
+        if args.markdown:
+            print(markdown(summary, rows))
+        return 0
     from imgae_dx.testing.sample import write_sample_archive
 
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]

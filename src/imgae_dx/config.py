@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from imgae_dx.errors import UserError
 
@@ -102,9 +102,12 @@ class AnomalyConfig(_Strict):
         0.01, gt=0, le=1, description="CLAHE clip limit as skimage's equalize_adapthist takes it"
     )
     clahe_tiles: int = Field(8, ge=1, description="CLAHE kernel = image side / tiles (skimage: 8)")
-    saliency: Literal["none", "lpips"] = Field(
-        "none", description="multiply the map by the RA authors' perceptual saliency: "
-        "G(LPIPS(x̂, x)) · G(LPIPS(CLAHE x̂, CLAHE x)), LPIPS on SqueezeNet (pretrained weights)")
+    saliency: Literal["none", "lpips", "encoder"] = Field(
+        "none", description="multiply the map by a perceptual saliency smoothed by "
+        "G(saliency_sigma). lpips: the RA authors' G(LPIPS(x̂, x)) · G(LPIPS(CLAHE x̂, CLAHE x)), "
+        "LPIPS on SqueezeNet (pretrained weights); encoder: the same idea in the model's own "
+        "feature space, G(Σ_levels ‖n(e(x)) − n(e(x̂))‖²) over RA's multi-scale embeddings "
+        "(n: unit length over channels, as LPIPS does, without its learned heads); RA only")
     saliency_sigma: float = Field(2.0, gt=0, description="Gaussian σ of the saliency (authors: 2)")
     foreground_threshold: float | None = Field(
         None, ge=0, description="keep the map only on the body: pixels whose 5×5 neighbourhood is "
@@ -157,8 +160,23 @@ class UNetConfig(_Strict):
     noise_foreground_threshold: float | None = Field(
         None, ge=0, description="add noise only where the input exceeds this value (Kascenas "
         "et al.: 0.01); null = everywhere")
+    inference_samples: int = Field(
+        0, ge=0, description="0: score the reconstruction of x itself (Kascenas et al.); K > 0: "
+        "the mean reconstruction of K corruptions of x by the training noise (K fixed noise "
+        "fields, the same for every image): the denoiser replaces what it takes for noise, "
+        "findings included, with normal anatomy (AnoDDPM's noise-then-restore, Wyatt et al. 2022)")
+    inference_noise_seed: int = Field(
+        0, ge=0, description="seed of the inference_samples noise fields (drawn once per model)")
     optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=1e-4))
     anomaly: AnomalyConfig = Field(default_factory=AnomalyConfig)
+
+    @model_validator(mode="after")
+    def _samples_need_noise(self) -> UNetConfig:
+        if self.inference_samples and self.noise_std <= 0:
+            raise ValueError(
+                f"inference_samples={self.inference_samples} corrupts the input with the training "
+                "noise, but noise_std is 0 (a plain autoencoder): set inference_samples: 0")
+        return self
 
 
 class RAConfig(_Strict):
@@ -207,6 +225,15 @@ class ModelsConfig(_Strict):
     ra: RAConfig = Field(default_factory=RAConfig)
     ae: AEConfig = Field(default_factory=AEConfig)
     pca: PCAConfig = Field(default_factory=PCAConfig)
+
+    @model_validator(mode="after")
+    def _encoder_saliency_needs_embeddings(self) -> ModelsConfig:
+        for name in ("unet", "ae", "pca"):
+            if getattr(self, name).anomaly.saliency == "encoder":
+                raise ValueError(
+                    f"{name}.anomaly.saliency: 'encoder' uses RA's multi-scale encoder embeddings "
+                    f"and is for model.ra only; use saliency: none (or lpips) for {name}")
+        return self
 
 
 # ----------------------------------------------------------------------------------- training

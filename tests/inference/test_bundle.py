@@ -90,8 +90,10 @@ def test_a_damaged_bundle_is_a_clear_error(tmp_path):
 def test_onnx_matches_pytorch_on_the_sample_images(tmp_path, sample_pngs):
     import onnxruntime as ort
 
-    run = make_run_folder(tmp_path / "run", overrides={"model.unet.anomaly": {"score": "topk"},
-                                                        "model.ra.anomaly": {"map": "ssim"}})
+    # the demo's scorings: U-Net denoising fixed corruptions, RA with its encoder saliency
+    run = make_run_folder(tmp_path / "run", overrides={
+        "model.unet.anomaly": {"score": "topk"}, "model.unet.inference_samples": 2,
+        "model.ra.anomaly": {"map": "ssim", "saliency": "encoder"}})
     out = tmp_path / "b"
     export_run(run, out, onnx=True)
     x = np.stack([to_unit(load_file(p, 64)) for p in sample_pngs])[:, None]

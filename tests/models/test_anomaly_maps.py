@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from imgae_dx.config import AnomalyConfig
+from imgae_dx.config import AnomalyConfig, ConfigError, load_config
+from imgae_dx.models import create_model
 from imgae_dx.models.anomaly import (
     anomaly_map,
     clahe_equalise,
+    encoder_saliency,
     gaussian_smooth,
     image_score,
     ssim_map,
@@ -137,3 +139,43 @@ def test_ssim_window_must_be_odd():
     with pytest.raises(ValidationError, match="odd"):
         AnomalyConfig(ssim_window=10)
     assert math.isclose(AnomalyConfig().clahe_clip, 0.01)  # skimage's default
+
+
+def test_encoder_saliency_by_hand():
+    """One 2-channel level at half resolution: the squared distance of unit feature vectors,
+    bilinearly upsampled, then G_σ; scaling a level's features changes nothing (LPIPS's norm)."""
+    x, r = _pair(size=16)
+
+    def embed(t):  # B×1×16×16 → one level B×2×8×8
+        return [torch.stack([t[:, 0, ::2, ::2], 1 - t[:, 0, ::2, ::2]], dim=1)]
+
+    fx, fr = embed(x)[0], embed(r)[0]
+
+    def unit(f):
+        return f / (f.norm(dim=1, keepdim=True) + 1e-8)
+
+    d = (unit(fx) - unit(fr)).square().sum(1, keepdim=True)
+    want = gaussian_smooth(torch.nn.functional.interpolate(d, size=(16, 16), mode="bilinear",
+                                                           align_corners=False), 2.0)
+    got = encoder_saliency(x, r, embed, 2.0)
+    assert got.shape == x.shape and torch.allclose(got, want, atol=1e-6)
+    scaled = encoder_saliency(x, r, lambda t: [f * 7.0 for f in embed(t)], 2.0)
+    assert torch.allclose(scaled, got, atol=1e-5)
+    cfg = AnomalyConfig(map="l1", saliency="encoder")
+    assert torch.allclose(anomaly_map(x, r, cfg, embed), (x - r).abs() * got, atol=1e-6)
+    assert float(encoder_saliency(x, x, embed, 2.0).abs().max()) == 0.0  # a perfect reconstruction
+
+
+def test_encoder_saliency_uses_ras_embeddings_and_only_ras():
+    torch.manual_seed(0)
+    ra = create_model("ra", 64, channels=[4, 8, 8, 8, 8], zdim=8,
+                      anomaly={"map": "ssim", "saliency": "encoder"}).eval()
+    x = torch.rand(2, 1, 64, 64)
+    p = ra.predict(x)
+    base = 1 - ssim_map(x, p.reconstruction.clamp(0, 1))
+    assert torch.allclose(p.anomaly_map, base * encoder_saliency(x, p.reconstruction, ra.embeddings, 2.0),
+                          atol=1e-6)
+    with pytest.raises(ValueError, match="model.ra only"):
+        anomaly_map(x, p.reconstruction, AnomalyConfig(saliency="encoder"))
+    with pytest.raises(ConfigError, match="for model.ra only"):
+        load_config(None, {"model.unet.anomaly.saliency": "encoder"})

@@ -1,4 +1,5 @@
-"""Each switch of the denoising-AE recipe of Kascenas et al. (2022), one test each."""
+"""Each switch of the denoising-AE recipe of Kascenas et al. (2022), one test each, and the U-Net's
+noise-then-restore inference (``inference_samples``)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from imgae_dx.config import AnomalyConfig, load_config
+from imgae_dx.config import AnomalyConfig, ConfigError, load_config
 from imgae_dx.models import create_model, create_objective
 from imgae_dx.models.anomaly import anomaly_map, foreground_mask, median_filter
 from imgae_dx.models.objectives import build_optimizer, coarse_noise
@@ -102,8 +103,52 @@ def test_the_recipe_file_sets_every_switch():
     u = cfg.model.unet
     assert (u.conv, u.padding, u.output_activation, u.noise_roll) == ("ws", "reflect", "linear", True)
     assert u.noise_foreground_threshold == 0.01 and u.optim.amsgrad and u.optim.weight_decay == 1e-5
+    assert u.inference_samples == 0
     assert (u.anomaly.median_filter, u.anomaly.foreground_threshold) == (5, 0.01)
     text = RECIPE.read_text()
-    for key in ("conv:", "padding:", "noise_roll:", "median_filter:", "foreground_threshold:", "amsgrad:"):
+    for key in ("conv:", "padding:", "noise_roll:", "median_filter:", "foreground_threshold:", "amsgrad:",
+                "inference_samples:"):
         line = next(ln for ln in text.splitlines() if ln.strip().startswith(key))
         assert "#" in line, f"{key} is configured without saying why"
+
+
+def test_inference_samples_average_the_denoised_fixed_corruptions():
+    torch.manual_seed(0)
+    plain = create_model("unet", 32, **TINY).eval()
+    x = torch.rand(3, 1, 32, 32)
+    assert torch.equal(plain.reconstruct(x), plain(x))  # K = 0: the input itself (Kascenas et al.)
+    m = create_model("unet", 32, **TINY, inference_samples=3, noise_std=0.2, noise_resolution=8).eval()
+    m.load_state_dict(plain.state_dict())  # the noise fields are not weights: same state dict
+    fields = torch.randn((3, 1, 8, 8), generator=torch.Generator().manual_seed(0)) * 0.2
+    up = F.interpolate(fields, size=(32, 32), mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        want = torch.stack([m(x + up[k:k + 1]) for k in range(3)]).mean(0)
+        got = m.reconstruct(x)
+    assert torch.allclose(got, want, atol=1e-6) and not torch.allclose(got, m(x), atol=1e-4)
+    # the same fields for every image: an image scores the same alone, in any batch, in any run
+    assert torch.allclose(m.reconstruct(x[1:2]), got[1:2], atol=1e-6)
+    again = create_model("unet", 32, **TINY, inference_samples=3, noise_std=0.2, noise_resolution=8).eval()
+    again.load_state_dict(plain.state_dict())
+    assert torch.equal(again.reconstruct(x), got)
+    other = create_model("unet", 32, **TINY, inference_samples=3, noise_std=0.2, noise_resolution=8,
+                         inference_noise_seed=1).eval()
+    other.load_state_dict(plain.state_dict())
+    assert not torch.allclose(other.reconstruct(x), got, atol=1e-4)
+
+
+def test_inference_corruptions_respect_the_foreground():
+    torch.manual_seed(0)
+    m = create_model("unet", 32, **TINY, inference_samples=2, noise_foreground_threshold=0.01).eval()
+    x = torch.rand(1, 1, 32, 32) * 0.5 + 0.2
+    x[:, :, :8] = 0.0
+    seen = []
+    m.register_forward_pre_hook(lambda mod, args: seen.append(args[0].clone()))
+    m.reconstruct(x)
+    assert len(seen) == 2
+    for xin in seen:
+        assert torch.equal(xin[:, :, :8], x[:, :, :8]) and not torch.equal(xin[:, :, 8:], x[:, :, 8:])
+
+
+def test_inference_samples_need_training_noise():
+    with pytest.raises(ConfigError, match="noise_std is 0"):
+        load_config(None, {"model.unet.inference_samples": 4, "model.unet.noise_std": 0.0})

@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--stages", default=None)
     s.add_argument("--config", default=None, metavar="OVERLAY",
                    help="re-score without retraining: a YAML of model.*.anomaly.* / "
-                        "model.ra.inference_samples; results go to RUN_DIR/eval-NAME")
+                        "model.<unet|ra>.inference_samples; results go to RUN_DIR/eval-NAME")
     s.add_argument("--name", default=None,
                    help="name of a re-scored evaluation (default: the overlay's file name)")
 

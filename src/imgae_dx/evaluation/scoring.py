@@ -5,7 +5,8 @@ anomaly-map/score settings. An overlay has the shape of a config file but may on
 that act after training:
 
 * ``model.<unet|ra|ae|pca>.anomaly.*`` — the map, its post-processing, the saliency and the image score;
-* ``model.ra.inference_samples`` — reconstruct from μ or from sampled z.
+* ``model.ra.inference_samples`` — reconstruct from μ or from sampled z;
+* ``model.unet.inference_samples`` — reconstruct x itself or average the denoised corruptions of x.
 
 Anything else (widths, losses, data, training…) would need another training run and is refused
 with the keys named. The evaluation goes to its own folder (``RUN_DIR/eval-NAME``, NAME from
@@ -23,7 +24,7 @@ from typing import Any
 from imgae_dx.config import Config, ConfigError, _deep_merge, _read_yaml, format_validation_error
 
 #: dotted keys an overlay may set (regular expressions over the flattened keys)
-SCORING_KEYS: tuple[str, ...] = (r"model\.(unet|ra|ae|pca)\.anomaly\.[a-z_]+", r"model\.ra\.inference_samples")
+SCORING_KEYS: tuple[str, ...] = (r"model\.(unet|ra|ae|pca)\.anomaly\.[a-z_]+", r"model\.(unet|ra)\.inference_samples")
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -47,7 +48,7 @@ def read_overlay(path: str | Path) -> dict[str, Any]:
         raise ConfigError(
             f"scoring overlay {path} changes {', '.join(bad)}: that needs another training run. "
             "An evaluation overlay may only set model.<unet|ra|ae|pca>.anomaly.* and "
-            "model.ra.inference_samples")
+            "model.<unet|ra>.inference_samples")
     return data
 
 
@@ -62,12 +63,12 @@ def apply_overlay(cfg: Config, overlay: Mapping[str, Any], origin: str = "scorin
 
 
 def scoring_of(cfg: Config, models: list[str]) -> dict[str, dict[str, Any]]:
-    """What each model's scores mean: its anomaly settings (and RA's ``inference_samples``)."""
+    """What each model's scores mean: its anomaly settings (and U-Net's/RA's ``inference_samples``)."""
     out = {}
     for name in models:
         mcfg = getattr(cfg.model, name)
         d = mcfg.anomaly.model_dump(mode="json")
-        if name == "ra":
+        if name in ("unet", "ra"):
             d["inference_samples"] = mcfg.inference_samples
         out[name] = d
     return out
@@ -82,7 +83,7 @@ def describe(scoring: Mapping[str, Any]) -> str:
         parts.append(f"saliency {scoring['saliency']} (σ {scoring.get('saliency_sigma')})")
     for k, label in (("residual_sigma", "residual smoothed σ"),
                      ("foreground_threshold", "body mask >"), ("median_filter", "median"),
-                     ("smoothing_sigma", "smoothing σ"), ("inference_samples", "sampled z ×")):
+                     ("smoothing_sigma", "smoothing σ"), ("inference_samples", "inference samples ×")):
         if scoring.get(k):
             parts.append(f"{label} {scoring[k]}")
     return ", ".join(parts)

@@ -45,7 +45,7 @@ def unsupported_reason(model: Any) -> str | None:
     """Why ``model``'s scoring cannot be exported as a deterministic ONNX graph (None: it can)."""
     if model.cfg.anomaly.map == "clahe":
         return "its anomaly map is 'clahe', computed with OpenCV outside the network"
-    if getattr(model.cfg, "inference_samples", 0) > 0:
+    if model.name == "ra" and model.cfg.inference_samples > 0:
         return "it averages random samples at inference (model.ra.inference_samples > 0)"
     return None
 

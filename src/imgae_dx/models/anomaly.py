@@ -16,6 +16,10 @@ spatial LPIPS on SqueezeNet (:mod:`imgae_dx.models.perceptual`) and a Gaussian o
 ``saliency_sigma`` (2, ``scipy.ndimage.gaussian_filter`` as there), on images clamped to [0, 1].
 With ``map: clahe`` and ``score: mean`` this is the authors' image score. Without the pretrained
 weights (offline, first use) the saliency is left out, after one log line that says so.
+``saliency: encoder`` (RA only) is the same construction in the model's own feature space, which
+needs no download: ``G_σ(Σ_l up(‖n(e_l(x)) − n(e_l(x̂))‖²))`` over RA's multi-scale embeddings
+``e_l`` (:meth:`ReconstructionModel.embeddings`), ``n`` = unit length over channels (LPIPS's
+normalisation, without its learned heads), each level bilinearly upsampled to H×W.
 
 Post-processing, in this order (Kascenas et al.'s DAE uses the first two): ``foreground_threshold``
 keeps the map on the body only (pixels whose 5×5 neighbourhood in x is entirely above the
@@ -30,6 +34,7 @@ Scores (per image, B): ``mean`` of the map, ``max``, or ``topk`` = mean of the t
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -143,8 +148,28 @@ def lpips_saliency(x: Tensor, recon: Tensor, cfg: AnomalyConfig) -> Tensor | Non
     return torch.from_numpy((out[0] * out[1]).astype(np.float32)).to(x.device)
 
 
-def anomaly_map(x: Tensor, recon: Tensor, cfg: AnomalyConfig) -> Tensor:
-    """Per-pixel anomaly map of x vs its reconstruction (both B×1×H×W) → B×1×H×W float32."""
+#: a model's multi-scale feature maps of an image batch: B×1×H×W → [B×C_l×H_l×W_l, …]
+Embed = Callable[[Tensor], Sequence[Tensor]]
+
+
+def encoder_saliency(x: Tensor, recon: Tensor, embed: Embed, sigma: float) -> Tensor:
+    """``saliency: encoder`` (see the module doc): x, recon B×1×H×W → B×1×H×W float32."""
+    h, w = x.shape[-2:]
+    total = torch.zeros(x.shape, device=x.device, dtype=torch.float32)
+    for a, b in zip(embed(x), embed(recon), strict=True):
+        a, b = a.float(), b.float()
+        a = a / (a.norm(dim=1, keepdim=True) + 1e-8)
+        b = b / (b.norm(dim=1, keepdim=True) + 1e-8)
+        d = (a - b).square().sum(dim=1, keepdim=True)
+        total = total + F.interpolate(d, size=(h, w), mode="bilinear", align_corners=False)
+    return gaussian_smooth(total, sigma)
+
+
+def anomaly_map(x: Tensor, recon: Tensor, cfg: AnomalyConfig, embed: Embed | None = None) -> Tensor:
+    """Per-pixel anomaly map of x vs its reconstruction (both B×1×H×W) → B×1×H×W float32.
+
+    ``embed`` (the model's :meth:`~imgae_dx.models.base.ReconstructionModel.embeddings`) is
+    needed by ``saliency: encoder`` only."""
     if x.shape != recon.shape:
         raise ValueError(f"input {tuple(x.shape)} and reconstruction {tuple(recon.shape)} differ")
     x = x.float()
@@ -163,6 +188,10 @@ def anomaly_map(x: Tensor, recon: Tensor, cfg: AnomalyConfig) -> Tensor:
         sal = lpips_saliency(x, recon, cfg)
         if sal is not None:
             m = m * sal
+    elif cfg.saliency == "encoder":
+        if embed is None:
+            raise ValueError("saliency 'encoder' needs the model's embeddings (model.ra only)")
+        m = m * encoder_saliency(x, recon, embed, cfg.saliency_sigma)
     if cfg.foreground_threshold is not None:
         m = m * foreground_mask(x, cfg.foreground_threshold)
     if cfg.median_filter:
@@ -200,11 +229,11 @@ def image_score(m: Tensor, cfg: AnomalyConfig) -> Tensor:
 
 
 class AnomalyScorer:
-    """Holds an :class:`AnomalyConfig`; ``scorer(x, recon) -> (map B×1×H×W, score B)``."""
+    """Holds an :class:`AnomalyConfig`; ``scorer(x, recon, embed) -> (map B×1×H×W, score B)``."""
 
     def __init__(self, cfg: AnomalyConfig | None = None) -> None:
         self.cfg = cfg or AnomalyConfig()
 
-    def __call__(self, x: Tensor, recon: Tensor) -> tuple[Tensor, Tensor]:
-        m = anomaly_map(x, recon, self.cfg)
+    def __call__(self, x: Tensor, recon: Tensor, embed: Embed | None = None) -> tuple[Tensor, Tensor]:
+        m = anomaly_map(x, recon, self.cfg, embed)
         return m, image_score(m, self.cfg)

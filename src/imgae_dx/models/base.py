@@ -57,6 +57,11 @@ class ReconstructionModel(nn.Module):
         """Inference reconstruction of x (B×1×H×W) → B×1×H×W. Default: ``forward``."""
         return self(x)
 
+    def embeddings(self, x: Tensor) -> list[Tensor] | None:
+        """Multi-scale feature maps of x (B×1×H×W) for ``saliency: encoder``; None: the model has
+        none (only RA does)."""
+        return None
+
     def check_input(self, x: Tensor) -> None:
         """Raise ``ValueError`` naming the problem if x is not B×1×H×W with compatible sides."""
         if x.dim() != 4 or x.shape[1] != 1:
@@ -81,7 +86,7 @@ class ReconstructionModel(nn.Module):
         """
         self.check_input(x)
         recon = self.reconstruct(x).float()
-        amap, score = self.scorer(x.float(), recon)
+        amap, score = self.scorer(x.float(), recon, self.embeddings)
         return Prediction(recon, amap, score)
 
 

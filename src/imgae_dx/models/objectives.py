@@ -263,9 +263,7 @@ class UNetObjective(_MSEObjective):
         if c.noise_std <= 0:
             return x
         n = coarse_noise(x, c.noise_std, c.noise_resolution, generator, roll=c.noise_roll)
-        if c.noise_foreground_threshold is not None:
-            n = n * (x > c.noise_foreground_threshold)
-        return x + n.to(x.dtype)
+        return self.model.add_noise(x, n)
 
     @torch.no_grad()
     def val_loss(self, x: Tensor, ctx: StepContext) -> dict[str, float]:

@@ -126,6 +126,10 @@ class ReversedAutoencoder(ReconstructionModel):
         """z: B×zdim → B×1×S×S."""
         return self.decoder(z)
 
+    def embeddings(self, x: Tensor) -> list[Tensor]:
+        """The encoder's n multi-scale embeddings of x (B×1×S×S) → [B×c_i×S/2^{i+1}×S/2^{i+1}]."""
+        return self.encoder(x)[2]
+
     def forward(self, x: Tensor) -> Tensor:
         """Deterministic reconstruction (z = μ): B×1×S×S → B×1×S×S."""
         mu, _, _ = self.encoder(x)

@@ -6,11 +6,17 @@ reflection padding — Kascenas et al.'s DAE uses both). Down: 2×2 average pool
 channels, then (with ``skip_connections``) concatenation with the encoder feature of that level.
 Output: 1×1 conv to one channel, sigmoid (or linear). For x: B×1×H×W, H and W divisible by
 ``2^(depth−1)``; the bottleneck is B×(base·2^(depth−1))×H/2^(depth−1)×W/2^(depth−1).
+
+:meth:`UNet.add_noise` is the corruption (shared by training and inference); with
+``inference_samples`` K > 0, :meth:`UNet.reconstruct` denoises K fixed corruptions of x and
+averages them (the noise fields are drawn once from ``inference_noise_seed``, so every image,
+batch and exported graph sees the same ones).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from imgae_dx.config import UNetConfig
@@ -89,6 +95,10 @@ class UNet(ReconstructionModel):
         self.ups = nn.ModuleList(UpBlock(widths[i], widths[i - 1], cfg) for i in range(cfg.depth - 1, 0, -1))
         self.out = nn.Conv2d(widths[0], 1, kernel_size=1)
         self.out_act: nn.Module = nn.Sigmoid() if cfg.output_activation == "sigmoid" else nn.Identity()
+        g = torch.Generator().manual_seed(cfg.inference_noise_seed)
+        fields = torch.randn((cfg.inference_samples, 1, cfg.noise_resolution, cfg.noise_resolution),
+                             generator=g) * cfg.noise_std
+        self.register_buffer("inference_noise", fields, persistent=False)  # K×1×r×r
 
     def forward(self, x: Tensor) -> Tensor:
         """x: B×1×H×W → reconstruction B×1×H×W."""
@@ -100,3 +110,24 @@ class UNet(ReconstructionModel):
         for up, skip in zip(self.ups, reversed(feats), strict=True):
             h = up(h, skip)
         return self.out_act(self.out(h))
+
+    def add_noise(self, x: Tensor, noise: Tensor) -> Tensor:
+        """x + noise (B×1×H×W, or 1×1×H×W for all), only where x > ``noise_foreground_threshold``
+        when that is set."""
+        t = self.cfg.noise_foreground_threshold
+        if t is not None:
+            noise = noise * (x > t)
+        return x + noise.to(x.dtype)
+
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """x (B×1×H×W) → B×1×H×W: ``forward(x)``, or with ``inference_samples`` K > 0 the mean of
+        ``forward(add_noise(x, n_k))`` over the K noise fields n_k upsampled (bilinear) to H×W."""
+        k = self.cfg.inference_samples
+        if k <= 0:
+            return self(x)
+        fields = F.interpolate(self.inference_noise, size=x.shape[-2:], mode="bilinear",
+                               align_corners=False)
+        acc = torch.zeros(x.shape, device=x.device, dtype=torch.float32)
+        for j in range(k):
+            acc = acc + self(self.add_noise(x, fields[j:j + 1])).float()
+        return acc / k

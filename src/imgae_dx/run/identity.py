@@ -3,6 +3,10 @@
 A resumed run must be the same run: every configuration key except :data:`RESUMABLE_KEYS` (speed,
 I/O and reporting knobs) is part of its identity. Checkpoints carry the fingerprint; the run
 folder's ``config.yaml`` is compared key by key to say what differs.
+
+A key added by a later version (:data:`ADDED_KEYS`) counts only when it is set to something else
+than the value that reproduces the earlier behaviour: a run started before an upgrade keeps its
+fingerprint and resumes after it.
 """
 
 from __future__ import annotations
@@ -38,6 +42,14 @@ RESUMABLE_KEYS: tuple[str, ...] = (
 )
 
 
+# Keys added after runs already existed, with the value that means "as before the key existed".
+# Append new keys here (never remove one): at that value they are left out of the identity.
+ADDED_KEYS: dict[str, Any] = {
+    "model.unet.inference_samples": 0,
+    "model.unet.inference_noise_seed": 0,
+}
+
+
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
@@ -56,6 +68,7 @@ def identity_items(config_dict: Mapping[str, Any]) -> dict[str, Any]:
         k: v
         for k, v in sorted(flat.items())
         if not any(k == r or k.startswith(r + ".") for r in RESUMABLE_KEYS)
+        and not (k in ADDED_KEYS and v == ADDED_KEYS[k])
     }
 
 
@@ -70,6 +83,7 @@ def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[s
     a, b = identity_items(old), identity_items(new)
     lines = []
     for k in sorted(set(a) | set(b)):
-        if a.get(k, "<unset>") != b.get(k, "<unset>"):
-            lines.append(f"{k}: {a.get(k, '<unset>')!r} → {b.get(k, '<unset>')!r}")
+        va, vb = (d.get(k, ADDED_KEYS.get(k, "<unset>")) for d in (a, b))
+        if va != vb:
+            lines.append(f"{k}: {va!r} → {vb!r}")
     return lines

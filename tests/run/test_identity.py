@@ -1,0 +1,38 @@
+"""A run's identity survives upgrades: a run started by an earlier version resumes after it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from imgae_dx.config import config_from_yaml_text
+from imgae_dx.run.identity import ADDED_KEYS, config_differences, config_fingerprint
+from imgae_dx.training import run_folder
+
+DATA = Path(__file__).parent / "data"
+# config.yaml of the demo as version 3046cb0 wrote it, and the fingerprint its checkpoints carry
+OLD_CONFIG = DATA / "config_3046cb0.yaml"
+OLD_FINGERPRINT = "822b8451cae7fdada2880459c5706f0501ede6cb70671809e2bb4e88f94f93fe"
+
+
+def _reloaded(text: str) -> dict:
+    """What resume does with a run folder's config.yaml: validate it with this version's schema."""
+    return run_folder.config_dict(config_from_yaml_text(text, "config.yaml"))
+
+
+def test_an_earlier_versions_run_keeps_its_fingerprint():
+    old = _reloaded(OLD_CONFIG.read_text())
+    # keys added since fill in at the values that mean "as before": no difference, same fingerprint
+    assert config_fingerprint(old) == OLD_FINGERPRINT, (
+        "a config key added since 3046cb0 changes the identity of earlier runs: list it in "
+        "imgae_dx.run.identity.ADDED_KEYS with the value that keeps the earlier behaviour")
+    assert config_differences(old, old) == []
+
+
+def test_an_added_key_counts_once_it_is_set():
+    old = _reloaded(OLD_CONFIG.read_text())
+    assert ADDED_KEYS["model.unet.inference_samples"] == 0
+    changed = _reloaded(OLD_CONFIG.read_text().replace("    noise_std: 0.2\n",
+                                                       "    noise_std: 0.2\n    inference_samples: 4\n", 1))
+    assert changed["model"]["unet"]["inference_samples"] == 4
+    assert config_fingerprint(changed) != OLD_FINGERPRINT
+    assert config_differences(old, changed) == ["model.unet.inference_samples: 0 → 4"]
