@@ -144,7 +144,8 @@ def test_decode_bench_rows_and_ratios(small_archive, tmp_path):
     assert len(rows) == len(sets) * 2 * 2  # × (decode, ceiling) × (1, 2 threads)
     for r in rows:
         assert r["cv2_ms"] > 0 and r["split_ms"] > 0
-        assert r["speedup"] == pytest.approx(r["cv2_ms"] / r["split_ms"], rel=0.02)  # rounded ms
+        # ms rounded to 4 places, the speedup to 2: a slow (loaded) run may have a speedup < 0.25
+        assert r["speedup"] == pytest.approx(r["cv2_ms"] / r["split_ms"], rel=0.02, abs=0.006)
     assert set(out["meets_target"]) == {"1", "2"} and "2_vs_1_threads" in out["split_thread_scaling"]
 
 
