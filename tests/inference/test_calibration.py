@@ -143,3 +143,26 @@ def test_a_stale_calibration_is_recomputed_and_an_unreachable_source_is_one_clea
     with pytest.raises(CalibrationError, match="source cannot be read"):
         imgae_dx.load(run, notify=notes.append)
     assert any("is stale" in n and "step 1" in n for n in notes), notes
+
+
+def test_a_calibration_records_the_unets_inference_samples(tmp_path):
+    """The U-Net's scores change with inference_samples: a calibration made with 0 (or by a version
+    that did not record it) is not a calibration of the same weights scored with 4."""
+    from imgae_dx.evaluation.operating_point import run_operating_point
+
+    torch.manual_seed(0)
+    model = create_model("unet", 32, base_channels=4, groups=2, depth=3, inference_samples=2).eval()
+    x = torch.rand(6, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+    cal = calibrate(model, x.split(3), source={"checkpoint": "checkpoints/unet/best.pt", "step": 7})
+    assert cal.anomaly == {**model.cfg.anomaly.model_dump(mode="json"), "inference_samples": 2}
+    assert cal.matches({**cal.anomaly, "inference_samples": 0}, 32) is not None
+    older = {k: v for k, v in cal.anomaly.items() if k != "inference_samples"}
+    assert replace(cal, anomaly=older).matches({**older, "inference_samples": 0}, 32) is None
+    assert replace(cal, anomaly=older).matches(cal.anomaly, 32) is not None
+    # a re-scored evaluation with other inference samples gets no threshold from this file
+    run = tmp_path
+    cal.save(calibration_path(run, "unet"))
+    labels, scores = np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.3, 0.4])
+    assert run_operating_point(run, "unet", labels, scores, 7, cal.anomaly)["threshold"] is not None
+    other = run_operating_point(run, "unet", labels, scores, 7, {**cal.anomaly, "inference_samples": 4})
+    assert other["threshold"] is None and "another anomaly map/score" in other["note"]

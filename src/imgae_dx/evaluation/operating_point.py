@@ -56,7 +56,6 @@ def run_operating_point(run_dir: Path, name: str, labels: np.ndarray, scores: np
     ``checkpoints/NAME/calibration.json``; when that is missing, belongs to another step than the
     evaluated checkpoint, or to another scoring than ``scoring`` (a re-scored evaluation), says so
     instead."""
-    from imgae_dx.config import AnomalyConfig
     from imgae_dx.run.calibration import DEFAULT_SPECIFICITY as spec
     from imgae_dx.run.calibration import (
         Calibration,
@@ -74,8 +73,7 @@ def run_operating_point(run_dir: Path, name: str, labels: np.ndarray, scores: np
     if step is not None and cal.source.step != int(step):
         return {"target_specificity": spec, "threshold": None,
                 "note": f"{path.name} is for step {cal.source.step}, the evaluated checkpoint is step {step}"}
-    if scoring is not None and not same_scoring(
-            {k: v for k, v in scoring.items() if k in AnomalyConfig.model_fields}, cal.anomaly):
+    if scoring is not None and not same_scoring(scoring, cal.anomaly):
         return {"target_specificity": spec, "threshold": None,
                 "note": f"{path.name} holds scores of another anomaly map/score than this evaluation's"}
     return operating_point(labels, scores, cal, spec)

@@ -64,14 +64,9 @@ def apply_overlay(cfg: Config, overlay: Mapping[str, Any], origin: str = "scorin
 
 def scoring_of(cfg: Config, models: list[str]) -> dict[str, dict[str, Any]]:
     """What each model's scores mean: its anomaly settings (and U-Net's/RA's ``inference_samples``)."""
-    out = {}
-    for name in models:
-        mcfg = getattr(cfg.model, name)
-        d = mcfg.anomaly.model_dump(mode="json")
-        if name in ("unet", "ra"):
-            d["inference_samples"] = mcfg.inference_samples
-        out[name] = d
-    return out
+    from imgae_dx.run.calibration import model_scoring
+
+    return {name: model_scoring(getattr(cfg.model, name)) for name in models}
 
 
 def describe(scoring: Mapping[str, Any]) -> str:

@@ -27,7 +27,7 @@ from imgae_dx.config import MODEL_NAMES
 from imgae_dx.errors import RunFolderError, UserError
 from imgae_dx.inference.errors import BundleError, CalibrationError
 from imgae_dx.models import load_model
-from imgae_dx.run.calibration import Calibration, calibration_path
+from imgae_dx.run.calibration import Calibration, calibration_path, model_scoring
 from imgae_dx.run.checkpoint import checkpoint_file, read_checkpoint
 
 Notify = Callable[[str], None]
@@ -100,7 +100,7 @@ def load_run_models(run_dir: str | os.PathLike[str], model_name: str = "all", *,
         cal: Calibration | None = None
         if cal_file.is_file():
             cal = Calibration.load(cal_file)
-            why = cal.matches(model_cfg.anomaly.model_dump(mode="json"), ck.image_size, ck.step)
+            why = cal.matches(model_scoring(model_cfg), ck.image_size, ck.step)
             if why is not None:
                 stale[name] = f"{cal_file} is stale ({why})"
                 cal = None
@@ -180,7 +180,7 @@ def load_bundle_models(bundle_dir: str | os.PathLike[str], model_name: str = "al
             cal = Calibration.load(folder / "calibration.json")
         except CalibrationError as e:
             raise BundleError(f"bundle model {folder} has no usable calibration: {e}") from None
-        why = cal.matches(model.cfg.anomaly.model_dump(mode="json"), size)
+        why = cal.matches(model_scoring(model.cfg), size)
         if why is not None:
             raise BundleError(f"{folder / 'calibration.json'} does not belong to its model ({why})")
         info = {"origin": str(folder), **cfg.get("checkpoint", {})}

@@ -4,7 +4,7 @@ Contract (``RUN_DIR/checkpoints/MODEL/calibration.json`` and ``BUNDLE_DIR/MODEL/
 JSON, ``format = "imgae_dx.calibration/1"``)::
 
     {"format": …, "model": "unet", "image_size": 128, "scores": [sorted floats],
-     "map_vmax": float, "anomaly": {map, score, topk_percent, …},
+     "map_vmax": float, "anomaly": {map, score, topk_percent, …, inference_samples (U-Net, RA)},
      "source": {"checkpoint": "checkpoints/unet/best.pt", "step": int, "stages": [...],
                 "split": "val", "view": "PA"},
      "package_version": …, "created_at": …}
@@ -91,7 +91,7 @@ class Calibration:
         model: ``unet`` | ``ra`` | ``ae``.
         scores: float64, ascending, N ≥ 1.
         map_vmax: top of the heat-map colour scale (> 0).
-        anomaly: the model's anomaly map/score settings the scores were computed with.
+        anomaly: the scoring the scores were computed with (:func:`model_scoring`).
         image_size: model resolution in pixels.
         source: which checkpoint and images.
     """
@@ -195,23 +195,37 @@ class Calibration:
         return cls.from_json(d, str(p))
 
 
+#: model settings outside ``anomaly`` that change the scores (U-Net, RA), with the value that
+#: means "reconstruct x itself" (calibrations written before they were recorded)
+INFERENCE_KEYS: dict[str, Any] = {"inference_samples": 0}
+
+
+def model_scoring(model_cfg: Any) -> dict[str, Any]:
+    """What a model's scores depend on besides its weights: its ``anomaly`` settings plus the
+    :data:`INFERENCE_KEYS` its config has."""
+    d = model_cfg.anomaly.model_dump(mode="json")
+    d.update({k: getattr(model_cfg, k) for k in INFERENCE_KEYS if hasattr(model_cfg, k)})
+    return d
+
+
 def same_scoring(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-    """Whether two ``model.*.anomaly`` settings score alike: each is completed with the defaults
-    of the installed version first, so a calibration written before a setting existed still
-    matches a model that leaves it at its default."""
+    """Whether two scorings (:func:`model_scoring`) score alike: each is completed with the
+    defaults of the installed version first, so a calibration written before a setting existed
+    still matches a model that leaves it at its default."""
     return _completed(a) == _completed(b)
 
 
-def _completed(anomaly: Mapping[str, Any]) -> dict[str, Any]:
+def _completed(scoring: Mapping[str, Any]) -> dict[str, Any]:
     from imgae_dx.config import AnomalyConfig
 
-    known = {k: v for k, v in anomaly.items() if k in AnomalyConfig.model_fields}
-    if len(known) != len(anomaly):
-        return dict(anomaly)  # a setting this version does not know: never the same
+    anomaly = {k: v for k, v in scoring.items() if k in AnomalyConfig.model_fields}
+    extra = {k: scoring.get(k, v) for k, v in INFERENCE_KEYS.items()}
+    if len(anomaly) + len(set(scoring) & set(INFERENCE_KEYS)) != len(scoring):
+        return dict(scoring)  # a setting this version does not know: never the same
     try:
-        return AnomalyConfig.model_validate(known).model_dump(mode="json")
+        return {**AnomalyConfig.model_validate(anomaly).model_dump(mode="json"), **extra}
     except ValueError:
-        return dict(anomaly)
+        return dict(scoring)
 
 
 def check_specificity(specificity: float) -> float:
@@ -263,6 +277,6 @@ def calibrate(model: Any, batches: Iterable[torch.Tensor], *,
     vmax = float(np.quantile(np.concatenate(pixels), MAP_VMAX_QUANTILE))
     return Calibration(
         model=model.name, scores=np.concatenate(scores), map_vmax=vmax if vmax > 0 else 1e-6,
-        anomaly=model.cfg.anomaly.model_dump(mode="json"), image_size=int(model.image_size),
+        anomaly=model_scoring(model.cfg), image_size=int(model.image_size),
         source=src, package_version=__version__, created_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
     )
