@@ -66,20 +66,25 @@ MODEL_SCORINGS: dict[str, tuple[str, dict[str, Any]]] = {
 PLAIN_INFERENCE = {"unet": {"inference_samples": 0}, "ra": {"inference_samples": 0}}
 
 
-def _overlay(models: list[str], anomaly: dict[str, Any]) -> dict[str, Any]:
-    """Every model scored with ``anomaly`` over the default settings (nothing kept from the run's
-    own scoring: a run trained with demo.yaml's saliency or inference samples is re-scored plainly)."""
+def _plain(model: str, over: dict[str, Any]) -> dict[str, Any]:
+    """``model``'s settings ``over`` on top of the default anomaly settings and plain inference
+    (nothing kept from the run's own scoring: a run trained with demo.yaml's saliency or inference
+    samples is re-scored plainly)."""
     from imgae_dx.config import AnomalyConfig
 
-    full = {**AnomalyConfig().model_dump(mode="json"), **anomaly}
-    return {"model": {m: {**PLAIN_INFERENCE.get(m, {}), "anomaly": dict(full)} for m in models}}
+    return {**PLAIN_INFERENCE.get(model, {}), **over,
+            "anomaly": {**AnomalyConfig().model_dump(mode="json"), **over.get("anomaly", {})}}
+
+
+def _overlay(models: list[str], anomaly: dict[str, Any]) -> dict[str, Any]:
+    """Every model scored with ``anomaly`` (see :func:`_plain`)."""
+    return {"model": {m: _plain(m, {"anomaly": anomaly}) for m in models}}
 
 
 def score_variants(out: Path, models: list[str], source: str | None = None) -> dict[str, dict[str, float]]:
     """Test AUROC of the trained run ``out`` under every scoring (no retraining)."""
     import yaml
 
-    from imgae_dx.config import AnomalyConfig
     from imgae_dx.evaluation.evaluator import evaluate_run
 
     auroc: dict[str, dict[str, float]] = {}
@@ -88,9 +93,8 @@ def score_variants(out: Path, models: list[str], source: str | None = None) -> d
         auroc[name] = {k: v["auroc"] for k, v in m["models"].items()}
     for name, (model, over) in MODEL_SCORINGS.items():
         if model in models:
-            full = {**PLAIN_INFERENCE.get(model, {}), **over,
-                    "anomaly": {**AnomalyConfig().model_dump(mode="json"), **over["anomaly"]}}
-            m = evaluate_run(out, source=source, scoring={"model": {model: full}}, name=name, progress=False)
+            m = evaluate_run(out, source=source, scoring={"model": {model: _plain(model, over)}}, name=name,
+                             progress=False)
             auroc[name] = {model: m["models"][model]["auroc"]}
     if "ra" in models:
         ra_authors = yaml.safe_load((RECIPES / "ra_authors_scoring.yaml").read_text())
