@@ -81,22 +81,29 @@ def _overlay(models: list[str], anomaly: dict[str, Any]) -> dict[str, Any]:
     return {"model": {m: _plain(m, {"anomaly": anomaly}) for m in models}}
 
 
-def score_variants(out: Path, models: list[str], source: str | None = None) -> dict[str, dict[str, float]]:
-    """Test AUROC of the trained run ``out`` under every scoring (no retraining)."""
+def score_variants(out: Path, models: list[str], source: str | None = None,
+                   only: set[str] | None = None) -> dict[str, dict[str, float]]:
+    """Test AUROC of the trained run ``out`` under every scoring (no retraining), or under the
+    scorings named in ``only``."""
     import yaml
 
     from imgae_dx.evaluation.evaluator import evaluate_run
 
+    def wanted(name: str) -> bool:
+        return only is None or name in only
+
     auroc: dict[str, dict[str, float]] = {}
     for name, anomaly in SCORINGS.items():
+        if not wanted(name):
+            continue
         m = evaluate_run(out, source=source, scoring=_overlay(models, anomaly), name=name, progress=False)
         auroc[name] = {k: v["auroc"] for k, v in m["models"].items()}
     for name, (model, over) in MODEL_SCORINGS.items():
-        if model in models:
+        if model in models and wanted(name):
             m = evaluate_run(out, source=source, scoring={"model": {model: _plain(model, over)}}, name=name,
                              progress=False)
             auroc[name] = {model: m["models"][model]["auroc"]}
-    if "ra" in models:
+    if "ra" in models and wanted("ra_authors"):
         ra_authors = yaml.safe_load((RECIPES / "ra_authors_scoring.yaml").read_text())
         m = evaluate_run(out, source=source, scoring=ra_authors, name="ra_authors", progress=False)
         auroc["ra_authors"] = {"ra": m["models"]["ra"]["auroc"]}
@@ -135,7 +142,7 @@ def train_and_score(setting: str, seed: int, archive: Path, out: Path, args: arg
     train_s = time.perf_counter() - t0
     models = list(cfg.models)
     row: dict[str, Any] = {"setting": setting, "seed": seed, "train_s": round(train_s, 1),
-                           "val_loss": res.best_val, "auroc": score_variants(out, models)}
+                           "val_loss": res.best_val, "auroc": score_variants(out, models, only=args.scorings)}
     if "ra" in models:
         from imgae_dx.models import perceptual
 
@@ -143,7 +150,7 @@ def train_and_score(setting: str, seed: int, archive: Path, out: Path, args: arg
     return row
 
 
-def rescore(kept: Path) -> list[dict]:
+def rescore(kept: Path, only: set[str] | None = None) -> list[dict]:
     """Re-score every run kept by ``--keep`` under ``kept`` (its ``dev/data.zip``) with every
     scoring; nothing is retrained."""
     from imgae_dx.config import config_from_yaml_text
@@ -157,7 +164,8 @@ def rescore(kept: Path) -> list[dict]:
         val = {m: read_checkpoint(checkpoint_file(run, m), model_name=m).val_loss
                for m in cfg.models if m != "pca"}
         rows.append({"setting": setting, "seed": int(seed), "val_loss": val,
-                     "auroc": score_variants(run, list(cfg.models), str(kept / "dev" / "data.zip"))})
+                     "auroc": score_variants(run, list(cfg.models), str(kept / "dev" / "data.zip"),
+                                               only=only)})
     return rows
 
 
@@ -216,8 +224,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=YAML",
                     help="config override for every setting, e.g. training.epochs_per_stage=12 "
                          "or models=[unet,ra,pca] (repeatable; named in the table's setting)")
+    ap.add_argument("--scorings", default=None, metavar="NAMES",
+                    help="comma-separated scorings to run (default: all): "
+                         + ", ".join([*SCORINGS, *MODEL_SCORINGS, "ra_authors"]))
     args = ap.parse_args(argv)
     import yaml
+
+    known = {*SCORINGS, *MODEL_SCORINGS, "ra_authors"}
+    args.scorings = None if args.scorings is None else {s.strip() for s in args.scorings.split(",") if s.strip()}
+    if args.scorings and args.scorings - known:
+        ap.error(f"unknown scorings {sorted(args.scorings - known)}; known: {sorted(known)}")
 
     args.overrides = {}
     for kv in args.sets:
@@ -227,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides[key.strip()] = yaml.safe_load(val)
     suffix = "".join(f" {k.rsplit('.', 1)[-1]}={v}" for k, v in args.overrides.items() if k != "models")
     if args.rescore:
-        rows = rescore(Path(args.rescore))
+        rows = rescore(Path(args.rescore), args.scorings)
         summary = summarise(rows)
         print(json.dumps({"rescored": args.rescore, "rows": rows, "summary": summary}, indent=1))
         if args.markdown:

@@ -243,6 +243,11 @@ class TrainingConfig(_Strict):
         0, ge=0, description="a stage trains epochs_per_stage epochs, and more until its epochs "
         "have drawn at least this many training images (repeats counted): a small cohort gets "
         "as many steps as a large one (0 = off)")
+    min_images_per_run: int = Field(
+        0, ge=0, description="the run's epochs draw at least this many training images in all "
+        "(repeats counted): the last stage trains more epochs until they have, so an archive of "
+        "one small stage gets the steps of a larger one; a run that draws them anyway is "
+        "unchanged (0 = off)")
     batch_size: int = Field(32, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: Literal["auto", "bf16", "fp16", "off"] = Field(

@@ -460,6 +460,39 @@ def test_min_images_per_stage_adds_epochs_to_a_small_stage_and_resumes_exactly(t
     assert state_dict_digest(weights(out, "ae")) == state_dict_digest(weights(tmp_path / "ref", "ae"))
 
 
+def test_min_images_per_run_extends_only_the_last_stage_of_a_run_too_small_to_draw_them(
+        train_archive, tmp_path):
+    """training.min_images_per_run: the last stage trains more epochs until the run has drawn that
+    many images in all (earlier stages as planned); a run that draws them anyway is unchanged, and
+    the LR schedule spans the added epochs (it reaches 0 at the run's last step)."""
+    kw = dict(models=["ae"], stages=["images_001", "images_002"])
+    seen: list[tuple[str, int]] = []
+    StreamingTrainer(tiny_config(train_archive, tmp_path / "probe", **kw),
+                     on_batch=lambda s, e, b: seen.append((s, e))).train_progressive_stages()
+    epochs = {s: len({e for st, e in seen if st == s}) for s in kw["stages"]}
+    drawn = {s: sum(st == s for st, _ in seen) * 4 for s in kw["stages"]}  # batch 4
+    per_epoch_last = drawn["images_002"] // epochs["images_002"]
+    need = sum(drawn.values()) + 2 * per_epoch_last  # two more epochs of the last stage
+
+    def run(target: int, name: str) -> list[tuple[str, int]]:
+        got: list[tuple[str, int]] = []
+        StreamingTrainer(tiny_config(train_archive, tmp_path / name, **kw,
+                                     **{"training.min_images_per_run": target}),
+                         on_batch=lambda s, e, b: got.append((s, e))).train_progressive_stages()
+        return got
+
+    got = run(need, "more")
+    assert [e for st, e in got if st == "images_001"] == [e for st, e in seen if st == "images_001"]
+    assert sorted({e for st, e in got if st == "images_002"}) == list(range(epochs["images_002"] + 2))
+    assert len(got) * 4 >= need
+    rows = [json.loads(x) for x in (tmp_path / "more" / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if r["kind"] == "train"]
+    assert train_rows[-1]["step"] == len(got)
+    lrs = [r["lr"] for r in train_rows]
+    assert lrs[-1] < 0.1 * max(lrs)  # the cosine schedule ends with the added epochs
+    assert run(sum(drawn.values()), "enough") == seen
+
+
 def test_replay_needs_the_persistent_cache(train_archive, tmp_path):
     from imgae_dx.config import ConfigError
 

@@ -47,6 +47,7 @@ RESUMABLE_KEYS: tuple[str, ...] = (
 ADDED_KEYS: dict[str, Any] = {
     "model.unet.inference_samples": 0,
     "model.unet.inference_noise_seed": 0,
+    "training.min_images_per_run": 0,
 }
 
 

@@ -114,6 +114,7 @@ class StageData:
                 members = replay_members(cfg, index, stages[: k + 1], t.replay)
                 self.replay[stage] = ReplayDataset(archive, index, stages[: k + 1], "train", d,
                                                    cache=self.shared, members=members, **common)
+        self.stages = list(stages)
         self.first_epoch_batches = {s: int(self.train[s].num_batches()) for s in stages}
         self._warmup: tuple[str, StageWarmup] | None = None
 
@@ -137,6 +138,21 @@ class StageData:
                 break
             drawn, e = drawn + n, e + 1
         return e
+
+    def images_in(self, stage: str, epochs: int, batch_size: int) -> int:
+        """Training images ``stage``'s first ``epochs`` epochs draw over all ranks."""
+        return sum(self.batches_in(stage, e) for e in range(epochs)) * batch_size * self.world_size
+
+    def plan_epochs(self, epochs: int, min_per_stage: int, min_per_run: int,
+                    batch_size: int) -> dict[str, int]:
+        """Epochs of every stage: :meth:`epochs_of` each (``min_per_stage``), then the last stage
+        trains more until the run's epochs have drawn ``min_per_run`` images in all."""
+        plan = {s: self.epochs_of(s, epochs, min_per_stage, batch_size) for s in self.stages}
+        if min_per_run and self.stages:
+            *before, last = self.stages
+            drawn = sum(self.images_in(s, plan[s], batch_size) for s in before)
+            plan[last] = self.epochs_of(last, plan[last], min_per_run - drawn, batch_size)
+        return plan
 
     def flush(self) -> None:
         """Publish what the persistent cache holds in memory (before a checkpoint: a kill after

@@ -3,7 +3,8 @@
 ``StreamingTrainer(config).train_progressive_stages()`` trains every model in ``config.models`` on
 the normal (``No Finding``) training images of each stage in order (``images_001``, …):
 ``training.epochs_per_stage`` epochs per stage (more for a stage too small to draw
-``training.min_images_per_stage`` images in them), each followed by validation and checkpoints. Each decoded batch
+``training.min_images_per_stage`` images in them, and for the last stage of a run too small to draw
+``training.min_images_per_run``), each followed by validation and checkpoints. Each decoded batch
 feeds every model (``--model all`` costs one pass over the stream). The parts, one owner each:
 
 =================================  =============================================================
@@ -170,8 +171,8 @@ class StreamingTrainer:
         self._build_models()
         self.data = StageData(cfg, self._archive, self.index, self.stages, rank=self.dist.rank,
                               world_size=self.dist.world_size, run_dir=self.run_dir)
-        self.epochs = {s: self.data.epochs_of(s, t.epochs_per_stage, t.min_images_per_stage, t.batch_size)
-                       for s in self.stages}
+        self.epochs = self.data.plan_epochs(t.epochs_per_stage, t.min_images_per_stage,
+                                            t.min_images_per_run, t.batch_size)
         total = sum(self.data.batches_in(s, e) for s in self.stages for e in range(self.epochs[s]))
         for st in self.steps.values():
             st.schedule = lambda s, total=total: lr_factor(s, total, t.warmup_steps, t.scheduler)
