@@ -188,7 +188,8 @@ class RAConfig(_Strict):
     beta_rec: float = Field(0.5, gt=0, description="weight of the reconstruction error")
     beta_kl: float = Field(1.0, ge=0, description="weight of the KL term on real data")
     beta_neg: float = Field(128.0, ge=0, description="KL weight inside the expELBO of fakes")
-    gamma_r: float = Field(1e-8, ge=0, description="decoder weight of rec-of-rec / rec-of-fake terms")
+    gamma_r: float = Field(1e-8, ge=0, description="decoder weight of rec-of-rec / rec-of-fake terms "
+                           "(0: those terms and their two decoder passes are skipped)")
     exp_elbo_weight: float = Field(0.25, ge=0, description="encoder weight of the two expELBO terms")
     embedding_weight: float = Field(0.005, ge=0, description="weight of the reversed-embedding loss")
     inference_samples: int = Field(

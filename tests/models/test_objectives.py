@@ -145,3 +145,27 @@ def test_ra_batchnorm_running_stats_follow_real_data_only():
     logs_ref = make_step(obj_ref, seed=1)(x)
     assert logs == logs_ref  # same training math, bit for bit
     assert not torch.allclose(ref.encoder.stem[1].running_mean, want)  # fakes moved them there
+
+
+def test_ra_gamma_r_zero_skips_the_rec_of_rec_passes_and_trains_as_the_papers_tiny_weight():
+    """γ_r = 0 drops the decoder step's rec-of-rec / rec-of-fake terms and their two decoder
+    passes (RA's decoder runs 5 times a step instead of 7); the paper's γ_r = 1e-8 weighs them so
+    little that both train to the same weights."""
+    def run(gamma_r):
+        torch.manual_seed(0)
+        m = create_model("ra", 32, **TINY["ra"])
+        obj = create_objective("ra", m, {**TINY["ra"], "gamma_r": gamma_r})
+        calls = []
+        m.decoder.register_forward_hook(lambda *a: calls.append(1))
+        step = make_step(obj, seed=1, grad_clip=1.0)
+        logs = [step(_batch(i)) for i in range(3)]
+        return m, logs, len(calls) // 3
+
+    m0, logs0, calls0 = run(0.0)
+    m1, logs1, calls1 = run(1e-8)
+    assert (calls0, calls1) == (5, 7)
+    assert "rec_rec" not in logs0[-1] and "rec_rec" in logs1[-1]
+    for k, v in m1.state_dict().items():
+        if v.is_floating_point():  # (BatchNorm's num_batches_tracked counts the passes)
+            torch.testing.assert_close(m0.state_dict()[k], v, rtol=1e-4, atol=1e-6, msg=k)
+    assert logs0[-1]["loss_decoder"] == pytest.approx(logs1[-1]["loss_decoder"], rel=1e-5)

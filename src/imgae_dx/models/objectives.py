@@ -315,6 +315,9 @@ class RAObjective(Objective):
         L_D = scale·(β_rec·mean rec(x, x̂) + 0.5·β_kl·(mean KL_r + mean KL_f)
                      + γ_r·0.5·β_rec·(mean rec(x̂.detach(), x̂_r) + mean rec(fake.detach(), x̂_f)))
 
+    (γ_r = 0: the last term and the two decoder passes x̂_r, x̂_f are skipped; the paper's
+    γ_r = 1e-8 makes that term's gradient negligible, so this trains to the same weights.)
+
     ``fake`` is computed once and reused by the decoder step (the decoder has not changed in
     between, so it equals the authors' second evaluation).
 
@@ -407,17 +410,20 @@ class RAObjective(Objective):
             rec = dec(e.z.detach())
             mu_r, logvar_r, _, z_r = self._encode_sample(rec, g)
             mu_f, logvar_f, _, z_f = self._encode_sample(fake, g)
-            rec_rec = dec(z_r.detach())
-            rec_fake = dec(z_f.detach())
+            if c.gamma_r > 0:  # γ_r = 0: the two terms vanish, and their decoder passes are skipped
+                rec_rec = dec(z_r.detach())
+                rec_fake = dec(z_f.detach())
         rec_err = reconstruction_error(x, rec).mean()
-        rr = reconstruction_error(rec.detach(), rec_rec).mean()
-        rf = reconstruction_error(fake.detach(), rec_fake).mean()
         kl_rec = kl_divergence(mu_r, logvar_r).mean()
         kl_fake = kl_divergence(mu_f, logvar_f).mean()
-        loss_d = scale * (c.beta_rec * rec_err + 0.5 * c.beta_kl * (kl_rec + kl_fake)
-                          + c.gamma_r * 0.5 * c.beta_rec * (rr + rf))
-        return {"loss_decoder": loss_d, "rec_decoder": rec_err, "kl_rec": kl_rec,
-                "kl_fake": kl_fake, "rec_rec": rr, "rec_fake": rf}
+        loss_d = scale * (c.beta_rec * rec_err + 0.5 * c.beta_kl * (kl_rec + kl_fake))
+        out = {"rec_decoder": rec_err, "kl_rec": kl_rec, "kl_fake": kl_fake}
+        if c.gamma_r > 0:
+            rr = reconstruction_error(rec.detach(), rec_rec).mean()
+            rf = reconstruction_error(fake.detach(), rec_fake).mean()
+            loss_d = loss_d + scale * c.gamma_r * 0.5 * c.beta_rec * (rr + rf)
+            out.update(rec_rec=rr, rec_fake=rf)
+        return {"loss_decoder": loss_d, **out}
 
     def losses(self, x: Tensor, ctx: StepContext) -> Iterator[LossPart]:
         """L_E (encoder update), then L_D with the updated encoder (decoder update)."""
