@@ -119,7 +119,8 @@ def train_and_score(setting: str, seed: int, archive: Path, out: Path, args: arg
                             "logging.progress": False, "evaluation.bootstrap": args.bootstrap,
                             "evaluation.examples": 0}
     if args.smoke:
-        over.update({"training.epochs_per_stage": 1, "model.unet.base_channels": 8,
+        over.update({"training.epochs_per_stage": 1, "training.min_images_per_run": 0,
+                     "model.unet.base_channels": 8,
                      "model.unet.groups": 4, "model.ra.channels": [4, 8, 8, 16, 16]})
     files = [ROOT / "configs" / "demo.yaml"]
     if setting == "dae":

@@ -27,6 +27,7 @@ TINY_OVERRIDES = {
     "model.ae.channels": [8, 8, 16, 16],
     "data.view": "all",
     "training.epochs_per_stage": 1,
+    "training.min_images_per_run": 0,
     "training.batch_size": 4,
     "training.device": "cpu",
     "evaluation.bootstrap": 50,

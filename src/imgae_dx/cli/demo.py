@@ -272,8 +272,11 @@ def run(args: argparse.Namespace) -> int:
 
         # 3. training
         n_stages = spec.stages if cfg.stages == "all" else len(cfg.stages)
+        floor = cfg.training.min_images_per_run
         _say(f"[3/6] training {', '.join(cfg.models)}: {n_stages} stages × "
-             f"{cfg.training.epochs_per_stage} epochs, {cfg.data.image_size} px, batch "
+             f"{cfg.training.epochs_per_stage} epochs"
+             + (f" (the last stage more, to {floor} images in all)" if floor else "")
+             + f", {cfg.data.image_size} px, batch "
              f"{cfg.training.batch_size}, view {cfg.data.view}, device {cfg.training.device}")
         trainer_log = logging.getLogger("imgae_dx.training")
         handler = _SayHandler(logging.INFO)
