@@ -62,6 +62,9 @@ MODEL_SCORINGS: dict[str, tuple[str, dict[str, Any]]] = {
     "ssim31_encoder": ("ra", {"anomaly": {**SSIM31, "saliency": "encoder"}}),
 }
 
+#: every scoring's name (``--scorings`` picks some)
+ALL_SCORINGS = [*SCORINGS, *MODEL_SCORINGS, "ra_authors"]
+
 #: model keys outside ``anomaly`` that scoring reads, at the values that score x itself
 PLAIN_INFERENCE = {"unet": {"inference_samples": 0}, "ra": {"inference_samples": 0}}
 
@@ -227,11 +230,11 @@ def main(argv: list[str] | None = None) -> int:
                          "or models=[unet,ra,pca] (repeatable; named in the table's setting)")
     ap.add_argument("--scorings", default=None, metavar="NAMES",
                     help="comma-separated scorings to run (default: all): "
-                         + ", ".join([*SCORINGS, *MODEL_SCORINGS, "ra_authors"]))
+                         + ", ".join(ALL_SCORINGS))
     args = ap.parse_args(argv)
     import yaml
 
-    known = {*SCORINGS, *MODEL_SCORINGS, "ra_authors"}
+    known = set(ALL_SCORINGS)
     args.scorings = None if args.scorings is None else {s.strip() for s in args.scorings.split(",") if s.strip()}
     if args.scorings and args.scorings - known:
         ap.error(f"unknown scorings {sorted(args.scorings - known)}; known: {sorted(known)}")

@@ -195,6 +195,13 @@ def test_quality_bench_smoke(tmp_path):
     (same,) = again["rows"]
     assert (same["setting"], same["seed"]) == ("demo", 0) and same["auroc"] == row["auroc"]
     assert set(same["val_loss"]) == {"unet", "ra", "ae"}
+    # --scorings: only those, with the same figures; an unknown name is refused before any work
+    some = _json("quality_bench.py", "--rescore", str(tmp_path / "kept"), "--scorings",
+                 "l1_mean,ssim31_encoder", cwd=tmp_path)["rows"][0]["auroc"]
+    assert some == {k: row["auroc"][k] for k in ("l1_mean", "ssim31_encoder")}
+    err = _run_fails("quality_bench.py", "--rescore", str(tmp_path / "kept"), "--scorings", "l1_maen",
+                     cwd=tmp_path)
+    assert "unknown scorings ['l1_maen']" in err
 
 
 def test_digits_archive_is_an_nih_archive_with_one_anomalous_class(tmp_path):
