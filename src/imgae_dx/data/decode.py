@@ -43,6 +43,14 @@ from imgae_dx.data.png_split import PNG_SIGNATURE, DecodeError
 _TO_UNIT = np.arange(256, dtype=np.float32) / np.float32(255.0)
 
 
+class ImageReadError(DecodeError):
+    """One image file (PNG, JPEG, DICOM) cannot be read: what is wrong with it and how to fix it.
+
+    The data path's :class:`DecodeError` family: the streaming dataset skips and counts it like any
+    undecodable member; ``predict`` writes it on that file's row and goes on with the others.
+    """
+
+
 def to_unit(images: np.ndarray) -> np.ndarray:
     """uint8 images (any shape) → float32 ``v / 255``: the model input of training, validation,
     calibration and ``predict`` alike."""
