@@ -2,10 +2,11 @@
 
 Steps: validate and install ``--api-key-path`` (kaggle.json or an access-token file) with mode
 0600 in a 0700 folder; say which credential source will be used (environment variables win, as in
-Kaggle's own clients); unless ``--no-verify``, resolve the download of ``--dataset`` (``OWNER/SLUG``
-or ``kaggle-competition:SLUG``; no body is read) and tell apart rejected credentials, no network, a
-missing dataset or competition and a competition whose rules the user has not accepted. A failed verification leaves
-the installed file in place and says so. The key is never printed.
+Kaggle's own clients); unless ``--no-verify``, resolve the download of ``--dataset``
+(``OWNER/SLUG`` or ``kaggle-competition:SLUG``; no body is read) and tell apart rejected
+credentials, no network, a missing dataset or competition and a competition whose rules the user
+has not accepted. A failed verification leaves the installed file in place and says so. The key is
+never printed.
 
 Exit codes: 0 success, 2 invalid input or failed verification.
 """

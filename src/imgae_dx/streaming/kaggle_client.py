@@ -5,18 +5,19 @@ is downloaded: a dataset ``kaggle:OWNER/SLUG`` (``POST /v1/datasets.DatasetApiSe
 DownloadDataset``) or a competition's whole data ``kaggle-competition:SLUG``
 (``POST /v1/competitions.CompetitionApiService/DownloadDataFiles``). Both answer with a redirect
 to a signed storage URL; the SDK follows it and hands back a *streamed* response. We keep its final
-``.url`` (the signed URL), ``ETag`` and size and close it unread. The adapter we mount on the SDK's session
-turns that redirected GET into a one-byte range probe, so resolving costs two small round trips
-and no archive bytes (the size then comes from ``Content-Range``). That URL honours ``Range`` and expires:
-:meth:`KaggleStreamClient.open_reader` gives the range reader :meth:`resolve_archive` as its
-``resolve_url`` so a 403 re-resolves it (and a changed ETag is refused by the reader).
+``.url`` (the signed URL), ``ETag`` and size and close it unread. The adapter we mount on the SDK's
+session turns that redirected GET into a one-byte range probe, so resolving costs two small round
+trips and no archive bytes (the size then comes from ``Content-Range``). That URL honours ``Range``
+and expires: :meth:`KaggleStreamClient.open_reader` gives the range reader :meth:`resolve_archive`
+as its ``resolve_url`` so a 403 re-resolves it (and a changed ETag is refused by the reader).
 
 Errors are sorted for the user: rejected credentials (401; 403 for a dataset) →
 :class:`CredentialsError`; a competition's rules not accepted (403) →
 :class:`KaggleRulesNotAcceptedError` naming the rules page; no network →
 :class:`KaggleNetworkError`; unknown dataset or competition (404) → :class:`KaggleNotFoundError`
 (:class:`KaggleDatasetNotFoundError` / :class:`KaggleCompetitionNotFoundError`); 429 and 5xx are
-retried (``Retry-After`` honoured) with :class:`RetryPolicy`. No message ever holds the key, the token or a URL signature.
+retried (``Retry-After`` honoured) with :class:`RetryPolicy`. No message ever holds the key, the
+token or a URL signature.
 """
 
 from __future__ import annotations
