@@ -149,6 +149,22 @@ def test_decode_bench_rows_and_ratios(small_archive, tmp_path):
     assert set(out["meets_target"]) == {"1", "2"} and "2_vs_1_threads" in out["split_thread_scaling"]
 
 
+def test_decode_bench_jpeg_ratios_and_deltas(small_archive, tmp_path):
+    out = _json("decode_bench.py", "--format", "jpeg", "--source", str(small_archive), "--jpeg-images", "4",
+                "--reps", "2", "--px", "600,700", "--image-size", "64", "--margins", "1,2", cwd=tmp_path)
+    assert out["images"] == 4 and 600 <= out["px"][0] <= out["px"][1] <= 700
+    assert 1.1 <= out["aspect"][0] <= out["aspect"][1] <= 1.6
+    assert out["dct_scales_squash"] and set(out["dct_scales_squash"]) <= {"4", "8"}  # short side ≥ 375
+    rows = out["rows"]
+    assert [(r["policy"], r["margin"]) for r in rows] == [("squash", 1.0), ("pad", 1.0), ("crop", 1.0),
+                                                         ("squash", 2.0)]
+    for r in rows:
+        assert len(r["ratios"]) == 2 and r["full_ms"] > 0 and r["fast_ms"] > 0
+        assert r["ratio"] == pytest.approx(float(np.median(r["ratios"])), abs=0.01)
+        assert 0 <= r["mean_abs_delta"] <= r["worst_image_delta"] < 10
+    assert out["meets_target"]["mean_abs_delta"] == (rows[0]["mean_abs_delta"] <= 1.5)
+
+
 def test_link_bench_sweeps_prefetch_settings(small_archive, tmp_path):
     out = _json("link_bench.py", "--archive", str(small_archive), "--rtt-ms", "5", "--mbps", "50",
                "--in-flight", "1,2", "--request-mb", "1", "--limit", "10", "--image-size", "64",

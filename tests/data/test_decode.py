@@ -3,6 +3,7 @@ bad input → DecodeError naming what is wrong, before anything large is allocat
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import re
 import struct
@@ -27,7 +28,7 @@ from imgae_dx.data.decode import (
     resize_image,
     sniff_format,
 )
-from imgae_dx.data.jpeg import MAX_SCANS, jpeg_header
+from imgae_dx.data.jpeg import MAX_SCANS, dct_scale, jpeg_header
 
 
 def _gradient(h: int = 96, w: int = 96) -> np.ndarray:
@@ -343,3 +344,47 @@ def test_dicom_told_by_content_with_and_without_preamble():
         bare = io.BytesIO()  # no preamble, no file meta: starts with the (0008,0016) element
         pydicom.dcmwrite(bare, ds, implicit_vr=implicit, little_endian=True)
         assert bare.getvalue()[:2] == b"\x08\x00" and sniff_format(bare.getvalue()) == "dicom", syntax
+
+
+# ------------------------------------------------------------------ JPEG at the model's scale
+@pytest.mark.parametrize("w, h, size, n", [
+    (1500, 1000, 128, 4),  # short side 1000: 1/8 would give 125 < 128
+    (2000, 1100, 128, 8),  # 1/8 → 138 × 250
+    (1024, 1024, 128, 8),  # exactly 128
+    (1025, 1025, 128, 8),  # ceil(1025 / 8) = 129
+    (300, 200, 128, 1),
+    (256, 300, 128, 2),
+])
+def test_dct_scale_keeps_short_side(w, h, size, n):
+    header = jpeg_header(_jpeg_with_frame(w, h))
+    assert dct_scale(header, size) == n
+
+
+def test_dct_scale_only_for_8_bit_dct_jpegs():
+    header = jpeg_header(_jpeg_with_frame(2000, 2000))
+    assert dct_scale(dataclasses.replace(header, process="lossless"), 64) == 1
+    assert dct_scale(dataclasses.replace(header, precision=12), 64) == 1
+
+
+@pytest.mark.parametrize("policy", RESIZE_POLICIES)
+def test_large_jpeg_at_model_scale_close_to_full_decode(policy):
+    src = cv2.resize(_photo(150, 230, seed=1), (1300, 860), interpolation=cv2.INTER_CUBIC)
+    data = _jpeg(src, 90)
+    scaled = decode_gray_any(data, image_size=96)
+    assert scaled.shape == (-(-860 // 8), -(-1300 // 8))  # 1/8: short side 108 ≥ 96
+    fast = decode_image(data, 96, resize=policy)
+    full = resize_image(decode_gray_any(data), 96, policy)
+    assert fast.shape == (96, 96)
+    assert np.abs(fast.astype(int) - full).mean() <= 1.5
+
+
+def test_exif_orientation_applied_at_model_scale():
+    src = np.zeros((600, 1000), np.uint8)
+    src[:200, :300] = 255  # bright block top-left of the stored pixels
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored rotated: display turns it 90° clockwise
+    data = _jpeg(src, 95, exif=exif.tobytes())
+    scaled = decode_gray_any(data, image_size=64)
+    assert scaled.shape == (125, 75)  # 1/8, then upright (tall)
+    out = decode_image(data, 32)
+    assert out[:8, -8:].mean() > 200 and out[-8:, :8].mean() < 30  # the block is now top-right

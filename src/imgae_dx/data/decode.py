@@ -5,7 +5,8 @@ and the model scores. :func:`decode_image` tells the format by content, never by
 
 * **PNG** (signature) → :func:`decode_gray`, below;
 * **JPEG** (``FF D8 FF``) → :mod:`imgae_dx.data.jpeg` (SOF size checked before decoding, EXIF
-  orientation applied, luminance);
+  orientation applied, luminance), decoded at the model's scale by libjpeg-turbo's DCT scaling
+  (:data:`JPEG_SCALE_MARGIN`) before the resize;
 * **DICOM** (``DICM`` at byte 128, or a file without the preamble that starts with a group 0002
   or 0008 element) → :mod:`imgae_dx.data.dicom` (Rows/Columns checked before decoding, modality
   LUT, VOI, photometric interpretation);
@@ -46,6 +47,7 @@ images are keyed by it, so images of different preprocessing never mix.
 
 from __future__ import annotations
 
+import math
 import struct
 from typing import Literal
 
@@ -87,11 +89,15 @@ RESIZE_POLICIES: tuple[str, ...] = ("squash", "pad", "crop")
 #: attenuates the beam (air around the body, the collimated border), so the band reads as
 #: "outside the patient" and is the same in every image.
 PAD_VALUE = 0
+#: JPEGs are decoded at the largest DCT reduction (1/2, 1/4, 1/8) that keeps the short side at
+#: least this many times ``image_size`` (so the area resize after it stays a downscale); chosen on real radiographs by ``benchmarks/decode_bench.py --format jpeg``
+#: (``benchmarks/RESULTS.md``).
+JPEG_SCALE_MARGIN = 1.0
 #: Identifies the decoders of :func:`decode_image` (PNG, JPEG, DICOM; conversion to gray; area
 #: resize; the OpenCV build). The split PNG decoder is pixel-identical to libpng, so which of the
 #: two ran does not enter it. Caches are keyed by :func:`decoder_version` (this + the resize policy).
-DECODER_VERSION = (f"png-gray8-1/{png_split.SPLIT_DECODER_VERSION}/jpeg-gray-exif-1/dicom-1/area-1/"
-                   f"cv2-{cv2.__version__}")
+DECODER_VERSION = (f"png-gray8-1/{png_split.SPLIT_DECODER_VERSION}/jpeg-gray-exif-dct{JPEG_SCALE_MARGIN:g}-1/"
+                   f"dicom-1/area-1/cv2-{cv2.__version__}")
 
 
 def decoder_version(resize: Resize) -> str:
@@ -315,8 +321,13 @@ def sniff_format(data: bytes | memoryview) -> Format:
 
 
 def decode_gray_any(data: bytes | memoryview, *, max_side: int = DEFAULT_MAX_SIDE,
-                    png_decoder: Decoder = "auto") -> np.ndarray:
-    """PNG, JPEG or DICOM bytes → uint8 H×W gray at full resolution (format told by content).
+                    png_decoder: Decoder = "auto", image_size: int | None = None) -> np.ndarray:
+    """PNG, JPEG or DICOM bytes → uint8 H×W gray (format told by content).
+
+    At full resolution, unless ``image_size`` is given: then a JPEG is decoded at the model's
+    scale — the largest DCT reduction (1/2, 1/4, 1/8) whose output keeps the short side at least
+    :data:`JPEG_SCALE_MARGIN` × ``image_size`` (:func:`imgae_dx.data.jpeg.dct_scale`), so that
+    every resize policy after it is a downscale.
 
     Raises:
         DecodeError: unrecognised, too large, truncated, corrupt or unsupported.
@@ -325,7 +336,10 @@ def decode_gray_any(data: bytes | memoryview, *, max_side: int = DEFAULT_MAX_SID
     if kind == "png":
         return decode_gray(data, max_side=max_side, decoder=png_decoder)
     if kind == "jpeg":
-        return jpeg.decode_jpeg_gray(data, max_side=max_side)
+        if image_size is None:
+            return jpeg.decode_jpeg_gray(data, max_side=max_side)
+        keep = math.ceil(JPEG_SCALE_MARGIN * image_size)
+        return jpeg.decode_jpeg_gray(data, max_side=max_side, keep_short=keep)
     from imgae_dx.data.dicom import decode_dicom  # pydicom is imported only for DICOM members
 
     raw = data if isinstance(data, bytes) else bytes(data)
@@ -352,5 +366,5 @@ def decode_image(
     if image_size <= 0:
         raise ValueError(f"image_size must be positive, got {image_size}")
     _check_policy(resize)
-    return resize_image(decode_gray_any(data, max_side=max_side, png_decoder=png_decoder),
-                        image_size, resize)
+    gray = decode_gray_any(data, max_side=max_side, png_decoder=png_decoder, image_size=image_size)
+    return resize_image(gray, image_size, resize)

@@ -11,7 +11,18 @@ libjpeg-turbo straight to one gray channel (``IMREAD_GRAYSCALE``):
 * a gray JPEG → its samples; a YCbCr (colour) JPEG → its Y channel, the JFIF luminance
   ``0.299 R + 0.587 G + 0.114 B`` (chroma is never decoded); CMYK/YCCK → luminance by OpenCV;
 * the EXIF orientation (tag 0x0112) is applied, so a phone photo of a film is upright — the same
-  in training, evaluation and ``predict``.
+  in training, evaluation and ``predict``;
+* **at the model's scale**: given the length the short side must keep (``keep_short``: what the
+  caller's resize needs), libjpeg-turbo's DCT scaling decodes at 1/2, 1/4 or 1/8 — the largest
+  reduction whose output keeps the short side ≥ ``keep_short`` (OpenCV's
+  ``IMREAD_REDUCED_GRAYSCALE_N``). A scaled inverse DCT computes the reduced image from the
+  low-frequency coefficients of each 8×8 block (at 1/8: the block means exactly), so the area
+  resize that follows stays a downscale and the pixels stay within about a gray level of a full
+  decode + area resize, at a fraction of the time: the inverse DCT, upsampling and colour
+  conversion of the skipped pixels are never done (the Huffman decoding
+  of every coefficient still is). ``benchmarks/decode_bench.py --format jpeg`` measures both.
+  Only 8-bit DCT JPEGs (baseline, extended, progressive) are scaled; lossless ones decode at
+  full size.
 """
 
 from __future__ import annotations
@@ -144,15 +155,44 @@ def check_jpeg(data: bytes | memoryview, max_side: int) -> JpegHeader:
     return h
 
 
-def decode_jpeg_gray(data: bytes | memoryview, *, max_side: int) -> np.ndarray:
-    """JPEG bytes → uint8 H×W gray at full resolution, EXIF orientation applied.
+def dct_scale(header: JpegHeader, keep_short: int) -> int:
+    """The reduction (1, 2, 4 or 8) :func:`decode_jpeg_gray` decodes ``header``'s image at: the
+    largest whose output (``ceil(side / n)``, libjpeg's rounding) keeps the short side ≥
+    ``keep_short``; 1 for JPEGs libjpeg cannot scale (lossless, not 8-bit)."""
+    if header.precision != 8 or "lossless" in header.process:
+        return 1
+    short = min(header.width, header.height)
+    for n in (8, 4, 2):
+        if -(-short // n) >= keep_short:
+            return n
+    return 1
+
+
+_READ_FLAGS = {1: cv2.IMREAD_GRAYSCALE, 2: cv2.IMREAD_REDUCED_GRAYSCALE_2,
+               4: cv2.IMREAD_REDUCED_GRAYSCALE_4, 8: cv2.IMREAD_REDUCED_GRAYSCALE_8}
+
+
+def decode_jpeg_gray(data: bytes | memoryview, *, max_side: int,
+                     keep_short: int | None = None) -> np.ndarray:
+    """JPEG bytes → uint8 gray, EXIF orientation applied, at full resolution or DCT-scaled.
+
+    Args:
+        data: the JPEG file's bytes.
+        max_side: refuse a frame wider or taller than this (before decoding).
+        keep_short: decode at the largest DCT reduction that keeps the short side at least this
+            long (:func:`dct_scale`); ``None`` decodes at full size.
+
+    Returns:
+        uint8 array ``H×W`` (``ceil(H0 / n)×ceil(W0 / n)`` when scaled by ``n``; rotated as the
+        EXIF orientation says).
 
     Raises:
         DecodeError: refused by :func:`check_jpeg`, or libjpeg cannot decode the data.
     """
-    check_jpeg(data, max_side)
+    header = check_jpeg(data, max_side)
+    n = 1 if keep_short is None else dct_scale(header, keep_short)
     try:
-        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), _READ_FLAGS[n])
     except cv2.error as e:
         raise DecodeError(f"JPEG decode failed: {str(e).strip().splitlines()[-1][:200]}") from None
     if img is None:
@@ -161,4 +201,5 @@ def decode_jpeg_gray(data: bytes | memoryview, *, max_side: int) -> np.ndarray:
     return img
 
 
-__all__ = ["JPEG_SOI", "MAX_SCANS", "JpegHeader", "check_jpeg", "decode_jpeg_gray", "jpeg_header"]
+__all__ = ["JPEG_SOI", "MAX_SCANS", "JpegHeader", "check_jpeg", "dct_scale", "decode_jpeg_gray",
+           "jpeg_header"]
