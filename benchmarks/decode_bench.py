@@ -28,6 +28,14 @@ resized side; the shipped :data:`~imgae_dx.data.decode.JPEG_SCALE_MARGIN` is mar
     nice -n 0 python benchmarks/decode_bench.py --format jpeg \
         --source /work/shared/data/nih-real-dev/images --jpeg-images 200 --reps 3
 
+``--format dicom``: RSNA-like DICOMs (``--dicom-px``² 8-bit MONOCHROME2 without window, JPEG
+Baseline at ``--quality`` and uncompressed) made from the same radiographs (upscaled): the fast
+path of :func:`decode_image` against the pydicom reader (:func:`imgae_dx.data.dicom.decode_dicom`)
++ ``INTER_AREA``, alternated per image as above.
+
+    nice -n 0 python benchmarks/decode_bench.py --format dicom \
+        --source /work/shared/data/nih-real-dev/images --jpeg-images 100 --reps 3
+
 Prints one JSON object (and a Markdown table on stderr).
 """
 
@@ -243,6 +251,75 @@ def jpeg_table(out: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------- DICOM
+def _dicom_file(img: np.ndarray, quality: int | None) -> bytes:
+    """An RSNA-like DICOM: 8-bit MONOCHROME2, no window; JPEG Baseline at ``quality``, or
+    uncompressed (Explicit VR Little Endian) when ``quality`` is None."""
+    import io
+
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import (
+        ExplicitVRLittleEndian,
+        JPEGBaseline8Bit,
+        SecondaryCaptureImageStorage,
+        generate_uid,
+    )
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian if quality is None else JPEGBaseline8Bit
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.BodyPartExamined, ds.ViewPosition = "CR", "CHEST", "PA"
+    ds.Rows, ds.Columns = img.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    if quality is None:
+        ds.PixelData = np.ascontiguousarray(img).tobytes()
+    else:
+        ds.PixelData = encapsulate([cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes()])
+        ds["PixelData"].VR = "OB"
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def dicom_main(args: argparse.Namespace) -> dict[str, Any]:
+    from imgae_dx.data.dicom import decode_dicom
+
+    if args.source is None:
+        raise SystemExit("--format dicom needs --source (a folder or zip of radiograph PNGs)")
+    size, side = args.image_size, args.dicom_px
+    big = [cv2.resize(im, (side, side), interpolation=cv2.INTER_CUBIC)
+           for im in radiographs(args.source, args.jpeg_images)]
+    rows = []
+    for kind, quality in (("JPEG Baseline", args.quality), ("uncompressed", None)):
+        items = [_dicom_file(im, quality) for im in big]
+        r = compare(items, lambda b: decode_image(b, size),
+                    lambda b: resize_image(decode_dicom(b, max_side=8192), size, "squash"), args.reps)
+        rows.append({"syntax": kind, "mean_kb": round(sum(map(len, items)) / len(items) / 1024, 1), **r})
+    head = rows[0]
+    return {
+        "format": "dicom", "images": len(big), "image_size": size, "px": side, "quality": args.quality,
+        "source": str(args.source), "reps": args.reps, "rows": rows,
+        "target": {"ratio": TARGET_JPEG_RATIO, "mean_abs_delta": TARGET_JPEG_DELTA},
+        "meets_target": {"ratio": head["ratio"] >= TARGET_JPEG_RATIO,
+                         "mean_abs_delta": head["mean_abs_delta"] <= TARGET_JPEG_DELTA},
+    }
+
+
+def dicom_table(out: dict[str, Any]) -> str:
+    lines = ["| DICOM transfer syntax | KB | pydicom reader + area ms/img | fast ms/img | ratio (median) | "
+             "ratios per round | mean abs Δ | worst image |", "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['syntax']} | {r['mean_kb']} | {r['full_ms']} | {r['fast_ms']} | {r['ratio']}× | "
+              f"{', '.join(f'{x}×' for x in r['ratios'])} | {r['mean_abs_delta']} | {r['worst_image_delta']} |"
+              for r in out["rows"]]
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- main
 def _pair(kind: type, text: str) -> tuple[Any, Any]:
     a, b = (kind(x) for x in text.split(","))
@@ -251,8 +328,9 @@ def _pair(kind: type, text: str) -> tuple[Any, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--format", choices=("png", "jpeg"), default="png",
-                    help="png: libpng vs the split decoder; jpeg: DCT-scaled vs full decode")
+    ap.add_argument("--format", choices=("png", "jpeg", "dicom"), default="png",
+                    help="png: libpng vs the split decoder; jpeg: DCT-scaled vs full decode; "
+                    "dicom: the fast path vs the pydicom reader")
     ap.add_argument("--archive", type=Path, default=None, help="png: sample archive (default: generate one)")
     ap.add_argument("--images", type=int, default=200, help="png: gray PNG members of the archive to decode")
     ap.add_argument("--filter-images", type=int, default=12, help="png: images re-encoded per filter type")
@@ -261,12 +339,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--image-size", type=int, default=128, help="model resolution")
     ap.add_argument("--source", type=Path, default=None,
                     help="jpeg: folder or zip of radiograph PNGs the JPEGs are made from")
-    ap.add_argument("--jpeg-images", type=int, default=200, help="jpeg: images made")
+    ap.add_argument("--jpeg-images", type=int, default=200, help="jpeg, dicom: images made")
+    ap.add_argument("--dicom-px", type=int, default=1024, help="dicom: side of the square frames (RSNA: 1024)")
     ap.add_argument("--px", type=lambda t: _pair(int, t), default=(1024, 2000),
                     help="jpeg: range of the long side, MIN,MAX pixels")
     ap.add_argument("--aspect", type=lambda t: _pair(float, t), default=(1.1, 1.6),
                     help="jpeg: range of width/height, MIN,MAX")
-    ap.add_argument("--quality", type=int, default=90, help="jpeg: encoder quality")
+    ap.add_argument("--quality", type=int, default=90, help="jpeg, dicom: JPEG encoder quality")
     ap.add_argument("--margins", type=lambda t: [float(x) for x in t.split(",")], default=[1.0, 1.5, 2.0],
                     help="jpeg: DCT-scaling margins compared (squash)")
     ap.add_argument("--seed", type=int, default=0, help="jpeg: sizes drawn")
@@ -276,6 +355,12 @@ def main(argv: list[str] | None = None) -> int:
         out = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "loadavg": os.getloadavg(),
                "nproc": os.cpu_count(), "cv2": cv2.__version__, **jpeg_main(args)}
         print(jpeg_table(out), file=sys.stderr)
+        print(json.dumps(out, indent=2))
+        return 0
+    if args.format == "dicom":
+        out = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "loadavg": os.getloadavg(),
+               "nproc": os.cpu_count(), "cv2": cv2.__version__, **dicom_main(args)}
+        print(dicom_table(out), file=sys.stderr)
         print(json.dumps(out, indent=2))
         return 0
     if not png_split.available():

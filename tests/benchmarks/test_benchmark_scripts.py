@@ -165,6 +165,15 @@ def test_decode_bench_jpeg_ratios_and_deltas(small_archive, tmp_path):
     assert out["meets_target"]["mean_abs_delta"] == (rows[0]["mean_abs_delta"] <= 1.5)
 
 
+def test_decode_bench_dicom_fast_path_equals_the_reader(small_archive, tmp_path):
+    out = _json("decode_bench.py", "--format", "dicom", "--source", str(small_archive), "--jpeg-images", "3",
+                "--reps", "1", "--dicom-px", "256", "--image-size", "64", cwd=tmp_path)
+    assert [r["syntax"] for r in out["rows"]] == ["JPEG Baseline", "uncompressed"]
+    for r in out["rows"]:
+        assert r["full_ms"] > 0 and r["fast_ms"] > 0 and len(r["ratios"]) == 1
+        assert r["mean_abs_delta"] == r["worst_image_delta"] == 0.0  # the same pixels as pydicom's
+
+
 def test_link_bench_sweeps_prefetch_settings(small_archive, tmp_path):
     out = _json("link_bench.py", "--archive", str(small_archive), "--rtt-ms", "5", "--mbps", "50",
                "--in-flight", "1,2", "--request-mb", "1", "--limit", "10", "--image-size", "64",
