@@ -174,6 +174,32 @@ def test_decode_bench_dicom_fast_path_equals_the_reader(small_archive, tmp_path)
         assert r["mean_abs_delta"] == r["worst_image_delta"] == 0.0  # the same pixels as pydicom's
 
 
+def test_resize_bench_compares_policies_per_view(tmp_path):
+    import cv2
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "images").mkdir()
+    lines = ["image,class,finding_labels,view,patient_id,follow_up,age,sex"]
+    for i in range(40):
+        img = cv2.GaussianBlur(rng.integers(0, 256, (48, 48), dtype=np.uint8), (0, 0), 2)
+        cls = "normal" if i % 2 == 0 else "pneumonia"
+        if cls == "pneumonia":
+            img[16:32, 8:24] = 255  # a visible finding
+        cv2.imwrite(str(tmp_path / "images" / f"{i:03d}.png"), img)
+        lines.append(f"{i:03d}.png,{cls},x,{'AP' if i % 4 < 2 else 'PA'},{i},0,40,F")
+    (tmp_path / "images.csv").write_text("\n".join(lines) + "\n")
+    out = _json("resize_bench.py", "--source", str(tmp_path), "--seeds", "0,1", "--image-size", "32",
+                "--unet-steps", "2", "--unet-views", "PA", "--batch", "4", cwd=tmp_path)
+    rows = {(r["model"], r["distortion"], r["policy"], r["view"]): r for r in out["rows"]}
+    assert len(rows) == (2 + 1) * (1 + 2 * 3)  # pca on both views, the U-Net on PA
+    for (model, _, _, view), r in rows.items():
+        assert len(r["aurocs"]) == 2 and all(0 <= a <= 1 for a in r["aurocs"])
+        square = rows[(model, "square", "-", view)]["aurocs"]
+        assert r["vs_square"] == pytest.approx(float(np.mean(np.subtract(r["aurocs"], square))), abs=1e-3)
+    # cropping a letterboxed image gives the original square back: the same AUROC
+    assert rows[("pca", "letterbox", "crop", "AP")]["aurocs"] == rows[("pca", "square", "-", "AP")]["aurocs"]
+
+
 def test_link_bench_sweeps_prefetch_settings(small_archive, tmp_path):
     out = _json("link_bench.py", "--archive", str(small_archive), "--rtt-ms", "5", "--mbps", "50",
                "--in-flight", "1,2", "--request-mb", "1", "--limit", "10", "--image-size", "64",

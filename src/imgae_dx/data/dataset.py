@@ -17,9 +17,10 @@ skips the consumed prefix and fetches only requests still needed — with any ``
 
 Every rank yields the same number of samples: per-rank counts are computed from the plan and
 truncated to the smallest (a multiple of ``batch_size`` with ``drop_last``). An undecodable
-member (CRC still wrong after re-reading, truncated/corrupt PNG) is counted as skipped and
-replaced, deterministically, by the next decodable image of the rank's order (or, at the end of
-the order, the previous one), so counts stay equal and DDP never waits on a short rank.
+member (CRC still wrong after re-reading; a truncated, corrupt or unrecognised image) is counted
+as skipped and replaced, deterministically, by the next decodable image of the rank's order (or,
+at the end of the order, the previous one), so counts stay equal and DDP never waits on a short
+rank.
 
 Memory is bounded by configuration: requests in flight (``requests_in_flight × max_request_mb``),
 the reassembly window (≈ ``shuffle_buffer`` + one request's images, uint8) and the cache (its own
