@@ -227,7 +227,6 @@ def jpeg_main(args: argparse.Namespace) -> dict[str, Any]:
             r = compare(items, lambda b, m=m: _margin_jpeg(b, size, "squash", m),
                         lambda b: _full_jpeg(b, size, "squash"), args.reps)
             rows.append({"policy": "squash", "margin": m, "shipped": False, **r})
-    head = rows[0]
     return {
         "format": "jpeg", "images": len(items), "image_size": size,
         "px": [min(max(im.shape) for im in big), max(max(im.shape) for im in big)],
@@ -235,19 +234,25 @@ def jpeg_main(args: argparse.Namespace) -> dict[str, Any]:
                    round(max(im.shape[1] / im.shape[0] for im in big), 2)],
         "quality": args.quality, "mean_kb": round(sum(map(len, items)) / len(items) / 1024, 1),
         "dct_scales_squash": {str(n): scales.count(n) for n in sorted(set(scales))},
-        "source": str(args.source), "reps": args.reps, "rows": rows,
-        "target": {"ratio": TARGET_JPEG_RATIO, "mean_abs_delta": TARGET_JPEG_DELTA},
-        "meets_target": {"ratio": head["ratio"] >= TARGET_JPEG_RATIO,
-                         "mean_abs_delta": head["mean_abs_delta"] <= TARGET_JPEG_DELTA},
+        "source": str(args.source), "reps": args.reps, "rows": rows, **_goals(rows[0]),
     }
 
 
-def jpeg_table(out: dict[str, Any]) -> str:
-    lines = ["| policy | DCT margin | full decode + area ms/img | fast ms/img | ratio (median) | "
-             "ratios per round | mean abs Δ | worst image |", "|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['policy']} | {r['margin']:g}{' (shipped)' if r['shipped'] else ''} | {r['full_ms']} | "
-              f"{r['fast_ms']} | {r['ratio']}× | {', '.join(f'{x}×' for x in r['ratios'])} | "
-              f"{r['mean_abs_delta']} | {r['worst_image_delta']} |" for r in out["rows"]]
+def _goals(head: dict[str, Any]) -> dict[str, Any]:
+    """The issue's targets and whether ``head`` (the shipped path's row) meets them."""
+    return {"target": {"ratio": TARGET_JPEG_RATIO, "mean_abs_delta": TARGET_JPEG_DELTA},
+            "meets_target": {"ratio": head["ratio"] >= TARGET_JPEG_RATIO,
+                             "mean_abs_delta": head["mean_abs_delta"] <= TARGET_JPEG_DELTA}}
+
+
+def ratio_table(rows: list[dict[str, Any]], first: dict[str, Any], baseline: str) -> str:
+    """Markdown: the ``first`` columns (header → row formatter), then times, ratios and Δ."""
+    head = [*first, f"{baseline} ms/img", "fast ms/img", "ratio (median)", "ratios per round",
+            "mean abs Δ", "worst image"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join([*(f(r) for f in first.values()), str(r["full_ms"]), str(r["fast_ms"]),
+                                 f"{r['ratio']}×", ", ".join(f"{x}×" for x in r["ratios"]),
+                                 str(r["mean_abs_delta"]), str(r["worst_image_delta"])]) + " |" for r in rows]
     return "\n".join(lines)
 
 
@@ -301,23 +306,10 @@ def dicom_main(args: argparse.Namespace) -> dict[str, Any]:
         r = compare(items, lambda b: decode_image(b, size),
                     lambda b: resize_image(decode_dicom(b, max_side=8192), size, "squash"), args.reps)
         rows.append({"syntax": kind, "mean_kb": round(sum(map(len, items)) / len(items) / 1024, 1), **r})
-    head = rows[0]
     return {
         "format": "dicom", "images": len(big), "image_size": size, "px": side, "quality": args.quality,
-        "source": str(args.source), "reps": args.reps, "rows": rows,
-        "target": {"ratio": TARGET_JPEG_RATIO, "mean_abs_delta": TARGET_JPEG_DELTA},
-        "meets_target": {"ratio": head["ratio"] >= TARGET_JPEG_RATIO,
-                         "mean_abs_delta": head["mean_abs_delta"] <= TARGET_JPEG_DELTA},
+        "source": str(args.source), "reps": args.reps, "rows": rows, **_goals(rows[0]),
     }
-
-
-def dicom_table(out: dict[str, Any]) -> str:
-    lines = ["| DICOM transfer syntax | KB | pydicom reader + area ms/img | fast ms/img | ratio (median) | "
-             "ratios per round | mean abs Δ | worst image |", "|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['syntax']} | {r['mean_kb']} | {r['full_ms']} | {r['fast_ms']} | {r['ratio']}× | "
-              f"{', '.join(f'{x}×' for x in r['ratios'])} | {r['mean_abs_delta']} | {r['worst_image_delta']} |"
-              for r in out["rows"]]
-    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- main
@@ -354,13 +346,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.format == "jpeg":
         out = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "loadavg": os.getloadavg(),
                "nproc": os.cpu_count(), "cv2": cv2.__version__, **jpeg_main(args)}
-        print(jpeg_table(out), file=sys.stderr)
+        print(ratio_table(out["rows"], {"policy": lambda r: r["policy"], "DCT margin": lambda r: (
+            f"{r['margin']:g}" + (" (shipped)" if r["shipped"] else ""))}, "full decode + area"), file=sys.stderr)
         print(json.dumps(out, indent=2))
         return 0
     if args.format == "dicom":
         out = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "loadavg": os.getloadavg(),
                "nproc": os.cpu_count(), "cv2": cv2.__version__, **dicom_main(args)}
-        print(dicom_table(out), file=sys.stderr)
+        print(ratio_table(out["rows"], {"DICOM transfer syntax": lambda r: r["syntax"],
+                                        "KB": lambda r: str(r["mean_kb"])}, "pydicom reader + area"), file=sys.stderr)
         print(json.dumps(out, indent=2))
         return 0
     if not png_split.available():

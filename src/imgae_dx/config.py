@@ -61,11 +61,17 @@ class DataConfig(_Strict):
         "cv2: libpng for all (same pixels)"
     )
     resize: Literal["squash", "pad", "crop"] = Field(
-        "squash", description="how a non-square image becomes image_size² (training, evaluation, "
-        "predict and bundles alike; square images such as NIH's give the same pixels under all "
-        "three): squash = area resize of the whole image, aspect ratio lost; pad = area resize of "
-        "the long side to image_size, the short side padded centred with black (0); crop = the "
-        "centred square, then area resize (the image's ends are dropped)"
+        "crop", description="how a non-square image becomes image_size² (training, evaluation, "
+        "predict and bundles alike; square images such as NIH's and RSNA's give the same pixels "
+        "under all three): crop = the centred square, then area resize (a wide image's sides — "
+        "arms, background; at width/height 1.6 the outer 19 % each side — are dropped); squash = "
+        "area resize of the whole image, aspect ratio lost; pad = area resize of the long side to "
+        "image_size, the short side padded centred with black (0). Default crop, chosen on real "
+        "NIH radiographs made 1.1–1.6× wider than tall (rows cut, or black side bands): the PCA "
+        "detector scored higher with crop than with squash in each of 5 seeds × 2 views × 2 "
+        "distortions at 64 px (one tie at 128 px): AUROC +0.03 to +0.04 with rows cut, +0.01 to "
+        "+0.02 with side bands; pad ≈ squash (benchmarks/RESULTS.md, resize_bench.py). Runs saved "
+        "before this key existed keep squash"
     )
     cache: Literal["memory", "disk", "persistent", "off"] = Field(
         "persistent", description="preprocessed-image cache: RAM spilling to disk, disk only, on disk "
@@ -447,10 +453,32 @@ def default_dict() -> dict[str, Any]:
     return base
 
 
+def with_earlier_defaults(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A saved run configuration with every key it predates set as its version behaved.
+
+    A run's ``config.yaml`` written before a key existed (:data:`imgae_dx.run.identity.ADDED_KEYS`)
+    gets that key's "as before" value, not today's default: the run is evaluated, resumed and
+    scored with the preprocessing it was trained with, and keeps its fingerprint.
+    """
+    from imgae_dx.run.identity import ADDED_KEYS
+
+    out = copy.deepcopy(dict(data))
+    for dotted, value in ADDED_KEYS.items():
+        *parents, leaf = dotted.split(".")
+        node: Any = out
+        for part in parents:
+            node = node.setdefault(part, {}) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf not in node:
+            node[leaf] = value
+    return out
+
+
 def load_config(
     path: str | os.PathLike[str] | None = None,
     overrides: Mapping[str, Any] | None = None,
     profile: str | None = None,
+    *,
+    saved_run: bool = False,
 ) -> Config:
     """Build the validated config.
 
@@ -458,6 +486,8 @@ def load_config(
         path: user YAML file (same shape as ``configs/streaming_config.yaml``), optional.
         overrides: dotted keys → values (command-line flags), applied last; ``None`` values skipped.
         profile: ``"local"`` or ``"colab"`` to merge ``configs/cloud_configs/PROFILE.yaml``.
+        saved_run: ``path`` is a run folder's own ``config.yaml`` (``train --resume``): keys it
+            predates take their earlier values (:func:`with_earlier_defaults`).
     """
     data = default_dict()
     origin = "packaged defaults"
@@ -467,7 +497,8 @@ def load_config(
             raise ConfigError(f"unknown cloud profile {profile!r}; allowed: local, colab")
         data = _deep_merge(data, _read_yaml(p))
     if path is not None:
-        data = _deep_merge(data, _read_yaml(Path(path)))
+        given_file = _read_yaml(Path(path))
+        data = _deep_merge(data, with_earlier_defaults(given_file) if saved_run else given_file)
         origin = str(path)
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     for k, v in given.items():
@@ -481,8 +512,9 @@ def load_config(
 
 
 def config_from_yaml_text(text: str, origin: str = "run config") -> Config:
-    """Re-read a resolved ``config.yaml`` (as written to a run folder)."""
-    data = _parse_yaml(text, origin)
+    """Re-read a resolved ``config.yaml`` (as written to a run folder; keys it predates take
+    their earlier values, :func:`with_earlier_defaults`)."""
+    data = with_earlier_defaults(_parse_yaml(text, origin))
     try:
         return Config.model_validate(data)
     except ValidationError as e:

@@ -36,3 +36,20 @@ def test_an_added_key_counts_once_it_is_set():
     assert changed["model"]["unet"]["inference_samples"] == 4
     assert config_fingerprint(changed) != OLD_FINGERPRINT
     assert config_differences(old, changed) == ["model.unet.inference_samples: 0 → 4"]
+
+
+def test_a_run_saved_before_data_resize_keeps_squash(tmp_path):
+    from imgae_dx.config import load_config
+
+    assert load_config().data.resize == "crop"  # today's default, for new runs
+    old = _reloaded(OLD_CONFIG.read_text())
+    assert "resize" not in OLD_CONFIG.read_text() and old["data"]["resize"] == "squash"
+    # `train --resume` re-reads the run's own config.yaml the same way: no difference, same fingerprint
+    saved = tmp_path / "config.yaml"
+    saved.write_text(OLD_CONFIG.read_text())
+    resumed = run_folder.config_dict(load_config(saved, saved_run=True))
+    assert resumed["data"]["resize"] == "squash" and config_differences(old, resumed) == []
+    assert config_fingerprint(resumed) == OLD_FINGERPRINT
+    # the same file given as a user config is a new run's settings: today's default
+    assert load_config(saved).data.resize == "crop"
+    assert config_differences(old, run_folder.config_dict(load_config(saved))) == ["data.resize: 'squash' → 'crop'"]

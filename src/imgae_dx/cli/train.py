@@ -52,12 +52,13 @@ def build_config(args: argparse.Namespace):
     """The run's :class:`~imgae_dx.config.Config` from the parsed flags."""
     overrides = overrides_from_args(args)
     path = getattr(args, "config", None)
+    saved_run = False
     if path is None and getattr(args, "resume", False):
         out = overrides.get("out") or load_config().out
         run_cfg = Path(out).expanduser() / "config.yaml"
         if run_cfg.is_file():
-            path = run_cfg
-    return load_config(path, overrides)
+            path, saved_run = run_cfg, True
+    return load_config(path, overrides, saved_run=saved_run)
 
 
 def run(args: argparse.Namespace) -> int:
