@@ -19,8 +19,8 @@ libjpeg-turbo straight to one gray channel (``IMREAD_GRAYSCALE``):
   low-frequency coefficients of each 8×8 block (at 1/8: the block means exactly), so the area
   resize that follows stays a downscale and the pixels stay within about a gray level of a full
   decode + area resize, at a fraction of the time: the inverse DCT, upsampling and colour
-  conversion of the skipped pixels are never done (the Huffman decoding
-  of every coefficient still is). ``benchmarks/decode_bench.py --format jpeg`` measures both.
+  conversion of the skipped pixels are never done (the Huffman decoding of every coefficient
+  still is). ``benchmarks/decode_bench.py --format jpeg`` measures both.
   Only 8-bit DCT JPEGs (baseline, extended, progressive) are scaled; lossless ones decode at
   full size.
 """
