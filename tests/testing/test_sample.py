@@ -12,7 +12,8 @@ import cv2
 import numpy as np
 import pytest
 
-from imgae_dx.data.nih_index import (
+from imgae_dx.data.datasets.base import SYNTHETIC_MARKER
+from imgae_dx.data.datasets.nih import (
     BBOX_HEADER,
     DATA_ENTRY_HEADER,
     FINDINGS,
@@ -37,7 +38,8 @@ def test_layout_and_exact_headers(small_archive: Path) -> None:
         assert all(NAME_RE.match(n) for n in pngs), [n for n in pngs if not NAME_RE.match(n)][:3]
         assert {NAME_RE.match(n).group(1) for n in pngs} == {"001", "002", "003"}
         assert sum(n.startswith("images_002/") for n in pngs) == 40
-        assert set(names) - set(pngs) == set(METADATA_NAMES)  # metadata at the root, nothing else
+        # metadata and the synthetic marker at the root, nothing else
+        assert set(names) - set(pngs) == {*METADATA_NAMES, SYNTHETIC_MARKER}
         assert names == sorted(names)  # alphabetical like Kaggle's listing
         de = zf.read("Data_Entry_2017.csv").decode()
         bb = zf.read("BBox_List_2017.csv").decode()

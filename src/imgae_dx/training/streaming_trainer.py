@@ -150,19 +150,23 @@ class StreamingTrainer:
             torch.backends.cudnn.benchmark = t.cudnn_benchmark
             torch.backends.cuda.matmul.allow_tf32 = t.tf32
             torch.backends.cudnn.allow_tf32 = t.tf32
-        cfg_dict = run_folder.config_dict(cfg)  # 1. validate everything before writing anything
-        self.fingerprint = config_fingerprint(cfg_dict)
-        self.config_yaml = run_folder.config_yaml(cfg_dict)
-        self.deep = [m for m in cfg.models if m in GRADIENT_MODELS]  # pca: fitted after them
-        resuming = run_folder.check_run_folder(self.run_dir, self.deep, cfg_dict, self.resume)
-        check_logger(cfg.logging.logger)
-        from imgae_dx.data.nih_index import NIHIndex
+        check_logger(cfg.logging.logger)  # 1. validate everything before writing anything
+        from imgae_dx.data.datasets import open_dataset
 
         if self._archive is None:
             from imgae_dx.streaming.sources import open_archive
 
             self._archive = open_archive(cfg.source, cfg.data)
-        self.index = NIHIndex.from_archive(self._archive)
+        self.index = open_dataset(self._archive, cfg.data, cfg.seed, quiet=not self.is_main)
+        if cfg.data.dataset != self.index.name:  # config.yaml holds the resolved dataset
+            cfg = self.cfg = cfg.model_copy(
+                update={"data": cfg.data.model_copy(update={"dataset": self.index.name})})
+        cfg_dict = run_folder.config_dict(cfg)
+        self.fingerprint = config_fingerprint(cfg_dict)
+        self.config_yaml = run_folder.config_yaml(cfg_dict)
+        self.deep = [m for m in cfg.models if m in GRADIENT_MODELS]  # pca: fitted after them
+        resuming = run_folder.check_run_folder(self.run_dir, self.deep, cfg_dict, self.resume)
+        self.split_table = run_folder.check_split(self.run_dir, self.index, resuming)
         self.stages: list[str] = list(self.index.resolve_stages(cfg.stages))
         random.seed(cfg.seed)  # 2. same seed on every rank: identical initial weights
         np.random.seed(cfg.seed % 2**32)
@@ -185,7 +189,7 @@ class StreamingTrainer:
         wandb_id = self._restore() if resuming else None
         if self.is_main:  # 3. run folder, reporting
             run_folder.prepare_run_folder(self.run_dir, self.config_yaml,
-                                          self.progress.step if resuming else None)
+                                          self.progress.step if resuming else None, self.split_table)
             log.info("precision: %s (%s)", self.precision.name, self.precision.reason)
         lg = cfg.logging
         self.reporter = Reporter(
