@@ -19,8 +19,8 @@ from imgae_dx.data.dataset import (
     make_cache,
     pipeline_budget,
 )
-from imgae_dx.data.memory import MemoryManager
 from imgae_dx.data.datasets.nih import NIHIndex
+from imgae_dx.data.memory import MemoryManager
 from imgae_dx.errors import CheckpointError
 from imgae_dx.streaming.sources import open_archive
 

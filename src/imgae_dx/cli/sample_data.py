@@ -13,7 +13,11 @@ def run(args: argparse.Namespace) -> int:
     from imgae_dx.data.datasets import open_dataset
     from imgae_dx.errors import UserError
     from imgae_dx.streaming.sources import open_archive
-    from imgae_dx.testing.sample import write_folder_archive, write_sample_archive, write_zhanglab_archive
+    from imgae_dx.testing.sample import (
+        write_folder_archive,
+        write_sample_archive,
+        write_zhanglab_archive,
+    )
 
     dataset = getattr(args, "dataset", "nih") or "nih"
     per_stage, stages, images = int(args.images_per_stage), int(args.stages), int(getattr(args, "images", 400))

@@ -45,8 +45,8 @@ from imgae_dx.errors import ArchiveError, CheckpointError, UserError
 if TYPE_CHECKING:
     from imgae_dx.config import DataConfig
     from imgae_dx.data.cache import ImageStore
-    from imgae_dx.data.memory import MemoryManager
     from imgae_dx.data.datasets.base import DatasetIndex
+    from imgae_dx.data.memory import MemoryManager
 
 #: Members read (and, when missing from the cache, streamed) together.
 WINDOW_IMAGES = 1024

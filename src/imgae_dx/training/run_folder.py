@@ -24,7 +24,13 @@ from imgae_dx.config import Config, config_from_yaml_text
 from imgae_dx.errors import CheckpointError, RunFolderError, UserError
 from imgae_dx.run.identity import config_differences
 from imgae_dx.run.records import truncate_after
-from imgae_dx.run.splits import SPLIT_FILE, SplitTable, read_split_table, split_differences, write_split_table
+from imgae_dx.run.splits import (
+    SPLIT_FILE,
+    SplitTable,
+    read_split_table,
+    split_differences,
+    write_split_table,
+)
 from imgae_dx.utils.atomic import atomic_write_text, remove_stale_temps
 
 log = logging.getLogger(__name__)

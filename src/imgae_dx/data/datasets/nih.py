@@ -42,6 +42,8 @@ from imgae_dx.data.datasets.base import (
     DatasetSpec,
     ImageRecord,
     Protocol,
+)
+from imgae_dx.data.datasets.base import (
     member_names as list_members,
 )
 from imgae_dx.errors import MetadataError, UserError

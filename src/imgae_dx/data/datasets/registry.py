@@ -13,7 +13,13 @@ import logging
 from typing import Any
 
 from imgae_dx.data.datasets import DATASET_NAMES
-from imgae_dx.data.datasets.base import SYNTHETIC_MARKER, DatasetIndex, DatasetSpec, Protocol, member_names
+from imgae_dx.data.datasets.base import (
+    SYNTHETIC_MARKER,
+    DatasetIndex,
+    DatasetSpec,
+    Protocol,
+    member_names,
+)
 from imgae_dx.errors import UserError
 
 log = logging.getLogger(__name__)
