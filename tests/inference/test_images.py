@@ -14,6 +14,7 @@ from imgae_dx.data.decode import decode_png, resize_area
 from imgae_dx.inference.errors import ImageReadError
 from imgae_dx.inference.images import load_file, prepare_array, sniff, to_unit
 
+from ..data.test_dicom import make_dicom
 from .conftest import gray_of
 
 
@@ -132,3 +133,14 @@ def test_format_is_recognised_by_content_not_name():
     assert sniff(b"\0" * 128 + b"DICM", "IM0001") == "dicom"
     assert sniff(b"\0" * 132, "scan.DCM") == "dicom"
     assert sniff(b"GIF89a", "x.gif") is None
+
+
+def test_dicom_files_give_the_pngs_model_input(sample_pngs, tmp_path):
+    gray = gray_of(sample_pngs[0]).copy()
+    gray[0, 0], gray[0, 1] = 0, 255  # full 8-bit range: min–max is the identity
+    for bits in (8, 12):
+        stored = np.rint(gray * ((2**bits - 1) / 255.0))
+        p = make_dicom(tmp_path / f"m{bits}.dcm", stored, bits_stored=bits)
+        assert np.array_equal(load_file(p, 64), resize_area(gray, 64)), bits
+    raw = make_dicom(tmp_path / "raw.dcm", gray, bits_stored=8, preamble=False)  # no DICM: by name
+    assert np.array_equal(load_file(raw, 64), resize_area(gray, 64))

@@ -15,9 +15,9 @@ import pytest
 
 from imgae_dx.cli import main
 
+from ..data.test_dicom import make_dicom
 from ..visualization.test_report import needs_chromium, render_check
 from .conftest import gray_of, make_run_folder
-from .test_dicom import make_dicom
 from .test_images import bomb_png
 
 

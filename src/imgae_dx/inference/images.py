@@ -8,7 +8,7 @@ The preprocessing is the training pipeline's, so a file scores as ``evaluate`` s
 * **JPEG**: size read from the SOF marker and checked before decoding; a file without its
   end-of-image marker is refused as truncated; decoded with OpenCV, converted to gray with the
   same :func:`~imgae_dx.data.decode.to_gray8`, then :func:`~imgae_dx.data.decode.resize_area`.
-* **DICOM** (``DICM`` at byte 128, or a ``.dcm``/``.dicom`` name): :mod:`imgae_dx.inference.dicom`
+* **DICOM** (``DICM`` at byte 128, or a ``.dcm``/``.dicom`` name): :mod:`imgae_dx.data.dicom`
   → uint8 gray at full resolution → :func:`~imgae_dx.data.decode.resize_area`.
 * **arrays** (Python API): H×W or H×W×C (C = 1, 3 BGR, 4 BGRA), uint8 / uint16 as the PNG path
   converts them, or float in [0, 1] (rounded to uint8 first, as the cache stores images).
@@ -131,7 +131,7 @@ def decode_file_bytes(data: bytes, image_size: int, *, name: str = "",
     if kind == "jpeg":
         return resize_area(decode_jpeg(data, max_side=max_side), image_size)
     if kind == "dicom":
-        from imgae_dx.inference.dicom import decode_dicom
+        from imgae_dx.data.dicom import decode_dicom
 
         force = data[128:132] != b"DICM"
         return resize_area(decode_dicom(data, max_side=max_side, force=force), image_size)

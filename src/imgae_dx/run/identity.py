@@ -49,6 +49,7 @@ ADDED_KEYS: dict[str, Any] = {
     "model.unet.inference_samples": 0,
     "model.unet.inference_noise_seed": 0,
     "training.min_images_per_run": 0,
+    "data.resize": "squash",
     "data.dataset": "nih",  # null in a config.yaml from before datasets: NIH, the only one then
     "data.test_fraction": 0.2,
     "data.images_per_stage": 2500,

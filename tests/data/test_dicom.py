@@ -3,6 +3,7 @@ MONOCHROME1, compressed syntaxes, and the files that must be refused."""
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +17,8 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from imgae_dx.data.decode import resize_area
-from imgae_dx.inference.dicom import decode_dicom, window
-from imgae_dx.inference.errors import ImageReadError
-from imgae_dx.inference.images import load_file
-
-from .conftest import gray_of
+from imgae_dx.data.decode import DecodeError, ImageReadError, decode_gray
+from imgae_dx.data.dicom import decode_dicom, window
 
 
 def make_dicom(path: Path, pixels: np.ndarray | None, *, bits_stored: int,
@@ -73,9 +70,16 @@ def make_dicom(path: Path, pixels: np.ndarray | None, *, bits_stored: int,
     return path
 
 
+def first_png_gray(archive: Path) -> np.ndarray:
+    """The full-resolution uint8 pixels of a sample archive's first PNG (realistic content)."""
+    with zipfile.ZipFile(archive) as z:
+        name = next(n for n in sorted(z.namelist()) if n.endswith(".png"))
+        return decode_gray(z.read(name))
+
+
 @pytest.fixture
-def gray(sample_pngs) -> np.ndarray:
-    g = gray_of(sample_pngs[0]).copy()
+def gray(small_archive) -> np.ndarray:
+    g = first_png_gray(small_archive).copy()
     g[0, 0], g[0, 1] = 0, 255  # spans the full 8-bit range: min–max is the identity
     return g
 
@@ -92,8 +96,6 @@ def test_monochrome2_at_8_12_16_bits_without_voi_is_min_max(gray, tmp_path):
         got = _decode(p)
         assert got.dtype == np.uint8 and got.shape == gray.shape
         assert np.array_equal(got, gray), bits  # full-range data: same pixels as the PNG
-        # and through the file reader: the model input equals the PNG's
-        assert np.array_equal(load_file(p, 64), resize_area(gray, 64))
 
 
 def test_rescale_does_not_change_min_max_and_monochrome1_is_inverted(gray, tmp_path):
@@ -133,10 +135,14 @@ def test_rle_is_decoded_by_pydicom_alone(gray, tmp_path):
     assert np.array_equal(_decode(rle), plain)
 
 
-def test_file_without_preamble_is_read_by_its_name(gray, tmp_path):
+def test_file_without_preamble_is_read_with_force(gray, tmp_path):
     p = make_dicom(tmp_path / "raw.dcm", gray, bits_stored=8, preamble=False)
     assert p.read_bytes()[128:132] != b"DICM"
-    assert np.array_equal(load_file(p, 64), resize_area(gray, 64))
+    assert np.array_equal(decode_dicom(p.read_bytes(), max_side=8192, force=True), gray)
+
+
+def test_image_read_error_is_the_data_paths_decode_error():
+    assert issubclass(ImageReadError, DecodeError)  # the dataset skips it like an undecodable PNG
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning:pydicom")  # the garbage file makes pydicom guess the VR
@@ -162,4 +168,4 @@ def test_dicom_refusals(case, gray, tmp_path):
         p.write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00\x10\x00garbage" * 3)
         match = "DICOM"
     with pytest.raises(ImageReadError, match=match):
-        load_file(p, 64)
+        decode_dicom(p.read_bytes(), max_side=8192)

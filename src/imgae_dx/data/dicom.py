@@ -1,5 +1,8 @@
 """DICOM bytes → 8-bit grayscale at full resolution (uint8 H×W), through ``pydicom``.
 
+The project's one DICOM reader: ``predict`` (:mod:`imgae_dx.inference.images`) and the data path
+use it alike.
+
 What happens to the stored values, in order (DICOM PS3.3 C.11):
 
 1. decode the pixel data with whatever ``pydicom`` handler is installed for the transfer syntax
@@ -15,7 +18,7 @@ What happens to the stored values, in order (DICOM PS3.3 C.11):
    LUT) → luminance;
 4. rounded to uint8.
 
-Refused, with a :class:`~imgae_dx.inference.images.ImageReadError` saying why: no pixel data,
+Refused, with a :class:`~imgae_dx.data.decode.ImageReadError` saying why: no pixel data,
 more than one frame, a side above the caller's ``max_side`` (read from Rows/Columns before
 decoding), an unknown photometric interpretation, pixel data that does not decode.
 """
@@ -28,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from imgae_dx.inference.errors import ImageReadError
+from imgae_dx.data.decode import ImageReadError
 
 INSTALL_HINT = "pip install 'pydicom>=3.0' (a dependency of imgae-dx: reinstall it)"
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
