@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from imgae_dx.config import load_config
-from imgae_dx.data.nih_index import NIHIndex
+from imgae_dx.data.datasets.nih import NIHIndex
 from imgae_dx.errors import CheckpointError, RunFolderError
 from imgae_dx.evaluation.evaluator import CloudEvaluator, evaluate_run
 from imgae_dx.models import create_model

@@ -387,7 +387,7 @@ def test_replay_revisits_earlier_stages_and_resumes_exactly(train_archive, tmp_p
     """training.replay all (persistent cache): the first epoch of stage K streams stage K, later
     epochs draw from stages 1..K; a run stopped in a replay epoch resumes bit-identical, and the
     resumed process reads the stages it had decoded from the cache (0 bytes fetched for them)."""
-    from imgae_dx.data.nih_index import NIHIndex
+    from imgae_dx.data.datasets.nih import NIHIndex
     from imgae_dx.streaming.sources import open_archive
 
     over = {"data.cache": "persistent", "training.replay": "all", "training.epochs_per_stage": 2,

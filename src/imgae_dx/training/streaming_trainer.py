@@ -1,8 +1,8 @@
 """Progressive streaming trainer: the wiring of the training engine from the configuration.
 
 ``StreamingTrainer(config).train_progressive_stages()`` trains every model in ``config.models`` on
-the normal (``No Finding``) training images of each stage in order (``images_001``, …):
-``training.epochs_per_stage`` epochs per stage (more for a stage too small to draw
+the normal training images of each stage in order (NIH: ``images_001``, …; other datasets:
+``part_001``, …): ``training.epochs_per_stage`` epochs per stage (more for a stage too small to draw
 ``training.min_images_per_stage`` images in them, and for the last stage of a run too small to draw
 ``training.min_images_per_run``), each followed by validation and checkpoints. Each decoded batch
 feeds every model (``--model all`` costs one pass over the stream). The parts, one owner each:
@@ -101,7 +101,8 @@ class TrainResult:
 
 
 class StreamingTrainer:
-    """Train ``config.models`` stage by stage from a streamed NIH archive.
+    """Train ``config.models`` stage by stage from a streamed archive of any dataset
+    (``config.data.dataset``: NIH, ZhangLab, folder; detected when omitted).
 
     Args:
         config: the validated :class:`~imgae_dx.config.Config` (``load_config(...)``).
@@ -131,10 +132,12 @@ class StreamingTrainer:
     @classmethod
     def from_colab_config(cls, config_path: str | os.PathLike[str] | None = None,
                           overrides: Mapping[str, Any] | None = None, *, resume: bool = True,
-                          **kwargs: Any) -> StreamingTrainer:
+                          dataset: str | None = None, **kwargs: Any) -> StreamingTrainer:
         """Trainer from ``configs/cloud_configs/colab.yaml`` (checkpoints on Drive), resuming by
-        default (Colab runtimes disconnect). ``overrides``: dotted keys → values."""
-        return cls(load_config(config_path, overrides, profile="colab"), resume=resume, **kwargs)
+        default (Colab runtimes disconnect). ``overrides``: dotted keys → values; ``dataset``:
+        ``data.dataset`` (``nih``, ``zhanglab``, ``folder``; None: as the config says, else detected)."""
+        over = {**(overrides or {}), **({"data.dataset": dataset} if dataset is not None else {})}
+        return cls(load_config(config_path, over, profile="colab"), resume=resume, **kwargs)
 
     def request_stop(self, signum: int = signal.SIGINT) -> None:
         """Ask the loop to save ``last.pt`` and return at the next step (what a signal does)."""

@@ -50,7 +50,9 @@ from imgae_dx.data.datasets.base import (
     name_keys,
     unit_hash,
 )
-from imgae_dx.data.datasets.heads import SNIFF_BYTES, dicom_fields, read_heads, sniff
+from imgae_dx.data.datasets.heads import SNIFF_BYTES, read_heads, sniff
+from imgae_dx.data.decode import describe_bytes
+from imgae_dx.data.dicom import header_fields
 from imgae_dx.errors import MetadataError
 
 log = logging.getLogger(__name__)
@@ -236,9 +238,10 @@ def _sniff_rows(archive: Any, rows: _Rows, facts: IndexFacts) -> list[str | None
     """Keep the rows whose content is PNG / JPEG / DICOM; returns the kept rows' kinds."""
     heads = read_heads(archive, rows.member, SNIFF_BYTES)
     kinds = [sniff(h) for h in heads]
-    bad = [img for img, k in zip(rows.image, kinds, strict=True) if k is None]
+    bad = [i for i, k in enumerate(kinds) if k is None]
     if bad:
-        facts.skip(f"files that are not PNG, JPEG or DICOM (e.g. {bad[0]})", len(bad))
+        facts.skip(f"files that are not PNG, JPEG or DICOM (e.g. {rows.image[bad[0]]}: "
+                   f"{describe_bytes(heads[bad[0]])})", len(bad))
     keep = [k is not None for k in kinds]
     rows.keep(keep)
     return [k for k in kinds if k is not None]
@@ -255,7 +258,7 @@ def _patients(archive: Any, rows: _Rows, kinds: list[str | None], from_csv: bool
     if dicoms:
         heads = read_heads(archive, [rows.member[i] for i in dicoms], DICOM_HEAD_BYTES)
         for i, h in zip(dicoms, heads, strict=True):
-            pid = dicom_fields(h, ["PatientID"]).get("PatientID")
+            pid = header_fields(h, ["PatientID"]).get("PatientID")
             if pid:
                 out[i] = f"dicom:{pid}"
                 from_dicom += 1

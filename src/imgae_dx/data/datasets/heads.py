@@ -1,7 +1,8 @@
-"""The first bytes of many archive members at once: content sniffing and header fields.
+"""The first bytes of many archive members at once: content sniffing, DICOM headers.
 
 A dataset told by content (``folder``: PNG / JPEG / DICOM by their first bytes, a DICOM's
-PatientID) needs the head of every candidate file before it knows its images. :func:`read_heads`
+PatientID, read by :func:`imgae_dx.data.dicom.header_fields`) needs the head of every candidate
+file before it knows its images. :func:`read_heads`
 fetches them with few range requests: heads in offset order are grouped into requests of at most
 ``max_request_bytes``, reading through gaps up to ``gap_bridge_bytes`` (small files: one request
 holds many). A local source (zip or folder) answers these reads from disk.
@@ -9,29 +10,24 @@ holds many). A local source (zip or folder) answers these reads from disk.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from imgae_dx.data.decode import PNG_SIGNATURE
+from imgae_dx.data.decode import DecodeError, sniff_format
 
 #: Bytes that tell PNG / JPEG / DICOM apart (a DICOM's ``DICM`` ends at byte 132).
 SNIFF_BYTES = 132
-JPEG_SIGNATURE = b"\xff\xd8\xff"
-DICOM_MAGIC_AT = 128
 
 
 def sniff(head: bytes) -> str | None:
-    """``png`` | ``jpeg`` | ``dicom`` from a file's first :data:`SNIFF_BYTES` bytes, else None."""
-    if head.startswith(PNG_SIGNATURE):
-        return "png"
-    if head.startswith(JPEG_SIGNATURE):
-        return "jpeg"
-    if head[DICOM_MAGIC_AT:DICOM_MAGIC_AT + 4] == b"DICM":
-        return "dicom"
-    return None
+    """``png`` | ``jpeg`` | ``dicom`` from a file's first :data:`SNIFF_BYTES` bytes (the decoder's
+    own rule, :func:`~imgae_dx.data.decode.sniff_format`), else None."""
+    try:
+        return sniff_format(head)
+    except DecodeError:
+        return None
 
 
 def read_heads(archive: Any, member_ids: Sequence[int] | np.ndarray, nbytes: int, *,
@@ -73,28 +69,4 @@ def read_heads(archive: Any, member_ids: Sequence[int] | np.ndarray, nbytes: int
                 out[j] = index.extract_head(int(ids[j]), buf, lo, nbytes)
             except ArchiveError:
                 out[j] = b""
-    return out
-
-
-def dicom_fields(head: bytes, keywords: Sequence[str]) -> dict[str, str]:
-    """String values of DICOM ``keywords`` (e.g. ``PatientID``, ``ViewPosition``) found in a
-    file's head; keywords absent from the head, or a head pydicom cannot parse, give nothing."""
-    try:
-        import pydicom
-        from pydicom.errors import InvalidDicomError
-    except ImportError:  # pragma: no cover - pydicom is a core dependency
-        return {}
-    try:
-        ds = pydicom.dcmread(io.BytesIO(head), stop_before_pixels=True, force=True,
-                             specific_tags=list(keywords))
-    except (InvalidDicomError, EOFError, OSError, ValueError, TypeError, KeyError, AttributeError):
-        return {}
-    out: dict[str, str] = {}
-    for kw in keywords:
-        try:
-            v = ds.get(kw)
-        except (EOFError, OSError, ValueError, TypeError, KeyError, AttributeError):
-            continue
-        if v is not None and str(v).strip():
-            out[kw] = str(v).strip()
     return out

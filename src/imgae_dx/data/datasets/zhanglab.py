@@ -34,6 +34,7 @@ from imgae_dx.data.datasets.base import (
     ROLE_POOL,
     ROLE_TEST,
     ROLE_UNUSED,
+    SYNTHETIC_MARKER,
     DatasetIndex,
     DatasetSpec,
     IndexFacts,
@@ -99,8 +100,10 @@ def build(archive: Any, protocol: Protocol) -> DatasetIndex:
             facts.skip("macOS junk files (__MACOSX, ._*, .DS_Store)")
             continue
         hit = layout_key(name)
-        if hit is None:
+        if hit is None and parts[-1] != SYNTHETIC_MARKER:
             facts.skip("members outside {train,val,test}/{NORMAL,PNEUMONIA}/")
+            continue
+        if hit is None:
             continue
         key, depth = hit
         prev = best.get(key)

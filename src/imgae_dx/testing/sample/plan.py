@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from imgae_dx.data.nih_index import NORMAL_LABEL
+from imgae_dx.data.datasets.nih import NORMAL_LABEL
 
 BOX_FRAME = 1024.0  # BBox_List coordinates are in the original 1024 px frame
 
