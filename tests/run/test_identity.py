@@ -36,3 +36,15 @@ def test_an_added_key_counts_once_it_is_set():
     assert changed["model"]["unet"]["inference_samples"] == 4
     assert config_fingerprint(changed) != OLD_FINGERPRINT
     assert config_differences(old, changed) == ["model.unet.inference_samples: 0 → 4"]
+
+
+def test_runs_from_before_datasets_keep_their_fingerprint_once_the_dataset_is_resolved():
+    old = _reloaded(OLD_CONFIG.read_text())
+    assert old["data"]["dataset"] is None  # the key did not exist: read as null
+    resolved = dict(old, data={**old["data"], "dataset": "nih"})  # what the trainer writes now
+    assert config_fingerprint(resolved) == OLD_FINGERPRINT
+    assert config_differences(old, resolved) == []
+    other = dict(old, data={**old["data"], "dataset": "zhanglab", "images_per_stage": 100})
+    assert config_fingerprint(other) != OLD_FINGERPRINT
+    assert config_differences(resolved, other) == ["data.dataset: 'nih' → 'zhanglab'",
+                                                   "data.images_per_stage: 2500 → 100"]
