@@ -7,7 +7,13 @@ import pytest
 from imgae_dx.config import DataConfig
 from imgae_dx.data.datasets import open_dataset
 from imgae_dx.errors import RunFolderError
-from imgae_dx.run.splits import SPLIT_FIELDS, SplitTable, read_split_table, split_differences, write_split_table
+from imgae_dx.run.splits import (
+    SPLIT_FIELDS,
+    SplitTable,
+    read_split_table,
+    split_differences,
+    write_split_table,
+)
 from imgae_dx.streaming.sources import open_archive
 
 
