@@ -27,7 +27,12 @@ SPLITS = ("train", "val", "test")
 
 def run(args: argparse.Namespace) -> int:
     """Stream the chosen stages and splits; print the summary. Returns the exit code."""
+    import logging
+
     from imgae_dx.config import load_config
+
+    if not args.json:  # which dataset, what its index skipped: one line each on stderr
+        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
 
     overrides: dict[str, Any] = {
         "source": args.source,
