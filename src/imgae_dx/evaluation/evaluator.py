@@ -304,7 +304,7 @@ class CloudEvaluator:
                 fl.close()
             stats.update(
                 stages=stages, archive=archive.identity, seconds=round(time.perf_counter() - t0, 2),
-                peak_rss_mb=round(memory.peak_rss / 2**20, 1),
+                peak_rss_mb=round(memory.peak_rss / 2**20, 1), dataset=index.name, synthetic=index.synthetic,
             )
             return stats
         except BaseException:
@@ -394,7 +394,10 @@ class CloudEvaluator:
 
     # ------------------------------------------------------------------ metrics
     def compute_metrics(self, facts: dict[str, Any] | None = None) -> dict[str, Any]:
-        """``eval/metrics.json`` from ``scores.csv`` and ``localisation.csv``."""
+        """``eval/metrics.json`` from ``scores.csv`` and ``localisation.csv`` (``facts``: what
+        :meth:`score` returned — stages, archive, dataset, synthetic marker, stream counters)."""
+        from imgae_dx.data.datasets.registry import spec
+
         table = R.read_scores(self.eval_dir / "scores.csv", self.models)
         if not table.rows:
             raise UserError(
@@ -421,9 +424,7 @@ class CloudEvaluator:
         f = facts or {}
         if f:
             out["counts"]["skipped_undecodable"] = f.get("skipped", 0)
-        from imgae_dx.data.datasets.registry import spec
-
-        dataset = spec(self._index.name)
+        dataset = spec(f.get("dataset") or self.cfg.data.dataset or "nih")
         out.update({
             "dataset": dataset.name,
             "dataset_title": dataset.title,
@@ -434,7 +435,7 @@ class CloudEvaluator:
             "source": f.get("archive", self.source),
             "image_size": self.image_size,
             "top_percent_localisation": ev.top_percent_localisation,
-            "synthetic_data": bool(self._index.synthetic),
+            "synthetic_data": bool(f.get("synthetic", False)),
             "threshold_policy": "no threshold is tuned on the test split; F1-max is an oracle summary",
             "checkpoint_policy": ("best.pt = the epoch-end checkpoint with the lowest loss on the "
                                   "normal validation images of every stage trained so far"),
