@@ -331,7 +331,8 @@ class EvaluationConfig(_Strict):
 
 class Config(_Strict):
     seed: int = 42
-    source: str = Field("kaggle:nih-chest-xrays/data", description="kaggle:OWNER/SLUG, URL, .zip, folder")
+    source: str = Field("kaggle:nih-chest-xrays/data",
+                        description="kaggle:OWNER/SLUG, kaggle-competition:SLUG, URL, .zip, folder")
     stages: str | list[str] = Field("all", description="'all' or a list of stages: images_NNN "
                                     "(nih), part_NNN (other datasets)")
     models: list[Literal["unet", "ra", "ae", "pca"]] = Field(default_factory=lambda: ["unet", "ra", "pca"])

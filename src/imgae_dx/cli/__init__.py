@@ -50,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("setup-kaggle", help="install and verify Kaggle credentials")
     s.add_argument("--api-key-path", default=None, help="kaggle.json or an access-token file")
-    s.add_argument("--dataset", default="nih-chest-xrays/data")
+    s.add_argument("--dataset", default="nih-chest-xrays/data", metavar="OWNER/SLUG",
+                   help="the dataset to verify against (default nih-chest-xrays/data), or "
+                        "kaggle-competition:SLUG to also check that the competition's rules are accepted")
     s.add_argument("--no-verify", action="store_true", help="install only; do not contact Kaggle")
 
     s = sub.add_parser("stream", help="run the data path alone (no training): counts, speed, memory")
