@@ -96,15 +96,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="name of a re-scored evaluation (default: the overlay's file name)")
 
     s = sub.add_parser("report", help="write RUN_DIR/report.html and plots")
-    s.add_argument("run_dir", metavar="RUN_DIR")
+    s.add_argument("run_dir", metavar="RUN_DIR", help="a training run folder")
     s.add_argument("--eval", default=None, metavar="NAME",
                    help="the report of the re-scored evaluation RUN_DIR/eval-NAME")
 
     s = sub.add_parser("notebook", help="generate the research notebook")
-    s.add_argument("--out", default=None, metavar="PATH")
+    s.add_argument("--out", default=None, metavar="PATH",
+                   help="where to write the .ipynb (default notebooks/generated/streaming_research.ipynb)")
 
     s = sub.add_parser("demo", help="the main job on the embedded sample dataset, offline")
-    s.add_argument("--out", default=None, metavar="DIR")
+    s.add_argument("--out", default=None, metavar="DIR", help="the demo's folder: run, report, held-out predictions (default runs/demo)")
     s.add_argument("--seeds", default=None, metavar="S,S,…",
                    help="train once per seed (OUT/seed-S, each with its report), then report the "
                         "test AUROC as mean ± sd over the seeds in OUT/report.html")
