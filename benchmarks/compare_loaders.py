@@ -50,7 +50,7 @@ def child_imgae(url: str, size: int, workers: int, limit: int, max_request_mb: f
     """(a): cold epoch then warm epoch of StreamingNIHDataset over HTTP."""
     from imgae_dx.config import DataConfig
     from imgae_dx.data.dataset import StreamingNIHDataset, make_cache
-    from imgae_dx.data.nih_index import NIHIndex
+    from imgae_dx.data.datasets.nih import NIHIndex
     from imgae_dx.streaming.sources import open_archive
 
     base = _rss_mb()  # interpreter + torch + cv2 + the package, before any data

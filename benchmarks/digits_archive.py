@@ -27,7 +27,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from imgae_dx.data.nih_index import (
+from imgae_dx.data.datasets.nih import (
     BBOX_HEADER,
     BBOX_NAME,
     DATA_ENTRY_HEADER,

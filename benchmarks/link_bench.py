@@ -34,7 +34,7 @@ from stream_bench import _ceiling, _ServerProcess  # noqa: E402  (the sibling be
 
 from imgae_dx.config import DataConfig  # noqa: E402
 from imgae_dx.data.dataset import StreamingNIHDataset  # noqa: E402
-from imgae_dx.data.nih_index import NIHIndex  # noqa: E402
+from imgae_dx.data.datasets.nih import NIHIndex  # noqa: E402
 from imgae_dx.streaming.sources import open_archive  # noqa: E402
 
 TARGET = 0.9

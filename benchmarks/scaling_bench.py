@@ -34,8 +34,8 @@ BATCH = 32
 def child(url: str, stages: int, limit: int | None, size: int, workers: int, cache_mode: str) -> dict:
     from imgae_dx.config import DataConfig
     from imgae_dx.data.dataset import StreamingNIHDataset, make_cache
+    from imgae_dx.data.datasets.nih import NIHIndex
     from imgae_dx.data.memory import MB, MemoryManager, peak_rss_bytes, rss_bytes
-    from imgae_dx.data.nih_index import NIHIndex
     from imgae_dx.streaming.sources import open_archive
 
     base = peak_rss_bytes() / MB

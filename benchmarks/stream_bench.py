@@ -43,9 +43,9 @@ import numpy as np
 
 from imgae_dx.config import DataConfig
 from imgae_dx.data.dataset import StreamingNIHDataset, make_cache
+from imgae_dx.data.datasets.nih import NIHIndex
 from imgae_dx.data.decode import Decoder, decode_png
 from imgae_dx.data.memory import MB, MemoryManager, peak_rss_bytes, rss_bytes
-from imgae_dx.data.nih_index import NIHIndex
 from imgae_dx.streaming.sources import open_archive
 from imgae_dx.testing.sample import write_sample_archive
 

@@ -38,7 +38,10 @@ def test_override_wins_over_file(tmp_path):
         ({"data.image_size": 100}, ["data.image_size", "100", "divisible by 32"]),
         ({"data.view": "LL"}, ["data.view", "'LL'", "PA", "AP"]),
         ({"data.cahce": "memory"}, ["data.cahce", "unknown key", "cache"]),
-        ({"stages": "images_1"}, ["stages", "images_1", "images_001"]),
+        ({"stages": "images_1"}, ["stages", "images_1", "images_001", "part_001"]),
+        ({"data.dataset": "rsna2"}, ["data.dataset", "'rsna2'", "nih, zhanglab, folder"]),
+        ({"data.test_fraction": 1.0}, ["data.test_fraction", "less than 1"]),
+        ({"data.images_per_stage": 0}, ["data.images_per_stage", "greater than or equal to 1"]),
         ({"training.batch_size": 0}, ["training.batch_size", "0", "greater than or equal to 1"]),
     ],
 )
@@ -66,7 +69,14 @@ def test_bad_yaml_file_names_the_file(tmp_path):
 
 def test_stage_list_normalised():
     assert Config(stages="images_001, images_002").stages == ["images_001", "images_002"]
+    assert Config(stages="part_001,part_003").stages == ["part_001", "part_003"]
     assert Config(stages="all").stages == "all"
+
+
+def test_dataset_keys_and_their_defaults():
+    d = load_config().data
+    assert (d.dataset, d.test_fraction, d.images_per_stage) == (None, 0.2, 2500)
+    assert load_config(overrides={"data.dataset": "zhanglab"}).data.dataset == "zhanglab"
 
 
 def test_unknown_profile():

@@ -44,11 +44,24 @@ class HttpConfig(_Strict):
 
 
 class DataConfig(_Strict):
+    dataset: str | None = Field(
+        None, description="the layout and protocol of the source: nih, zhanglab or folder "
+        "(docs/datasets.md); null: nih when the source holds NIH's metadata, else detected from "
+        "the layout. A run's config.yaml holds the resolved name")
     image_size: int = Field(128, ge=16, le=1024, description="model resolution in pixels (square)")
-    view: Literal["PA", "AP", "all"] = Field("PA", description="view-position cohort of every split")
+    view: Literal["PA", "AP", "all"] = Field(
+        "PA", description="view-position cohort of every split (ignored by datasets without "
+        "view positions: zhanglab, folder without a view column)")
     val_fraction: float = Field(
-        0.1, gt=0, lt=0.5, description="share of train_val patients held out (patient-disjoint) as val"
+        0.1, gt=0, lt=0.5, description="share of the training patients held out (patient-disjoint) as val"
     )
+    test_fraction: float = Field(
+        0.2, gt=0, lt=1, description="folder dataset: seeded share of the patients without an "
+        "abnormal image held out for the test split (with every abnormal image)")
+    images_per_stage: int = Field(
+        2500, ge=1, description="datasets other than nih: stages part_001, part_002, … of this "
+        "many training images in archive order (NIH keeps its images_NNN folders). 2500 ≈ the PA "
+        "training normals of one 10,000-image NIH stage, so a stage costs about as many steps")
     max_request_mb: float = Field(16.0, gt=0, le=256, description="largest coalesced range request")
     gap_bridge_kb: float = Field(
         256.0, ge=0, description="unwanted bytes between members read through instead of splitting"
@@ -92,6 +105,15 @@ class DataConfig(_Strict):
         "~/.cache/imgae_dx", description="where archive indexes persist between runs"
     )
     http: HttpConfig = Field(default_factory=HttpConfig)
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, v: str | None) -> str | None:
+        from imgae_dx.data.datasets import DATASET_NAMES
+
+        if v is not None and v not in DATASET_NAMES:
+            raise ValueError(f"unknown dataset; choose one of {', '.join(DATASET_NAMES)} (or null: detect)")
+        return v
 
     @field_validator("image_size")
     @classmethod
@@ -317,7 +339,8 @@ class Config(_Strict):
     seed: int = 42
     source: str = Field("kaggle:nih-chest-xrays/data",
                         description="kaggle:OWNER/SLUG, kaggle-competition:SLUG, URL, .zip, folder")
-    stages: str | list[str] = Field("all", description="'all' or a list of images_NNN")
+    stages: str | list[str] = Field("all", description="'all' or a list of stages: images_NNN "
+                                    "(nih), part_NNN (other datasets)")
     models: list[Literal["unet", "ra", "ae", "pca"]] = Field(default_factory=lambda: ["unet", "ra", "pca"])
     out: str = "runs/latest"
     data: DataConfig = Field(default_factory=DataConfig)
@@ -333,8 +356,8 @@ class Config(_Strict):
 
         items = v.split(",") if isinstance(v, str) and v != "all" else ([] if v == "all" else v)
         for s in items:
-            if not re.fullmatch(r"images_\d{3}", s.strip()):
-                raise ValueError(f"stage {s!r} is not 'all' or a name like images_001")
+            if not re.fullmatch(r"(images|part)_\d{3}", s.strip()):
+                raise ValueError(f"stage {s!r} is not 'all' or a name like images_001 or part_001")
         return v if v == "all" else [s.strip() for s in items]
 
     @field_validator("models")

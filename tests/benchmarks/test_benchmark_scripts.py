@@ -256,7 +256,7 @@ def test_quality_bench_smoke(tmp_path):
 
 
 def test_digits_archive_is_an_nih_archive_with_one_anomalous_class(tmp_path):
-    from imgae_dx.data.nih_index import NIHIndex
+    from imgae_dx.data.datasets.nih import NIHIndex
     from imgae_dx.streaming.sources import open_archive
 
     digits = tmp_path / "digits"

@@ -60,3 +60,22 @@ def test_sample_data_wide_variety(tmp_path: Path, capsys: pytest.CaptureFixture[
     with pytest.raises(SystemExit):
         main(["sample-data", str(tmp_path / "x"), "--variety", "extreme"])
     assert "invalid choice: 'extreme'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("dataset, extra, needle", [
+    ("zhanglab", [], "of the zhanglab layout"),
+    ("folder", [], "skipped 2 files that are not PNG, JPEG or DICOM"),
+    ("folder", ["--labels-csv"], "of the folder layout"),
+])
+def test_sample_data_other_layouts(tmp_path: Path, capsys: pytest.CaptureFixture[str], dataset, extra,
+                                   needle) -> None:
+    assert main(["sample-data", str(tmp_path / dataset), "--dataset", dataset, "--images", "24", *extra]) == 0
+    out = capsys.readouterr().out
+    assert "24 images in 1 stages (part_001)" in out and needle in out
+    assert (tmp_path / dataset / "data.zip").is_file()
+
+
+def test_labels_csv_is_for_the_folder_layout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["sample-data", str(tmp_path), "--dataset", "zhanglab", "--labels-csv"]) == 2
+    assert "--labels-csv" in capsys.readouterr().err
+    assert main(["sample-data", str(tmp_path), "--dataset", "folder", "--images", "2"]) == 2

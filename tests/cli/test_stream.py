@@ -8,7 +8,7 @@ import pytest
 
 from imgae_dx.cli import main
 from imgae_dx.config import load_config
-from imgae_dx.data.nih_index import NIHIndex
+from imgae_dx.data.datasets.nih import NIHIndex
 from imgae_dx.streaming.sources import open_archive
 
 KEYS = {"images", "skipped", "bytes_fetched", "requests", "images_per_s", "first_batch_s", "peak_rss_mb"}

@@ -1,4 +1,4 @@
-"""StreamingNIHDataset on a real sample archive: order, sharding, resume, cache, faults, memory."""
+"""StreamingNIHDataset (StreamingDataset) on a real sample archive: order, sharding, resume, cache, faults, memory."""
 
 from __future__ import annotations
 
@@ -18,10 +18,9 @@ from imgae_dx.data.dataset import (
     StreamingNIHDataset,
     make_cache,
     pipeline_budget,
-    shuffle_buffer_order,
 )
+from imgae_dx.data.datasets.nih import NIHIndex
 from imgae_dx.data.memory import MemoryManager
-from imgae_dx.data.nih_index import NIHIndex
 from imgae_dx.errors import CheckpointError
 from imgae_dx.streaming.sources import open_archive
 
@@ -71,14 +70,6 @@ def _run(ds) -> tuple[list[int], torch.Tensor]:
 
 
 # ----------------------------------------------------------------------------- order
-def test_shuffle_buffer_order_is_bounded_permutation():
-    rng = np.random.default_rng(0)
-    out = shuffle_buffer_order(500, 16, rng)
-    assert sorted(out.tolist()) == list(range(500))
-    assert all(out[p] <= max(2 * p + 1, p + 16) for p in range(500))
-    assert out.tolist() != list(range(500))
-
-
 def test_batches_shapes_labels_and_ids(opened):
     ds = _ds(opened, "test")
     archive, nih = opened

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imgae_dx.data.nih_index import (
+from imgae_dx.data.datasets.nih import (
     BBOX_HEADER,
     DATA_ENTRY_HEADER,
     NIHIndex,

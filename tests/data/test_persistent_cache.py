@@ -13,7 +13,7 @@ import pytest
 
 from imgae_dx.config import ConfigError, DataConfig
 from imgae_dx.data.dataset import StreamingNIHDataset, make_cache
-from imgae_dx.data.nih_index import NIHIndex
+from imgae_dx.data.datasets.nih import NIHIndex
 from imgae_dx.data.persistent_cache import (
     SEGMENT_SUFFIX,
     STALE_TMP_S,

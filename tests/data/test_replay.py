@@ -9,7 +9,7 @@ import pytest
 
 from imgae_dx.config import DataConfig
 from imgae_dx.data.dataset import StreamingNIHDataset, make_cache
-from imgae_dx.data.nih_index import NIHIndex
+from imgae_dx.data.datasets.nih import NIHIndex
 from imgae_dx.data.replay import ReplayDataset
 from imgae_dx.errors import CheckpointError
 from imgae_dx.streaming.sources import open_archive

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from imgae_dx.config import load_config
-from imgae_dx.data.nih_index import NIHIndex
-from imgae_dx.errors import CheckpointError, RunFolderError
+from imgae_dx.data.datasets.nih import NIHIndex
+from imgae_dx.errors import CheckpointError, RunFolderError, UserError
 from imgae_dx.evaluation.evaluator import CloudEvaluator, evaluate_run
 from imgae_dx.models import create_model
 from imgae_dx.run.checkpoint import CheckpointPayload, Position
@@ -32,10 +32,10 @@ TINY = {
 
 
 def make_run(root: Path, archive: Path, *, logger: str = "jsonl", kind: str = "best",
-             wandb_id: str | None = None, seed: int = 0) -> Path:
+             wandb_id: str | None = None, seed: int = 0, **over) -> Path:
     """A run folder with untrained (seeded) tiny models saved in the trainer's checkpoint format."""
     cfg = load_config(overrides={**TINY, "source": str(archive), "logging.logger": logger,
-                                 "data.index_cache_dir": str(root / "idx")})
+                                 "data.index_cache_dir": str(root / "idx"), **over})
     run = root / "run"
     run.mkdir(parents=True, exist_ok=True)
     (run / "config.yaml").write_text(cfg.to_yaml())
@@ -276,3 +276,76 @@ def test_packaged_recipes_as_overlays():
         "clahe", "lpips", "mean", 1)
     with pytest.raises(ConfigError, match="model.unet.conv"):
         read_overlay(recipes / "dae_kascenas.yaml")
+
+
+def _with_split(run: Path) -> Path:
+    """Write the run's split.csv as the trainer does (the run's dataset, view and seed)."""
+    from imgae_dx.config import config_from_yaml_text
+    from imgae_dx.data.datasets import open_dataset
+    from imgae_dx.run.splits import SplitTable, write_split_table
+
+    cfg = config_from_yaml_text((run / "config.yaml").read_text())
+    with open_archive(cfg.source, cfg.data) as a:
+        write_split_table(run, SplitTable.from_index(open_dataset(a, cfg.data, cfg.seed, quiet=True)))
+    return run
+
+
+@pytest.fixture(scope="module")
+def zhanglab_archive(tmp_path_factory):
+    from imgae_dx.testing.sample import write_zhanglab_archive
+
+    return write_zhanglab_archive(tmp_path_factory.mktemp("zl"), images=90, seed=2, image_px=96)
+
+
+def test_a_zhanglab_run_names_dataset_protocol_and_findings(tmp_path, zhanglab_archive, capsys):
+    from imgae_dx.cli import main
+
+    run = _with_split(make_run(tmp_path, zhanglab_archive, **{"data.dataset": "zhanglab"}))
+    assert main(["evaluate", "--run", str(run), "--dataset", "zhanglab"]) == 0
+    out = capsys.readouterr().out
+    assert "dataset: zhanglab — protocol: SQUID" in out
+    m = json.loads((run / "eval" / "metrics.json").read_text())
+    assert m["dataset"] == "zhanglab" and "train/NORMAL + val/NORMAL" in m["protocol"]
+    assert m["synthetic_data"] is True and m["stages"] == ["part_001"]
+    assert set(m["models"]["unet"]["per_finding"]) == {"bacteria", "virus"}
+    rows = _rows(run / "eval" / "scores.csv")
+    assert all(r["image"].startswith("test/") and r["view"] == "" for r in rows)
+    assert {r["findings"] for r in rows} == {"No Finding", "bacteria", "virus"}
+    doc = (run / "report.html").read_text()
+    assert "SQUID" in doc and "0.876" in doc and "128 px" in doc and "0.60–0.78" not in doc
+    assert "synthetic sample" in doc
+    assert main(["evaluate", "--run", str(run), "--dataset", "nih"]) == 2
+    assert "trained on the zhanglab dataset, not nih" in capsys.readouterr().err
+
+
+def test_an_archive_that_gives_another_split_is_refused(tmp_path, small_archive):
+    run = _with_split(make_run(tmp_path, small_archive))
+    split = run / "split.csv"
+    lines = split.read_text().splitlines()
+    i = next(k for k, ln in enumerate(lines) if ",train," in ln and ",images_001" in ln)
+    lines[i] = lines[i].replace(",train,", ",test,")
+    split.write_text("\n".join(lines) + "\n")
+    with pytest.raises(UserError, match="another split than .* trained on .*split 'test' → 'train'"):
+        evaluate_run(run, stages="images_001")
+    # other stages are not affected by the change: evaluated
+    assert evaluate_run(run, stages="images_002")["counts"]["images"] > 0
+
+
+def test_a_real_nih_subset_gets_no_synthetic_caveat(tmp_path, small_archive):
+    """No marker member, however small the metadata: real data (the size guess is gone)."""
+    import zipfile
+
+    from imgae_dx.data.datasets.base import SYNTHETIC_MARKER
+
+    subset = tmp_path / "subset.zip"
+    with zipfile.ZipFile(small_archive) as src, zipfile.ZipFile(subset, "w") as dst:
+        for info in src.infolist():
+            if info.filename != SYNTHETIC_MARKER:
+                dst.writestr(info, src.read(info.filename))
+    run = make_run(tmp_path, subset)
+    m = evaluate_run(run, stages="images_001")
+    assert m["synthetic_data"] is False and m["dataset"] == "nih"
+    from imgae_dx.visualization.report import write_report
+
+    doc = write_report(run).read_text()
+    assert "synthetic sample dataset" not in doc and "0.60–0.78" in doc

@@ -108,7 +108,7 @@ def test_run_calibration_streams_validation_normals_and_ignores_the_test_split(s
     assert cal1.source.split == "val" and cal1.n > 0
 
     from imgae_dx.config import load_config
-    from imgae_dx.data.nih_index import NIHIndex
+    from imgae_dx.data.datasets.nih import NIHIndex
     from imgae_dx.streaming.sources import open_archive
 
     test = set((data / "test_list.txt").read_text().split())

@@ -34,7 +34,7 @@ def test_predict_on_archive_pngs_equals_the_evaluators_scores(small_archive, tmp
 
     # the model input itself is bit-identical to the dataset's
     from imgae_dx.data.dataset import StreamingNIHDataset
-    from imgae_dx.data.nih_index import NIHIndex
+    from imgae_dx.data.datasets.nih import NIHIndex
     from imgae_dx.streaming.sources import open_archive
 
     with open_archive(str(small_archive), ev.cfg.data) as a:

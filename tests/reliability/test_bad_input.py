@@ -20,7 +20,7 @@ import torch
 from imgae_dx.cli import main
 from imgae_dx.config import DataConfig
 from imgae_dx.data.dataset import StreamingNIHDataset
-from imgae_dx.data.nih_index import NIHIndex
+from imgae_dx.data.datasets.nih import NIHIndex
 from imgae_dx.errors import ArchiveError, CheckpointError, MetadataError
 from imgae_dx.run.checkpoint import FORMAT, read_checkpoint
 from imgae_dx.streaming.sources import open_archive

@@ -14,14 +14,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from imgae_dx.data.decode import DecodeError, decode_png
-from imgae_dx.data.nih_index import (
+from imgae_dx.data.datasets.nih import (
     DATA_ENTRY_HEADER,
     MetadataError,
     parse_bbox_list,
     parse_data_entry,
     parse_image_list,
 )
+from imgae_dx.data.decode import DecodeError, decode_png
 
 SETTINGS = settings(max_examples=200, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow])

@@ -53,3 +53,15 @@ def test_a_run_saved_before_data_resize_keeps_squash(tmp_path):
     # the same file given as a user config is a new run's settings: today's default
     assert load_config(saved).data.resize == "crop"
     assert config_differences(old, run_folder.config_dict(load_config(saved))) == ["data.resize: 'squash' → 'crop'"]
+
+
+def test_runs_from_before_datasets_keep_their_fingerprint_once_the_dataset_is_resolved():
+    old = _reloaded(OLD_CONFIG.read_text())
+    assert old["data"]["dataset"] == "nih"  # the key did not exist: read as its earlier value
+    resolved = dict(old, data={**old["data"], "dataset": "nih"})  # what the trainer writes now
+    assert config_fingerprint(resolved) == OLD_FINGERPRINT
+    assert config_differences(old, resolved) == []
+    other = dict(old, data={**old["data"], "dataset": "zhanglab", "images_per_stage": 100})
+    assert config_fingerprint(other) != OLD_FINGERPRINT
+    assert config_differences(resolved, other) == ["data.dataset: 'nih' → 'zhanglab'",
+                                                   "data.images_per_stage: 2500 → 100"]

@@ -12,7 +12,8 @@ import cv2
 import numpy as np
 import pytest
 
-from imgae_dx.data.nih_index import (
+from imgae_dx.data.datasets.base import SYNTHETIC_MARKER
+from imgae_dx.data.datasets.nih import (
     BBOX_HEADER,
     DATA_ENTRY_HEADER,
     FINDINGS,
@@ -37,7 +38,8 @@ def test_layout_and_exact_headers(small_archive: Path) -> None:
         assert all(NAME_RE.match(n) for n in pngs), [n for n in pngs if not NAME_RE.match(n)][:3]
         assert {NAME_RE.match(n).group(1) for n in pngs} == {"001", "002", "003"}
         assert sum(n.startswith("images_002/") for n in pngs) == 40
-        assert set(names) - set(pngs) == set(METADATA_NAMES)  # metadata at the root, nothing else
+        # metadata and the synthetic marker at the root, nothing else
+        assert set(names) - set(pngs) == {*METADATA_NAMES, SYNTHETIC_MARKER}
         assert names == sorted(names)  # alphabetical like Kaggle's listing
         de = zf.read("Data_Entry_2017.csv").decode()
         bb = zf.read("BBox_List_2017.csv").decode()
@@ -257,3 +259,50 @@ def test_wide_archive_renders_leads_and_collimation(tmp_path: Path) -> None:
     assert zipfile.ZipFile(path).testzip() is None
     with pytest.raises(ValueError, match="variety must be one of standard, wide"):
         plan_images(10, 1, seed=0, variety="noisy")
+
+
+# ------------------------------------------------------------------------ other layouts
+def test_zhanglab_sample_has_kaggles_layout_junk_and_second_tree(tmp_path: Path) -> None:
+    from imgae_dx.testing.sample import write_zhanglab_archive
+
+    path = write_zhanglab_archive(tmp_path / "a", images=60, seed=3, image_px=96)
+    assert path.read_bytes() == write_zhanglab_archive(tmp_path / "b", images=60, seed=3, image_px=96).read_bytes()
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+        assert zf.testzip() is None and SYNTHETIC_MARKER in names
+        tree = [n for n in names if re.match(r"^chest_xray/(train|val|test)/(NORMAL|PNEUMONIA)/[^/]+\.jpeg$", n)]
+        assert len(tree) == 60
+        assert {f"chest_xray/chest_xray/{n[len('chest_xray/'):]}" for n in tree} <= set(names)
+        assert any(n.startswith("__MACOSX/chest_xray/") and "/._" in n for n in names)
+        assert any(n.startswith("chest_xray/__MACOSX/") for n in names)
+        assert "chest_xray/.DS_Store" in names
+        square, channels = [], set()
+        for n in tree:
+            img = cv2.imdecode(np.frombuffer(zf.read(n), np.uint8), cv2.IMREAD_UNCHANGED)
+            square.append(img.shape[0] == img.shape[1])
+            channels.add(1 if img.ndim == 2 else img.shape[2])
+        assert sum(square) < len(tree) // 4 and channels == {1, 3}  # mostly non-square; gray and RGB
+        files = [n.rsplit("/", 1)[1] for n in tree]
+        assert any(re.match(r"^person\d+_(bacteria|virus)_\d+\.jpeg$", f) for f in files)
+        assert any(re.match(r"^(NORMAL2-)?IM-\d{4}-\d{4}\.jpeg$", f) for f in files)
+        assert {n.split("/")[1] for n in tree} == {"train", "val", "test"}
+
+
+def test_folder_sample_mixes_formats_and_strays_and_has_a_labels_csv_variant(tmp_path: Path) -> None:
+    from imgae_dx.testing.sample import write_folder_archive
+
+    path = write_folder_archive(tmp_path / "a", images=60, seed=3, image_px=96)
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+        assert SYNTHETIC_MARKER in names and "my_xrays/normal/README.txt" in names
+        imgs = [n for n in names if n.startswith("my_xrays/") and n.endswith((".png", ".jpg"))]
+        kinds = {(n.rsplit(".", 1)[1], zf.read(n)[:4] == b"\x89PNG") for n in imgs}
+        assert ("png", True) in kinds and ("jpg", False) in kinds and ("png", False) in kinds  # misnamed JPEG
+        assert any(re.match(r"^my_xrays/abnormal/[a-z_]+/", n) for n in imgs)  # findings subfolders
+        assert any(n.startswith("my_xrays/normal/site_b/") for n in imgs)
+    csv_path = write_folder_archive(tmp_path / "c", images=60, seed=3, image_px=96, labels_csv=True)
+    with zipfile.ZipFile(csv_path) as zf:
+        rows = _rows(zf, "my_xrays/labels.csv")
+        assert rows[0] == ["path", "label", "patient", "view", "split"] and len(rows) == 61
+        assert all(f"my_xrays/{r[0]}" in zf.namelist() for r in rows[1:])
+        assert {r[1] for r in rows[1:]} == {"normal", "abnormal"}

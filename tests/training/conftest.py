@@ -28,3 +28,11 @@ def full_run(train_archive, tmp_path_factory) -> Path:
     out = tmp / "run"
     assert run_cli(train_archive, out, tmp, "--model", "all", "--stages", "all") == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def zhanglab_train_archive(tmp_path_factory) -> Path:
+    """A synthetic archive in ZhangLab's Kaggle layout: 150 JPEGs (junk and the second tree too)."""
+    from imgae_dx.testing.sample import write_zhanglab_archive
+
+    return write_zhanglab_archive(tmp_path_factory.mktemp("zhanglab_train"), images=150, seed=0, image_px=64)

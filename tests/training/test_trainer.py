@@ -387,7 +387,7 @@ def test_replay_revisits_earlier_stages_and_resumes_exactly(train_archive, tmp_p
     """training.replay all (persistent cache): the first epoch of stage K streams stage K, later
     epochs draw from stages 1..K; a run stopped in a replay epoch resumes bit-identical, and the
     resumed process reads the stages it had decoded from the cache (0 bytes fetched for them)."""
-    from imgae_dx.data.nih_index import NIHIndex
+    from imgae_dx.data.datasets.nih import NIHIndex
     from imgae_dx.streaming.sources import open_archive
 
     over = {"data.cache": "persistent", "training.replay": "all", "training.epochs_per_stage": 2,
@@ -502,3 +502,59 @@ def test_replay_needs_the_persistent_cache(train_archive, tmp_path):
         StreamingTrainer(cfg).train_progressive_stages()
     with pytest.raises(ConfigError, match=r"training.replay"):
         tiny_config(train_archive, tmp_path / "r", **{"training.replay": 1.5})
+
+
+def test_a_run_writes_its_resolved_dataset_and_split(full_run, train_archive):
+    """config.yaml names the dataset (NIH, detected) and split.csv lists every image's split."""
+    from imgae_dx.data.datasets import open_dataset
+    from imgae_dx.run.splits import SplitTable, read_split_table
+    from imgae_dx.streaming.sources import open_archive
+
+    cfg = yaml.safe_load((full_run / "config.yaml").read_text())
+    assert cfg["data"]["dataset"] == "nih"
+    saved = read_split_table(full_run)
+    run_cfg = tiny_config(train_archive, full_run)
+    with open_archive(str(train_archive), run_cfg.data) as a:
+        assert saved == SplitTable.from_index(open_dataset(a, run_cfg.data, run_cfg.seed, quiet=True))
+
+
+@pytest.mark.slow
+def test_a_zhanglab_run_cuts_parts_and_resumes_exactly(zhanglab_train_archive, tmp_path):
+    """ZhangLab (detected, no views: data.view is ignored) is cut into part_NNN stages; a run
+    stopped mid part_002 resumes bit-identical; a run folder whose split.csv the archive no longer
+    gives is refused on resume."""
+    from imgae_dx.run.splits import read_split_table
+
+    over = {"data.images_per_stage": 13, "data.view": "PA", "training.checkpoint_every_steps": 1000}
+    kw = dict(models=["unet", "ra"])
+    ref = tmp_path / "ref"
+    res = StreamingTrainer(tiny_config(zhanglab_train_archive, ref, **kw, **over)).train_progressive_stages()
+    assert res.stages == ["part_001", "part_002", "part_003"] and res.step > 0
+    cfg = yaml.safe_load((ref / "config.yaml").read_text())
+    assert cfg["data"]["dataset"] == "zhanglab" and cfg["data"]["view"] == "PA"
+    split = read_split_table(ref)
+    per = [sum(1 for s, st in zip(split.split, split.stage, strict=True) if s == "train" and st == p)
+           for p in res.stages]
+    assert per[:2] == [13, 13] and 0 < per[2] <= 13  # part_NNN: images_per_stage training images
+    assert {"stage_1.pt", "stage_2.pt", "stage_3.pt"} <= {p.name for p in (ref / "checkpoints" / "ra").iterdir()}
+
+    out, seen = tmp_path / "run", []
+    run_cfg = tiny_config(zhanglab_train_archive, out, **kw, **over)
+
+    def on_batch(stage, epoch, batch):
+        seen.append(stage)
+        if seen.count("part_002") == 2:
+            tr.request_stop()
+
+    tr = StreamingTrainer(run_cfg, on_batch=on_batch)
+    assert tr.train_progressive_stages().interrupted
+    # the run folder's split.csv no longer matches the archive: refused, nothing touched
+    text = (out / "split.csv").read_text()
+    (out / "split.csv").write_text(text.replace(",train,", ",test,", 1))
+    with pytest.raises(CheckpointError, match="another split than the run's"):
+        StreamingTrainer(run_cfg, resume=True).train_progressive_stages()
+    (out / "split.csv").write_text(text)
+    res2 = StreamingTrainer(run_cfg, resume=True).train_progressive_stages()
+    assert not res2.interrupted and res2.resumed_from_step is not None
+    for m in ("unet", "ra"):
+        assert state_dict_digest(weights(out, m)) == state_dict_digest(weights(ref, m)), m

@@ -12,9 +12,13 @@ import sys
 from collections.abc import Sequence
 
 from imgae_dx import __version__
+from imgae_dx.data.datasets import DATASET_NAMES
 from imgae_dx.errors import UserError
 
 DEFAULT_SOURCE = "kaggle:nih-chest-xrays/data"
+DATASET_HELP = ("the source's layout and protocol: nih, zhanglab (Kaggle paultimothymooney/"
+                "chest-xray-pneumonia), folder (normal/ + abnormal/, or labels.csv); default: nih "
+                "when the source holds NIH's metadata, else detected (docs/datasets.md)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,11 +30,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"imgae-dx {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    s = sub.add_parser("sample-data", help="write a synthetic NIH-layout archive OUT_DIR/data.zip")
-    s.add_argument("out_dir", metavar="OUT_DIR")
-    s.add_argument("--images-per-stage", type=int, default=300)
-    s.add_argument("--stages", type=int, default=3, help="number of images_NNN stages")
-    s.add_argument("--seed", type=int, default=0)
+    s = sub.add_parser("sample-data", help="write a synthetic archive OUT_DIR/data.zip in a "
+                       "dataset's layout (NIH by default)")
+    s.add_argument("out_dir", metavar="OUT_DIR", help="folder to write data.zip into")
+    s.add_argument("--dataset", choices=list(DATASET_NAMES), default="nih",
+                   help="the layout to write: nih (images_NNN stages + metadata), zhanglab "
+                        "(chest_xray/{train,val,test}/{NORMAL,PNEUMONIA}/*.jpeg with Kaggle's junk "
+                        "and duplicate tree), folder (normal/ + abnormal/FINDING/, mixed PNG/JPEG)")
+    s.add_argument("--images-per-stage", type=int, default=300, help="nih: images per images_NNN stage")
+    s.add_argument("--stages", type=int, default=3, help="nih: number of images_NNN stages")
+    s.add_argument("--images", type=int, default=400, help="zhanglab, folder: number of images")
+    s.add_argument("--labels-csv", action="store_true",
+                   help="folder: list the images in a root labels.csv (path,label,patient,view,split) "
+                        "instead of normal/ and abnormal/ folders")
+    s.add_argument("--seed", type=int, default=0, help="every image and label is a function of it")
     s.add_argument("--variety", choices=["standard", "wide"], default="standard",
                    help="wide: far more varied bodies, poses, exposures, ECG leads and collimation "
                         "(a harder development archive; same patients and findings)")
@@ -43,32 +56,39 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-verify", action="store_true", help="install only; do not contact Kaggle")
 
     s = sub.add_parser("stream", help="run the data path alone (no training): counts, speed, memory")
-    s.add_argument("--config", default=None)
+    s.add_argument("--config", default=None, help="a YAML config file (the packaged defaults otherwise)")
     s.add_argument("--source", default=None, help=f"default {DEFAULT_SOURCE}")
-    s.add_argument("--stages", default=None, help="all | images_001,images_002")
-    s.add_argument("--split", choices=["train", "val", "test", "all"], default="all")
-    s.add_argument("--image-size", type=int, default=None)
+    s.add_argument("--dataset", choices=list(DATASET_NAMES), default=None, help=DATASET_HELP)
+    s.add_argument("--stages", default=None, help="all | images_001,images_002 (nih) | part_001,… (others)")
+    s.add_argument("--split", choices=["train", "val", "test", "all"], default="all",
+                   help="the split(s) to stream (all = train, val and test)")
+    s.add_argument("--image-size", type=int, default=None, help="model resolution in pixels")
     s.add_argument("--limit", type=int, default=None, help="stop after N images")
     s.add_argument("--json", action="store_true", help="print one JSON object")
 
     s = sub.add_parser("train", help="progressive streaming training")
-    s.add_argument("--config", default=None)
-    s.add_argument("--source", default=None)
-    s.add_argument("--stages", default=None)
-    s.add_argument("--epochs-per-stage", type=int, default=None)
+    s.add_argument("--config", default=None, help="a YAML config file (the packaged defaults otherwise)")
+    s.add_argument("--source", default=None, help=f"the archive to stream (default {DEFAULT_SOURCE})")
+    s.add_argument("--dataset", choices=list(DATASET_NAMES), default=None, help=DATASET_HELP)
+    s.add_argument("--stages", default=None,
+                   help="all | images_001,images_002 (nih) | part_001,… (other datasets)")
+    s.add_argument("--epochs-per-stage", type=int, default=None, help="epochs over each stage")
     s.add_argument("--model", choices=["unet", "ra", "ae", "pca", "all"], default=None,
                    help="all = unet, ra, ae and the pca baseline")
-    s.add_argument("--image-size", type=int, default=None)
-    s.add_argument("--batch-size", type=int, default=None)
-    s.add_argument("--out", default=None, metavar="RUN_DIR")
-    s.add_argument("--resume", action="store_true")
-    s.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
-    s.add_argument("--logger", choices=["jsonl", "tensorboard", "wandb"], default=None)
+    s.add_argument("--image-size", type=int, default=None, help="model resolution in pixels")
+    s.add_argument("--batch-size", type=int, default=None, help="images per training batch")
+    s.add_argument("--out", default=None, metavar="RUN_DIR", help="the run folder")
+    s.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    s.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None, help="where to train")
+    s.add_argument("--logger", choices=["jsonl", "tensorboard", "wandb"], default=None,
+                   help="where training curves go besides metrics.jsonl")
 
     s = sub.add_parser("evaluate", help="score the test split with each trained model")
-    s.add_argument("--run", required=True, metavar="RUN_DIR")
-    s.add_argument("--source", default=None)
-    s.add_argument("--stages", default=None)
+    s.add_argument("--run", required=True, metavar="RUN_DIR", help="a training run folder")
+    s.add_argument("--source", default=None, help="the archive to stream (default: the run's)")
+    s.add_argument("--dataset", choices=list(DATASET_NAMES), default=None,
+                   help="the run's dataset (default: the one its config.yaml names); another is refused")
+    s.add_argument("--stages", default=None, help="the stages whose test split is scored (default: the run's)")
     s.add_argument("--config", default=None, metavar="OVERLAY",
                    help="re-score without retraining: a YAML of model.*.anomaly.* / "
                         "model.<unet|ra>.inference_samples; results go to RUN_DIR/eval-NAME")
@@ -76,15 +96,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="name of a re-scored evaluation (default: the overlay's file name)")
 
     s = sub.add_parser("report", help="write RUN_DIR/report.html and plots")
-    s.add_argument("run_dir", metavar="RUN_DIR")
+    s.add_argument("run_dir", metavar="RUN_DIR", help="a training run folder")
     s.add_argument("--eval", default=None, metavar="NAME",
                    help="the report of the re-scored evaluation RUN_DIR/eval-NAME")
 
     s = sub.add_parser("notebook", help="generate the research notebook")
-    s.add_argument("--out", default=None, metavar="PATH")
+    s.add_argument("--out", default=None, metavar="PATH",
+                   help="where to write the .ipynb (default notebooks/generated/streaming_research.ipynb)")
 
     s = sub.add_parser("demo", help="the main job on the embedded sample dataset, offline")
-    s.add_argument("--out", default=None, metavar="DIR")
+    s.add_argument("--out", default=None, metavar="DIR", help="the demo's folder: run, report, held-out predictions (default runs/demo)")
     s.add_argument("--seeds", default=None, metavar="S,S,…",
                    help="train once per seed (OUT/seed-S, each with its report), then report the "
                         "test AUROC as mean ± sd over the seeds in OUT/report.html")

@@ -182,7 +182,7 @@ def _heldout_images(archive: Path, dest: Path, view: str, n: int) -> list[Path]:
     sample archive into ``dest``; returns their paths."""
     import zipfile
 
-    from imgae_dx.data.nih_index import METADATA_NAMES, NIHIndex
+    from imgae_dx.data.datasets.nih import METADATA_NAMES, NIHIndex
 
     with zipfile.ZipFile(archive) as z:
         names = z.namelist()

@@ -16,6 +16,7 @@ def summary_lines(metrics: dict[str, Any]) -> list[str]:
     """The evaluation as a few printable lines: per-model table and the paired comparison."""
     c = metrics.get("counts", {})
     lines = [
+        f"dataset: {metrics.get('dataset', 'nih')} — protocol: {metrics.get('protocol', '?')}",
         f"test split: {c.get('images', 0)} images ({c.get('normal', 0)} normal, {c.get('abnormal', 0)} "
         f"abnormal) of {c.get('patients', 0)} patients, view {metrics.get('view', '?')}, "
         f"stages {','.join(metrics.get('stages', []))}",
@@ -57,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
     elif getattr(args, "name", None):
         print("error: --name names a re-scored evaluation; give its --config OVERLAY too", file=sys.stderr)
         return 2
-    metrics = evaluate_run(args.run, source=args.source, stages=args.stages, scoring=overlay, name=name)
+    metrics = evaluate_run(args.run, source=args.source, stages=args.stages, scoring=overlay, name=name,
+                           dataset=getattr(args, "dataset", None))
     for line in summary_lines(metrics):
         print(line)
     for model, sc in (metrics.get("scoring") or {}).items():

@@ -1,4 +1,5 @@
-"""``imgae-dx sample-data OUT_DIR``: write the synthetic NIH-layout archive ``OUT_DIR/data.zip``."""
+"""``imgae-dx sample-data OUT_DIR [--dataset nih|zhanglab|folder]``: a synthetic archive
+``OUT_DIR/data.zip`` in that dataset's layout (NIH by default), marked as synthetic."""
 
 from __future__ import annotations
 
@@ -7,38 +8,52 @@ import time
 
 
 def run(args: argparse.Namespace) -> int:
-    """Generate the archive and print its path, image/metadata counts, size and time."""
-    import zipfile
-
-    from imgae_dx.data.nih_index import DATA_ENTRY_NAME, METADATA_NAMES, NIHIndex
+    """Generate the archive and print its path, what its index holds, size and time."""
+    from imgae_dx.config import DataConfig
+    from imgae_dx.data.datasets import open_dataset
     from imgae_dx.errors import UserError
-    from imgae_dx.testing.sample import write_sample_archive
+    from imgae_dx.streaming.sources import open_archive
+    from imgae_dx.testing.sample import (
+        write_folder_archive,
+        write_sample_archive,
+        write_zhanglab_archive,
+    )
 
-    per_stage, stages = int(args.images_per_stage), int(args.stages)
+    dataset = getattr(args, "dataset", "nih") or "nih"
+    per_stage, stages, images = int(args.images_per_stage), int(args.stages), int(getattr(args, "images", 400))
     if per_stage < 1:
         raise UserError(f"--images-per-stage must be at least 1, got {per_stage}")
     if not 1 <= stages <= 999:
         raise UserError(f"--stages must be between 1 and 999, got {stages}")
+    if images < 4:
+        raise UserError(f"--images must be at least 4, got {images}")
+    if getattr(args, "labels_csv", False) and dataset != "folder":
+        raise UserError("--labels-csv writes the folder layout's labels.csv; add --dataset folder")
     t0 = time.perf_counter()
     try:
-        path = write_sample_archive(args.out_dir, images_per_stage=per_stage, stages=stages,
-                                    seed=int(args.seed), progress=None,
-                                    variety=getattr(args, "variety", "standard"))
+        if dataset == "zhanglab":
+            path = write_zhanglab_archive(args.out_dir, images=images, seed=int(args.seed))
+        elif dataset == "folder":
+            path = write_folder_archive(args.out_dir, images=images, seed=int(args.seed),
+                                        labels_csv=bool(getattr(args, "labels_csv", False)))
+        else:
+            path = write_sample_archive(args.out_dir, images_per_stage=per_stage, stages=stages,
+                                        seed=int(args.seed), progress=None,
+                                        variety=getattr(args, "variety", "standard"))
     except OSError as e:
         raise UserError(f"cannot write {args.out_dir}/data.zip: {e.strerror or e}") from None
     dt = time.perf_counter() - t0
-    with zipfile.ZipFile(path) as zf:
-        names = zf.namelist()
-        index = NIHIndex.from_files(*(zf.read(n) for n in METADATA_NAMES), names)
-        meta_rows = len(zf.read(DATA_ENTRY_NAME).splitlines()) - 1
-    n_img = len(index)
-    normal = int(index.normal.sum())
-    size_mb = path.stat().st_size / 1e6
+    cfg = DataConfig(dataset=dataset, view="all")
+    with open_archive(str(path), cfg) as archive:
+        index = open_dataset(archive, cfg, 0, quiet=True)
+        s = index.summary()
     print(path)
-    print(f"{n_img} images in {len(index.stages())} stages ({', '.join(index.stages())}); "
-          f"{normal} normal, {n_img - normal} abnormal; {int((index.view == 'PA').sum())} PA, "
-          f"{int((index.view == 'AP').sum())} AP")
-    print(f"{meta_rows} metadata rows ({index.rows_without_member} without an image here), "
-          f"{index.summary()['boxes']} boxes; patients: {len(set(index.patient.tolist()))}")
-    print(f"{size_mb:.1f} MB written in {dt:.1f} s")
+    print(f"{s['images']} images in {len(s['stages'])} stages ({', '.join(s['stages'])}) of the {dataset} "
+          f"layout; {s['normal']} normal, {s['abnormal']} abnormal; {s['patients']} patients")
+    if dataset == "nih":
+        print(f"{s['metadata_rows']} metadata rows ({s['rows_without_member']} without an image here), "
+              f"{s['boxes']} boxes; {int((index.view == 'PA').sum())} PA, {int((index.view == 'AP').sum())} AP")
+    for why, n in s["skipped"].items():
+        print(f"skipped {n} {why}")
+    print(f"{path.stat().st_size / 1e6:.1f} MB written in {dt:.1f} s")
     return 0

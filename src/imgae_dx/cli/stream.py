@@ -1,7 +1,8 @@
 """``imgae-dx stream``: run the data path alone (no training) — a dry run before a long job.
 
-Opens the source (credentials, signed URL, archive index), builds the NIH index, then streams
-every chosen stage × split through :class:`~imgae_dx.data.dataset.StreamingNIHDataset` exactly as
+Opens the source (credentials, signed URL, archive index), builds the dataset's index (``--dataset``,
+else NIH or the detected layout), then streams every chosen stage × split through
+:class:`~imgae_dx.data.dataset.StreamingDataset` exactly as
 training would (range requests, decode, resize, cache, memory budget), with a progress bar on
 stderr. Prints a human summary, or with ``--json`` one object (the DESIGN.md contract)::
 
@@ -26,10 +27,16 @@ SPLITS = ("train", "val", "test")
 
 def run(args: argparse.Namespace) -> int:
     """Stream the chosen stages and splits; print the summary. Returns the exit code."""
+    import logging
+
     from imgae_dx.config import load_config
+
+    if not args.json:  # which dataset, what its index skipped: one line each on stderr
+        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
 
     overrides: dict[str, Any] = {
         "source": args.source,
+        "data.dataset": getattr(args, "dataset", None),
         "stages": args.stages,
         "data.image_size": args.image_size,
     }
@@ -50,9 +57,9 @@ def stream(cfg: Any, *, split: str = "all", limit: int | None = None, progress: 
     """Run the data path over ``cfg.stages`` and the split(s); returns the DESIGN.md summary dict."""
     from tqdm.auto import tqdm
 
-    from imgae_dx.data.dataset import StreamingNIHDataset, make_cache
+    from imgae_dx.data.dataset import StreamingDataset, make_cache
+    from imgae_dx.data.datasets import open_dataset
     from imgae_dx.data.memory import MB, MemoryManager, peak_rss_bytes
-    from imgae_dx.data.nih_index import NIHIndex
     from imgae_dx.streaming.sources import open_archive
 
     splits = list(SPLITS) if split == "all" else [split]
@@ -62,14 +69,14 @@ def stream(cfg: Any, *, split: str = "all", limit: int | None = None, progress: 
     totals = {"skipped": 0, "bytes_fetched": 0, "requests": 0}
     first_batch_s: float | None = None
     try:
-        nih = NIHIndex.from_archive(archive)
-        stages = nih.resolve_stages(cfg.stages)
+        index = open_dataset(archive, cfg.data, cfg.seed, quiet=not progress)
+        stages = index.resolve_stages(cfg.stages)
         memory = MemoryManager(cfg.data.memory_budget_mb)
         cache = make_cache(cfg.data, archive=archive)
         plans = [
-            (stage, s, StreamingNIHDataset(archive, nih, stage, s, cfg.data, seed=cfg.seed,
-                                           batch_size=cfg.training.batch_size, cache=cache,
-                                           memory=memory, drop_last=False))
+            (stage, s, StreamingDataset(archive, index, stage, s, cfg.data, seed=cfg.seed,
+                                        batch_size=cfg.training.batch_size, cache=cache,
+                                        memory=memory, drop_last=False))
             for stage in stages for s in splits
         ]
         planned = sum(len(ds) for _, _, ds in plans)

@@ -4,7 +4,8 @@ Flag mapping (flags win over ``--config FILE``, which wins over the packaged def
 
 =====================  ===============================================
 ``--source``           ``source``
-``--stages``           ``stages`` (``all`` or ``images_001,images_002``)
+``--dataset``          ``data.dataset`` (``nih`` | ``zhanglab`` | ``folder``; default: detected)
+``--stages``           ``stages`` (``all``, ``images_001,images_002`` or ``part_001,…``)
 ``--epochs-per-stage`` ``training.epochs_per_stage``
 ``--model``            ``models``: ``unet`` | ``ra`` | ``ae`` → that model alone;
                        ``all`` → every model (``unet``, ``ra``, ``ae``) from one stream
@@ -37,6 +38,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     models = None if model is None else (list(MODEL_NAMES) if model == "all" else [model])
     return {
         "source": getattr(args, "source", None),
+        "data.dataset": getattr(args, "dataset", None),
         "stages": getattr(args, "stages", None),
         "training.epochs_per_stage": getattr(args, "epochs_per_stage", None),
         "models": models,

@@ -1,4 +1,8 @@
-"""``StreamingNIHDataset``: one stage's split, streamed from the archive by byte ranges.
+"""``StreamingDataset`` (``StreamingNIHDataset``): one stage's split, streamed by byte ranges.
+
+Any dataset of :mod:`imgae_dx.data.datasets` (NIH, ZhangLab, a folder, …): the split's member ids
+come from its :class:`~imgae_dx.data.datasets.base.DatasetIndex`, the bytes from one archive.
+The plan of an epoch is :mod:`imgae_dx.data.planning` (pure functions); this module runs it.
 
 Pipeline (per epoch)::
 
@@ -26,9 +30,8 @@ Memory is bounded by configuration: requests in flight (``requests_in_flight × 
 the reassembly window (≈ ``shuffle_buffer`` + one request's images, uint8) and the cache (its own
 byte budget); all are registered with the :class:`~imgae_dx.data.memory.MemoryManager`.
 
-Over 500 lines on purpose: the plan (order, shares, equal counts), the resumable iteration and the
-fetch/decode engine (``_Fetch``) share one contract — what is yielded, in which order, from which
-bytes — and are tested together; split apart, each half would need the other's invariants.
+Over 500 lines on purpose: the resumable iteration and the fetch/decode engine (``_Fetch``) share
+one contract — what is yielded, in which order, from which bytes — and are tested together.
 """
 
 from __future__ import annotations
@@ -51,19 +54,18 @@ from torch.utils.data import IterableDataset, get_worker_info
 from imgae_dx.data.cache import ImageCache, ImageStore
 from imgae_dx.data.decode import decode_image, to_unit
 from imgae_dx.data.memory import limit_heap_fragmentation
+from imgae_dx.data.planning import Share, balanced_requests, deal_shares, share_order, sub_request
 from imgae_dx.errors import ArchiveError, CheckpointError, UserError
-from imgae_dx.streaming.fetcher import Prefetcher, RangeRequest, coalesce
+from imgae_dx.streaming.fetcher import Prefetcher, RangeRequest
 
 if TYPE_CHECKING:
     from imgae_dx.config import DataConfig
+    from imgae_dx.data.datasets.base import DatasetIndex
     from imgae_dx.data.memory import MemoryManager
-    from imgae_dx.data.nih_index import NIHIndex
 
 MB = 1024 * 1024
 #: Re-reads of a member whose CRC fails before it is declared corrupt (transit corruption heals).
 CRC_REREADS = 3
-#: Smallest number of requests per (rank, worker) the planner aims for (load balance of tiny splits).
-MIN_REQUESTS_PER_SHARE = 4
 #: Images of one request the reassembly window budgets for, on top of the shuffle buffer.
 WINDOW_SLACK_IMAGES = 256
 
@@ -79,60 +81,6 @@ class Batch:
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
-
-
-@dataclass
-class _Share:
-    """What one (rank, worker) reads in one epoch."""
-
-    requests: list[RangeRequest]  # in input order (the last may be cut to the count)
-    order: np.ndarray  # member ids in output order (len == count)
-
-
-# ------------------------------------------------------------------------------ helpers
-def _rng(*parts: object) -> np.random.Generator:
-    """A generator seeded by a stable hash of ``parts`` (same on every machine and Python)."""
-    digest = hashlib.sha256("|".join(str(p) for p in parts).encode()).digest()
-    return np.random.default_rng(np.frombuffer(digest[:16], dtype=np.uint32))
-
-
-def shuffle_buffer_order(n: int, buffer: int, rng: np.random.Generator) -> np.ndarray:
-    """Output order of a bounded shuffle buffer over inputs ``0..n-1`` (an int64 permutation).
-
-    Inputs enter the buffer one by one; whenever it holds more than its current capacity, a
-    randomly chosen held input is emitted. The capacity ramps up (half the inputs seen so far)
-    to ``buffer``, so the first outputs do not wait for a full buffer (first-batch latency), and
-    output ``p`` is always one of the inputs ``0..max(2p + 1, p + buffer)``: the stream needs a
-    bounded number of images ahead. What is left at the end is emitted in random order.
-    """
-    cap_max = max(1, int(buffer))
-    out = np.empty(n, dtype=np.int64)
-    if n == 0:
-        return out
-    u = rng.random(n).tolist()
-    held: list[int] = []
-    k = 0
-    for i in range(n):
-        held.append(i)
-        cap = min(cap_max, (i + 1) // 2)
-        while len(held) > cap:
-            j = int(u[k] * len(held))
-            out[k] = held[j]
-            held[j] = held[-1]
-            held.pop()
-            k += 1
-    rest = np.asarray(held, dtype=np.int64)[rng.permutation(len(held))]
-    out[k:] = rest
-    return out
-
-
-def _sub_request(index: Any, req: RangeRequest, members: Sequence[int] | np.ndarray) -> RangeRequest:
-    """``req`` narrowed to ``members`` (a subset of its members, offset order kept)."""
-    ms = np.asarray(members, dtype=np.int64)
-    if len(ms) == len(req.members):
-        return req
-    starts, ends = index.spans(ms)
-    return RangeRequest(int(starts.min()), int(ends.max()), ms)
 
 
 def pipeline_budget(cfg: DataConfig) -> dict[str, int]:
@@ -197,14 +145,15 @@ def make_cache(cfg: DataConfig, cache_dir: str | Path | None = None, *, archive:
 
 
 # ------------------------------------------------------------------------------ dataset
-class StreamingNIHDataset(IterableDataset):
-    """One stage's split of NIH ChestX-ray14 streamed from an archive (see the module doc).
+class StreamingDataset(IterableDataset):
+    """One stage's split of a dataset streamed from an archive (see the module doc).
 
     Args:
         archive: an opened :class:`~imgae_dx.streaming.sources.Archive` (``reader``, ``index``,
             ``identity``).
-        index: the :class:`~imgae_dx.data.nih_index.NIHIndex` of that archive.
-        stage: ``images_NNN``.
+        index: the :class:`~imgae_dx.data.datasets.base.DatasetIndex` of that archive (NIH,
+            ZhangLab, folder, …).
+        stage: a stage of the index (``images_NNN``, ``part_NNN``).
         split: ``train`` | ``val`` | ``test``.
         cfg: the ``data`` section of the configuration.
         seed: run seed (fixes the split's val slice and every order).
@@ -225,7 +174,7 @@ class StreamingNIHDataset(IterableDataset):
     def __init__(
         self,
         archive: Any,
-        index: NIHIndex,
+        index: DatasetIndex,
         stage: str,
         split: str,
         cfg: DataConfig,
@@ -251,7 +200,7 @@ class StreamingNIHDataset(IterableDataset):
                 f"the cache holds {cache.image_size}px images but data.image_size is {cfg.image_size}"
             )
         self.archive = archive
-        self.nih = index
+        self.index = index
         self.stage = stage
         self.split = split
         self.cfg = cfg
@@ -311,77 +260,30 @@ class StreamingNIHDataset(IterableDataset):
 
     def _canonical_requests(self, workers: int) -> list[RangeRequest]:
         """Requests over the split's members in offset order (small enough to balance shares)."""
-        if workers in self._requests_cache:
-            return self._requests_cache[workers]
-        index = self.archive.index
-        max_req = int(self.cfg.max_request_mb * MB)
-        if len(self.members):
-            starts, ends = index.spans(self.members)
-            total = int((ends - starts).sum())
-            balanced = total // (MIN_REQUESTS_PER_SHARE * self.world_size * workers)
-            max_req = max(1, min(max_req, balanced))
-        reqs = coalesce(index, self.members, max_req, int(self.cfg.gap_bridge_kb * 1024))
-        self._requests_cache[workers] = reqs
-        return reqs
+        if workers not in self._requests_cache:
+            self._requests_cache[workers] = balanced_requests(
+                self.archive.index, self.members, int(self.cfg.max_request_mb * MB),
+                int(self.cfg.gap_bridge_kb * 1024), self.world_size * workers)
+        return self._requests_cache[workers]
 
     def _counts(self, epoch: int, workers: int) -> list[list[tuple[list[RangeRequest], int]]]:
         """For every rank and worker: (its requests in order, how many of their images it yields)."""
         key = (epoch, workers)
-        if key in self._shares_cache:
-            return self._shares_cache[key]
-        reqs = self._canonical_requests(workers)
-        perm = _rng(self.seed, self.stage, self.split, epoch, "requests").permutation(len(reqs))
-        world = self.world_size
-        shares: list[list[list[RangeRequest]]] = [[[] for _ in range(workers)] for _ in range(world)]
-        for j, k in enumerate(perm.tolist()):
-            shares[j % world][(j // world) % workers].append(reqs[k])
-        n = [[sum(len(r.members) for r in shares[r][w]) for w in range(workers)] for r in range(world)]
-        bs = self.batch_size
-        if self.drop_last:
-            batches = [[c // bs for c in row] for row in n]
-            target = min(sum(row) for row in batches)
-            counts = []
-            for row in batches:
-                row = list(row)
-                extra = sum(row) - target
-                while extra > 0:  # take batches from the worker holding most, lowest id first
-                    w = max(range(workers), key=lambda i: (row[i], -i))
-                    row[w] -= 1
-                    extra -= 1
-                counts.append([b * bs for b in row])
-        else:
-            target = min(sum(row) for row in n)
-            counts = []
-            for row in n:
-                left, out = target, []
-                for c in row:
-                    out.append(min(c, left))
-                    left -= out[-1]
-                counts.append(out)
-        result = [[(shares[r][w], counts[r][w]) for w in range(workers)] for r in range(world)]
-        if len(self._shares_cache) > 4:
-            self._shares_cache.clear()
-        self._shares_cache[key] = result
-        return result
+        if key not in self._shares_cache:
+            if len(self._shares_cache) > 4:
+                self._shares_cache.clear()
+            self._shares_cache[key] = deal_shares(
+                self._canonical_requests(workers), seed=self.seed, stage=self.stage, split=self.split,
+                epoch=epoch, world_size=self.world_size, workers=workers, batch_size=self.batch_size,
+                drop_last=self.drop_last)
+        return self._shares_cache[key]
 
-    def _share(self, epoch: int, worker: int = 0, workers: int = 1) -> _Share:
+    def _share(self, epoch: int, worker: int = 0, workers: int = 1) -> Share:
         """This rank's (and worker's) requests and output order for ``epoch``."""
         reqs, count = self._counts(epoch, workers)[self.rank][worker]
-        index = self.archive.index
-        kept: list[RangeRequest] = []
-        ids: list[np.ndarray] = []
-        left = count
-        for r in reqs:
-            if left <= 0:
-                break
-            take = r.members[:left] if len(r.members) > left else r.members
-            kept.append(_sub_request(index, r, take))
-            ids.append(take)
-            left -= len(take)
-        inputs = np.concatenate(ids) if ids else np.empty(0, np.int64)
-        rng = _rng(self.seed, self.stage, self.split, epoch, self.rank, self.world_size, worker, "shuffle")
-        order = inputs[shuffle_buffer_order(len(inputs), self.cfg.shuffle_buffer, rng)]
-        return _Share(kept, order)
+        return share_order(self.archive.index, reqs, count, seed=self.seed, stage=self.stage,
+                           split=self.split, epoch=epoch, rank=self.rank, world_size=self.world_size,
+                           worker=worker, shuffle_buffer=self.cfg.shuffle_buffer)
 
     def order(self, epoch: int | None = None) -> np.ndarray:
         """Member ids this rank yields in ``epoch`` (default: the current one), computed without I/O."""
@@ -510,7 +412,7 @@ class StreamingNIHDataset(IterableDataset):
             ms = [m for m in req.members.tolist()
                   if m in need and m not in self._known_bad and (cache is None or m not in cache)]
             if ms:
-                fetch_reqs.append(_sub_request(index, req, ms))
+                fetch_reqs.append(sub_request(index, req, ms))
         self._register_cache()
         fetch = _Fetch(self, fetch_reqs)
         self._active = fetch
@@ -555,29 +457,29 @@ class StreamingNIHDataset(IterableDataset):
         )
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        return samples(self._iter_uint8(), self.nih)
+        return samples(self._iter_uint8(), self.index)
 
     def batches(self) -> Iterator[Batch]:
         """Batches of ``batch_size`` (the last one smaller only without ``drop_last``)."""
         t_start = time.perf_counter()
-        for b in batches_of(self._iter_uint8(), self.nih, self.batch_size, self.image_size, self.drop_last):
+        for b in batches_of(self._iter_uint8(), self.index, self.batch_size, self.image_size, self.drop_last):
             if self._first_batch_s is None:
                 self._first_batch_s = round(time.perf_counter() - t_start, 4)
             yield b
 
 
-def samples(pairs: Iterator[tuple[int, np.ndarray]], nih: NIHIndex) -> Iterator[dict[str, Any]]:
+def samples(pairs: Iterator[tuple[int, np.ndarray]], index: DatasetIndex) -> Iterator[dict[str, Any]]:
     """``(member, uint8 H×W)`` pairs → sample dicts (``image``: float 1×H×W in [0, 1])."""
     for m, img in pairs:
-        r = nih.record(m)
+        r = index.record(m)
         t = torch.from_numpy(to_unit(img)).unsqueeze(0)
         yield {"image": t, "member": m, "image_id": str(r.image), "label": int(r.label)}
 
 
-def batches_of(pairs: Iterator[tuple[int, np.ndarray]], nih: NIHIndex, batch_size: int,
+def batches_of(pairs: Iterator[tuple[int, np.ndarray]], index: DatasetIndex, batch_size: int,
                image_size: int, drop_last: bool) -> Iterator[Batch]:
     """``(member, uint8 H×W)`` pairs → :class:`Batch` es of ``batch_size`` (the last one smaller
-    only without ``drop_last``); ids and labels from ``nih`` (microseconds per image)."""
+    only without ``drop_last``); ids and labels from ``index`` (microseconds per image)."""
     bs = batch_size
     buf = np.empty((bs, 1, image_size, image_size), np.uint8)
     members: list[int] = []
@@ -585,20 +487,20 @@ def batches_of(pairs: Iterator[tuple[int, np.ndarray]], nih: NIHIndex, batch_siz
         buf[len(members), 0] = img
         members.append(m)
         if len(members) == bs:
-            yield _batch(buf, members, nih)
+            yield _batch(buf, members, index)
             buf = np.empty((bs, 1, image_size, image_size), np.uint8)
             members = []
     if members and not drop_last:
-        yield _batch(buf[:len(members)], members, nih)
+        yield _batch(buf[:len(members)], members, index)
 
 
-def _batch(buf: np.ndarray, members: list[int], nih: NIHIndex) -> Batch:
-    recs = [nih.record(m) for m in members]
+def _batch(buf: np.ndarray, members: list[int], index: DatasetIndex) -> Batch:
+    ids = np.asarray(members, dtype=np.int64)
     return Batch(
         images=torch.from_numpy(to_unit(buf)),
-        members=torch.tensor(members, dtype=torch.long),
-        image_ids=[str(r.image) for r in recs],
-        labels=torch.tensor([int(r.label) for r in recs], dtype=torch.long),
+        members=torch.from_numpy(ids),
+        image_ids=index.image_ids(ids),
+        labels=torch.from_numpy(index.labels(ids)),
     )
 
 
@@ -613,7 +515,7 @@ class _Fetch:
     in its request never idles the other threads.
     """
 
-    def __init__(self, ds: StreamingNIHDataset, requests: list[RangeRequest]) -> None:
+    def __init__(self, ds: StreamingDataset, requests: list[RangeRequest]) -> None:
         self.ds = ds
         self.index = ds.archive.index
         self.reader = ds.archive.reader
@@ -778,3 +680,7 @@ class _Fetch:
         self._done.clear()
         self._it = None
         self._raw = 0
+
+
+#: The seed's public name (DESIGN.md's Python API): the same class.
+StreamingNIHDataset = StreamingDataset

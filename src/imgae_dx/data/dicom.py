@@ -184,3 +184,24 @@ def decode_dicom(data: bytes, *, max_side: int, force: bool = False) -> np.ndarr
             raise ImageReadError(f"DICOM {pi} pixel data has shape {arr.shape}, expected rows×columns×3")
         return _color_gray8(arr, bits)
     raise ImageReadError(f"unsupported DICOM Photometric Interpretation {pi!r}")
+
+
+def header_fields(head: bytes, keywords: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """String values of the DICOM attributes ``keywords`` (e.g. ``PatientID``, ``ViewPosition``)
+    found in the first bytes of a file (its header; no pixel data needed). Attributes absent from
+    ``head``, or a head pydicom cannot parse, give nothing."""
+    pydicom = _pydicom()
+    try:
+        ds = pydicom.dcmread(io.BytesIO(head), stop_before_pixels=True, force=True,
+                             specific_tags=list(keywords))
+    except Exception:  # noqa: BLE001 - a truncated or foreign head is "no fields", whatever pydicom raises
+        return {}
+    out: dict[str, str] = {}
+    for kw in keywords:
+        try:
+            v = ds.get(kw)
+        except Exception:  # noqa: BLE001 - an element cut off at the end of the head
+            continue
+        if v is not None and str(v).strip():
+            out[kw] = str(v).strip()
+    return out

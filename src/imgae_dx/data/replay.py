@@ -13,7 +13,7 @@ iterates the union of one split over stages ``1..K`` from a
 * **Reading**: members are taken in windows of :data:`WINDOW_IMAGES`; each window's members that
   the cache does not hold (never streamed, evicted, corrupt, a full cache, or another node's
   share with node-local cache folders) are first streamed from the archive together, coalesced
-  into range requests, through a :class:`~imgae_dx.data.dataset.StreamingNIHDataset` over just
+  into range requests, through a :class:`~imgae_dx.data.dataset.StreamingDataset` over just
   those members (and cached on the way when the cache has room). So the images are the same
   whatever the cache holds; only the bytes fetched differ. An undecodable member is replaced, as
   in the stream, by the next image of this rank's window (or, at the window's end, the previous
@@ -38,14 +38,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 
-from imgae_dx.data.dataset import Batch, StreamingNIHDataset, _rng, batches_of, samples
+from imgae_dx.data.dataset import Batch, StreamingDataset, batches_of, samples
+from imgae_dx.data.planning import seeded_rng
 from imgae_dx.errors import ArchiveError, CheckpointError, UserError
 
 if TYPE_CHECKING:
     from imgae_dx.config import DataConfig
     from imgae_dx.data.cache import ImageStore
+    from imgae_dx.data.datasets.base import DatasetIndex
     from imgae_dx.data.memory import MemoryManager
-    from imgae_dx.data.nih_index import NIHIndex
 
 #: Members read (and, when missing from the cache, streamed) together.
 WINDOW_IMAGES = 1024
@@ -56,7 +57,7 @@ class ReplayDataset(IterableDataset):
 
     Args:
         archive: the opened archive the cache belongs to (missing images are streamed from it).
-        index: its :class:`~imgae_dx.data.nih_index.NIHIndex`.
+        index: its :class:`~imgae_dx.data.datasets.base.DatasetIndex`.
         stages: the stages to replay, e.g. ``["images_001", "images_002"]``.
         split: ``train`` | ``val`` | ``test``.
         cfg: the ``data`` section (view, val_fraction, streaming settings for missing images).
@@ -69,7 +70,7 @@ class ReplayDataset(IterableDataset):
         members: explicit member ids instead of the split of ``stages``.
     """
 
-    def __init__(self, archive: Any, index: NIHIndex, stages: Sequence[str], split: str,
+    def __init__(self, archive: Any, index: DatasetIndex, stages: Sequence[str], split: str,
                  cfg: DataConfig, *, cache: ImageStore, seed: int, batch_size: int, rank: int = 0,
                  world_size: int = 1, drop_last: bool = True, memory: MemoryManager | None = None,
                  members: Sequence[int] | np.ndarray | None = None) -> None:
@@ -87,7 +88,7 @@ class ReplayDataset(IterableDataset):
         if not self.stages:
             raise UserError("replay needs at least one stage")
         self.archive = archive
-        self.nih = index
+        self.index = index
         self.split = split
         self.cfg = cfg
         self.cache = cache
@@ -132,7 +133,7 @@ class ReplayDataset(IterableDataset):
     def order(self, epoch: int | None = None) -> np.ndarray:
         """Member ids this rank yields in ``epoch`` (default: the current one), without I/O."""
         e = self.epoch if epoch is None else int(epoch)
-        perm = _rng(self.seed, "replay", *self.stages, self.split, e).permutation(len(self.members))
+        perm = seeded_rng(self.seed, "replay", *self.stages, self.split, e).permutation(len(self.members))
         return self.members[perm[self.rank::self.world_size][:len(self)]]
 
     # --------------------------------------------------------------------------- state
@@ -179,8 +180,8 @@ class ReplayDataset(IterableDataset):
     # --------------------------------------------------------------------------- iteration
     def _fill(self, missing: list[int]) -> tuple[dict[int, np.ndarray], set[int]]:
         """Stream ``missing`` members (coalesced); returns their images and the undecodable ones."""
-        stream = StreamingNIHDataset(
-            self.archive, self.nih, self.stages[0], self.split, self.cfg, seed=self.seed,
+        stream = StreamingDataset(
+            self.archive, self.index, self.stages[0], self.split, self.cfg, seed=self.seed,
             batch_size=1, cache=self.cache, memory=self.memory, drop_last=False, members=missing)
         got: dict[int, np.ndarray] = {}
         try:
@@ -241,11 +242,11 @@ class ReplayDataset(IterableDataset):
                 yield m, img
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        return samples(self._iter_uint8(), self.nih)
+        return samples(self._iter_uint8(), self.index)
 
     def batches(self) -> Iterator[Batch]:
         """Batches of ``batch_size`` (the last one smaller only without ``drop_last``)."""
-        return batches_of(self._iter_uint8(), self.nih, self.batch_size, self.image_size, self.drop_last)
+        return batches_of(self._iter_uint8(), self.index, self.batch_size, self.image_size, self.drop_last)
 
 
 __all__ = ["WINDOW_IMAGES", "ReplayDataset"]

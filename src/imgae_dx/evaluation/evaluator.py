@@ -5,18 +5,23 @@
 1. reads ``RUN_DIR/config.yaml`` and each model's ``checkpoints/MODEL/best.pt`` (fallback
    ``last.pt``; loaded with ``torch.load(weights_only=True)``): the checkpoint chosen on *normal
    validation* loss during training — nothing here looks at test labels to choose anything;
-2. streams the ``test`` split (held-out patients, the run's view cohort) of the chosen stages
-   through every model with the same bounded pipeline as training
-   (:class:`~imgae_dx.data.dataset.StreamingNIHDataset`, image cache off: one pass);
+2. opens the run's dataset (``data.dataset``: NIH, ZhangLab, folder, …) with the run's protocol
+   and checks that the archive still gives the split the run trained on (``RUN_DIR/split.csv``,
+   :mod:`imgae_dx.run.splits`; a changed archive is refused), then streams the ``test`` split
+   (held-out patients, the run's view cohort) of the chosen stages through every model with the
+   same bounded pipeline as training (:class:`~imgae_dx.data.dataset.StreamingDataset`, image
+   cache off: one pass);
 3. appends one row per image to ``eval/scores.csv`` (``image, patient, view, stage, findings,
-   label`` and one score column per model) and, for images with ``BBox_List_2017.csv`` rows, one row
-   per (model, box) to ``eval/localisation.csv``; after each batch the stream position is saved
-   in ``eval/state.json``, so an interrupted evaluation resumes where it stopped;
+   label`` and one score column per model) and, for images with ground-truth boxes (NIH's
+   ``BBox_List_2017.csv``), one row per (model, box) to ``eval/localisation.csv``; after each
+   batch the stream position is saved in ``eval/state.json``, so an interrupted evaluation
+   resumes where it stopped;
 4. re-reads the few most and least anomalous test images per model (by name, one range read each)
    for the report's example grid (``eval/examples/MODEL.npz``) — anomaly maps are never kept for
    the whole test set;
 5. writes ``eval/metrics.json`` (:func:`imgae_dx.evaluation.summary.summarise_scores` plus the
-   checkpoint, source and cohort it describes, and per model the ``operating_point``: sensitivity
+   checkpoint, dataset, protocol, source and cohort it describes, whether the archive is a
+   synthetic sample (its marker member), and per model the ``operating_point``: sensitivity
    and specificity on the test split at the threshold calibrated on the validation normals,
    :func:`run_operating_point`) and, when the run logged to W&B, logs the comparison
    table and curves to the same W&B run (id from the checkpoint).
@@ -53,9 +58,6 @@ from imgae_dx.utils.device import resolve_device
 
 log = logging.getLogger(__name__)
 
-BOX_FRAME = 1024.0  # BBox_List_2017.csv coordinates are in the 1024-px frame of the PNGs
-#: Data_Entry_2017.csv of the real dataset lists 112,120 images; far fewer means synthetic/sample data
-REAL_METADATA_ROWS = 100_000
 
 
 def _fmt(v: float) -> str:
@@ -78,6 +80,7 @@ class CloudEvaluator:
         run_dir: the ``--out`` folder of ``imgae-dx train``.
         source: archive to stream (default: the run's ``source``).
         stages: ``"all"``, ``"images_001,images_002"`` or a list (default: the run's stages).
+        dataset: the run's dataset (default: its ``config.yaml``'s); naming another is refused.
         device: ``auto`` | ``cpu`` | ``cuda`` (default: the run's ``training.device``).
         batch_size: images per forward pass (default: the run's batch size).
         progress: show tqdm bars.
@@ -100,6 +103,7 @@ class CloudEvaluator:
         on_batch: Callable[[int], None] | None = None,
         scoring: Mapping[str, Any] | None = None,
         name: str | None = None,
+        dataset: str | None = None,
     ) -> None:
         from imgae_dx.config import config_from_yaml_text
 
@@ -111,6 +115,12 @@ class CloudEvaluator:
                 "(`imgae-dx train --out RUN_DIR`)"
             )
         self.cfg = config_from_yaml_text(cfg_path.read_text(), str(cfg_path))
+        run_dataset = self.cfg.data.dataset
+        if dataset is not None and run_dataset is not None and dataset != run_dataset:
+            raise UserError(f"{self.run_dir} trained on the {run_dataset} dataset, not {dataset}; "
+                            f"evaluate it as {run_dataset} (drop --dataset)")
+        if dataset is not None and run_dataset is None:
+            self.cfg = self.cfg.model_copy(update={"data": self.cfg.data.model_copy(update={"dataset": dataset})})
         self.overlay = dict(scoring or {})
         self.score_cfg = apply_overlay(self.cfg, self.overlay) if self.overlay else self.cfg
         self.scoring = scoring_of(self.score_cfg, list(self.cfg.models))
@@ -168,6 +178,7 @@ class CloudEvaluator:
     def _identity(self, stages: list[str], archive_identity: str) -> dict[str, Any]:
         return {
             "source": archive_identity,
+            "dataset": self._index.name,
             "stages": stages,
             "view": self.cfg.data.view,
             "image_size": self.image_size,
@@ -214,9 +225,9 @@ class CloudEvaluator:
         """
         from tqdm.auto import tqdm
 
-        from imgae_dx.data.dataset import StreamingNIHDataset, pipeline_budget
+        from imgae_dx.data.dataset import StreamingDataset, pipeline_budget
+        from imgae_dx.data.datasets import open_dataset
         from imgae_dx.data.memory import MemoryManager
-        from imgae_dx.data.nih_index import NIHIndex
         from imgae_dx.streaming.sources import open_archive
 
         data_cfg = self.cfg.data.model_copy(update={"cache": "off"})
@@ -225,9 +236,10 @@ class CloudEvaluator:
         t0 = time.perf_counter()
         archive = open_archive(self.source, data_cfg)
         try:
-            index = NIHIndex.from_archive(archive)
+            index = open_dataset(archive, data_cfg, self.cfg.seed)
             stages = index.resolve_stages(self.stages_arg)
             self._archive, self._index = archive, index
+            self._check_split(index, stages)
             identity = self._identity(stages, archive.identity)
             st = self._load_state(identity)
             self.eval_dir.mkdir(parents=True, exist_ok=True)
@@ -236,14 +248,14 @@ class CloudEvaluator:
             fs, ws = R.open_rows(self.eval_dir / "scores.csv", fields, self.eval_dir)
             fl, wl = R.open_rows(self.eval_dir / "localisation.csv", R.LOC_FIELDS, self.eval_dir)
             stats: dict[str, Any] = {"images": 0, "skipped": 0, "bytes_fetched": 0, "requests": 0}
-            scale = self.image_size / BOX_FRAME
+            scale = self.image_size / index.box_frame
             top = self.cfg.evaluation.top_percent_localisation
             limit = self.cfg.evaluation.max_images
             try:
                 for stage in stages:
                     if stage in st["done_stages"]:
                         continue
-                    ds = StreamingNIHDataset(
+                    ds = StreamingDataset(
                         archive, index, stage, "test", data_cfg, seed=self.cfg.seed,
                         batch_size=self.batch_size, cache=None, memory=memory, drop_last=False,
                     )
@@ -292,24 +304,32 @@ class CloudEvaluator:
                 fl.close()
             stats.update(
                 stages=stages, archive=archive.identity, seconds=round(time.perf_counter() - t0, 2),
-                metadata_rows=self._metadata_rows(index), peak_rss_mb=round(memory.peak_rss / 2**20, 1),
+                peak_rss_mb=round(memory.peak_rss / 2**20, 1), dataset=index.name, synthetic=index.synthetic,
             )
             return stats
         except BaseException:
             archive.close()
             raise
 
-    @staticmethod
-    def _metadata_rows(index: Any) -> int | None:
-        """Rows of Data_Entry_2017.csv (112,120 in the real dataset)."""
-        table = getattr(index, "table", None)
-        return None if table is None else len(table)
+    def _check_split(self, index: Any, stages: list[str]) -> None:
+        """The archive must give the evaluated stages the split the run trained on (``split.csv``).
 
-    def _member_of(self, image: str) -> int | None:
-        """Archive member id of a listed image (by its basename), or None."""
-        idx = self._index
-        hits = np.flatnonzero(idx.table.image[idx.row] == image)
-        return int(idx.member[hits[0]]) if hits.size else None
+        Raises:
+            UserError: it gives another (images added, removed, relabelled, or moved to another split).
+        """
+        from imgae_dx.run.splits import SPLIT_FILE, SplitTable, read_split_table, split_differences
+
+        saved = read_split_table(self.run_dir)
+        if saved is None:
+            log.info("%s has no %s (a run from before split files): the split is not checked",
+                     self.run_dir, SPLIT_FILE)
+            return
+        diffs = split_differences(saved, SplitTable.from_index(index), stages)
+        if diffs:
+            raise UserError(
+                f"{self.source} gives stages {','.join(stages)} another split than {self.run_dir} trained "
+                f"on ({'; '.join(diffs)}): the archive changed; evaluate with the source the run trained "
+                f"on (see {self.run_dir / SPLIT_FILE})")
 
     def _write_localisation(self, w: Any, recs: list[Any], preds: dict[str, Any], scale: float,
                             top: float) -> None:
@@ -336,7 +356,7 @@ class CloudEvaluator:
         n_most = (k + 1) // 2
         n_least = k // 2
         rows = table.rows
-        scale = self.image_size / BOX_FRAME
+        scale = self.image_size / self._index.box_frame
         for name in self.models:
             s = table.scores[name]
             order = np.argsort(-s, kind="mergesort")
@@ -345,7 +365,7 @@ class CloudEvaluator:
             items = []
             for rank_kind, i in picks:
                 r = rows[i]
-                member = self._member_of(r["image"])
+                member = self._index.member_of(r["image"])
                 if member is None:
                     log.warning("example %s is not in %s any more; skipped", r["image"], self._archive.identity)
                     continue
@@ -374,7 +394,10 @@ class CloudEvaluator:
 
     # ------------------------------------------------------------------ metrics
     def compute_metrics(self, facts: dict[str, Any] | None = None) -> dict[str, Any]:
-        """``eval/metrics.json`` from ``scores.csv`` and ``localisation.csv``."""
+        """``eval/metrics.json`` from ``scores.csv`` and ``localisation.csv`` (``facts``: what
+        :meth:`score` returned — stages, archive, dataset, synthetic marker, stream counters)."""
+        from imgae_dx.data.datasets.registry import spec
+
         table = R.read_scores(self.eval_dir / "scores.csv", self.models)
         if not table.rows:
             raise UserError(
@@ -401,15 +424,18 @@ class CloudEvaluator:
         f = facts or {}
         if f:
             out["counts"]["skipped_undecodable"] = f.get("skipped", 0)
-        meta_rows = f.get("metadata_rows")
+        dataset = spec(f.get("dataset") or self.cfg.data.dataset or "nih")
         out.update({
+            "dataset": dataset.name,
+            "dataset_title": dataset.title,
+            "protocol": dataset.protocol,
             "split": "test",
             "view": self.cfg.data.view,
             "stages": f.get("stages", stages_seen),
             "source": f.get("archive", self.source),
             "image_size": self.image_size,
             "top_percent_localisation": ev.top_percent_localisation,
-            "synthetic_data": bool(meta_rows is not None and meta_rows < REAL_METADATA_ROWS),
+            "synthetic_data": bool(f.get("synthetic", False)),
             "threshold_policy": "no threshold is tuned on the test split; F1-max is an oracle summary",
             "checkpoint_policy": ("best.pt = the epoch-end checkpoint with the lowest loss on the "
                                   "normal validation images of every stage trained so far"),

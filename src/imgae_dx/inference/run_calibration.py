@@ -3,7 +3,7 @@
 For runs whose trainer did not write ``checkpoints/MODEL/calibration.json`` (or whose file is for
 other weights): the run's ``val`` split (normal images of the validation patients, the run's view
 cohort, every stage the checkpoint trained on) is streamed from the run's source through the
-training pipeline (:class:`~imgae_dx.data.dataset.StreamingNIHDataset`, cache off), held as uint8
+training pipeline (:class:`~imgae_dx.data.dataset.StreamingDataset`, cache off), held as uint8
 at model size (N × size² bytes: ~60 MB for the ~3,500 PA validation normals of the full dataset
 at 128 px), and scored by every model with :func:`~imgae_dx.run.calibration.calibrate`. The
 test split is never opened. Each calibration is saved at
@@ -43,9 +43,9 @@ def validation_images(cfg: Any, stages_wanted: Sequence[str] | str, *, progress:
     """
     from tqdm.auto import tqdm
 
-    from imgae_dx.data.dataset import StreamingNIHDataset
+    from imgae_dx.data.dataset import StreamingDataset
+    from imgae_dx.data.datasets import open_dataset
     from imgae_dx.data.memory import MemoryManager
-    from imgae_dx.data.nih_index import NIHIndex
     from imgae_dx.streaming.sources import open_archive
 
     data_cfg = cfg.data.model_copy(update={"cache": "off"})
@@ -58,12 +58,12 @@ def validation_images(cfg: Any, stages_wanted: Sequence[str] | str, *, progress:
     images: list[np.ndarray] = []
     seen: set[int] = set()
     try:
-        index = NIHIndex.from_archive(archive)
+        index = open_dataset(archive, data_cfg, cfg.seed, quiet=True)
         stages = index.resolve_stages(stages_wanted)
         for stage in stages:
-            ds = StreamingNIHDataset(archive, index, stage, "val", data_cfg, seed=cfg.seed,
-                                     batch_size=cfg.training.batch_size, cache=None, memory=memory,
-                                     drop_last=False)
+            ds = StreamingDataset(archive, index, stage, "val", data_cfg, seed=cfg.seed,
+                                  batch_size=cfg.training.batch_size, cache=None, memory=memory,
+                                  drop_last=False)
             bar = tqdm(total=len(ds), desc=f"calibrate {stage} (val)", unit="img", disable=not progress,
                        leave=False)
             try:

@@ -34,6 +34,7 @@ from typing import Any
 
 from imgae_dx import __version__
 from imgae_dx.config import MODEL_NAMES
+from imgae_dx.data.datasets import DATASET_NAMES
 from imgae_dx.errors import UserError
 from imgae_dx.utils.atomic import atomic_write_text
 
@@ -58,11 +59,18 @@ DEFAULT_PARAMETERS: tuple[NotebookParameter, ...] = (
         '"sample" (synthetic NIH-layout archive, offline) or "kaggle:nih-chest-xrays/data"; '
         "also an https:// archive URL, a local data.zip or an extracted folder",
     ),
+    NotebookParameter(
+        "DATASET", None,
+        'None (NIH when the source holds its metadata, else detected), "nih", "zhanglab" or "folder"; '
+        'with SOURCE="sample" the layout of the synthetic archive (None: nih)',
+    ),
     NotebookParameter("SAMPLE_DIR", "sample_data", 'where SOURCE="sample" writes data.zip'),
-    NotebookParameter("SAMPLE_IMAGES_PER_STAGE", 120, "sample archive: images per images_NNN stage"),
+    NotebookParameter("SAMPLE_IMAGES_PER_STAGE", 120, "sample archive: images per images_NNN stage "
+                      "(zhanglab, folder: SAMPLE_IMAGES_PER_STAGE × SAMPLE_STAGES images)"),
     NotebookParameter("SAMPLE_STAGES", 2, "sample archive: number of stages"),
     NotebookParameter("SAMPLE_IMAGE_PX", 256, "sample archive: stored PNG size (the real data: 1024)"),
-    NotebookParameter("STAGES", "all", '"all" or a list such as ["images_001", "images_002"]'),
+    NotebookParameter("STAGES", "all", '"all" or a list such as ["images_001", "images_002"] '
+                      '(other datasets: ["part_001", …])'),
     NotebookParameter("MODELS", ["unet", "ra"], "any of unet, ra, ae (trained from one stream)"),
     NotebookParameter("IMAGE_SIZE", 64, "model resolution in pixels, divisible by 32 (128 on Kaggle)"),
     NotebookParameter("EPOCHS_PER_STAGE", 1, "epochs over each stage's train split"),
@@ -187,7 +195,7 @@ def _render_value(name: str, value: Any) -> str:
     return text
 
 
-_OPTIONAL_TYPES: dict[str, type] = {"BATCH_SIZE": int, "TINY_MODELS": bool, "RUN_DIR": str}
+_OPTIONAL_TYPES: dict[str, type] = {"BATCH_SIZE": int, "TINY_MODELS": bool, "RUN_DIR": str, "DATASET": str}
 
 
 def _check_value(param: NotebookParameter, value: Any) -> None:
@@ -216,6 +224,8 @@ def _check_value(param: NotebookParameter, value: Any) -> None:
         raise NotebookTemplateError(f"BATCH_SIZE must be a positive integer or None, got {value}")
     if param.name == "IMAGE_SIZE" and (value < 32 or value % 32):
         raise NotebookTemplateError(f"IMAGE_SIZE must be a multiple of 32 (e.g. 64, 128), got {value}")
+    if param.name == "DATASET" and value is not None and value not in DATASET_NAMES:
+        raise NotebookTemplateError(f"DATASET must be None or one of {', '.join(DATASET_NAMES)}; got {value!r}")
     if param.name == "MODELS":
         bad = [m for m in value if m not in MODEL_NAMES]
         if bad or not value:

@@ -5,8 +5,9 @@ I/O and reporting knobs) is part of its identity. Checkpoints carry the fingerpr
 folder's ``config.yaml`` is compared key by key to say what differs.
 
 A key added by a later version (:data:`ADDED_KEYS`) counts only when it is set to something else
-than the value that reproduces the earlier behaviour: a run started before an upgrade keeps its
-fingerprint and resumes after it.
+than the value that reproduces the earlier behaviour (or to null, which is how a ``config.yaml``
+written before the key existed reads it): a run started before an upgrade keeps its fingerprint
+and resumes after it.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ ADDED_KEYS: dict[str, Any] = {
     "model.unet.inference_noise_seed": 0,
     "training.min_images_per_run": 0,
     "data.resize": "squash",
+    "data.dataset": "nih",  # null in a config.yaml from before datasets: NIH, the only one then
+    "data.test_fraction": 0.2,
+    "data.images_per_stage": 2500,
 }
 
 
@@ -70,7 +74,7 @@ def identity_items(config_dict: Mapping[str, Any]) -> dict[str, Any]:
         k: v
         for k, v in sorted(flat.items())
         if not any(k == r or k.startswith(r + ".") for r in RESUMABLE_KEYS)
-        and not (k in ADDED_KEYS and v == ADDED_KEYS[k])
+        and not (k in ADDED_KEYS and (v == ADDED_KEYS[k] or v is None))
     }
 
 

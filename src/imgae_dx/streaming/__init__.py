@@ -17,18 +17,20 @@ _LAZY: dict[str, str] = {
     "ColabStreamingSetup": "imgae_dx.streaming.colab_setup",
     "StreamingTrainer": "imgae_dx.training.streaming_trainer",
     "StreamingNIHDataset": "imgae_dx.data.dataset",
+    "StreamingDataset": "imgae_dx.data.dataset",
 }
 
 __all__ = [
     "ColabStreamingSetup",
     "KaggleCredentials",
     "KaggleStreamClient",
+    "StreamingDataset",
     "StreamingNIHDataset",
     "StreamingTrainer",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from imgae_dx.data.dataset import StreamingNIHDataset
+    from imgae_dx.data.dataset import StreamingDataset, StreamingNIHDataset
     from imgae_dx.streaming.colab_setup import ColabStreamingSetup
     from imgae_dx.streaming.credentials import KaggleCredentials
     from imgae_dx.streaming.kaggle_client import KaggleStreamClient

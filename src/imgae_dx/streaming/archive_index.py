@@ -46,6 +46,7 @@ import os
 import re
 import struct
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -74,6 +75,8 @@ _MAX_EOCD_SEARCH = 65535 + 22 + 20
 
 #: Bytes allowed beyond the central extra length for the local header's extra field in ``span``.
 LOCAL_EXTRA_MARGIN = 256
+#: Compressed bytes read beyond the ``nbytes`` a head asks for (deflate's block headers).
+HEAD_SLACK = 64
 #: Bump when the on-disk cache layout changes.
 CACHE_FORMAT = 1
 
@@ -552,6 +555,63 @@ class ArchiveIndex:
         ends = starts + 30 + nlen + self.extra_len[ids].astype(np.int64) + LOCAL_EXTRA_MARGIN + self.comp_size[ids]
         return starts, np.minimum(ends, self.data_end)
 
+    def _data_start(self, i: int, need: Callable[[int, int], memoryview], rel: int, buf_start: int, where: str) -> int:
+        """Offset (in the buffer) of member ``i``'s data, after checking its local header there.
+        ``need(a, b)`` returns the buffer's bytes ``a:b``."""
+        hdr = bytes(need(rel, rel + 30))
+        sig, _ver, flags, method, _t, _d, _crc, _cs, _us, nlen, elen = _LOCAL.unpack(hdr)
+        if sig != _LOCAL_SIG:
+            raise ArchiveError(f"{where}: no local header at offset {rel + buf_start} (archive corrupt or index stale)")
+        cname = self.name_blob[self.name_offsets[i] : self.name_offsets[i + 1]].tobytes()
+        lname = bytes(need(rel + 30, rel + 30 + nlen))
+        if lname != cname and lname.decode("cp437", "replace").encode("utf-8") != cname:
+            raise ArchiveError(f"{where}: local header names {lname[:80]!r}; archive corrupt or index stale")
+        if self.flags[i] & 0x1 or flags & 0x1:
+            raise ArchiveError(f"{where}: encrypted members are not supported")
+        return rel + 30 + nlen + elen
+
+    def head_spans(self, ids: np.ndarray, nbytes: int) -> tuple[np.ndarray, np.ndarray]:
+        """(starts, ends): bytes a request must cover for :meth:`extract_head` of ``ids``."""
+        ids = np.asarray(ids, dtype=np.int64)
+        starts = self.header_offset[ids]
+        nlen = self.name_offsets[ids + 1] - self.name_offsets[ids]
+        data = np.minimum(self.comp_size[ids], int(nbytes) + HEAD_SLACK)
+        ends = starts + 30 + nlen + self.extra_len[ids].astype(np.int64) + LOCAL_EXTRA_MARGIN + data
+        return starts, np.minimum(ends, self.data_end)
+
+    def extract_head(self, i: int, buf: bytes | bytearray | memoryview, buf_start: int, nbytes: int) -> bytes:
+        """The first ``nbytes`` uncompressed bytes of member ``i`` (fewer when it is shorter), from
+        ``buf`` covering :meth:`head_spans`; no size or CRC check (the member is not read whole).
+
+        Raises:
+            ArchiveError: a bad local header, encryption, an unsupported method, corrupt deflate
+                data, or ``buf`` ending too early.
+        """
+        i = int(i)
+        where = f"member {self.name(i)!r} of {self.identity}"
+        mv = memoryview(buf)
+        if mv.ndim != 1 or mv.itemsize != 1:
+            mv = mv.cast("B")
+        rel = int(self.header_offset[i]) - int(buf_start)
+
+        def need(a: int, b: int) -> memoryview:
+            if rel < 0 or b > len(mv):
+                raise ArchiveError(f"{where}: the buffer does not cover the member's head; fetch head_spans")
+            return mv[a:b]
+
+        dstart = self._data_start(i, need, rel, buf_start, where)
+        take = min(int(self.comp_size[i]), int(nbytes) + HEAD_SLACK)
+        data = need(dstart, dstart + take)
+        method = int(self.method[i])
+        if method == 0:
+            return bytes(data[:nbytes])
+        if method == 8:
+            try:
+                return zlib.decompressobj(-15).decompress(data, int(nbytes))
+            except zlib.error as e:
+                raise ArchiveError(f"{where}: corrupt deflate data ({e})") from None
+        raise ArchiveError(f"{where}: compression method {method} is not supported (only stored=0 and deflate=8)")
+
     def extract(self, i: int, buf: bytes | bytearray | memoryview, buf_start: int, reader: RangeReader | None = None) -> bytes:
         """Uncompressed bytes of member ``i`` from ``buf`` (archive bytes starting at ``buf_start``).
 
@@ -586,20 +646,10 @@ class ArchiveIndex:
                 mv = memoryview(bytes(mv) + more)
             return mv[a:b]
 
-        hdr = bytes(need(rel, rel + 30))
-        sig, _ver, flags, method, _t, _d, _crc, _cs, _us, nlen, elen = _LOCAL.unpack(hdr)
-        if sig != _LOCAL_SIG:
-            raise ArchiveError(f"{where}: no local header at offset {rel + buf_start} (archive corrupt or index stale)")
-        cname = self.name_blob[self.name_offsets[i] : self.name_offsets[i + 1]].tobytes()
-        lname = bytes(need(rel + 30, rel + 30 + nlen))
-        if lname != cname and lname.decode("cp437", "replace").encode("utf-8") != cname:
-            raise ArchiveError(f"{where}: local header names {lname[:80]!r}; archive corrupt or index stale")
-        if self.flags[i] & 0x1 or flags & 0x1:
-            raise ArchiveError(f"{where}: encrypted members are not supported")
+        dstart = self._data_start(i, need, rel, buf_start, where)
         cmethod = int(self.method[i])
         csize = int(self.comp_size[i])
         usize = int(self.size[i])
-        dstart = rel + 30 + nlen + elen
         data = need(dstart, dstart + csize)
         if cmethod == 0:
             if csize != usize:

@@ -82,7 +82,7 @@ def fit_pca(cfg: Config, archive: Any, index: Any, stages: list[str], pool: Vali
             memory: Any = None, cache: Any = None) -> tuple[PCAModel, dict[str, Any]]:
     """Stream the chosen training normals (read from ``cache`` — the run's decode-once cache —
     where it holds them) and fit the baseline; returns (model, facts)."""
-    from imgae_dx.data.dataset import StreamingNIHDataset
+    from imgae_dx.data.dataset import StreamingDataset
     from imgae_dx.models import create_model
 
     data = cfg.data if cache is not None else cfg.data.model_copy(update={"cache": "off"})
@@ -90,9 +90,9 @@ def fit_pca(cfg: Config, archive: Any, index: Any, stages: list[str], pool: Vali
     for stage, members in training_subset(cfg, index, stages).items():
         if len(members) == 0:
             continue
-        ds = StreamingNIHDataset(archive, index, stage, "train", data, seed=cfg.seed,
-                                 batch_size=cfg.training.batch_size, cache=cache, memory=memory,
-                                 drop_last=False, members=members)
+        ds = StreamingDataset(archive, index, stage, "train", data, seed=cfg.seed,
+                              batch_size=cfg.training.batch_size, cache=cache, memory=memory,
+                              drop_last=False, members=members)
         try:
             imgs = collect(b.images for b in ds.batches())
         finally:

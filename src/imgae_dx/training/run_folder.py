@@ -4,9 +4,11 @@
   holding another run (its ``config.yaml`` differs in a run-defining key) is refused; without
   ``--resume`` a folder that already holds checkpoints is refused (nothing is overwritten); with
   ``--resume`` every model of the run needs its ``last.pt``.
+* :func:`check_split` — the run's split (``split.csv``, :mod:`imgae_dx.run.splits`) as the archive
+  gives it now; a resumed run whose archive gives another split is refused.
 * :func:`prepare_run_folder` — rank 0, once checks passed: creates the folders, removes temporary
-  files a killed run left, writes ``config.yaml`` (secret-free) and drops ``metrics.jsonl`` rows
-  logged after the checkpoint the run resumes from.
+  files a killed run left, writes ``config.yaml`` (secret-free) and ``split.csv``, and drops
+  ``metrics.jsonl`` rows logged after the checkpoint the run resumes from.
 """
 
 from __future__ import annotations
@@ -22,6 +24,13 @@ from imgae_dx.config import Config, config_from_yaml_text
 from imgae_dx.errors import CheckpointError, RunFolderError, UserError
 from imgae_dx.run.identity import config_differences
 from imgae_dx.run.records import truncate_after
+from imgae_dx.run.splits import (
+    SPLIT_FILE,
+    SplitTable,
+    read_split_table,
+    split_differences,
+    write_split_table,
+)
 from imgae_dx.utils.atomic import atomic_write_text, remove_stale_temps
 
 log = logging.getLogger(__name__)
@@ -127,13 +136,35 @@ def check_run_folder(run_dir: Path, models: list[str], cfg_dict: dict[str, Any],
     return True
 
 
-def prepare_run_folder(run_dir: Path, yaml_text: str, resume_step: int | None) -> None:
-    """Create the folders, clear stale temporaries, write ``config.yaml``, trim ``metrics.jsonl``
-    to ``resume_step`` (everything, for a new run)."""
+def check_split(run_dir: Path, index: Any, resuming: bool) -> SplitTable:
+    """The run's split from ``index`` (its bound protocol); when resuming, it must equal the
+    run's ``split.csv`` (a run from before split files has none: nothing to compare).
+
+    Raises:
+        CheckpointError: resuming against an archive that gives another split.
+    """
+    table = SplitTable.from_index(index)
+    saved = read_split_table(run_dir) if resuming else None
+    if saved is not None:
+        diffs = split_differences(saved, table)
+        if diffs:
+            raise CheckpointError(
+                f"--resume: the archive gives another split than the run's {run_dir / SPLIT_FILE} "
+                f"({'; '.join(diffs)}); resume with the source the run started on")
+    return table
+
+
+def prepare_run_folder(run_dir: Path, yaml_text: str, resume_step: int | None,
+                       split: SplitTable | None = None) -> None:
+    """Create the folders, clear stale temporaries, write ``config.yaml`` and ``split`` (a
+    resumed run that has one keeps it), trim ``metrics.jsonl`` to ``resume_step`` (everything,
+    for a new run)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "checkpoints").mkdir(exist_ok=True)
     for folder in [run_dir, *(run_dir / "checkpoints").iterdir()]:
         if folder.is_dir() and (n := remove_stale_temps(folder)):
             log.info("removed %d temp file(s) a killed run left in %s", n, folder)
     atomic_write_text(run_dir / "config.yaml", yaml_text)
+    if split is not None and (resume_step is None or not (run_dir / SPLIT_FILE).is_file()):
+        write_split_table(run_dir, split)
     truncate_after(run_dir / "metrics.jsonl", resume_step if resume_step is not None else -1)

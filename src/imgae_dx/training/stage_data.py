@@ -73,7 +73,7 @@ class StageData:
 
     Args:
         cfg: the run's configuration.
-        archive: the opened archive; ``index``: its :class:`~imgae_dx.data.nih_index.NIHIndex`.
+        archive: the opened archive; ``index``: its :class:`~imgae_dx.data.datasets.base.DatasetIndex`.
         stages: the stages in training order.
         rank, world_size: this process's place in the job.
         run_dir: the run folder (default location of the disk cache).
@@ -82,7 +82,7 @@ class StageData:
     def __init__(self, cfg: Config, archive: Any, index: Any, stages: list[str], *, rank: int,
                  world_size: int, run_dir: Path) -> None:
         from imgae_dx.config import ConfigError
-        from imgae_dx.data.dataset import StreamingNIHDataset, make_cache, pipeline_budget
+        from imgae_dx.data.dataset import StreamingDataset, make_cache, pipeline_budget
         from imgae_dx.data.memory import MemoryManager
         from imgae_dx.data.replay import ReplayDataset
 
@@ -106,10 +106,10 @@ class StageData:
             cache = self.shared if self.shared is not None else make_cache(d, run_dir / "cache")
             if cache is not None and self.shared is None:
                 self.caches[stage] = cache
-            self.train[stage] = StreamingNIHDataset(archive, index, stage, "train", d, cache=cache,
-                                                    drop_last=True, **common)
-            self.val[stage] = StreamingNIHDataset(archive, index, stage, "val", d, cache=cache,
-                                                  drop_last=False, **common)
+            self.train[stage] = StreamingDataset(archive, index, stage, "train", d, cache=cache,
+                                                 drop_last=True, **common)
+            self.val[stage] = StreamingDataset(archive, index, stage, "val", d, cache=cache,
+                                               drop_last=False, **common)
             if k and t.replay != "none":
                 members = replay_members(cfg, index, stages[: k + 1], t.replay)
                 self.replay[stage] = ReplayDataset(archive, index, stages[: k + 1], "train", d,

@@ -1,8 +1,8 @@
 """Progressive streaming trainer: the wiring of the training engine from the configuration.
 
 ``StreamingTrainer(config).train_progressive_stages()`` trains every model in ``config.models`` on
-the normal (``No Finding``) training images of each stage in order (``images_001``, …):
-``training.epochs_per_stage`` epochs per stage (more for a stage too small to draw
+the normal training images of each stage in order (NIH: ``images_001``, …; other datasets:
+``part_001``, …): ``training.epochs_per_stage`` epochs per stage (more for a stage too small to draw
 ``training.min_images_per_stage`` images in them, and for the last stage of a run too small to draw
 ``training.min_images_per_run``), each followed by validation and checkpoints. Each decoded batch
 feeds every model (``--model all`` costs one pass over the stream). The parts, one owner each:
@@ -101,7 +101,8 @@ class TrainResult:
 
 
 class StreamingTrainer:
-    """Train ``config.models`` stage by stage from a streamed NIH archive.
+    """Train ``config.models`` stage by stage from a streamed archive of any dataset
+    (``config.data.dataset``: NIH, ZhangLab, folder; detected when omitted).
 
     Args:
         config: the validated :class:`~imgae_dx.config.Config` (``load_config(...)``).
@@ -131,10 +132,12 @@ class StreamingTrainer:
     @classmethod
     def from_colab_config(cls, config_path: str | os.PathLike[str] | None = None,
                           overrides: Mapping[str, Any] | None = None, *, resume: bool = True,
-                          **kwargs: Any) -> StreamingTrainer:
+                          dataset: str | None = None, **kwargs: Any) -> StreamingTrainer:
         """Trainer from ``configs/cloud_configs/colab.yaml`` (checkpoints on Drive), resuming by
-        default (Colab runtimes disconnect). ``overrides``: dotted keys → values."""
-        return cls(load_config(config_path, overrides, profile="colab"), resume=resume, **kwargs)
+        default (Colab runtimes disconnect). ``overrides``: dotted keys → values; ``dataset``:
+        ``data.dataset`` (``nih``, ``zhanglab``, ``folder``; None: as the config says, else detected)."""
+        over = {**(overrides or {}), **({"data.dataset": dataset} if dataset is not None else {})}
+        return cls(load_config(config_path, over, profile="colab"), resume=resume, **kwargs)
 
     def request_stop(self, signum: int = signal.SIGINT) -> None:
         """Ask the loop to save ``last.pt`` and return at the next step (what a signal does)."""
@@ -150,19 +153,23 @@ class StreamingTrainer:
             torch.backends.cudnn.benchmark = t.cudnn_benchmark
             torch.backends.cuda.matmul.allow_tf32 = t.tf32
             torch.backends.cudnn.allow_tf32 = t.tf32
-        cfg_dict = run_folder.config_dict(cfg)  # 1. validate everything before writing anything
-        self.fingerprint = config_fingerprint(cfg_dict)
-        self.config_yaml = run_folder.config_yaml(cfg_dict)
-        self.deep = [m for m in cfg.models if m in GRADIENT_MODELS]  # pca: fitted after them
-        resuming = run_folder.check_run_folder(self.run_dir, self.deep, cfg_dict, self.resume)
-        check_logger(cfg.logging.logger)
-        from imgae_dx.data.nih_index import NIHIndex
+        check_logger(cfg.logging.logger)  # 1. validate everything before writing anything
+        from imgae_dx.data.datasets import open_dataset
 
         if self._archive is None:
             from imgae_dx.streaming.sources import open_archive
 
             self._archive = open_archive(cfg.source, cfg.data)
-        self.index = NIHIndex.from_archive(self._archive)
+        self.index = open_dataset(self._archive, cfg.data, cfg.seed, quiet=not self.is_main)
+        if cfg.data.dataset != self.index.name:  # config.yaml holds the resolved dataset
+            cfg = self.cfg = cfg.model_copy(
+                update={"data": cfg.data.model_copy(update={"dataset": self.index.name})})
+        cfg_dict = run_folder.config_dict(cfg)
+        self.fingerprint = config_fingerprint(cfg_dict)
+        self.config_yaml = run_folder.config_yaml(cfg_dict)
+        self.deep = [m for m in cfg.models if m in GRADIENT_MODELS]  # pca: fitted after them
+        resuming = run_folder.check_run_folder(self.run_dir, self.deep, cfg_dict, self.resume)
+        self.split_table = run_folder.check_split(self.run_dir, self.index, resuming)
         self.stages: list[str] = list(self.index.resolve_stages(cfg.stages))
         random.seed(cfg.seed)  # 2. same seed on every rank: identical initial weights
         np.random.seed(cfg.seed % 2**32)
@@ -185,7 +192,7 @@ class StreamingTrainer:
         wandb_id = self._restore() if resuming else None
         if self.is_main:  # 3. run folder, reporting
             run_folder.prepare_run_folder(self.run_dir, self.config_yaml,
-                                          self.progress.step if resuming else None)
+                                          self.progress.step if resuming else None, self.split_table)
             log.info("precision: %s (%s)", self.precision.name, self.precision.reason)
         lg = cfg.logging
         self.reporter = Reporter(

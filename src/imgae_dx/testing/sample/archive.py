@@ -3,7 +3,9 @@
 ``write_sample_archive(out_dir)`` writes ``out_dir/data.zip`` laid out exactly like Kaggle's
 ``nih-chest-xrays/data`` download: ``images_NNN/images/XXXXXXXX_YYY.png`` members plus
 ``Data_Entry_2017.csv``, ``BBox_List_2017.csv``, ``train_val_list.txt`` and ``test_list.txt`` at the
-root, with the real, malformed CSV headers. The metadata lists a few images the archive does not hold
+root, with the real, malformed CSV headers, and the marker member
+:data:`~imgae_dx.data.datasets.base.SYNTHETIC_MARKER` that tells the evaluator and the report the
+archive is synthetic (:func:`write_marker`). The metadata lists a few images the archive does not hold
 (as the real metadata lists all 112,120 images whatever part a source holds).
 
 Images are synthetic but anatomically plausible 8-bit gray radiographs (lungs, mediastinum, heart,
@@ -21,6 +23,7 @@ detector noise from a precomputed pool). Metadata is therefore identical for eve
 
 from __future__ import annotations
 
+import json
 import os
 import zipfile
 from collections import deque
@@ -30,7 +33,8 @@ from pathlib import Path
 
 import cv2
 
-from imgae_dx.data.nih_index import (
+from imgae_dx.data.datasets.base import SYNTHETIC_MARKER
+from imgae_dx.data.datasets.nih import (
     BBOX_HEADER,
     BBOX_NAME,
     DATA_ENTRY_HEADER,
@@ -62,6 +66,13 @@ def _metadata(plans: list[ImagePlan], test_patients: set[int]) -> dict[str, byte
         TRAIN_VAL_NAME: ("\n".join(tv) + "\n").encode(),
         TEST_NAME: ("\n".join(te) + "\n").encode(),
     }
+
+
+def write_marker(zf: zipfile.ZipFile, dataset: str, seed: int, prefix: str = "") -> None:
+    """Write the member that marks an archive as a synthetic sample (``prefix``: a top folder)."""
+    body = json.dumps({"generator": "imgae_dx.testing.sample", "dataset": dataset, "seed": seed,
+                       "synthetic": True}, sort_keys=True)
+    zf.writestr(_zinfo(prefix + SYNTHETIC_MARKER, zipfile.ZIP_DEFLATED), body.encode(), compresslevel=6)
 
 
 def _zinfo(name: str, method: int) -> zipfile.ZipInfo:
@@ -133,6 +144,7 @@ def write_sample_archive(out_dir: str | os.PathLike[str], images_per_stage: int 
                 bar.update(1)
                 if on_image is not None:
                     on_image(i + 1, len(in_archive))
+            write_marker(zf, "nih", seed)  # sorts between images_NNN/ and test_list.txt
             for name in (TEST_NAME, TRAIN_VAL_NAME):
                 zf.writestr(_zinfo(name, zipfile.ZIP_DEFLATED), meta[name], compresslevel=6)
     finally:

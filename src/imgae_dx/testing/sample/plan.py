@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from imgae_dx.data.nih_index import NORMAL_LABEL
+from imgae_dx.data.datasets.nih import NORMAL_LABEL
 
 BOX_FRAME = 1024.0  # BBox_List coordinates are in the original 1024 px frame
 
@@ -216,7 +216,7 @@ def _point_in_lung(rng: np.random.Generator, an: Anatomy, s: int, r: float,
     return an.cx + s * 0.5 * (an.lm + an.lo), an.top + 0.5 * (cps - an.top)
 
 
-def _plan_lesion(rng: np.random.Generator, an: Anatomy, finding: str) -> Lesion | None:
+def plan_lesion(rng: np.random.Generator, an: Anatomy, finding: str) -> Lesion | None:
     """Parameters (and box) of one finding. Cardiomegaly is a heart scale, handled by the caller."""
     sev = _severity(rng)
     s = int(rng.choice([-1, 1]))
@@ -343,7 +343,7 @@ def plan_images(images_per_stage: int, stages: int, seed: int, variety: str = "s
                     heart_scale = 1.0 + 0.33 * _severity(rng)
                     lesions.append(Lesion(f, 1, {}, van.heart_box(heart_scale)))
                 else:
-                    les = _plan_lesion(rng, van, f)
+                    les = plan_lesion(rng, van, f)
                     if les is not None:
                         lesions.append(les)
             warp = (_u(rng, -1.5, 1.5, w_pose), _u(rng, 0.98, 1.02, w_pose),
