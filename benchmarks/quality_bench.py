@@ -100,16 +100,16 @@ def score_variants(out: Path, models: list[str], source: str | None = None,
         if not wanted(name):
             continue
         m = evaluate_run(out, source=source, scoring=_overlay(models, anomaly), name=name, progress=False)
-        auroc[name] = {k: v["auroc"] for k, v in m["models"].items()}
+        auroc[name] = {k: v.auroc for k, v in m.models.items()}
     for name, (model, over) in MODEL_SCORINGS.items():
         if model in models and wanted(name):
             m = evaluate_run(out, source=source, scoring={"model": {model: _plain(model, over)}}, name=name,
                              progress=False)
-            auroc[name] = {model: m["models"][model]["auroc"]}
+            auroc[name] = {model: m.models[model].auroc}
     if "ra" in models and wanted("ra_authors"):
         ra_authors = yaml.safe_load((RECIPES / "ra_authors_scoring.yaml").read_text())
         m = evaluate_run(out, source=source, scoring=ra_authors, name="ra_authors", progress=False)
-        auroc["ra_authors"] = {"ra": m["models"]["ra"]["auroc"]}
+        auroc["ra_authors"] = {"ra": m.models["ra"].auroc}
     return auroc
 
 

@@ -17,6 +17,7 @@ from imgae_dx.config import load_config
 from imgae_dx.data.datasets.nih import NIHIndex
 from imgae_dx.errors import CheckpointError, RunFolderError, UserError
 from imgae_dx.evaluation.evaluator import CloudEvaluator, evaluate_run
+from imgae_dx.evaluation.results import EVALUATION_FORMAT, read_evaluation
 from imgae_dx.models import create_model
 from imgae_dx.run.checkpoint import CheckpointPayload, Position
 from imgae_dx.run.identity import config_fingerprint
@@ -77,15 +78,17 @@ def test_scores_every_test_image_once_with_metadata(tmp_path, small_archive, nih
         assert r["stage"] == rec.stage and np.isfinite(float(r["unet"])) and np.isfinite(float(r["ra"]))
     # counts against the metadata
     labels = np.asarray([recs[k].label for k in recs])
-    assert m["counts"]["images"] == len(recs)
-    assert m["counts"]["abnormal"] == int(labels.sum()) and m["counts"]["normal"] == int((labels == 0).sum())
-    assert m["counts"]["patients"] == len({r.patient for r in recs.values()})
+    assert m.counts.images == len(recs)
+    assert m.counts.abnormal == int(labels.sum()) and m.counts.normal == int((labels == 0).sum())
+    assert m.counts.patients == len({r.patient for r in recs.values()})
     # localisation: one row per (model, box) of the test images that have boxes
     n_boxes = sum(len(r.boxes) for r in recs.values())
     loc = _rows(run / "eval" / "localisation.csv")
-    assert len(loc) == 2 * n_boxes and m["models"]["unet"]["localisation"]["n_boxes"] == n_boxes
-    # metrics.json is valid JSON with the contract's keys, the checkpoint it describes and a p-value
+    assert len(loc) == 2 * n_boxes and m.models["unet"].localisation.n_boxes == n_boxes
+    # metrics.json is valid JSON with the contract's keys, the checkpoint it describes and a p-value;
+    # what the evaluator returns is what a reader gets back from the file
     mj = json.loads((run / "eval" / "metrics.json").read_text())
+    assert mj["format"] == EVALUATION_FORMAT and read_evaluation(run / "eval") == m
     for name in ("unet", "ra"):
         u = mj["models"][name]
         assert {"auroc", "auprc", "auroc_ci", "f1_max", "fpr_at_95_tpr", "sensitivity_at_90_specificity",
@@ -147,7 +150,7 @@ def test_falls_back_to_last_and_explains_missing_pieces(tmp_path, small_archive)
     run = make_run(tmp_path, small_archive, kind="last")
     ev = CloudEvaluator(run)
     ev.load_models()
-    assert ev.checkpoints["unet"]["file"] == "checkpoints/unet/last.pt"
+    assert ev.checkpoints["unet"].file == "checkpoints/unet/last.pt"
     shutil.rmtree(run / "checkpoints" / "ra")
     with pytest.raises(CheckpointError, match="no checkpoint for model 'ra'"):
         CloudEvaluator(run).load_models()
@@ -185,16 +188,17 @@ def test_logs_comparison_to_the_same_wandb_run(tmp_path, small_archive, monkeypa
     fake.init = init
     monkeypatch.setitem(sys.modules, "wandb", fake)
     run = make_run(tmp_path, small_archive, logger="wandb", wandb_id="run-abc123")
-    m = evaluate_run(run, stages="images_001")
-    assert m["wandb_logged"] is True
+    ev = CloudEvaluator(run, stages="images_001")
+    m = ev.run()
+    assert ev.wandb_logged is True
     (kw,) = calls["init"]
     assert kw["id"] == "run-abc123" and kw["resume"] == "allow"
     (payload,) = calls["log"]
     tab = payload["eval/comparison"]
     assert tab.columns[:3] == ["stage", "model", "auroc"]
-    assert [r[1] for r in tab.data] == ["unet", "ra"] and tab.data[0][2] == pytest.approx(m["models"]["unet"]["auroc"])
+    assert [r[1] for r in tab.data] == ["unet", "ra"] and tab.data[0][2] == pytest.approx(m.models["unet"].auroc)
     assert payload["eval/roc"][1]["keys"] == ["unet", "ra"]
-    assert payload["eval/delong_p"] == m["comparison"]["delong_p"]
+    assert payload["eval/delong_p"] == m.comparison.delong_p
     assert calls["finish"] == [True]
 
 
@@ -239,7 +243,7 @@ def test_rescoring_without_retraining_goes_to_its_own_folder(tmp_path, small_arc
     assert "scoring ra: map clahe, score topk 5.0 %" in out and "scoring unet: map l1, score mean" in out
     m = json.loads((run / "eval-clahe_topk" / "metrics.json").read_text())
     assert m["evaluation"] == "clahe_topk" and m["scoring"]["ra"]["map"] == "clahe"
-    assert base["scoring"]["ra"]["map"] == "l1" and base["evaluation"] == "default"
+    assert base.scoring["ra"]["map"] == "l1" and base.evaluation == "default"
     assert (run / "eval" / "scores.csv").read_bytes() == before  # the default evaluation untouched
     new, old = _rows(run / "eval-clahe_topk" / "scores.csv"), _rows(run / "eval" / "scores.csv")
     assert [r["unet"] for r in new] == [r["unet"] for r in old]
@@ -328,7 +332,7 @@ def test_an_archive_that_gives_another_split_is_refused(tmp_path, small_archive)
     with pytest.raises(UserError, match="another split than .* trained on .*split 'test' → 'train'"):
         evaluate_run(run, stages="images_001")
     # other stages are not affected by the change: evaluated
-    assert evaluate_run(run, stages="images_002")["counts"]["images"] > 0
+    assert evaluate_run(run, stages="images_002").counts.images > 0
 
 
 def test_a_real_nih_subset_gets_no_synthetic_caveat(tmp_path, small_archive):
@@ -344,7 +348,7 @@ def test_a_real_nih_subset_gets_no_synthetic_caveat(tmp_path, small_archive):
                 dst.writestr(info, src.read(info.filename))
     run = make_run(tmp_path, subset)
     m = evaluate_run(run, stages="images_001")
-    assert m["synthetic_data"] is False and m["dataset"] == "nih"
+    assert m.synthetic_data is False and m.dataset == "nih"
     from imgae_dx.visualization.report import write_report
 
     doc = write_report(run).read_text()

@@ -13,6 +13,7 @@ from sklearn import metrics as skm
 from imgae_dx.evaluation import localisation as L
 from imgae_dx.evaluation import metrics as M
 from imgae_dx.evaluation import summary as S
+from imgae_dx.evaluation.results import Counts, json_safe
 
 
 def _vectors(seed: int, n: int = 300, ties: bool = True):
@@ -63,7 +64,7 @@ def test_weighted_curve_matches_sklearn_sample_weight():
 def test_undefined_metrics_are_nan_and_json_null():
     m = M.binary_metrics([0, 0, 0], [0.1, 0.2, 0.3])
     assert all(math.isnan(v) for v in m.values())
-    assert json.loads(json.dumps(S.json_safe({"m": m, "a": np.arange(2)})))["m"]["auroc"] is None
+    assert json.loads(json.dumps(json_safe({"m": m, "a": np.arange(2)})))["m"]["auroc"] is None
     with pytest.raises(ValueError, match="differ in length"):
         M.binary_metrics([0, 1], [0.1])
     with pytest.raises(ValueError, match="NaN"):
@@ -213,11 +214,19 @@ def test_summarise_scores_shapes_and_comparison():
     scores = {"ra": rng.normal(size=n) + 0.5 * y, "unet": rng.normal(size=n) + 1.5 * y}
     out = S.summarise_scores(y, scores, patients=[i // 3 for i in range(n)], views=["PA"] * n,
                              n_bootstrap=100, seed=0)
-    assert out["comparison"]["a"] == "unet" and out["comparison"]["b"] == "ra"
-    assert out["comparison"]["p_value"] < 0.01
-    u = out["models"]["unet"]
-    assert u["auroc_ci"][0] <= u["auroc"] <= u["auroc_ci"][1]
-    assert len(u["curves"]["roc_tpr"]) == len(M.ROC_GRID)
-    assert out["counts"] == {"images": n, "normal": int((y == 0).sum()), "abnormal": int(y.sum()),
-                             "patients": 100, "by_view": {"PA": n}}
-    json.dumps(S.json_safe(out), allow_nan=False)
+    first = out.comparisons[0]
+    assert first.a == "unet" and first.b == "ra" and first.p_value < 0.01
+    u = out.models["unet"]
+    assert u.auroc_ci[0] <= u.auroc <= u.auroc_ci[1]
+    assert len(u.curves.roc_tpr) == len(M.ROC_GRID)
+    assert out.counts == Counts(images=n, normal=int((y == 0).sum()), abnormal=int(y.sum()), patients=100,
+                                by_view={"PA": n})
+
+
+def test_undefined_summary_values_are_none_not_nan():
+    """One class only: no AUROC, no curves, no intervals — None in the results, null in JSON."""
+    out = S.summarise_scores([0, 0, 0, 0], {"unet": [0.1, 0.2, 0.3, 0.4], "ra": [0.4, 0.3, 0.2, 0.1]},
+                             patients=[0, 0, 1, 1], n_bootstrap=20, seed=0)
+    u = out.models["unet"]
+    assert u.auroc is None and u.curves is None and u.auroc_ci == (None, None)
+    assert out.comparisons[0].diff is None and out.comparisons[0].diff_ci == (None, None)

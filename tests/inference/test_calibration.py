@@ -163,6 +163,6 @@ def test_a_calibration_records_the_unets_inference_samples(tmp_path):
     run = tmp_path
     cal.save(calibration_path(run, "unet"))
     labels, scores = np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.3, 0.4])
-    assert run_operating_point(run, "unet", labels, scores, 7, cal.anomaly)["threshold"] is not None
+    assert run_operating_point(run, "unet", labels, scores, 7, cal.anomaly).threshold is not None
     other = run_operating_point(run, "unet", labels, scores, 7, {**cal.anomaly, "inference_samples": 4})
-    assert other["threshold"] is None and "another anomaly map/score" in other["note"]
+    assert other.threshold is None and "another anomaly map/score" in other.note

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from imgae_dx.evaluation.evaluator import CloudEvaluator
-from imgae_dx.evaluation.results import read_scores
+from imgae_dx.evaluation.score_files import read_scores
 from imgae_dx.inference.images import load_file, to_unit
 from imgae_dx.inference.loading import load_run_models
 from imgae_dx.inference.predictor import Predictor

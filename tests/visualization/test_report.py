@@ -15,12 +15,15 @@ import numpy as np
 import pytest
 
 from imgae_dx.errors import RunFolderError
-from imgae_dx.evaluation.results import SCORE_FIELDS, load_examples, save_examples
-from imgae_dx.evaluation.summary import json_safe, summarise_scores
+from imgae_dx.evaluation.results import Evaluation, write_evaluation
+from imgae_dx.evaluation.score_files import SCORE_FIELDS, load_examples, save_examples
+from imgae_dx.evaluation.summary import summarise_scores
 from imgae_dx.run.records import TrainRecord, ValRecord, to_json
 from imgae_dx.visualization.report import write_report
 
 FINDINGS = ["Atelectasis", "Effusion", "Nodule", "Mass"]
+#: eval/metrics.json of a tiny demo run as written before the format tag (tests/evaluation/test_results.py)
+OLD_METRICS = Path(__file__).parents[1] / "evaluation" / "data" / "metrics_40cadb8.json"
 
 
 def make_run_folder(root: Path, seed: int = 0, n: int = 240, evaluated: bool = True) -> Path:
@@ -66,11 +69,11 @@ def make_run_folder(root: Path, seed: int = 0, n: int = 240, evaluated: bool = T
     loc = {m: [{"image": f"{i:08d}_000.png", "finding": "Mass", "hit": float(rng.random() < 0.5),
                 "hit_chance": 0.3, "top_share": 0.2, "area_share": 0.05, "pixel_auroc": 0.7}
                for i in range(5)] for m in scores}
-    metrics = summarise_scores(labels, scores, patients=patients, views=views, findings=findings,
-                               localisation=loc, n_bootstrap=200, seed=0)
-    metrics["source"] = "/tmp/sample/data.zip"
-    metrics["synthetic_data"] = True
-    (run / "eval" / "metrics.json").write_text(json.dumps(json_safe(metrics)))
+    s = summarise_scores(labels, scores, patients=patients, views=views, findings=findings,
+                         localisation=loc, n_bootstrap=200, seed=0)
+    write_evaluation(run / "eval", Evaluation(models=s.models, comparisons=s.comparisons, counts=s.counts,
+                                              bootstrap=s.bootstrap, source="/tmp/sample/data.zip",
+                                              synthetic_data=True))
     for m in scores:
         items = []
         for k in range(3):
@@ -104,6 +107,25 @@ def test_report_is_self_contained_with_every_plot(tmp_path):
     assert f"{lo:.3f}" in doc and f"{hi:.3f}" in doc
     assert "DeLong p" in doc and "0.60–0.78" in doc and "synthetic sample dataset" in doc
     assert "images_003" in doc and "image_size: 64" in doc
+
+
+def test_report_of_a_run_evaluated_before_the_format_tag_still_renders(tmp_path):
+    """``metrics.json`` as the evaluator wrote it before the tag (commit 40cadb8): the same page."""
+    run = tmp_path / "run"
+    (run / "eval").mkdir(parents=True)
+    shutil.copy(OLD_METRICS, run / "eval" / "metrics.json")
+    (run / "config.yaml").write_text("seed: 42\nmodels: [unet, ra]\n")
+    doc = write_report(run).read_text()
+    m = json.loads(OLD_METRICS.read_text())
+    u, c = m["models"]["unet"], m["comparison"]
+    assert (f"Highest test AUROC (descriptive): <b>unet</b>, <b>{u['auroc']:.3f}</b> (95% CI "
+            f"{u['auroc_ci'][0]:.3f}–{u['auroc_ci'][1]:.3f}) on 33 test images · unet vs ra: ΔAUROC "
+            f"{c['diff']:.3f}, DeLong p = {c['delong_p']:.3f}") in doc
+    assert f"{u['operating_point']['threshold']:.5f}" in doc and "<h2>Operating point</h2>" in doc
+    assert f"{u['localisation']['hit_rate']:.3f}" in doc and "Atelectasis" in doc
+    assert "<b>Protocol:</b> official patient-disjoint lists" in doc and "0.60–0.78" in doc
+    assert "bbox boxes" in doc and "images_001: 16" in doc and "synthetic sample dataset" in doc
+    assert {p.name for p in (run / "plots").glob("*.png")} == {"roc_pr.png", "per_finding_auroc.png"}
 
 
 def test_report_before_evaluation_says_so(tmp_path):

@@ -259,7 +259,6 @@ def run(args: argparse.Namespace) -> int:
 
     from imgae_dx.cli.evaluate import summary_lines
     from imgae_dx.evaluation.evaluator import evaluate_run
-    from imgae_dx.evaluation.summary import best_by_auroc
     from imgae_dx.testing.range_server import RangeServer
     from imgae_dx.training.streaming_trainer import StreamingTrainer
     from imgae_dx.visualization.report import write_report
@@ -325,11 +324,11 @@ def run(args: argparse.Namespace) -> int:
     print()
     for line in summary_lines(metrics):
         print(line)
-    best = best_by_auroc(metrics)
+    best = metrics.best_by_auroc()
     if best is not None:
         name, m = best
-        lo, hi = m.get("auroc_ci") or [float("nan"), float("nan")]
-        print(f"highest test AUROC (descriptive): {name}, {m['auroc']:.3f} (95% CI {lo:.3f}–{hi:.3f})")
+        lo, hi = (float("nan") if v is None else v for v in m.auroc_ci)
+        print(f"highest test AUROC (descriptive): {name}, {m.auroc:.3f} (95% CI {lo:.3f}–{hi:.3f})")
     print(f"streamed {served['bytes_sent'] / 1e6:.1f} MB in {served['requests']} range requests "
           f"from {path}")
     print(f"wall time: {wall:.0f} s")

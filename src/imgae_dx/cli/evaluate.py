@@ -6,37 +6,37 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
 
+from imgae_dx.evaluation.results import Evaluation
 from imgae_dx.visualization.plots import fmt_num as _num
 from imgae_dx.visualization.plots import fmt_p
 
 
-def summary_lines(metrics: dict[str, Any]) -> list[str]:
+def summary_lines(metrics: Evaluation) -> list[str]:
     """The evaluation as a few printable lines: per-model table and the paired comparison."""
-    c = metrics.get("counts", {})
+    c = metrics.counts
     lines = [
-        f"dataset: {metrics.get('dataset', 'nih')} — protocol: {metrics.get('protocol', '?')}",
-        f"test split: {c.get('images', 0)} images ({c.get('normal', 0)} normal, {c.get('abnormal', 0)} "
-        f"abnormal) of {c.get('patients', 0)} patients, view {metrics.get('view', '?')}, "
-        f"stages {','.join(metrics.get('stages', []))}",
+        f"dataset: {metrics.dataset} — protocol: {metrics.protocol or '?'}",
+        f"test split: {c.images or 0} images ({c.normal or 0} normal, {c.abnormal or 0} "
+        f"abnormal) of {c.patients or 0} patients, view {metrics.view or '?'}, "
+        f"stages {','.join(metrics.stages)}",
         f"{'model':<6} {'AUROC [95% CI]':<24} {'AUPRC [95% CI]':<24} {'FPR@95TPR':>9} {'Sens@90Spec':>11}",
     ]
-    for name, m in metrics.get("models", {}).items():
-        a, p = m.get("auroc_ci") or [None, None], m.get("auprc_ci") or [None, None]
+    for name, m in metrics.models.items():
+        a, p = m.auroc_ci, m.auprc_ci
         lines.append(
-            f"{name:<6} {_num(m.get('auroc')) + ' [' + _num(a[0]) + ', ' + _num(a[1]) + ']':<24} "
-            f"{_num(m.get('auprc')) + ' [' + _num(p[0]) + ', ' + _num(p[1]) + ']':<24} "
-            f"{_num(m.get('fpr_at_95_tpr')):>9} {_num(m.get('sensitivity_at_90_specificity')):>11}"
+            f"{name:<6} {_num(m.auroc) + ' [' + _num(a[0]) + ', ' + _num(a[1]) + ']':<24} "
+            f"{_num(m.auprc) + ' [' + _num(p[0]) + ', ' + _num(p[1]) + ']':<24} "
+            f"{_num(m.fpr_at_95_tpr):>9} {_num(m.sensitivity_at_90_specificity):>11}"
         )
-    comp = metrics.get("comparison")
+    comp = metrics.comparison
     if comp:
-        ci = comp.get("diff_ci") or [None, None]
+        ci = comp.diff_ci
         lines.append(
-            f"{comp['a']} vs {comp['b']}: ΔAUROC {_num(comp.get('diff'))} "
+            f"{comp.a} vs {comp.b}: ΔAUROC {_num(comp.diff)} "
             f"[95% CI {_num(ci[0])}, {_num(ci[1])}], "
-            f"DeLong p = {fmt_p(comp.get('delong_p'))}, "
-            f"paired patient-bootstrap p = {_num(comp.get('bootstrap_p'))}"
+            f"DeLong p = {fmt_p(comp.delong_p)}, "
+            f"paired patient-bootstrap p = {_num(comp.bootstrap_p)}"
         )
     return lines
 
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
                            dataset=getattr(args, "dataset", None))
     for line in summary_lines(metrics):
         print(line)
-    for model, sc in (metrics.get("scoring") or {}).items():
+    for model, sc in metrics.scoring.items():
         print(f"scoring {model}: {describe(sc)}")
     report = write_report(args.run, name)
     print(f"metrics: {Path(args.run) / (f'eval-{name}' if name else 'eval') / 'metrics.json'}")

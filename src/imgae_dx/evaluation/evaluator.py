@@ -19,27 +19,28 @@
 4. re-reads the few most and least anomalous test images per model (by name, one range read each)
    for the report's example grid (``eval/examples/MODEL.npz``) — anomaly maps are never kept for
    the whole test set;
-5. writes ``eval/metrics.json`` (:func:`imgae_dx.evaluation.summary.summarise_scores` plus the
-   checkpoint, dataset, protocol, source and cohort it describes, whether the archive is a
-   synthetic sample (its marker member), and per model the ``operating_point``: sensitivity
-   and specificity on the test split at the threshold calibrated on the validation normals,
-   :func:`run_operating_point`) and, when the run logged to W&B, logs the comparison
-   table and curves to the same W&B run (id from the checkpoint).
+5. writes ``eval/metrics.json``, an :class:`~imgae_dx.evaluation.results.Evaluation`
+   (:func:`imgae_dx.evaluation.summary.summarise_scores` plus the checkpoint, dataset, protocol,
+   source and cohort it describes, whether the archive is a synthetic sample (its marker
+   member), and per model the operating point: sensitivity and specificity on the test split at
+   the threshold calibrated on the validation normals, :func:`run_operating_point`) and, when
+   the run logged to W&B, logs the comparison table and curves to the same W&B run (id from the
+   checkpoint).
 
 Just over 500 lines on purpose: the five steps above share one resumable state (stream position,
-open CSV writers, loaded models); the pure parts already live next door (``results``, ``summary``,
-``localisation``, ``operating_point``).
+open CSV writers, loaded models); the pure parts already live next door (``score_files``,
+``results``, ``summary``, ``localisation``, ``operating_point``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,17 +48,56 @@ import numpy as np
 import torch
 
 from imgae_dx.errors import CheckpointError, RunFolderError, UserError
-from imgae_dx.evaluation import localisation as L
-from imgae_dx.evaluation import metrics as M
-from imgae_dx.evaluation import results as R
-from imgae_dx.evaluation import summary as S
+from imgae_dx.evaluation.localisation import box_localisation
+from imgae_dx.evaluation.metrics import CURVE_METRICS, ROC_GRID
 from imgae_dx.evaluation.operating_point import run_operating_point
+from imgae_dx.evaluation.results import (
+    Evaluation,
+    StreamFacts,
+    TableRow,
+    json_safe,
+    write_evaluation,
+)
+from imgae_dx.evaluation.score_files import (
+    LOC_FIELDS,
+    LOC_VALUES,
+    SCORE_FIELDS,
+    ScoreTable,
+    open_rows,
+    read_localisation,
+    read_scores,
+    save_examples,
+    scored_images,
+)
 from imgae_dx.evaluation.scoring import apply_overlay, scoring_of
+from imgae_dx.evaluation.summary import summarise_scores
+from imgae_dx.run.checkpoint import CheckpointSummary
 from imgae_dx.utils.atomic import atomic_write_text
 from imgae_dx.utils.device import resolve_device
 
 log = logging.getLogger(__name__)
 
+
+@dataclass
+class PassFacts:
+    """What one pass over the test split saw (:meth:`CloudEvaluator.score`): the stages, the
+    archive's identity, the dataset, its synthetic marker, and the stream's counters."""
+
+    stages: list[str]
+    archive: str
+    dataset: str
+    synthetic: bool = False
+    images: int = 0
+    skipped: int = 0
+    bytes_fetched: int = 0
+    requests: int = 0
+    seconds: float = 0.0
+    peak_rss_mb: float = 0.0
+
+    def add_stream_stats(self, stats: Mapping[str, Any]) -> None:
+        """Add one stage's :meth:`StreamingDataset.stats` counters."""
+        for k in ("images", "skipped", "bytes_fetched", "requests"):
+            setattr(self, k, getattr(self, k) + int(stats.get(k, 0)))
 
 
 def _fmt(v: float) -> str:
@@ -135,7 +175,11 @@ class CloudEvaluator:
         self.name = name
         self.eval_dir = self.run_dir / (f"eval-{name}" if name else "eval")
         self.models: dict[str, Any] = {}
-        self.checkpoints: dict[str, dict[str, Any]] = {}
+        self.checkpoints: dict[str, CheckpointSummary] = {}
+        self._file_stamps: dict[str, str] = {}  # size:mtime of each checkpoint file (resume identity)
+        self.wandb_run_id: str | None = None  # the training run's W&B id (from its checkpoints)
+        self.examples: dict[str, list[str]] = {}  # model → the example images written
+        self.wandb_logged = False
         self.image_size = int(self.cfg.data.image_size)
 
     # ------------------------------------------------------------------ models
@@ -160,19 +204,9 @@ class CloudEvaluator:
                 mcfg = getattr(apply_overlay(run_cfg, self.overlay, f"scoring overlay for {path}").model, name)
             model = load_model(name, size, mcfg, ck.model, str(path), self.device)
             self.models[name] = model
-            self.checkpoints[name] = {
-                "file": str(path.relative_to(self.run_dir)),
-                "stage": ck.stage,
-                "stage_k": ck.stage_k,
-                "position": ck.position.__dict__,
-                "step": ck.step,
-                "images_seen": ck.images_seen,
-                "val_loss": ck.val_loss,
-                "val_stages": ck.val_stages,
-                "saved_at": ck.saved_at,
-                "wandb_run_id": ck.wandb_run_id,
-                "file_stamp": f"{path.stat().st_size}:{path.stat().st_mtime_ns}",
-            }
+            self.checkpoints[name] = CheckpointSummary.of(ck, str(path.relative_to(self.run_dir)))
+            self._file_stamps[name] = f"{path.stat().st_size}:{path.stat().st_mtime_ns}"
+            self.wandb_run_id = self.wandb_run_id or ck.wandb_run_id
 
     # ------------------------------------------------------------------ state
     def _identity(self, stages: list[str], archive_identity: str) -> dict[str, Any]:
@@ -183,7 +217,8 @@ class CloudEvaluator:
             "view": self.cfg.data.view,
             "image_size": self.image_size,
             "seed": self.cfg.seed,
-            "models": {n: {k: c[k] for k in ("file", "step", "saved_at", "file_stamp")}
+            "models": {n: {"file": c.file, "step": c.step, "saved_at": c.saved_at,
+                           "file_stamp": self._file_stamps[n]}
                        for n, c in self.checkpoints.items()},
             "scoring": self.scoring,
         }
@@ -210,19 +245,15 @@ class CloudEvaluator:
         return fresh
 
     def _save_state(self, st: dict[str, Any]) -> None:
-        atomic_write_text(self.eval_dir / "state.json", json.dumps(S.json_safe(st)))
+        atomic_write_text(self.eval_dir / "state.json", json.dumps(json_safe(st)))
 
     # ------------------------------------------------------------------ scoring
     @torch.no_grad()
     def _predict(self, x: torch.Tensor) -> dict[str, Any]:
         return {n: m.predict(x) for n, m in self.models.items()}
 
-    def score(self) -> dict[str, Any]:
-        """Stream the test split and write ``scores.csv`` / ``localisation.csv`` (resumable).
-
-        Returns:
-            Facts about the pass: stages, counts, archive identity, dataset stats, timing.
-        """
+    def score(self) -> PassFacts:
+        """Stream the test split and write ``scores.csv`` / ``localisation.csv`` (resumable)."""
         from tqdm.auto import tqdm
 
         from imgae_dx.data.dataset import StreamingDataset, pipeline_budget
@@ -243,11 +274,12 @@ class CloudEvaluator:
             identity = self._identity(stages, archive.identity)
             st = self._load_state(identity)
             self.eval_dir.mkdir(parents=True, exist_ok=True)
-            fields = list(R.SCORE_FIELDS) + list(self.models)
-            scored = R.scored_images(self.eval_dir / "scores.csv")
-            fs, ws = R.open_rows(self.eval_dir / "scores.csv", fields, self.eval_dir)
-            fl, wl = R.open_rows(self.eval_dir / "localisation.csv", R.LOC_FIELDS, self.eval_dir)
-            stats: dict[str, Any] = {"images": 0, "skipped": 0, "bytes_fetched": 0, "requests": 0}
+            fields = list(SCORE_FIELDS) + list(self.models)
+            scored = scored_images(self.eval_dir / "scores.csv")
+            fs, ws = open_rows(self.eval_dir / "scores.csv", fields, self.eval_dir)
+            fl, wl = open_rows(self.eval_dir / "localisation.csv", LOC_FIELDS, self.eval_dir)
+            facts = PassFacts(stages=stages, archive=archive.identity, dataset=index.name,
+                              synthetic=index.synthetic)
             scale = self.image_size / index.box_frame
             top = self.cfg.evaluation.top_percent_localisation
             limit = self.cfg.evaluation.max_images
@@ -290,9 +322,7 @@ class CloudEvaluator:
                                 break
                     finally:
                         bar.close()
-                        s = ds.stats()
-                        for k in stats:
-                            stats[k] += int(s.get(k, 0))
+                        facts.add_stream_stats(ds.stats())
                         ds.close()
                     st["done_stages"].append(stage)
                     st["current"] = None
@@ -302,11 +332,9 @@ class CloudEvaluator:
             finally:
                 fs.close()
                 fl.close()
-            stats.update(
-                stages=stages, archive=archive.identity, seconds=round(time.perf_counter() - t0, 2),
-                peak_rss_mb=round(memory.peak_rss / 2**20, 1), dataset=index.name, synthetic=index.synthetic,
-            )
-            return stats
+            facts.seconds = round(time.perf_counter() - t0, 2)
+            facts.peak_rss_mb = round(memory.peak_rss / 2**20, 1)
+            return facts
         except BaseException:
             archive.close()
             raise
@@ -340,12 +368,12 @@ class CloudEvaluator:
             for name, p in preds.items():
                 amap = p.anomaly_map[j, 0].float().cpu().numpy()
                 for b, (finding, x, y, bw, bh) in enumerate(boxes):
-                    loc = L.box_localisation(amap, (x, y, bw, bh), scale=scale, top_percent=top)
+                    loc = box_localisation(amap, (x, y, bw, bh), scale=scale, top_percent=top)
                     w.writerow([r.image, name, b, finding, _fmt(x), _fmt(y), _fmt(bw), _fmt(bh)]
-                               + [_fmt(loc[k]) for k in R.LOC_VALUES])
+                               + [_fmt(loc[k]) for k in LOC_VALUES])
 
     # ------------------------------------------------------------------ examples
-    def write_examples(self, table: R.ScoreTable) -> dict[str, list[str]]:
+    def write_examples(self, table: ScoreTable) -> dict[str, list[str]]:
         """Re-read the most and least anomalous test images per model and save them for the report."""
         from imgae_dx.data.decode import decode_image
 
@@ -388,74 +416,68 @@ class CloudEvaluator:
                     "anomaly_map": p.anomaly_map[0, 0].float().cpu().numpy(), "boxes": boxes,
                 })
             if items:
-                R.save_examples(self.eval_dir / "examples" / f"{name}.npz", items)
+                save_examples(self.eval_dir / "examples" / f"{name}.npz", items)
                 out[name] = [it["image_id"] for it in items]
         return out
 
     # ------------------------------------------------------------------ metrics
-    def compute_metrics(self, facts: dict[str, Any] | None = None) -> dict[str, Any]:
-        """``eval/metrics.json`` from ``scores.csv`` and ``localisation.csv`` (``facts``: what
-        :meth:`score` returned — stages, archive, dataset, synthetic marker, stream counters)."""
+    def compute_metrics(self, facts: PassFacts | None = None) -> Evaluation:
+        """Write ``eval/metrics.json`` from ``scores.csv`` and ``localisation.csv``, then the
+        example images; returns what was written. ``facts``: what :meth:`score` saw (None: the
+        stages, source and dataset of the run's configuration)."""
         from imgae_dx.data.datasets.registry import spec
 
-        table = R.read_scores(self.eval_dir / "scores.csv", self.models)
+        table = read_scores(self.eval_dir / "scores.csv", self.models)
         if not table.rows:
             raise UserError(
-                f"the test split of stages {', '.join((facts or {}).get('stages', [])) or '?'} holds no "
+                f"the test split of stages {', '.join(facts.stages if facts else []) or '?'} holds no "
                 f"{self.cfg.data.view} images in {self.source}; choose other --stages or data.view"
             )
-        loc = R.read_localisation(self.eval_dir / "localisation.csv", self.models,
-                                  {r["image"] for r in table.rows})
+        loc = read_localisation(self.eval_dir / "localisation.csv", self.models,
+                                {r["image"] for r in table.rows})
         ev = self.cfg.evaluation
-        out = S.summarise_scores(
+        summary = summarise_scores(
             table.labels, table.scores, patients=table.patients, views=table.views,
             findings=table.findings, localisation=loc, n_bootstrap=ev.bootstrap, seed=self.cfg.seed,
         )
-        for n in self.models:
-            out["models"][n]["checkpoint"] = {k: v for k, v in self.checkpoints[n].items()
-                                              if k not in ("wandb_run_id", "file_stamp")}
-            out["models"][n]["operating_point"] = run_operating_point(
-                self.run_dir, n, table.labels, table.scores[n], self.checkpoints[n].get("step"),
-                self.scoring.get(n))
+        models = {n: replace(summary.models[n], checkpoint=self.checkpoints[n],
+                             operating_point=run_operating_point(
+                                 self.run_dir, n, table.labels, table.scores[n], self.checkpoints[n].step,
+                                 self.scoring[n]))
+                  for n in self.models}
         stages_seen = sorted(set(table.stages))
-        out["counts"]["by_stage"] = {s: table.stages.count(s) for s in stages_seen}
-        out["counts"]["bbox_images"] = len({r["image"] for rows in loc.values() for r in rows})
-        out["counts"]["bbox_boxes"] = max((len(v) for v in loc.values()), default=0)
-        f = facts or {}
-        if f:
-            out["counts"]["skipped_undecodable"] = f.get("skipped", 0)
-        dataset = spec(f.get("dataset") or self.cfg.data.dataset or "nih")
-        out.update({
-            "dataset": dataset.name,
-            "dataset_title": dataset.title,
-            "protocol": dataset.protocol,
-            "split": "test",
-            "view": self.cfg.data.view,
-            "stages": f.get("stages", stages_seen),
-            "source": f.get("archive", self.source),
-            "image_size": self.image_size,
-            "top_percent_localisation": ev.top_percent_localisation,
-            "synthetic_data": bool(f.get("synthetic", False)),
-            "threshold_policy": "no threshold is tuned on the test split; F1-max is an oracle summary",
-            "checkpoint_policy": ("best.pt = the epoch-end checkpoint with the lowest loss on the "
-                                  "normal validation images of every stage trained so far"),
-            "evaluation": self.name or "default",
-            "scoring": self.scoring,
-            "stream": {k: f[k] for k in ("images", "bytes_fetched", "requests", "seconds", "peak_rss_mb")
-                       if k in f},
-            "table": [
-                {"stage": self.checkpoints[n].get("stage"), "model": n, "auroc": out["models"][n]["auroc"],
-                 "auroc_ci": out["models"][n]["auroc_ci"], "loss": self.checkpoints[n].get("val_loss")}
-                for n in self.models
-            ],
-            "written_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        })
-        atomic_write_text(self.eval_dir / "metrics.json", json.dumps(S.json_safe(out), indent=1))
-        out["examples"] = self.write_examples(table)
-        return out
+        counts = replace(
+            summary.counts,
+            by_stage={s: table.stages.count(s) for s in stages_seen},
+            bbox_images=len({r["image"] for rows in loc.values() for r in rows}),
+            bbox_boxes=max((len(v) for v in loc.values()), default=0),
+            skipped_undecodable=facts.skipped if facts else None,
+        )
+        dataset = spec(facts.dataset if facts else self.cfg.data.dataset or "nih")
+        stream = (StreamFacts(images=facts.images, bytes_fetched=facts.bytes_fetched, requests=facts.requests,
+                              seconds=facts.seconds, peak_rss_mb=facts.peak_rss_mb)
+                  if facts else StreamFacts())
+        result = Evaluation(
+            models=models, comparisons=summary.comparisons, counts=counts, bootstrap=summary.bootstrap,
+            dataset=dataset.name, dataset_title=dataset.title, protocol=dataset.protocol, split="test",
+            view=self.cfg.data.view, stages=facts.stages if facts else stages_seen,
+            source=facts.archive if facts else self.source, image_size=self.image_size,
+            top_percent_localisation=ev.top_percent_localisation,
+            synthetic_data=bool(facts and facts.synthetic),
+            threshold_policy="no threshold is tuned on the test split; F1-max is an oracle summary",
+            checkpoint_policy=("best.pt = the epoch-end checkpoint with the lowest loss on the "
+                               "normal validation images of every stage trained so far"),
+            evaluation=self.name or "default", scoring=self.scoring, stream=stream,
+            table=[TableRow(stage=self.checkpoints[n].stage, model=n, auroc=m.auroc, auroc_ci=m.auroc_ci,
+                            loss=self.checkpoints[n].val_loss) for n, m in models.items()],
+            written_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        )
+        write_evaluation(self.eval_dir, result)
+        self.examples = self.write_examples(table)
+        return result
 
     # ------------------------------------------------------------------ W&B
-    def log_wandb(self, metrics: dict[str, Any]) -> bool:
+    def log_wandb(self, result: Evaluation) -> bool:
         """Log the comparison table and curves to the run's W&B run (if it used ``--logger wandb``).
 
         Returns:
@@ -463,7 +485,7 @@ class CloudEvaluator:
         """
         if self.cfg.logging.logger != "wandb":
             return False
-        run_id = next((c.get("wandb_run_id") for c in self.checkpoints.values() if c.get("wandb_run_id")), None)
+        run_id = self.wandb_run_id
         try:
             import wandb
         except ImportError:
@@ -476,28 +498,27 @@ class CloudEvaluator:
                              job_type="evaluation", reinit=True)
             cols = ["stage", "model", "auroc", "auroc_lo", "auroc_hi", "auprc", "loss"]
             tab = wandb.Table(columns=cols)
-            for row in metrics["table"]:
-                m = metrics["models"][row["model"]]
-                ci = m.get("auroc_ci") or [None, None]
-                tab.add_data(row["stage"], row["model"], m.get("auroc"), ci[0], ci[1], m.get("auprc"), row["loss"])
+            for row in result.table:
+                m = result.models[row.model]
+                tab.add_data(row.stage, row.model, m.auroc, m.auroc_ci[0], m.auroc_ci[1], m.auprc, row.loss)
             payload: dict[str, Any] = {"eval/comparison": tab}
-            grid = M.ROC_GRID.tolist()
-            names = [n for n in metrics["models"] if metrics["models"][n].get("curves")]
-            if names:
+            grid = ROC_GRID.tolist()
+            curves = {n: m.curves for n, m in result.models.items() if m.curves is not None}
+            if curves:
                 payload["eval/roc"] = wandb.plot.line_series(
-                    xs=grid, ys=[list(metrics["models"][n]["curves"]["roc_tpr"]) for n in names],
-                    keys=names, title="ROC (test)", xname="false positive rate")
+                    xs=grid, ys=[c.roc_tpr for c in curves.values()],
+                    keys=list(curves), title="ROC (test)", xname="false positive rate")
                 payload["eval/pr"] = wandb.plot.line_series(
-                    xs=grid, ys=[list(metrics["models"][n]["curves"]["pr_precision"]) for n in names],
-                    keys=names, title="Precision-recall (test)", xname="recall")
-            for n, m in metrics["models"].items():
-                for k in M.CURVE_METRICS:
-                    if m.get(k) is not None and not (isinstance(m[k], float) and math.isnan(m[k])):
-                        payload[f"eval/{n}/{k}"] = m[k]
-            comp = metrics.get("comparison")
+                    xs=grid, ys=[c.pr_precision for c in curves.values()],
+                    keys=list(curves), title="Precision-recall (test)", xname="recall")
+            for n, m in result.models.items():
+                for k in CURVE_METRICS:
+                    if m.value(k) is not None:
+                        payload[f"eval/{n}/{k}"] = m.value(k)
+            comp = result.comparison
             if comp:
-                payload["eval/delong_p"] = comp.get("delong_p")
-                payload["eval/bootstrap_p"] = comp.get("bootstrap_p")
+                payload["eval/delong_p"] = comp.delong_p
+                payload["eval/bootstrap_p"] = comp.bootstrap_p
             run.log(payload)
             for k, v in payload.items():
                 if isinstance(v, (int, float)):
@@ -510,16 +531,17 @@ class CloudEvaluator:
             return False
 
     # ------------------------------------------------------------------ all
-    def run(self) -> dict[str, Any]:
-        """Load models, score (resuming), compute and write metrics, log to W&B. Returns the metrics."""
+    def run(self) -> Evaluation:
+        """Load models, score (resuming), compute and write metrics, log to W&B. Returns the
+        evaluation written (``examples`` and ``wandb_logged`` say what else was done)."""
         self.load_models()
         facts = self.score()
         try:
-            metrics = self.compute_metrics(facts)
+            result = self.compute_metrics(facts)
         finally:
             self._archive.close()
-        metrics["wandb_logged"] = self.log_wandb(metrics)
-        return metrics
+        self.wandb_logged = self.log_wandb(result)
+        return result
 
 
 def evaluate_run(
@@ -527,6 +549,6 @@ def evaluate_run(
     source: str | None = None,
     stages: str | Sequence[str] | None = None,
     **kwargs: Any,
-) -> dict[str, Any]:
-    """Evaluate a run folder (see :class:`CloudEvaluator`); returns the content of ``eval/metrics.json``."""
+) -> Evaluation:
+    """Evaluate a run folder (see :class:`CloudEvaluator`); returns what ``eval/metrics.json`` holds."""
     return CloudEvaluator(run_dir, source, stages, **kwargs).run()

@@ -16,20 +16,22 @@ from typing import Any
 
 import numpy as np
 
+from imgae_dx.evaluation.results import NO_INTERVAL, Interval, OperatingPoint
 
-def _wilson(k: int, n: int, z: float = 1.959964) -> list[float]:
-    """Wilson 95 % interval of a proportion k/n ([nan, nan] when n = 0)."""
+
+def _wilson(k: int, n: int, z: float = 1.959964) -> Interval:
+    """Wilson 95 % interval of a proportion k/n ((None, None) when n = 0)."""
     if n == 0:
-        return [math.nan, math.nan]
+        return NO_INTERVAL
     p = k / n
     d = 1 + z * z / n
     c = (p + z * z / (2 * n)) / d
     h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return [max(0.0, c - h), min(1.0, c + h)]
+    return max(0.0, c - h), min(1.0, c + h)
 
 
 def operating_point(labels: np.ndarray, scores: np.ndarray, calibration: Any,
-                    specificity: float) -> dict[str, Any]:
+                    specificity: float) -> OperatingPoint:
     """Test-split sensitivity/specificity at the threshold a calibration gives for ``specificity``.
 
     Pure: ``labels`` (N, 1 = abnormal) and ``scores`` (N) are ``eval/scores.csv``'s columns; the
@@ -41,17 +43,17 @@ def operating_point(labels: np.ndarray, scores: np.ndarray, calibration: Any,
     y = np.asarray(labels)
     neg, pos = int((y == 0).sum()), int((y == 1).sum())
     tn, tp = int((~flagged[y == 0]).sum()), int(flagged[y == 1].sum())
-    return {
-        "target_specificity": specificity, "threshold": thr, "calibration_images": calibration.n,
-        "calibration_checkpoint": calibration.source.checkpoint,
-        "specificity": tn / neg if neg else math.nan, "specificity_ci": _wilson(tn, neg),
-        "sensitivity": tp / pos if pos else math.nan, "sensitivity_ci": _wilson(tp, pos),
-        "n_normal": neg, "n_abnormal": pos, "flagged": int(flagged.sum()),
-    }
+    return OperatingPoint(
+        target_specificity=specificity, threshold=float(thr), calibration_images=calibration.n,
+        calibration_checkpoint=calibration.source.checkpoint,
+        specificity=tn / neg if neg else None, specificity_ci=_wilson(tn, neg),
+        sensitivity=tp / pos if pos else None, sensitivity_ci=_wilson(tp, pos),
+        n_normal=neg, n_abnormal=pos, flagged=int(flagged.sum()),
+    )
 
 
 def run_operating_point(run_dir: Path, name: str, labels: np.ndarray, scores: np.ndarray,
-                        step: int | None, scoring: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                        step: int | None, scoring: Mapping[str, Any] | None = None) -> OperatingPoint:
     """:func:`operating_point` at ``predict``'s default target (95 %) with the run's
     ``checkpoints/NAME/calibration.json``; when that is missing, belongs to another step than the
     evaluated checkpoint, or to another scoring than ``scoring`` (a re-scored evaluation), says so
@@ -68,12 +70,12 @@ def run_operating_point(run_dir: Path, name: str, labels: np.ndarray, scores: np
     try:
         cal = Calibration.load(path)
     except CalibrationError as e:
-        return {"target_specificity": spec, "threshold": None,
-                "note": f"no usable calibration ({e}); `imgae-dx predict --run` or `export` computes it"}
+        return OperatingPoint(target_specificity=spec, threshold=None,
+                              note=f"no usable calibration ({e}); `imgae-dx predict --run` or `export` computes it")
     if step is not None and cal.source.step != int(step):
-        return {"target_specificity": spec, "threshold": None,
-                "note": f"{path.name} is for step {cal.source.step}, the evaluated checkpoint is step {step}"}
+        return OperatingPoint(target_specificity=spec, threshold=None,
+                              note=f"{path.name} is for step {cal.source.step}, the evaluated checkpoint is step {step}")
     if scoring is not None and not same_scoring(scoring, cal.anomaly):
-        return {"target_specificity": spec, "threshold": None,
-                "note": f"{path.name} holds scores of another anomaly map/score than this evaluation's"}
+        return OperatingPoint(target_specificity=spec, threshold=None,
+                              note=f"{path.name} holds scores of another anomaly map/score than this evaluation's")
     return operating_point(labels, scores, cal, spec)

@@ -1,14 +1,15 @@
-"""The whole evaluation summary of one run: every metric per model, the comparisons, JSON.
+"""The whole evaluation summary of one run: every metric per model, the comparisons, the counts.
 
-:func:`summarise_scores` turns the test scores (and localisation rows) into the content of
-``eval/metrics.json``; :func:`best_by_auroc` picks the model with the highest test AUROC (a
-description of the results, not a selection: nothing is tuned on the test split).
+:func:`summarise_scores` turns the test scores (and localisation rows) into the typed parts of
+``eval/metrics.json`` (:mod:`imgae_dx.evaluation.results`): a :class:`ScoreSummary`. Undefined
+values (an AUROC with one class absent, intervals without bootstrap) are None.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,51 @@ from imgae_dx.evaluation.metrics import (
     patient_bootstrap,
     per_finding_auroc,
 )
+from imgae_dx.evaluation.results import (
+    NO_INTERVAL,
+    Bootstrap,
+    Comparison,
+    Counts,
+    Curves,
+    FindingLocalisation,
+    Localisation,
+    ModelResult,
+    SubgroupAUROC,
+    finite,
+    interval,
+)
+
+
+@dataclass(frozen=True)
+class ScoreSummary:
+    """What the test scores alone give: per-model results (without checkpoint and operating
+    point), the paired comparisons, the counts and the bootstrap settings."""
+
+    models: dict[str, ModelResult]
+    comparisons: list[Comparison]
+    counts: Counts
+    bootstrap: Bootstrap
+
+
+def _values(a: Any) -> list[float | None]:
+    return [finite(v) for v in np.asarray(a, dtype=np.float64).tolist()]
+
+
+def _subgroups(groups: Mapping[str, Mapping[str, Any]]) -> dict[str, SubgroupAUROC]:
+    return {g: SubgroupAUROC(finite(v["auroc"]), int(v["n_pos"]), int(v["n_neg"])) for g, v in groups.items()}
+
+
+def _localisation(rows: Sequence[Mapping[str, Any]]) -> Localisation:
+    s = summarise_localisation(rows)
+    if not s["n_boxes"]:
+        return Localisation(n_images=int(s["n_images"]))
+    return Localisation(
+        n_boxes=int(s["n_boxes"]), n_images=int(s["n_images"]), hit_rate=finite(s["hit_rate"]),
+        mean_hit_chance=finite(s["mean_hit_chance"]), mean_top_share=finite(s["mean_top_share"]),
+        mean_area_share=finite(s["mean_area_share"]), mean_pixel_auroc=finite(s["mean_pixel_auroc"]),
+        per_finding={f: FindingLocalisation(int(v["n_boxes"]), finite(v["hit_rate"]),
+                                            finite(v["mean_pixel_auroc"]))
+                     for f, v in s["per_finding"].items()})
 
 
 def summarise_scores(
@@ -40,8 +86,9 @@ def summarise_scores(
     n_bootstrap: int = 1000,
     seed: int = 0,
     compare: Sequence[tuple[str, str]] | None = None,
-) -> dict[str, Any]:
-    """Everything ``eval/metrics.json`` holds, computed from per-image labels and scores.
+) -> ScoreSummary:
+    """The per-model results, comparisons and counts of ``eval/metrics.json`` from per-image
+    labels and scores.
 
     Args:
         labels: (N,) 0 = normal, 1 = abnormal. scores: model → (N,) scores.
@@ -51,9 +98,6 @@ def summarise_scores(
         n_bootstrap: resamples (0 = no intervals). seed: bootstrap seed.
         compare: model pairs to test; default: every pair in the given order (``unet`` vs ``ra``
             first when both exist).
-    Returns:
-        ``{"models": {m: {...}}, "comparison": {...} | None, "comparisons": [...], "counts": {...},
-        "bootstrap": {...}}`` (may contain ``nan``: pass through :func:`json_safe` for JSON).
     """
     y = np.asarray(labels).astype(np.int64).ravel()
     names = list(scores)
@@ -63,82 +107,51 @@ def summarise_scores(
         if n_bootstrap > 0 and y.size
         else None
     )
-    models: dict[str, Any] = {}
+    models: dict[str, ModelResult] = {}
     for m in names:
         s = arrays[m]
-        entry: dict[str, Any] = dict(binary_metrics(y, s))
-        for k in CURVE_METRICS:
-            entry[f"{k}_ci"] = list(boot.ci(m, k)) if boot else [math.nan, math.nan]
-        entry["auroc_delong_ci"] = list(delong_ci(y, s))
+        point = binary_metrics(y, s)
+        curves = None
         if y.size and 0 < y.sum() < y.size:
             tps, fps = _SortedScores(y, s).counts()
             roc, pr = _curves_on_grid(tps, fps, ROC_GRID)
             roc_lo, roc_hi = boot.band(m, "roc") if boot else (roc * math.nan, roc * math.nan)
             pr_lo, pr_hi = boot.band(m, "pr") if boot else (pr * math.nan, pr * math.nan)
-            entry["curves"] = {
-                "grid": ROC_GRID, "roc_tpr": roc, "roc_lo": roc_lo, "roc_hi": roc_hi,
-                "pr_precision": pr, "pr_lo": pr_lo, "pr_hi": pr_hi,
-            }
-        if findings is not None:
-            entry["per_finding"] = per_finding_auroc(findings, y, s)
-        if views is not None:
-            entry["by_view"] = auroc_by_group(views, y, s)
-        if localisation is not None:
-            entry["localisation"] = summarise_localisation(localisation.get(m, []))
-        models[m] = entry
+            curves = Curves(grid=ROC_GRID.tolist(), roc_tpr=_values(roc), roc_lo=_values(roc_lo),
+                            roc_hi=_values(roc_hi), pr_precision=_values(pr), pr_lo=_values(pr_lo),
+                            pr_hi=_values(pr_hi))
+        models[m] = ModelResult(
+            **{k: finite(point[k]) for k in CURVE_METRICS},
+            **{f"{k}_ci": interval(boot.ci(m, k)) if boot else NO_INTERVAL for k in CURVE_METRICS},
+            auroc_delong_ci=interval(delong_ci(y, s)),
+            curves=curves,
+            per_finding=_subgroups(per_finding_auroc(findings, y, s)) if findings is not None else None,
+            by_view=_subgroups(auroc_by_group(views, y, s)) if views is not None else None,
+            localisation=_localisation(localisation.get(m, [])) if localisation is not None else None,
+        )
     if compare is None:
         order = sorted(names, key=lambda n: (n not in ("unet", "ra"), n != "unet"))
         compare = [(a, b) for i, a in enumerate(order) for b in order[i + 1:]]
     comparisons = []
     for a, b in compare:
         d = delong_test(y, arrays[a], arrays[b])
-        comparisons.append({
-            "a": a, "b": b, "metric": "auroc",
-            "auroc_a": d.auc_a, "auroc_b": d.auc_b, "diff": d.diff,
-            "diff_ci": list(np.percentile(boot.paired_diff(a, b), [2.5, 97.5]))
-            if boot and boot.paired_diff(a, b).size else [math.nan, math.nan],
-            "delong_z": d.z, "delong_p": d.p_value,
-            "bootstrap_p": boot.paired_p_value(a, b) if boot else math.nan,
-            "p_value": d.p_value,
-            "test": "DeLong (paired, two-sided); bootstrap_p: paired patient bootstrap",
-        })
-    n_pat = len(set(patients)) if patients is not None else int(y.size)
-    counts: dict[str, Any] = {
-        "images": int(y.size), "normal": int((y == 0).sum()), "abnormal": int((y == 1).sum()),
-        "patients": n_pat,
-    }
+        diffs = boot.paired_diff(a, b) if boot else np.zeros(0)
+        comparisons.append(Comparison(
+            a=a, b=b, metric="auroc", auroc_a=finite(d.auc_a), auroc_b=finite(d.auc_b), diff=finite(d.diff),
+            diff_ci=interval(np.percentile(diffs, [2.5, 97.5])) if diffs.size else NO_INTERVAL,
+            delong_z=finite(d.z), delong_p=finite(d.p_value),
+            bootstrap_p=finite(boot.paired_p_value(a, b)) if boot else None,
+            p_value=finite(d.p_value),
+            test="DeLong (paired, two-sided); bootstrap_p: paired patient bootstrap",
+        ))
+    by_view = None
     if views is not None:
-        counts["by_view"] = {str(v): int(c) for v, c in zip(*np.unique(np.asarray([str(x) for x in views]), return_counts=True), strict=True)} if len(views) else {}
-    return {
-        "models": models,
-        "comparison": comparisons[0] if comparisons else None,
-        "comparisons": comparisons,
-        "counts": counts,
-        "bootstrap": {
-            "resamples": n_bootstrap, "seed": seed, "unit": "patient" if patients is not None else "image",
-            "skipped_resamples": boot.skipped if boot else 0, "level": 0.95,
-        },
-    }
-
-
-# ------------------------------------------------------------------------------ JSON
-def best_by_auroc(metrics: Mapping[str, Any]) -> tuple[str, dict[str, Any]] | None:
-    """The model of ``eval/metrics.json`` with the highest test AUROC, or None when none has one."""
-    scored = {n: m for n, m in (metrics.get("models") or {}).items() if m.get("auroc") is not None}
-    return max(scored.items(), key=lambda kv: kv[1]["auroc"]) if scored else None
-
-
-def json_safe(obj: Any) -> Any:
-    """Recursively convert numpy scalars/arrays to Python and non-finite floats to ``None``."""
-    if isinstance(obj, Mapping):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return json_safe(obj.tolist())
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        f = float(obj)
-        return f if math.isfinite(f) else None
-    return obj
+        groups, n = np.unique(np.asarray([str(x) for x in views]), return_counts=True) if len(views) else ((), ())
+        by_view = {str(v): int(c) for v, c in zip(groups, n, strict=True)}
+    counts = Counts(images=int(y.size), normal=int((y == 0).sum()), abnormal=int((y == 1).sum()),
+                    patients=len(set(patients)) if patients is not None else int(y.size), by_view=by_view)
+    return ScoreSummary(
+        models=models, comparisons=comparisons, counts=counts,
+        bootstrap=Bootstrap(resamples=n_bootstrap, seed=seed, unit="patient" if patients is not None else "image",
+                            skipped_resamples=boot.skipped if boot else 0, level=0.95),
+    )

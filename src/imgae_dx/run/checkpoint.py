@@ -4,7 +4,9 @@ A checkpoint (``RUN_DIR/checkpoints/MODEL/{last,prev,stage_K,best}.pt``) holds o
 :class:`CheckpointPayload`: one model's weights and optimiser state plus everything an exact
 resume needs. It is written only by :class:`imgae_dx.training.checkpointer.Checkpointer`; the
 trainer (resume), the evaluator, the report and ``predict``/``export`` read it through
-:func:`read_checkpoint`, so they all see the same typed fields.
+:func:`read_checkpoint`, so they all see the same typed fields. :class:`CheckpointSummary` is what
+a checkpoint is without its tensors (file, progress, validation loss): the evaluator records it
+per model in ``eval/metrics.json`` and ``predict``/``export`` carry it with each loaded model.
 
 On disk a payload is a ``dict`` of tensors and primitive containers (``dict``, ``list``, ``tuple``,
 ``str``, ``int``, ``float``, ``bool``, ``None``) under ``format = "imgae_dx.checkpoint/2"``, so it
@@ -21,12 +23,14 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from imgae_dx.errors import CheckpointError
+
+if TYPE_CHECKING:
+    import torch
 
 FORMAT_VERSION = 2
 FORMAT = f"imgae_dx.checkpoint/{FORMAT_VERSION}"
@@ -162,6 +166,51 @@ class CheckpointPayload:
                                   "(prev.pt, stage_K.pt)") from None
 
 
+@dataclass(frozen=True, kw_only=True)
+class CheckpointSummary:
+    """A checkpoint without its tensors: which file, how far training had got, how good it was.
+
+    The evaluator writes one per model into ``eval/metrics.json`` (``models.MODEL.checkpoint``);
+    ``predict``/``export`` keep one with each loaded model. Fields a file written by an earlier
+    version lacks are None (``stage_k``, ``position``, ``precision``, ``package_version``,
+    ``fingerprint``) or empty (``stages``).
+
+    Attributes:
+        file: the checkpoint file relative to the run folder (``checkpoints/unet/best.pt``).
+        step, images_seen, stage, stage_k, position, stages, precision, package_version,
+        fingerprint, saved_at: as in :class:`CheckpointPayload`.
+        val_loss: loss of these weights on the selection set of ``val_stages`` stages (None when
+            saved before validation).
+    """
+
+    file: str
+    stage: str | None = None
+    stage_k: int | None = None
+    position: Position | None = None
+    step: int
+    images_seen: int | None = None
+    val_loss: float | None = None
+    val_stages: int | None = None
+    saved_at: float | None = None
+    stages: list[str] = field(default_factory=list)
+    precision: str | None = None
+    package_version: str | None = None
+    fingerprint: str | None = None
+
+    @classmethod
+    def of(cls, ck: CheckpointPayload, file: str) -> CheckpointSummary:
+        """The summary of a read payload (``file``: its path relative to the run folder)."""
+        return cls(file=file, step=ck.step, stage=ck.stage, stage_k=ck.stage_k,
+                   position=Position(**ck.position.__dict__), images_seen=ck.images_seen,
+                   val_loss=ck.val_loss, val_stages=ck.val_stages, saved_at=ck.saved_at,
+                   stages=list(ck.stages), precision=ck.precision, package_version=ck.package_version,
+                   fingerprint=ck.fingerprint)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object (``position`` as ``{stage_index, epoch, batch}``)."""
+        return _shallow_dict(self)
+
+
 def _shallow_dict(obj: Any) -> Any:
     """Dataclasses → dicts, recursively, without copying tensors (``dataclasses.asdict`` would)."""
     if hasattr(obj, "__dataclass_fields__"):
@@ -178,6 +227,8 @@ def to_safe(obj: Any, where: str = "checkpoint") -> Any:
     Raises:
         CheckpointError: an object that ``torch.load(weights_only=True)`` could not read back.
     """
+    import torch
+
     if obj is None or isinstance(obj, (bool, int, float, str, torch.Tensor, torch.Size, torch.dtype)):
         return obj
     if isinstance(obj, np.ndarray):
@@ -218,6 +269,8 @@ def from_safe(obj: Any) -> Any:
 # ------------------------------------------------------------------------------ reading
 def load_raw(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """``torch.load(weights_only=True)`` of a checkpoint file, errors turned into one line."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")

@@ -1,7 +1,8 @@
 """Report figures (matplotlib, headless ``Agg``): every function writes one PNG and returns its path.
 
-Inputs are plain data read from a run folder (``eval/metrics.json``, ``eval/scores.csv``,
-``eval/examples.npz``, ``metrics.jsonl``); nothing here knows about models or streaming. A figure
+Inputs are what a run folder holds, as its typed readers give it (``eval/metrics.json`` as an
+:class:`~imgae_dx.evaluation.results.Evaluation`, ``eval/scores.csv``, ``eval/examples/*.npz``,
+``metrics.jsonl`` records); nothing here knows about models or streaming. A figure
 whose data is missing is not drawn (the function returns ``None``), never faked.
 """
 
@@ -10,11 +11,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from imgae_dx.run.records import Record, TrainRecord
+
+if TYPE_CHECKING:  # the live plot (imported by training) needs none of evaluation/
+    from imgae_dx.evaluation.results import Evaluation, Interval
 
 MODEL_COLOURS = {"unet": "#1f77b4", "ra": "#d62728", "ae": "#2ca02c"}
 _FALLBACK = ["#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
@@ -68,43 +72,45 @@ def fmt_p(v: Any) -> str:
     return f"{v:.2e}" if v < 1e-3 else f"{v:.3f}"
 
 
-def _ci_text(m: Mapping[str, Any], key: str) -> str:
-    ci = m.get(f"{key}_ci")
-    if not ci or ci[0] is None:
-        return fmt_num(m.get(key))
-    return f"{fmt_num(m.get(key))} [{fmt_num(ci[0])}, {fmt_num(ci[1])}]"
+def fmt_ci(value: float | None, ci: Interval) -> str:
+    """``value [lo, hi]``; the value alone when the interval is undefined."""
+    if ci[0] is None:
+        return fmt_num(value)
+    return f"{fmt_num(value)} [{fmt_num(ci[0])}, {fmt_num(ci[1])}]"
 
 
 # ------------------------------------------------------------------------------ ROC / PR
-def plot_roc_pr(metrics: Mapping[str, Any], path: Path) -> Path | None:
+def _array(values: Sequence[float | None]) -> np.ndarray:
+    return np.asarray([np.nan if v is None else v for v in values], dtype=float)
+
+
+def plot_roc_pr(metrics: Evaluation, path: Path) -> Path | None:
     """ROC and precision-recall curves of every model on one chart each, with bootstrap 95 % bands.
 
     Args:
-        metrics: ``eval/metrics.json`` content; uses ``models[m]["curves"]`` (``grid``: FPR for
-            ROC and recall for PR; ``roc_tpr``, ``roc_lo``, ``roc_hi``, ``pr_precision``, ``pr_lo``,
-            ``pr_hi`` on that grid) and the headline numbers.
+        metrics: the evaluation; uses each model's :class:`~imgae_dx.evaluation.results.Curves`
+            and headline numbers.
     """
-    models = {k: v for k, v in metrics.get("models", {}).items() if v.get("curves")}
+    models = {k: (v, v.curves) for k, v in metrics.models.items() if v.curves is not None}
     if not models:
         return None
     plt = _plt()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.8), layout="constrained")
     prevalence = None
-    counts = metrics.get("counts", {})
-    if counts.get("images"):
-        prevalence = counts.get("abnormal", 0) / counts["images"]
-    for i, (name, m) in enumerate(models.items()):
-        c = m["curves"]
-        g = np.asarray(c["grid"], dtype=float)
+    counts = metrics.counts
+    if counts.images:
+        prevalence = (counts.abnormal or 0) / counts.images
+    for i, (name, (m, c)) in enumerate(models.items()):
+        g = np.asarray(c.grid, dtype=float)
         col = colour(name, i)
-        ax1.plot(g, c["roc_tpr"], color=col, lw=2, drawstyle="steps-post",
-                 label=f"{name}  AUROC {_ci_text(m, 'auroc')}")
-        if c.get("roc_lo") is not None and None not in c["roc_lo"]:
-            ax1.fill_between(g, c["roc_lo"], c["roc_hi"], color=col, alpha=0.18, step="post")
-        ax2.plot(g, c["pr_precision"], color=col, lw=2,
-                 label=f"{name}  AUPRC {_ci_text(m, 'auprc')}")
-        if c.get("pr_lo") is not None and None not in c["pr_lo"]:
-            ax2.fill_between(g, c["pr_lo"], c["pr_hi"], color=col, alpha=0.18)
+        ax1.plot(g, _array(c.roc_tpr), color=col, lw=2, drawstyle="steps-post",
+                 label=f"{name}  AUROC {fmt_ci(m.auroc, m.auroc_ci)}")
+        if c.has_roc_band:
+            ax1.fill_between(g, _array(c.roc_lo), _array(c.roc_hi), color=col, alpha=0.18, step="post")
+        ax2.plot(g, _array(c.pr_precision), color=col, lw=2,
+                 label=f"{name}  AUPRC {fmt_ci(m.auprc, m.auprc_ci)}")
+        if c.has_pr_band:
+            ax2.fill_between(g, _array(c.pr_lo), _array(c.pr_hi), color=col, alpha=0.18)
     ax1.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance")
     ax1.set(xlabel="false positive rate", ylabel="true positive rate (sensitivity)",
             title="ROC (shaded: patient-bootstrap 95% band)", xlim=(0, 1), ylim=(0, 1.01))
@@ -145,9 +151,9 @@ def plot_score_histograms(
 
 
 # ------------------------------------------------------------------------------ per finding
-def plot_per_finding(metrics: Mapping[str, Any], path: Path) -> Path | None:
+def plot_per_finding(metrics: Evaluation, path: Path) -> Path | None:
     """Horizontal bars: AUROC of each finding's images vs normals, one bar per model, with counts."""
-    models = {k: v.get("per_finding", {}) for k, v in metrics.get("models", {}).items()}
+    models = {k: v.subgroups("per_finding") for k, v in metrics.models.items()}
     findings = sorted({f for pf in models.values() for f in pf})
     if not findings:
         return None
@@ -157,11 +163,10 @@ def plot_per_finding(metrics: Mapping[str, Any], path: Path) -> Path | None:
     width = 0.8 / max(1, len(models))
     y = np.arange(len(findings))
     for i, (name, pf) in enumerate(models.items()):
-        vals = [pf.get(f, {}).get("auroc") for f in findings]
-        vals = [v if v is not None else np.nan for v in vals]
+        vals = _array([pf[f].auroc if f in pf else None for f in findings])
         ax.barh(y + i * width - 0.4 + width / 2, vals, height=width, color=colour(name, i), label=name)
     any_pf = next(iter(models.values()))
-    ax.set_yticks(y, [f"{f} (n={any_pf.get(f, {}).get('n_pos', '?')})" for f in findings], fontsize=8)
+    ax.set_yticks(y, [f"{f} (n={any_pf[f].n_pos if f in any_pf else '?'})" for f in findings], fontsize=8)
     ax.axvline(0.5, ls="--", color="grey", lw=1)
     ax.set(xlim=(0, 1), xlabel="AUROC vs normal test images", title="AUROC per finding")
     ax.invert_yaxis()

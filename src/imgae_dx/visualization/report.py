@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +26,9 @@ import numpy as np
 
 from imgae_dx.errors import RunFolderError
 from imgae_dx.evaluation.published import published_for
-from imgae_dx.evaluation.results import load_examples, read_scores
+from imgae_dx.evaluation.results import Evaluation, Interval, ModelResult, read_evaluation
+from imgae_dx.evaluation.score_files import load_examples, read_scores
 from imgae_dx.evaluation.scoring import describe
-from imgae_dx.evaluation.summary import best_by_auroc
 from imgae_dx.run.records import Record, TrainRecord, read_records
 from imgae_dx.utils.atomic import atomic_write_text
 from imgae_dx.visualization import plots
@@ -58,15 +57,6 @@ img{max-width:100%;height:auto;display:block;margin:.5em 0;border:1px solid #eee
 
 
 # ------------------------------------------------------------------------------ reading
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, json.JSONDecodeError) as e:
-        raise RunFolderError(f"{path} cannot be read as JSON ({e}); re-run `imgae-dx evaluate`") from None
-
-
 def _config_dataset(cfg_text: str) -> str:
     """``data.dataset`` of a run's config.yaml text (``nih`` when unset or unreadable)."""
     import yaml
@@ -92,11 +82,14 @@ def _num(v: Any, digits: int = 3) -> str:
     return f"{float(v):.{digits}f}"
 
 
-def _with_ci(m: Mapping[str, Any], key: str) -> str:
-    ci = m.get(f"{key}_ci") or [None, None]
+def _ci(value: float | None, ci: Interval) -> str:
     if ci[0] is None:
-        return _num(m.get(key))
-    return f"{_num(m.get(key))} <span class=muted>[{_num(ci[0])}, {_num(ci[1])}]</span>"
+        return _num(value)
+    return f"{_num(value)} <span class=muted>[{_num(ci[0])}, {_num(ci[1])}]</span>"
+
+
+def _with_ci(m: ModelResult, key: str) -> str:
+    return _ci(m.value(key), m.ci(key))
 
 
 def _img(path: Path | None, alt: str) -> str:
@@ -134,16 +127,16 @@ def stage_table(records: Sequence[Record]) -> list[dict[str, Any]]:
     return sorted(out, key=lambda a: (a["stage"], a["model"]))
 
 
-def _honest_note(metrics: Mapping[str, Any] | None) -> str:
-    src = str((metrics or {}).get("source", ""))
-    synthetic = bool((metrics or {}).get("synthetic_data"))
-    dataset = str((metrics or {}).get("dataset", "nih"))
-    top = best_by_auroc(metrics or {})
-    best = top[1]["auroc"] if top else None
+def _honest_note(metrics: Evaluation | None, dataset: str) -> str:
+    """What to expect and how the figures were made; ``dataset``: the run's when not evaluated."""
+    src = (metrics.source or "") if metrics else ""
+    synthetic = bool(metrics and metrics.synthetic_data)
+    top = metrics.best_by_auroc() if metrics else None
+    best = top[1].auroc if top else None
     nih = published_for("nih")[0]
-    lines = [] if "protocol" not in (metrics or {}) else [
-        f"<b>Dataset:</b> {_e(metrics.get('dataset_title', dataset))} (<code>{_e(dataset)}</code>). "
-        f"<b>Protocol:</b> {_e(metrics['protocol'])}."]
+    lines = [] if metrics is None or metrics.protocol is None else [
+        f"<b>Dataset:</b> {_e(metrics.dataset_title or dataset)} (<code>{_e(dataset)}</code>). "
+        f"<b>Protocol:</b> {_e(metrics.protocol)}."]
     if dataset == "nih":
         lines.append(
             "<b>What to expect on real data.</b> Published unsupervised (train-on-normal) detectors on "
@@ -175,102 +168,99 @@ def _honest_note(metrics: Mapping[str, Any] | None) -> str:
     return '<div class="note">' + "".join(f"<p>{t}</p>" for t in lines) + "</div>"
 
 
-def _scoring_html(metrics: Mapping[str, Any]) -> str:
+def _scoring_html(metrics: Evaluation) -> str:
     """Which anomaly map and score each model's test scores come from."""
-    scoring = metrics.get("scoring") or {}
+    scoring = metrics.scoring
     if not scoring:
         return ""
-    name = metrics.get("evaluation", "default")
+    name = metrics.evaluation
     head = ("Scoring of the trained checkpoints" if name == "default"
             else f"Re-scored evaluation <code>{_e(name)}</code> of the trained checkpoints")
     items = "".join(f"<li><b>{_e(m)}</b>: {_e(describe(s))}</li>" for m, s in scoring.items())
     return f"<p class=muted>{head}:</p><ul class=muted>{items}</ul>"
 
 
-def _comparison_html(metrics: Mapping[str, Any]) -> str:
-    models = metrics.get("models", {})
+def _comparison_html(metrics: Evaluation) -> str:
     rows = []
-    for name, m in models.items():
-        ck = m.get("checkpoint") or {}
+    for name, m in metrics.models.items():
+        ck = m.checkpoint
         rows.append([f"<b>{_e(name)}</b>"] + [_with_ci(m, k) for k, _ in METRIC_LABELS] + [
-            _e(ck.get("stage", "n/a")), _num(ck.get("val_loss"), 4)])
+            _e(ck.stage if ck else "n/a"), _num(ck.val_loss if ck else None, 4)])
     out = _table(["model"] + [lbl for _, lbl in METRIC_LABELS] + ["checkpoint stage", "val loss"], rows)
-    comps = metrics.get("comparisons") or ([metrics["comparison"]] if metrics.get("comparison") else [])
-    if comps:
+    if metrics.comparisons:
         crow = []
-        for c in comps:
-            ci = c.get("diff_ci") or [None, None]
+        for c in metrics.comparisons:
             crow.append([
-                f"{_e(c['a'])} − {_e(c['b'])}", _num(c.get("diff")),
-                f"[{_num(ci[0])}, {_num(ci[1])}]", _num(c.get("delong_z"), 2),
-                f"<b>{plots.fmt_p(c.get('delong_p'))}</b>", plots.fmt_p(c.get("bootstrap_p")),
+                f"{_e(c.a)} − {_e(c.b)}", _num(c.diff),
+                f"[{_num(c.diff_ci[0])}, {_num(c.diff_ci[1])}]", _num(c.delong_z, 2),
+                f"<b>{plots.fmt_p(c.delong_p)}</b>", plots.fmt_p(c.bootstrap_p),
             ])
         out += "<h3>Paired comparison of AUROC</h3>" + _table(
             ["pair", "ΔAUROC", "95% CI (patient bootstrap)", "DeLong z", "DeLong p", "bootstrap p"], crow)
         out += ("<p class=muted>Both models scored the same test images, so the test is paired. DeLong "
                 "treats images as independent; the patient bootstrap resamples patients and does not.</p>")
-    b = metrics.get("bootstrap") or {}
+    b = metrics.bootstrap
     if b:
-        out += (f"<p class=muted>Intervals: {b.get('level', 0.95):.0%} percentile intervals from "
-                f"{_num(b.get('resamples'))} bootstrap resamples of {_e(b.get('unit', 'patient'))}s "
-                f"(seed {_e(b.get('seed'))}).</p>")
+        out += (f"<p class=muted>Intervals: {b.level:.0%} percentile intervals from "
+                f"{_num(b.resamples)} bootstrap resamples of {_e(b.unit)}s "
+                f"(seed {_e(b.seed)}).</p>")
     return out
 
 
-def _published_html(metrics: Mapping[str, Any]) -> str:
+def _published_html(metrics: Evaluation) -> str:
     """The published AUROCs on this dataset (:mod:`imgae_dx.evaluation.published`) beside ours."""
-    figs = published_for(str(metrics.get("dataset", "nih")))
+    figs = metrics.published
     if not figs:
         return ""
-    size = metrics.get("image_size")
-    rows = [[f"<b>{_e(n)}</b> (this run)", _num(m.get("auroc")), _e(f"{size} px" if size else "n/a"),
-             "this run's test split"] for n, m in metrics.get("models", {}).items()]
+    size = metrics.image_size
+    rows = [[f"<b>{_e(n)}</b> (this run)", _num(m.auroc), _e(f"{size} px" if size else "n/a"),
+             "this run's test split"] for n, m in metrics.models.items()]
     for f in figs:
         auroc = f"{f.auroc:.3f}" + (f"–{f.auroc_high:.3f}" if f.auroc_high is not None else "")
         rows.append([_e(f.method), auroc, _e(f"{f.image_size} px" if f.image_size else "not stated here"),
                      _e(f.source)])
     note = ("<p class=muted>Published figures are as their papers report them; one measured at another "
             "image size or on another split is a guide, not a like-for-like comparison.</p>")
-    if metrics.get("synthetic_data"):
+    if metrics.synthetic_data:
         note += ("<p class=muted>This run's figures come from a synthetic sample archive and are not "
                  "comparable to them at all.</p>")
     return ("<h3>Published figures on this dataset</h3>"
             + _table(["method", "image-level AUROC", "image size", "source"], rows) + note)
 
 
-def _counts_html(metrics: Mapping[str, Any]) -> str:
-    c = metrics.get("counts") or {}
+def _counts_html(metrics: Evaluation) -> str:
+    c = metrics.counts.items()
     if not c:
         return ""
     rows = [[_e(k.replace("_", " ")), _num(v) if not isinstance(v, dict) else
-             _e(", ".join(f"{kk}: {vv}" for kk, vv in v.items()))] for k, v in c.items()]
+             _e(", ".join(f"{kk}: {vv}" for kk, vv in v.items()))] for k, v in c]
     return _table(["test set", "count"], rows)
 
 
-def _subgroup_html(metrics: Mapping[str, Any], key: str, title: str) -> str:
-    models = metrics.get("models", {})
-    groups = sorted({g for m in models.values() for g in (m.get(key) or {})})
+def _subgroup_html(metrics: Evaluation, key: str, title: str) -> str:
+    models = {n: m.subgroups(key) for n, m in metrics.models.items()}
+    groups = sorted({g for sub in models.values() for g in sub})
     if not groups:
         return ""
     rows = []
     for g in groups:
-        first = next((m[key][g] for m in models.values() if g in (m.get(key) or {})), {})
-        rows.append([_e(g), _num(first.get("n_pos")), _num(first.get("n_neg"))]
-                    + [_num((m.get(key) or {}).get(g, {}).get("auroc")) for m in models.values()])
+        first = next(sub[g] for sub in models.values() if g in sub)
+        rows.append([_e(g), _num(first.n_pos), _num(first.n_neg)]
+                    + [_num(sub[g].auroc if g in sub else None) for sub in models.values()])
     return f"<h3>{_e(title)}</h3>" + _table(
         [key.replace("_", " "), "abnormal", "normal"] + [f"{_e(n)} AUROC" for n in models], rows)
 
 
-def _localisation_html(metrics: Mapping[str, Any]) -> str:
-    models = {n: m.get("localisation") for n, m in metrics.get("models", {}).items() if m.get("localisation")}
-    if not models or not any(v.get("n_boxes") for v in models.values()):
+def _localisation_html(metrics: Evaluation) -> str:
+    models = {n: m.localisation for n, m in metrics.models.items() if m.localisation is not None}
+    if not any(loc.n_boxes for loc in models.values()):
         return "<p class=muted>No test image with a ground-truth box (BBox_List_2017.csv) was scored.</p>"
     rows = []
     for n, loc in models.items():
-        rows.append([_e(n), _num(loc.get("n_boxes")), _num(loc.get("n_images")), _num(loc.get("hit_rate")),
-                     _num(loc.get("mean_hit_chance")), _num(loc.get("mean_top_share")),
-                     _num(loc.get("mean_area_share")), _num(loc.get("mean_pixel_auroc"))])
-    top = metrics.get("top_percent_localisation", 1.0)
+        rows.append([_e(n), _num(loc.n_boxes), _num(loc.n_images), _num(loc.hit_rate),
+                     _num(loc.mean_hit_chance), _num(loc.mean_top_share),
+                     _num(loc.mean_area_share), _num(loc.mean_pixel_auroc)])
+    top = metrics.top_percent_localisation if metrics.top_percent_localisation is not None else 1.0
     return _table(["model", "boxes", "images", f"box hit rate (top {top:g}% px)", "hit rate by chance",
                    "share of top px in box", "box area share (chance)", "pixel AUROC in vs out"], rows)
 
@@ -280,21 +270,21 @@ def _localisation_html(metrics: Mapping[str, Any]) -> str:
 GALLERY = "predict/index.html"
 
 
-def _operating_point_html(metrics: Mapping[str, Any]) -> str:
+def _operating_point_html(metrics: Evaluation) -> str:
     """Test sensitivity/specificity at the threshold calibrated on the validation normals."""
-    ops = {n: m.get("operating_point") for n, m in metrics.get("models", {}).items() if m.get("operating_point")}
+    ops = {n: m.operating_point for n, m in metrics.models.items() if m.operating_point is not None}
     if not ops:
         return ""
     rows, notes = [], []
     for n, op in ops.items():
-        if op.get("threshold") is None:
-            notes.append(f"{_e(n)}: {_e(op.get('note', 'no calibration'))}")
+        if op.threshold is None:
+            notes.append(f"{_e(n)}: {_e(op.note or 'no calibration')}")
             continue
-        sci, eci = op.get("specificity_ci") or [None, None], op.get("sensitivity_ci") or [None, None]
-        rows.append([f"<b>{_e(n)}</b>", f"{op['target_specificity']:.0%}", _num(op["threshold"], 5),
-                     f"{_num(op.get('specificity'))} <span class=muted>[{_num(sci[0])}, {_num(sci[1])}]</span>",
-                     f"{_num(op.get('sensitivity'))} <span class=muted>[{_num(eci[0])}, {_num(eci[1])}]</span>",
-                     _num(op.get("calibration_images"))])
+        sci, eci = op.specificity_ci, op.sensitivity_ci
+        rows.append([f"<b>{_e(n)}</b>", f"{op.target_specificity:.0%}", _num(op.threshold, 5),
+                     f"{_num(op.specificity)} <span class=muted>[{_num(sci[0])}, {_num(sci[1])}]</span>",
+                     f"{_num(op.sensitivity)} <span class=muted>[{_num(eci[0])}, {_num(eci[1])}]</span>",
+                     _num(op.calibration_images)])
     out = "<h2>Operating point</h2><p>The flag of <code>imgae-dx predict</code>: a score above the "
     out += ("threshold that leaves the target share of the <i>validation</i> normals below it (no test "
             "image is used to set it). On the test split it gives:</p>")
@@ -316,13 +306,13 @@ def _gallery_html(run_dir: Path) -> str:
 
 
 # ------------------------------------------------------------------------------ main
-def make_plots(run_dir: Path, metrics: Mapping[str, Any], records: Sequence[Record],
+def make_plots(run_dir: Path, metrics: Evaluation | None, records: Sequence[Record],
                evaluation: str | None = None) -> dict[str, Path | None]:
     """Draw every figure the run folder has data for into RUN_DIR/plots/ (``plots-NAME/`` for the
     evaluation ``eval-NAME``); returns name → path.
 
     Args:
-        metrics: the evaluation's ``metrics.json`` as read ({} before evaluation).
+        metrics: the evaluation's ``metrics.json`` as read (None before evaluation).
         records: ``metrics.jsonl`` as read.
     """
     pd = run_dir / (f"plots-{evaluation}" if evaluation else "plots")
@@ -330,13 +320,13 @@ def make_plots(run_dir: Path, metrics: Mapping[str, Any], records: Sequence[Reco
     table = read_scores(ev / "scores.csv")
     labels, scores = table.labels, table.scores
     out: dict[str, Path | None] = {
-        "roc_pr": plots.plot_roc_pr(metrics, pd / "roc_pr.png"),
+        "roc_pr": plots.plot_roc_pr(metrics, pd / "roc_pr.png") if metrics else None,
         "score_histograms": plots.plot_score_histograms(labels, scores, pd / "score_histograms.png"),
-        "per_finding": plots.plot_per_finding(metrics, pd / "per_finding_auroc.png"),
+        "per_finding": plots.plot_per_finding(metrics, pd / "per_finding_auroc.png") if metrics else None,
         "loss": plots.plot_losses(records, pd / "loss.png"),
         "throughput": plots.plot_throughput(records, pd / "throughput_memory.png"),
     }
-    for name in metrics.get("models", {}) or scores:
+    for name in (metrics.models if metrics else None) or scores:
         out[f"examples_{name}"] = plots.plot_examples(name, load_examples(ev, name),
                                                       pd / f"examples_{name}.png")
     return out
@@ -361,25 +351,25 @@ def write_report(run_dir: str | Path, evaluation: str | None = None) -> Path:
     if evaluation and not (ev / "metrics.json").is_file():
         raise RunFolderError(f"{ev} holds no metrics.json: run `imgae-dx evaluate --run {run_dir} "
                              f"--config OVERLAY --name {evaluation}` first")
-    metrics = _read_json(ev / "metrics.json")
+    metrics = read_evaluation(ev)
     records = read_records(run_dir / "metrics.jsonl")
     cfg_path = run_dir / "config.yaml"
     cfg_text = cfg_path.read_text() if cfg_path.is_file() else "(config.yaml missing)"
-    figs = make_plots(run_dir, metrics or {}, records, evaluation)
+    figs = make_plots(run_dir, metrics, records, evaluation)
 
     parts = [f"<h1>ImgAE-Dx report</h1><p class=muted>Run folder <code>{_e(run_dir.resolve())}</code> · "
              f"written {_e(time.strftime('%Y-%m-%d %H:%M:%S'))}</p>"]
-    if metrics and metrics.get("models"):
-        best_name, best = best_by_auroc(metrics) or next(iter(metrics["models"].items()))
-        comp = metrics.get("comparison") or {}
-        ptxt = (f" · {_e(comp['a'])} vs {_e(comp['b'])}: ΔAUROC {_num(comp.get('diff'))}, "
-                f"DeLong p = {plots.fmt_p(comp.get('delong_p'))}") if comp else ""
-        ci = best.get("auroc_ci") or [None, None]
+    if metrics and metrics.models:
+        best_name, best = metrics.best_by_auroc() or next(iter(metrics.models.items()))
+        comp = metrics.comparison
+        ptxt = (f" · {_e(comp.a)} vs {_e(comp.b)}: ΔAUROC {_num(comp.diff)}, "
+                f"DeLong p = {plots.fmt_p(comp.delong_p)}") if comp else ""
+        ci = best.auroc_ci
         parts.append(
             f'<div class="headline">Highest test AUROC (descriptive): <b>{_e(best_name)}</b>, '
-            f"<b>{_num(best.get('auroc'))}</b> (95% CI {_num(ci[0])}–{_num(ci[1])}) on "
-            f"{_num((metrics.get('counts') or {}).get('images'))} test images{ptxt}.</div>")
-        parts.append(_honest_note(metrics))
+            f"<b>{_num(best.auroc)}</b> (95% CI {_num(ci[0])}–{_num(ci[1])}) on "
+            f"{_num(metrics.counts.images)} test images{ptxt}.</div>")
+        parts.append(_honest_note(metrics, metrics.dataset))
         parts.append("<h2>Comparison</h2>" + _scoring_html(metrics) + _comparison_html(metrics)
                      + _published_html(metrics) + _counts_html(metrics))
         parts.append(_operating_point_html(metrics))
@@ -394,7 +384,7 @@ def write_report(run_dir: str | Path, evaluation: str | None = None) -> Path:
     else:
         parts.append('<div class="note">Not evaluated yet: run <code>imgae-dx evaluate --run '
                      f"{_e(run_dir)}</code> for the test metrics.</div>")
-        parts.append(_honest_note({"dataset": _config_dataset(cfg_text)}))
+        parts.append(_honest_note(None, _config_dataset(cfg_text)))
     parts.append(_gallery_html(run_dir))
     parts.append("<h2>Training</h2>" + _img(figs["loss"], "training and validation loss")
                  + _img(figs["throughput"], "images per second and memory"))

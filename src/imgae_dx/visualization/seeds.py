@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from imgae_dx.errors import RunFolderError
+from imgae_dx.evaluation.results import Evaluation, read_evaluation
 from imgae_dx.utils.atomic import atomic_write_text
 
 
@@ -40,25 +41,29 @@ def aggregate(runs: list[Path]) -> dict[str, Any]:
     """Mean ± sd over the runs of each model's test AUROC/AUPRC, and of the unet − ra gap."""
     if not runs:
         raise RunFolderError("no evaluated seed-* run folders to aggregate")
-    metrics = {r.name: json.loads((r / "eval" / "metrics.json").read_text()) for r in runs}
+    metrics: dict[str, Evaluation] = {
+        r.name: ev for r in runs if (ev := read_evaluation(r / "eval")) is not None}
     models: list[str] = []
     for m in metrics.values():
-        models += [n for n in m.get("models", {}) if n not in models]
+        models += [n for n in m.models if n not in models]
     out: dict[str, Any] = {"runs": list(metrics), "models": {}}
     for name in models:
-        out["models"][name] = {k: mean_sd([m["models"].get(name, {}).get(k) for m in metrics.values()])
-                               for k in ("auroc", "auprc")}
+        out["models"][name] = {
+            k: mean_sd([m.models[name].value(k) if name in m.models else None for m in metrics.values()])
+            for k in ("auroc", "auprc")}
     gaps = []
     for run, m in metrics.items():
-        comp = next((c for c in m.get("comparisons") or [m.get("comparison") or {}]
-                     if c and {c.get("a"), c.get("b")} == {"unet", "ra"}), None)
+        comp = m.comparison_of("unet", "ra")
         if comp:
-            sign = 1.0 if comp["a"] == "unet" else -1.0
-            ci = [sign * v for v in comp.get("diff_ci") or [math.nan, math.nan]]
-            gaps.append({"run": run, "diff": sign * comp["diff"], "ci": sorted(ci),
-                         "delong_p": comp.get("delong_p")})
+            diff, ci = comp.oriented("unet")
+            gaps.append({"run": run, "diff": _or_nan(diff), "ci": [_or_nan(v) for v in ci],
+                         "delong_p": comp.delong_p})
     out["unet_minus_ra"] = {"per_seed": gaps, **mean_sd([g["diff"] for g in gaps])}
     return out
+
+
+def _or_nan(v: float | None) -> float:
+    return math.nan if v is None else v
 
 
 def _fmt(s: dict[str, Any]) -> str:
