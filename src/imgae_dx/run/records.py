@@ -2,7 +2,8 @@
 
 The trainer (rank 0) is the only writer (through :class:`imgae_dx.training.loggers.MetricsLogger`);
 the live plot, the report, the notebook and TensorBoard/W&B read the same types. One JSON object
-per line, flat, with ``kind`` saying which type it is:
+per line, flat, ``format`` first (:data:`RECORD_FORMAT`, ``imgae_dx.record/2``), then ``kind``
+saying which type it is:
 
 * :class:`TrainRecord` (``kind: "train"``) — every ``training.log_every_steps`` steps and at the end
   of each epoch, one per model: mean losses of the steps since the last row, LR, throughput, memory.
@@ -11,9 +12,14 @@ per line, flat, with ``kind`` saying which type it is:
   every stage streamed so far), which is what ``best.pt`` is chosen on.
 
 A row's extra named values (``grad_norm``, ``kl_real``, …) are kept in ``terms`` and written flat.
-Rows that are not valid records of a known kind (a torn last line after a crash, hand edits) are
-skipped by :func:`read_records`. A value that is not finite (the loss of a stage without validation
-images, a diverged step) is written as ``null`` and read back as None.
+A value that is not finite (the loss of a stage without validation images, a diverged step) is
+written as ``null`` and read back as None.
+
+Reading (:func:`read_records`): a row without ``format`` was written before the tag (format 1,
+which has the fields of format 2) and reads as one of this format. A row of another format (a
+newer imgae-dx), of an unknown kind, or missing a field its type requires is skipped and reported
+at warning level with its line number; so is a line that is not JSON, except the last one, which a
+crash may have cut short (reported at info level).
 """
 
 from __future__ import annotations
@@ -23,13 +29,19 @@ import logging
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
 from imgae_dx.utils.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
+
+RECORD_VERSION = 2
+RECORD_FORMAT = f"imgae_dx.record/{RECORD_VERSION}"
+_FORMAT_PREFIX = "imgae_dx.record/"
+#: formats this version reads: 1 (rows without the tag) has the fields of 2
+READABLE_VERSIONS = (1, 2)
 
 
 @dataclass(frozen=True)
@@ -112,9 +124,13 @@ def _clean(v: Any) -> Any:
     return v
 
 
+class RecordError(ValueError):
+    """A JSON object that is not a record this version can read (the message says why)."""
+
+
 def to_json(rec: Record) -> dict[str, Any]:
-    """The flat JSON object of a record (``kind`` first, ``terms`` merged in)."""
-    out: dict[str, Any] = {"kind": rec.kind}
+    """The flat JSON object of a record (``format`` and ``kind`` first, ``terms`` merged in)."""
+    out: dict[str, Any] = {"format": RECORD_FORMAT, "kind": rec.kind}
     for f in fields(rec):
         if f.name != "terms":
             out[f.name] = _clean(getattr(rec, f.name))
@@ -124,20 +140,42 @@ def to_json(rec: Record) -> dict[str, Any]:
     return out
 
 
-def from_json(obj: Mapping[str, Any]) -> Record | None:
-    """The record a JSON object holds, or None when it is not a valid record of a known kind."""
-    cls = _KINDS.get(obj.get("kind")) if isinstance(obj, Mapping) else None
+def _version(fmt: Any) -> int:
+    """The version of a row's ``format`` (1 when absent); RecordError when it is not one."""
+    if fmt is None:
+        return 1
+    if isinstance(fmt, str) and fmt.startswith(_FORMAT_PREFIX) and fmt[len(_FORMAT_PREFIX):].isdigit():
+        return int(fmt[len(_FORMAT_PREFIX):])
+    raise RecordError(f"format {fmt!r} is not a metrics record format")
+
+
+def parse_record(obj: Any) -> Record:
+    """The record a JSON object holds (see the module doc for older rows).
+
+    Raises:
+        RecordError: not an object, another format, an unknown kind, or a required field missing.
+    """
+    if not isinstance(obj, Mapping):
+        raise RecordError("not a JSON object")
+    version = _version(obj.get("format"))
+    if version > RECORD_VERSION:
+        raise RecordError(f"format {obj['format']!r} is from a newer imgae-dx (this one reads "
+                          f"{RECORD_FORMAT!r} and untagged rows): upgrade imgae-dx to read it")
+    if version not in READABLE_VERSIONS:
+        raise RecordError(f"format {obj['format']!r} is not one this imgae-dx reads")
+    cls = _KINDS.get(obj.get("kind"))  # type: ignore[arg-type]
     if cls is None:
-        return None
+        raise RecordError(f"unknown kind {obj.get('kind')!r} (train or val)")
     names = {f.name for f in fields(cls)} - {"terms"}
-    try:
-        kw = {k: obj[k] for k in names if k in obj}
-        terms = {k: float(v) for k, v in obj.items()
-                 if k not in names and k != "kind" and isinstance(v, (int, float))
-                 and not isinstance(v, bool)}
-        return cls(**kw, terms=terms)
-    except TypeError:  # a required field is missing
-        return None
+    missing = sorted(f.name for f in fields(cls) if f.name in names and f.name not in obj
+                     and f.default is MISSING and f.default_factory is MISSING)
+    if missing:
+        raise RecordError(f"a {cls.kind} record without {', '.join(missing)}")
+    kw = {k: obj[k] for k in names if k in obj}
+    terms = {k: float(v) for k, v in obj.items()
+             if k not in names and k not in ("kind", "format") and isinstance(v, (int, float))
+             and not isinstance(v, bool)}
+    return cls(**kw, terms=terms)
 
 
 class RecordWriter:
@@ -158,23 +196,33 @@ class RecordWriter:
 
 
 def read_records(path: str | os.PathLike[str]) -> list[Record]:
-    """The records of a ``metrics.jsonl`` in file order (invalid lines skipped, counted in the log)."""
+    """The records of a ``metrics.jsonl`` in file order; lines that are not readable records are
+    skipped and reported (module doc)."""
     p = Path(path)
     if not p.exists():
         return []
     out: list[Record] = []
-    bad = 0
-    for line in p.read_text(encoding="utf-8").splitlines():
+    skipped: list[str] = []
+    lines = p.read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
         try:
-            rec = from_json(json.loads(line))
+            obj = json.loads(line)
         except json.JSONDecodeError:
-            rec = None
-        if rec is None:
-            bad += 1
-        else:
-            out.append(rec)
-    if bad:
-        log.info("%s: %d line(s) are not metrics records and were skipped", p, bad)
+            if number == len(lines):
+                log.info("%s: line %d is cut short (a write interrupted by a crash) and was skipped", p, number)
+            else:
+                skipped.append(f"line {number}: not JSON")
+            continue
+        try:
+            out.append(parse_record(obj))
+        except RecordError as e:
+            skipped.append(f"line {number}: {e}")
+    if skipped:
+        more = f"; and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+        log.warning("%s: %d line(s) are not readable metrics records and were skipped (%s%s)",
+                    p, len(skipped), "; ".join(skipped[:5]), more)
     return out
 
 
