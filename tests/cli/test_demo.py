@@ -124,14 +124,15 @@ def test_demo_end_to_end_on_a_tiny_archive(tmp_path, capsys, monkeypatch):
     assert {r["model"] for r in records} == {"unet", "ra", "ae"}
 
     # the printed summary: the evaluator's table, the comparison, the best model, the report path
-    metrics = json.loads((out / "eval" / "metrics.json").read_text())
     from imgae_dx.cli.evaluate import summary_lines
+    from imgae_dx.evaluation.results import read_evaluation
 
+    metrics = read_evaluation(out / "eval")
     for line in summary_lines(metrics):
         assert line in printed
     assert "unet vs ra: ΔAUROC" in printed and "DeLong p =" in printed
-    best = max(metrics["models"].items(), key=lambda kv: kv[1]["auroc"])
-    assert f"highest test AUROC (descriptive): {best[0]}, {best[1]['auroc']:.3f}" in printed
+    best = max(metrics.models.items(), key=lambda kv: kv[1].auroc)
+    assert f"highest test AUROC (descriptive): {best[0]}, {best[1].auroc:.3f}" in printed
     report_line = [x for x in printed.splitlines() if x.startswith("report:")]
     assert report_line and Path(report_line[-1].split(None, 1)[1]) == out / "report.html"
     assert "<h1>ImgAE-Dx report</h1>" in (out / "report.html").read_text()
