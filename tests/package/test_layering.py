@@ -98,3 +98,10 @@ def test_lower_layers_do_not_reach_up():
     graph = package_graph()
     for low in ("models", "data", "streaming", "run", "utils"):
         assert not graph.get(low, set()) & {"training", "evaluation", "inference", "cli"}, low
+
+
+def test_evaluation_imports_none_of_its_readers():
+    """``eval/metrics.json``'s types live in ``evaluation``; the report, ``predict``/``export`` and
+    the CLI read them, so ``evaluation`` may import none of those (nor the trainer)."""
+    graph = package_graph()
+    assert not graph.get("evaluation", set()) & {"visualization", "inference", "training", "cli"}
