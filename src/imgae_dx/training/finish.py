@@ -27,7 +27,7 @@ from imgae_dx.errors import UserError
 from imgae_dx.models.pca import PCAModel
 from imgae_dx.run.calibration import calibrate, calibration_path
 from imgae_dx.run.checkpoint import CheckpointPayload, read_checkpoint
-from imgae_dx.training.checkpointer import Checkpointer
+from imgae_dx.training.checkpointer import Checkpointer, swapped_weights
 from imgae_dx.training.selection import ValidationPool, collect
 
 log = logging.getLogger(__name__)
@@ -52,15 +52,14 @@ class Calibrator:
                              best_step: int | None, last_step: int) -> None:
         """Calibrate ``best.pt`` (``last.pt`` when no epoch was validated): its weights swapped into
         the live model, then back."""
-        current = {k: v.detach().clone() for k, v in model.state_dict().items()}
         kind = "best" if checkpointer.path(name, "best").is_file() else "last"
-        model.load_state_dict(read_checkpoint(checkpointer.path(name, kind), model_name=name).model)
-        model.eval()
-        try:
-            self.write(name, model, kind, best_step if kind == "best" else last_step)
-        finally:
-            model.load_state_dict(current)
-            model.train()
+        weights = read_checkpoint(checkpointer.path(name, kind), model_name=name).model
+        with swapped_weights(model, weights):
+            model.eval()
+            try:
+                self.write(name, model, kind, best_step if kind == "best" else last_step)
+            finally:
+                model.train()
 
 
 def training_subset(cfg: Config, index: Any, stages: list[str]) -> dict[str, np.ndarray]:

@@ -53,12 +53,14 @@ class Reporter:
         logger_kwargs: :class:`MetricsLogger` arguments (kind, W&B project/entity/run id, config).
         live_every_s: seconds between live-plot redraws.
         replay: add the records already in ``metrics.jsonl`` to the live plot (a resumed run).
-        n_stages, epochs: for the log lines (epochs: per stage).
+        n_stages, epochs: for the log lines and bars (epochs: per stage).
+        bars: draw a progress bar per epoch.
     """
 
     def __init__(self, run_dir: Path, *, enabled: bool, logger_kwargs: dict[str, Any],
-                 live_every_s: float, replay: bool, n_stages: int, epochs: dict[str, int]) -> None:
-        self.enabled = enabled
+                 live_every_s: float, replay: bool, n_stages: int, epochs: dict[str, int],
+                 bars: bool = False) -> None:
+        self.enabled, self.bars = enabled, bars
         self.n_stages, self.epochs = n_stages, epochs
         self.t_start = time.monotonic()
         self.logger: MetricsLogger | None = None
@@ -78,6 +80,15 @@ class Reporter:
 
     def elapsed(self) -> float:
         return round(time.monotonic() - self.t_start, 2)
+
+    def epoch_bar(self, stage: str, stage_index: int, epoch: int, total: int, initial: int) -> Any:
+        """A tqdm bar over one epoch's ``total`` batches (``initial`` done), or None."""
+        if not (self.enabled and self.bars):
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, initial=initial, leave=False, dynamic_ncols=True,
+                    desc=f"{stage} [{stage_index}/{self.n_stages}] epoch {epoch + 1}/{self.epochs[stage]}")
 
     def train(self, *, step: int, stage: str, stage_index: int, epoch: int,
               means: dict[str, dict[str, float]], ips: float, lrs: dict[str, float], images_seen: int,

@@ -22,13 +22,16 @@ background thread (:class:`StageWarmup`), so the stage switch does not wait on t
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from imgae_dx.config import Config
+from imgae_dx.training.selection import ValidationPool, collect
 
+log = logging.getLogger(__name__)
 
 class StageWarmup:
     """Pulls a dataset's first batch in a thread while training goes on.
@@ -92,7 +95,8 @@ class StageData:
             raise ConfigError(f"training.replay: {t.replay} revisits earlier stages' decoded images, "
                               f"which only data.cache: persistent keeps (now {d.cache!r}); set "
                               "data.cache: persistent or training.replay: none")
-        self.world_size = world_size
+        self.rank, self.world_size, self.batch_size = rank, world_size, t.batch_size
+        self.val_max_images = t.val_max_images
         self.memory = MemoryManager(d.memory_budget_mb)
         self.shared = (make_cache(d, run_dir / "cache", archive=archive, rank=rank)
                        if d.cache == "persistent" else None)
@@ -122,6 +126,14 @@ class StageData:
         """The training dataset of ``stage``'s ``epoch``: the stream, or (replay, epochs ≥ 1) the
         replay over the cached stages so far."""
         return self.replay[stage] if epoch > 0 and stage in self.replay else self.train[stage]
+
+    def warn_if_empty(self, stage: str) -> None:
+        """Log (rank 0) that ``stage`` yields no full training batch, so it trains nothing."""
+        if self.first_epoch_batches[stage] == 0 and self.rank == 0:
+            log.warning("stage %s yields no full training batch (%d training images for %d "
+                        "process(es), batch size %d): it trains nothing; lower --batch-size or "
+                        "widen the split (data.view all)", stage,
+                        len(getattr(self.train[stage], "members", ())), self.world_size, self.batch_size)
 
     def batches_in(self, stage: str, epoch: int) -> int:
         """Batches every rank yields in ``stage``'s ``epoch``."""
@@ -189,6 +201,16 @@ class StageData:
         ds.set_epoch(-1)  # switching epochs resets the position: a cut-short pass starts over
         ds.set_epoch(0)
         return (b.images for b in ds.batches())
+
+    def fill_pool(self, pool: ValidationPool, upto: int, *, release_earlier: bool = False) -> None:
+        """Add to ``pool`` the validation images (``training.val_max_images`` at most per stage)
+        of the stages ``0..upto`` it lacks; with ``release_earlier``, a stage before ``upto``
+        streamed for it (a resumed run: that stage is done) is released right after."""
+        for k, stage in enumerate(self.stages[: upto + 1]):
+            if stage not in pool:
+                pool.add(stage, collect(self.val_batches(stage), self.val_max_images))
+                if release_earlier and k < upto:
+                    self.release(stage)
 
     def release(self, stage: str) -> None:
         """Free the stage's cache (a per-stage one; the persistent cache is published and kept)
