@@ -47,6 +47,7 @@ from torch import nn
 from imgae_dx import __version__
 from imgae_dx.errors import CheckpointError
 from imgae_dx.run.checkpoint import ArchiveRef, CheckpointPayload, RankState, read_checkpoint
+from imgae_dx.training import distributed as dist_utils
 from imgae_dx.training.loop import Progress
 from imgae_dx.training.state import TrainState
 from imgae_dx.utils.atomic import atomic_open, fsync_dir
@@ -208,13 +209,16 @@ class Checkpointer:
             archive=archive_ref(f.archive), saved_at=time.time())
 
     def save_training(self, state: TrainState, models: Mapping[str, nn.Module],
-                      steps: Mapping[str, TrainStep], selector: Selector, *, ranks: list[RankState],
-                      wandb_run_id: str | None, stage_k: int | None = None, best: Iterable[str] = (),
+                      steps: Mapping[str, TrainStep], selector: Selector, *, wandb_run_id: str | None,
+                      stage_k: int | None = None, best: Iterable[str] = (),
                       val: Mapping[str, float] | None = None, val_stages: int = 0) -> None:
         """Every model's ``last.pt`` (+ ``stage_K.pt``, ``best.pt`` as :meth:`save`): its weights,
         optimisers, scaler and schedule position, its selection state, the loop's ``state``,
-        ``ranks`` (every rank's :func:`rank_state`) and ``val`` (loss of each model on the
-        selection set of ``val_stages`` stages; None mid-epoch). No-op unless ``writer``."""
+        every rank's :func:`rank_state` and ``val`` (loss of each model on the selection set of
+        ``val_stages`` stages; None mid-epoch). Marks ``state`` saved. Collective under DDP (the
+        ranks' states are gathered); only the ``writer`` writes."""
+        ranks = dist_utils.gather_objects(rank_state(state.dataset, steps))
+        state.mark_saved()
         if not self.writer:
             return
         common = self.common_fields(state, ranks=ranks, val_stages=val_stages, wandb_run_id=wandb_run_id)
@@ -265,6 +269,14 @@ class Checkpointer:
     def best_weights(self, model: str) -> dict[str, torch.Tensor]:
         """The model weights of ``best.pt`` (CPU tensors)."""
         return read_checkpoint(self.path(model, "best"), model_name=model).model
+
+    @contextlib.contextmanager
+    def best_swapped_in(self, name: str, model: nn.Module) -> Iterator[nn.Module]:
+        """``model`` holds ``best.pt``'s weights inside the block (the writer — rank 0 — reads
+        them, every rank receives them by broadcast) and its own after. Collective under DDP."""
+        with swapped_weights(model, self.best_weights(name) if self.writer else None):
+            dist_utils.broadcast_module(model)
+            yield model
 
     def latest(self, fingerprint: str, *, world_size: int, archive: ArchiveRef,
                stages: list[str]) -> dict[str, CheckpointPayload]:

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from imgae_dx.config import LoggingConfig
 from imgae_dx.run.records import TrainRecord, ValRecord, read_records
 from imgae_dx.training.loggers import MetricsLogger
 from imgae_dx.training.loop import ValSums
@@ -50,16 +51,17 @@ class Reporter:
 
     Args:
         run_dir: the run folder; ``enabled``: this process reports (rank 0).
-        logger_kwargs: :class:`MetricsLogger` arguments (kind, W&B project/entity/run id, config).
+        logging: the ``logging`` settings (logger kind, W&B project and entity).
+        config: the run's configuration (W&B's run config); ``wandb_run_id``: continue this run.
         live_every_s: seconds between live-plot redraws.
         replay: add the records already in ``metrics.jsonl`` to the live plot (a resumed run).
         n_stages, epochs: for the log lines and bars (epochs: per stage).
         bars: draw a progress bar per epoch.
     """
 
-    def __init__(self, run_dir: Path, *, enabled: bool, logger_kwargs: dict[str, Any],
-                 live_every_s: float, replay: bool, n_stages: int, epochs: dict[str, int],
-                 bars: bool = False) -> None:
+    def __init__(self, run_dir: Path, logging: LoggingConfig, *, enabled: bool, config: dict[str, Any],
+                 wandb_run_id: str | None, live_every_s: float, replay: bool, n_stages: int,
+                 epochs: dict[str, int], bars: bool = False) -> None:
         self.enabled, self.bars = enabled, bars
         self.n_stages, self.epochs = n_stages, epochs
         self.t_start = time.monotonic()
@@ -67,7 +69,9 @@ class Reporter:
         self.live: Any = None
         if not enabled:
             return
-        self.logger = MetricsLogger(run_dir, **logger_kwargs)
+        self.logger = MetricsLogger(run_dir, kind=logging.logger, wandb_project=logging.wandb_project,
+                                    wandb_entity=logging.wandb_entity, config=config,
+                                    wandb_run_id=wandb_run_id)
         from imgae_dx.visualization.live import LivePlot
 
         self.live = LivePlot(run_dir / "plots" / "live.png", live_every_s)

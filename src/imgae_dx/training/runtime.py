@@ -12,6 +12,7 @@ weights).
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,6 +63,13 @@ class Runtime:
             model.to(memory_format=torch.channels_last)
         dist_utils.broadcast_module(model)
         return model
+
+    def buffer_sync(self, models: Mapping[str, nn.Module]) -> Callable[[str], None] | None:
+        """Under DDP: ``f(name)`` giving every rank rank 0's buffers of ``models[name]`` (BatchNorm
+        statistics; called after each step); None with one process."""
+        if not self.dist.distributed:
+            return None
+        return lambda name: dist_utils.broadcast_module(models[name], buffers_only=True)
 
     def generator(self, seed: int) -> torch.Generator:
         """A generator on the device seeded with ``seed``."""

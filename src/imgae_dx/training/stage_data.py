@@ -1,4 +1,5 @@
-"""The data side of training: per-stage datasets and caches, replay, the next stage's early start.
+"""The data side of training: the archive's index and stages, per-stage datasets and caches,
+replay, the next stage's early start.
 
 :class:`StageData` builds, for every stage, the training dataset (normal images of training
 patients; ``drop_last``, equal batch counts on every rank) and the validation dataset (normal images
@@ -32,6 +33,30 @@ from imgae_dx.config import Config
 from imgae_dx.training.selection import ValidationPool, collect
 
 log = logging.getLogger(__name__)
+
+def open_stages(cfg: Config, archive: Any = None) -> tuple[Any, Any, list[str]]:
+    """``(archive, index, stages)``: the archive (opened from ``cfg.source`` unless given; closed
+    again on an error), its image index and the stages ``cfg.stages`` names, in training order.
+
+    Raises:
+        UserError: the source cannot be opened or indexed, or a stage it does not hold is named.
+    """
+    from imgae_dx.data.nih_index import NIHIndex
+
+    opened = archive is None
+    if opened:
+        from imgae_dx.streaming.sources import open_archive
+
+        archive = open_archive(cfg.source, cfg.data)
+    try:
+        index = NIHIndex.from_archive(archive)
+        return archive, index, list(index.resolve_stages(cfg.stages))
+    except BaseException:
+        if opened:
+            with contextlib.suppress(Exception):
+                archive.close()
+        raise
+
 
 class StageWarmup:
     """Pulls a dataset's first batch in a thread while training goes on.

@@ -1,20 +1,15 @@
-"""Progressive streaming trainer: the training loop over the stages, built from the configuration.
+"""Progressive streaming trainer: the loop over stages and epochs, built from the configuration.
 
 ``StreamingTrainer(config).train_progressive_stages()`` trains every model in ``config.models`` on
 the normal (``No Finding``) training images of each stage in order (``images_001``, …):
 ``training.epochs_per_stage`` epochs per stage (more for a stage too small to draw
-``training.min_images_per_stage`` images in them, and for the last stage of a run too small to draw
-``training.min_images_per_run``), each followed by validation and checkpoints. Each decoded batch
-feeds every model (``--model all`` costs one pass over the stream). The parts it drives, one
-owner each, are listed in :mod:`imgae_dx.training`.
-
-Exact resume: ``last.pt`` holds the models, optimisers, schedule position, GradScaler, step,
-stage, epoch, the dataset position of every rank and every RNG state, so a resumed CPU run ends
-bit-identical to an uninterrupted one. Distributed (``torchrun``): each rank streams disjoint
-range requests with equal batch counts; gradients are averaged by an explicit all-reduce (see
-:mod:`.distributed`); only rank 0 logs, saves and draws progress. Early stopping
-(``training.early_stopping_patience``): within a stage, when no model has improved for that many
-epochs, the stage's remaining epochs are skipped.
+``training.min_images_per_stage`` images, and for the last stage of a run too small to draw
+``training.min_images_per_run``), each followed by validation and checkpoints; within a stage,
+``training.early_stopping_patience`` epochs without a gain skip its remaining epochs. Each decoded
+batch feeds every model (``--model all``: one pass over the stream). Exact resume: a resumed CPU
+run ends bit-identical to an uninterrupted one. Under ``torchrun`` each rank streams disjoint
+range requests with equal batch counts; only rank 0 logs, saves and draws progress. The parts it
+drives, one owner each, are listed in :mod:`imgae_dx.training`.
 """
 
 from __future__ import annotations
@@ -25,6 +20,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +32,7 @@ from imgae_dx.run.checkpoint import Position
 from imgae_dx.run.identity import config_fingerprint
 from imgae_dx.training import distributed as dist_utils
 from imgae_dx.training import run_folder
-from imgae_dx.training.checkpointer import Checkpointer, RunFacts, rank_state, swapped_weights
+from imgae_dx.training.checkpointer import Checkpointer, RunFacts
 from imgae_dx.training.finish import Calibrator, fit_pca_baseline
 from imgae_dx.training.loggers import check_available as check_logger
 from imgae_dx.training.loop import ValSums, train_one_epoch, validate_stages
@@ -45,7 +41,7 @@ from imgae_dx.training.reporting import Reporter, pooled_loss
 from imgae_dx.training.runtime import seed_everything, start_runtime
 from imgae_dx.training.selection import Selector, ValidationPool
 from imgae_dx.training.signals import StopRequest, TrainingInterrupted
-from imgae_dx.training.stage_data import StageData
+from imgae_dx.training.stage_data import StageData, open_stages
 from imgae_dx.training.state import TrainResult, TrainState
 from imgae_dx.training.step import build_steps, lr_factor, memory_guard, out_of_memory_message
 
@@ -100,11 +96,10 @@ class StreamingTrainer:
         self.rt = start_runtime(t)
         self.dist, self.is_main = self.rt.dist, self.rt.is_main
         cfg_dict = run_folder.config_dict(cfg)  # 1. validate everything before writing anything
-        fingerprint, config_yaml = config_fingerprint(cfg_dict), run_folder.config_yaml(cfg_dict)
         self.gradient_models = [m for m in cfg.models if m in GRADIENT_MODELS]  # pca: fitted after them
         resuming = run_folder.check_run_folder(self.run_dir, self.gradient_models, cfg_dict, self.resume)
         check_logger(cfg.logging.logger)
-        self._open_index()
+        self._archive, self.index, self.stages = open_stages(cfg, self._archive)
         seed_everything(cfg.seed)  # 2. same seed on every rank: identical initial weights
         self.precision = resolve_precision(t.amp, self.rt.device)
         self.models, self.steps = build_steps(cfg, self.gradient_models, self.rt, self.precision)
@@ -113,39 +108,23 @@ class StreamingTrainer:
         self.epochs = self.data.plan_epochs(t.epochs_per_stage, t.min_images_per_stage,
                                             t.min_images_per_run, t.batch_size)
         total = sum(self.data.batches_in(s, e) for s in self.stages for e in range(self.epochs[s]))
-        for st in self.steps.values():
-            st.schedule = lambda s, total=total: lr_factor(s, total, t.warmup_steps, t.scheduler)
-        facts = RunFacts(config_yaml, fingerprint, cfg.data.image_size, self.stages,
-                         self.dist.world_size, self.precision.name, self._archive)
+        for st in self.steps.values():  # the LR schedule spans every step of the run
+            st.schedule = partial(lr_factor, total_steps=total, warmup=t.warmup_steps, kind=t.scheduler)
+        facts = RunFacts(run_folder.config_yaml(cfg_dict), config_fingerprint(cfg_dict), cfg.data.image_size,
+                         self.stages, self.dist.world_size, self.precision.name, self._archive)
         self.checkpointer = Checkpointer(self.run_dir, self.gradient_models, writer=self.is_main, facts=facts)
         self.selector, self.pool = Selector(self.gradient_models), ValidationPool(t.batch_size)
-        wandb_id = None
-        if resuming:
-            self.state, wandb_id = self.checkpointer.resume(self.models, self.steps, self.selector,
-                                                            self.dist.rank)
+        self.state, wandb_id = (self.checkpointer.resume(self.models, self.steps, self.selector, self.dist.rank)
+                                if resuming else (self.state, None))
         if self.is_main:  # 3. run folder, reporting
-            run_folder.prepare_run_folder(self.run_dir, config_yaml,
+            run_folder.prepare_run_folder(self.run_dir, facts.config_yaml,
                                           self.state.progress.step if resuming else None)
             log.info("precision: %s (%s)", self.precision.name, self.precision.reason)
-        lg = cfg.logging
-        self.reporter = Reporter(
-            self.run_dir, enabled=self.is_main, live_every_s=t.live_plot_every_s, replay=resuming,
-            n_stages=len(self.stages), epochs=self.epochs, bars=self.progress_bars,
-            logger_kwargs=dict(kind=lg.logger, wandb_project=lg.wandb_project,
-                               wandb_entity=lg.wandb_entity, config=cfg_dict, wandb_run_id=wandb_id))
+        self.reporter = Reporter(self.run_dir, cfg.logging, enabled=self.is_main, config=cfg_dict,
+                                 wandb_run_id=wandb_id, live_every_s=t.live_plot_every_s, replay=resuming,
+                                 n_stages=len(self.stages), epochs=self.epochs, bars=self.progress_bars)
         dist_utils.barrier()
         self._prepared = True
-
-    def _open_index(self) -> None:
-        """The archive (opened from ``config.source`` unless given), its index, the run's stages."""
-        from imgae_dx.data.nih_index import NIHIndex
-
-        if self._archive is None:
-            from imgae_dx.streaming.sources import open_archive
-
-            self._archive = open_archive(self.cfg.source, self.cfg.data)
-        self.index = NIHIndex.from_archive(self._archive)
-        self.stages: list[str] = list(self.index.resolve_stages(self.cfg.stages))
 
     def _guard(self, stage: str, what: str) -> Callable[[str, torch.Tensor], Any]:
         """Out-of-memory in a step → one clear line naming the sizes to lower."""
@@ -216,8 +195,7 @@ class StreamingTrainer:
                     ips=ips, lrs={m: s.next_lr() for m, s in self.steps.items()},
                     images_seen=st.progress.images_seen, precision=self.precision.name, ds=ds, bar=bar),
                 on_batch=(lambda b: self.on_batch(stage, epoch, b)) if self.on_batch else None,
-                after_model_step=(lambda m: dist_utils.broadcast_module(self.models[m], buffers_only=True))
-                if self.dist.distributed else None,
+                after_model_step=self.rt.buffer_sync(self.models),
                 after_step=self._after_step, guard=self._guard(stage, "train step"))
         finally:
             if bar is not None:
@@ -242,18 +220,14 @@ class StreamingTrainer:
         """(stop, checkpoint-by-time) agreed by every rank."""
         stop = self.stop.signum is not None
         due = (time.monotonic() - self.state.last_save_time) >= self.cfg.training.checkpoint_every_minutes * 60
-        if not self.dist.distributed:
-            return stop, due
-        vals = dist_utils.all_reduce_sum([float(stop), float(due)])
-        return vals[0] > 0, vals[1] > 0
+        flags = dist_utils.all_reduce_sum([float(stop), float(due)]) if self.dist.distributed else [stop, due]
+        return flags[0] > 0, flags[1] > 0
 
     # ------------------------------------------------------------------ validation and selection
     def _end_epoch(self, stage: str, si: int, epoch: int) -> bool:
         """Validate on the selection set, update ``best.pt``, save. True: stop the stage early."""
-        t, st = self.cfg.training, self.state
-        t0 = time.monotonic()
-        self.data.fill_pool(self.pool, si, release_earlier=True)  # the selection set: stages 1..si+1
-        k = si + 1
+        st, k, t0 = self.state, si + 1, time.monotonic()
+        self.data.fill_pool(self.pool, si, release_earlier=True)  # the selection set: stages 1..k
         cand = self._validate_pool()
         sel = {n: pooled_loss(cand[n]) for n in self.models}
         improved = self.selector.select(k, st.progress.step, sel,
@@ -261,14 +235,13 @@ class StreamingTrainer:
         self.reporter.val(step=st.progress.step, stage=stage, stage_index=k, epoch=epoch, sums=cand,
                           selection=sel, best=self.selector.best_losses(), improved=improved,
                           val_s=time.monotonic() - t0)
-        stop_early = self.selector.should_stop(t.early_stopping_patience)
+        stop_early = self.selector.should_stop(self.cfg.training.early_stopping_patience)
         last = epoch + 1 == self.epochs[stage] or stop_early
         st.position = Position(k, 0, 0) if last else Position(si, epoch + 1, 0)
         self.data.flush()
         self._save(stage_k=k if last else None, best=improved, val=sel, val_stages=k)
         if stop_early and self.is_main:
-            log.info("early stopping: no validation gain for %d epochs; stage %s ends",
-                     self.selector.bad_epochs, stage)
+            log.info("early stopping: no validation gain for %d epochs; stage %s ends", self.selector.bad_epochs, stage)
         return stop_early
 
     def _validate_pool(self, weights_of: str | None = None) -> dict[str, dict[str, ValSums]]:
@@ -277,11 +250,8 @@ class StreamingTrainer:
         names = [weights_of] if weights_of else list(self.steps)
         objs = {n: self.steps[n].objective for n in names}
         ctx = {n: StepContext(self.precision.autocast(), self.rt.generator(self.cfg.seed)) for n in names}
-        swap = contextlib.nullcontext() if weights_of is None else swapped_weights(
-            self.models[weights_of], self.checkpointer.best_weights(weights_of) if self.is_main else None)
-        with swap:
-            if weights_of is not None:
-                dist_utils.broadcast_module(self.models[weights_of])
+        with (self.checkpointer.best_swapped_in(weights_of, self.models[weights_of]) if weights_of
+              else contextlib.nullcontext()):
             return validate_stages(objs, {s: self.pool.batches(s) for s in self.pool.stages}, ctx,
                                    to_device=self.rt.to_device, all_reduce=dist_utils.all_reduce_sum,
                                    guard_for=lambda s: self._guard(s, "validation step"))
@@ -296,27 +266,23 @@ class StreamingTrainer:
                                          self.selector.state[name].best_step, self.state.progress.step)
             if "pca" in self.cfg.models:
                 self.state.stage_index = len(self.stages) - 1
-                fit_pca_baseline(self.cfg, self._archive, self.index, self.stages, self.pool,
-                                 self.data.memory, self.data.shared, val,
-                                 self.checkpointer.common_fields(self.state, ranks=[], val_stages=len(self.stages),
-                                                                 wandb_run_id=self.reporter.wandb_run_id))
+                fields = self.checkpointer.common_fields(self.state, ranks=[], val_stages=len(self.stages),
+                                                         wandb_run_id=self.reporter.wandb_run_id)
+                fit_pca_baseline(self.cfg, self._archive, self.index, self.data, self.pool, val, fields)
         dist_utils.barrier()
 
     def _save(self, stage_k: int | None = None, best: list[str] | tuple[str, ...] = (),
               val: dict[str, float] | None = None, val_stages: int = 0) -> None:
         """Every model's ``last.pt`` (+ ``stage_K.pt``, ``best.pt``). Collective under DDP."""
-        ranks = dist_utils.gather_objects(rank_state(self.state.dataset, self.steps))
-        self.state.mark_saved()
-        self.checkpointer.save_training(self.state, self.models, self.steps, self.selector, ranks=ranks,
+        self.checkpointer.save_training(self.state, self.models, self.steps, self.selector,
                                         wandb_run_id=self.reporter.wandb_run_id, stage_k=stage_k,
                                         best=best, val=val, val_stages=val_stages)
 
     def close(self) -> None:
         """Release loggers, caches, the archive (if opened here) and the process group."""
-        if self.reporter is not None:
-            self.reporter.close()
-        if self.data is not None:
-            self.data.close()
+        for part in (self.reporter, self.data):
+            if part is not None:
+                part.close()
         if self._own_archive and self._archive is not None:
             with contextlib.suppress(Exception):
                 self._archive.close()
