@@ -228,7 +228,7 @@ class Checkpointer:
             payloads[n] = CheckpointPayload(
                 model_name=n, model={k: v.detach().cpu() for k, v in model.state_dict().items()},
                 optimizers=st["objective"], scaler=st["scaler"], optimizer_steps=st["steps_done"],
-                val_loss=(val or {}).get(n), selection=selector.checkpoint_state(n), **common)
+                val_loss=(val or {}).get(n), selection=selector.state[n], **common)
         self.save(payloads, stage_k=stage_k, best=best)
 
     def resume(self, models: Mapping[str, nn.Module], steps: Mapping[str, TrainStep],

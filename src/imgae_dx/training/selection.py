@@ -91,14 +91,24 @@ class Selector:
     """The ``best.pt`` rule for each model (see the module docstring).
 
     ``state[name]`` is the model's :class:`Selection` (saved in every checkpoint, restored on
-    resume): ``best_loss`` measured on the selection set of ``set_stages`` stages. ``bad_epochs``
-    counts the epoch ends of the current stage since any model last improved (early stopping);
-    every model's checkpoint carries it (:meth:`checkpoint_state`).
+    resume): ``best_loss`` measured on the selection set of ``set_stages`` stages, and
+    ``bad_epochs``, the epoch ends of the current stage since any model last improved (early
+    stopping; the same count in every model's state).
     """
 
     def __init__(self, names: Iterable[str]) -> None:
         self.state: dict[str, Selection] = {n: Selection() for n in names}
-        self.bad_epochs = 0
+        self._bad_epochs = 0
+
+    @property
+    def bad_epochs(self) -> int:
+        """Epoch ends of the current stage since any model last improved."""
+        return self._bad_epochs
+
+    def _count(self, bad_epochs: int) -> None:
+        self._bad_epochs = bad_epochs
+        for name, sel in self.state.items():
+            self.state[name] = replace(sel, bad_epochs=bad_epochs)
 
     def needs_rescore(self, name: str, set_stages: int) -> bool:
         """True when ``best.pt`` exists but was measured on a smaller set than ``set_stages``."""
@@ -135,26 +145,22 @@ class Selector:
                 self.rescored(name, best_on_set(name), set_stages)
         improved = [n for n, loss in candidates.items()
                     if not math.isnan(loss) and self.offer(n, loss, set_stages, step)]
-        self.bad_epochs = 0 if improved else self.bad_epochs + 1
+        self._count(0 if improved else self._bad_epochs + 1)
         return improved
 
     def new_stage(self) -> None:
         """A stage starts: early stopping counts its epochs afresh."""
-        self.bad_epochs = 0
+        self._count(0)
 
     def should_stop(self, patience: int | None) -> bool:
         """True when no model has improved for ``patience`` epochs of this stage (None: never)."""
         return patience is not None and self.bad_epochs >= patience
 
-    def checkpoint_state(self, name: str) -> Selection:
-        """``name``'s :class:`Selection` as a checkpoint saves it (with the stage's ``bad_epochs``)."""
-        return replace(self.state[name], bad_epochs=self.bad_epochs)
-
     def load(self, selections: Mapping[str, Selection]) -> None:
-        """Restore every model's saved :class:`Selection` (the early-stopping count from the first)."""
+        """Restore every model's saved :class:`Selection` (the early-stopping count: the first's)."""
         for name, sel in selections.items():
             self.state[name] = replace(sel)
-        self.bad_epochs = next(iter(selections.values())).bad_epochs
+        self._count(next(iter(selections.values())).bad_epochs)
 
     def best_losses(self) -> dict[str, float | None]:
         return {n: s.best_loss for n, s in self.state.items()}
