@@ -536,6 +536,7 @@ def test_resume_at_a_stage_boundary_starts_the_early_stopping_count_afresh(train
     assert last["position"] == {"stage_index": 1, "epoch": 0, "batch": 0}
     assert last["selection"]["bad_epochs"] == 2  # stage 1's count
     seen: list[tuple[str, int]] = []
-    StreamingTrainer(cfg, resume=True, on_batch=lambda s, e, b: seen.append((s, e))).train_progressive_stages()
+    resumed = StreamingTrainer(cfg, resume=True, on_batch=lambda s, e, b: seen.append((s, e)))
+    resumed.train_progressive_stages()
     assert seen == [x for x in ref if x[0] == "images_002"]
     assert state_dict_digest(weights(tmp_path / "run", "ae")) == state_dict_digest(weights(tmp_path / "ref", "ae"))

@@ -51,7 +51,7 @@ class Reporter:
 
     Args:
         run_dir: the run folder; ``enabled``: this process reports (rank 0).
-        logging: the ``logging`` settings (logger kind, W&B project and entity).
+        logging_cfg: the ``logging`` settings (logger kind, W&B project and entity).
         config: the run's configuration (W&B's run config); ``wandb_run_id``: continue this run.
         live_every_s: seconds between live-plot redraws.
         replay: add the records already in ``metrics.jsonl`` to the live plot (a resumed run).
@@ -59,7 +59,7 @@ class Reporter:
         bars: draw a progress bar per epoch.
     """
 
-    def __init__(self, run_dir: Path, logging: LoggingConfig, *, enabled: bool, config: dict[str, Any],
+    def __init__(self, run_dir: Path, logging_cfg: LoggingConfig, *, enabled: bool, config: dict[str, Any],
                  wandb_run_id: str | None, live_every_s: float, replay: bool, n_stages: int,
                  epochs: dict[str, int], bars: bool = False) -> None:
         self.enabled, self.bars = enabled, bars
@@ -69,8 +69,8 @@ class Reporter:
         self.live: Any = None
         if not enabled:
             return
-        self.logger = MetricsLogger(run_dir, kind=logging.logger, wandb_project=logging.wandb_project,
-                                    wandb_entity=logging.wandb_entity, config=config,
+        self.logger = MetricsLogger(run_dir, kind=logging_cfg.logger, wandb_project=logging_cfg.wandb_project,
+                                    wandb_entity=logging_cfg.wandb_entity, config=config,
                                     wandb_run_id=wandb_run_id)
         from imgae_dx.visualization.live import LivePlot
 

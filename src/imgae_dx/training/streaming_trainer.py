@@ -218,8 +218,8 @@ class StreamingTrainer:
 
     def _sync_flags(self) -> tuple[bool, bool]:
         """(stop, checkpoint-by-time) agreed by every rank."""
-        stop = self.stop.signum is not None
-        due = (time.monotonic() - self.state.last_save_time) >= self.cfg.training.checkpoint_every_minutes * 60
+        stop, minutes = self.stop.signum is not None, self.cfg.training.checkpoint_every_minutes
+        due = time.monotonic() - self.state.last_save_time >= minutes * 60
         flags = dist_utils.all_reduce_sum([float(stop), float(due)]) if self.dist.distributed else [stop, due]
         return flags[0] > 0, flags[1] > 0
 
@@ -241,7 +241,8 @@ class StreamingTrainer:
         self.data.flush()
         self._save(stage_k=k if last else None, best=improved, val=sel, val_stages=k)
         if stop_early and self.is_main:
-            log.info("early stopping: no validation gain for %d epochs; stage %s ends", self.selector.bad_epochs, stage)
+            log.info("early stopping: no validation gain for %d epochs; stage %s ends",
+                     self.selector.bad_epochs, stage)
         return stop_early
 
     def _validate_pool(self, weights_of: str | None = None) -> dict[str, dict[str, ValSums]]:
