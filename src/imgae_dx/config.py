@@ -54,11 +54,18 @@ class DataConfig(_Strict):
         256.0, ge=0, description="unwanted bytes between members read through instead of splitting"
     )
     requests_in_flight: int = Field(4, ge=1, le=64, description="range requests fetched ahead")
-    decode_workers: int = Field(2, ge=1, le=128, description="threads decoding PNGs")
+    decode_workers: int = Field(2, ge=1, le=128, description="threads decoding images (PNG, JPEG, DICOM)")
     shuffle_buffer: int = Field(256, ge=1, description="images in the bounded shuffle buffer")
     png_decoder: Literal["auto", "cv2"] = Field(
         "auto", description="auto: libdeflate + C unfilter for 8-bit gray PNGs, libpng for the rest; "
         "cv2: libpng for all (same pixels)"
+    )
+    resize: Literal["squash", "pad", "crop"] = Field(
+        "squash", description="how a non-square image becomes image_size² (training, evaluation, "
+        "predict and bundles alike; square images such as NIH's give the same pixels under all "
+        "three): squash = area resize of the whole image, aspect ratio lost; pad = area resize of "
+        "the long side to image_size, the short side padded centred with black (0); crop = the "
+        "centred square, then area resize (the image's ends are dropped)"
     )
     cache: Literal["memory", "disk", "persistent", "off"] = Field(
         "persistent", description="preprocessed-image cache: RAM spilling to disk, disk only, on disk "
@@ -302,7 +309,8 @@ class EvaluationConfig(_Strict):
 
 class Config(_Strict):
     seed: int = 42
-    source: str = Field("kaggle:nih-chest-xrays/data", description="kaggle:OWNER/SLUG, URL, .zip, folder")
+    source: str = Field("kaggle:nih-chest-xrays/data",
+                        description="kaggle:OWNER/SLUG, kaggle-competition:SLUG, URL, .zip, folder")
     stages: str | list[str] = Field("all", description="'all' or a list of images_NNN")
     models: list[Literal["unet", "ra", "ae", "pca"]] = Field(default_factory=lambda: ["unet", "ra", "pca"])
     out: str = "runs/latest"

@@ -30,6 +30,8 @@ def emulator(tmp_path_factory):
     with KaggleEmulator() as emu:
         emu.add_user(USER, KEY)
         emu.add_dataset("nih-chest-xrays/data", z)
+        emu.add_competition("accepted-comp", z, accepted_users={USER})
+        emu.add_competition("rules-pending", z, accepted_users=set())
         yield emu
 
 
@@ -91,6 +93,22 @@ def test_bad_credentials_leave_the_file_and_say_so(kaggle, tmp_path, capsys):
 def test_missing_dataset(kaggle, tmp_path, capsys):
     rc, out = run_cli(capsys, "--api-key-path", str(kaggle_json(tmp_path)), "--dataset", "someone/missing")
     assert rc == 2 and "dataset not found" in out and "HTTP 404" in out and "accepted" in out
+
+
+def test_competition_verification_checks_the_rules(kaggle, tmp_path, capsys):
+    key = str(kaggle_json(tmp_path))
+    rc, out = run_cli(capsys, "--api-key-path", key, "--dataset", "kaggle-competition:accepted-comp")
+    assert rc == 0 and "competition accepted-comp" in out
+    assert "OK: Kaggle accepted the credentials; kaggle-competition:accepted-comp streams" in out
+    assert kaggle.calls["DownloadDataFiles"] == 1
+    rc, out = run_cli(capsys, "--api-key-path", key, "--dataset", "kaggle-competition:rules-pending")
+    assert rc == 2 and "bad credentials" not in out and "stays installed" in out
+    assert "rules of Kaggle competition rules-pending are not accepted" in out
+    assert "https://www.kaggle.com/competitions/rules-pending/rules" in out and "I Understand and Accept" in out
+    rc, out = run_cli(capsys, "--api-key-path", key, "--dataset", "kaggle-competition:gone")
+    assert rc == 2 and "competition not found" in out and "HTTP 404" in out
+    rc, out = run_cli(capsys, "--api-key-path", key, "--dataset", "kaggle-competition:a/b")
+    assert rc == 2 and "kaggle-competition:SLUG" in out
 
 
 def test_no_network(kaggle, tmp_path, capsys):

@@ -63,3 +63,28 @@ def test_stream_user_errors_exit_2(small_archive, capsys, argv, msg):
     rc = main(["stream", "--source", str(small_archive), "--json", *argv])
     assert rc == 2
     assert msg in capsys.readouterr().err
+
+
+@pytest.mark.network
+def test_stream_from_a_kaggle_competition(small_archive, capsys, monkeypatch):
+    """``--source kaggle-competition:SLUG`` through the real SDK and the loopback emulator streams
+    the same images as the local zip; a competition whose rules are not accepted exits 2 with one
+    line naming its rules page."""
+    from imgae_dx.testing.kaggle_emulator import KaggleEmulator
+
+    monkeypatch.setenv("KAGGLE_API_ENVIRONMENT", "TEST")
+    monkeypatch.setenv("KAGGLE_USERNAME", "alice")
+    monkeypatch.setenv("KAGGLE_KEY", "0123456789abcdef0123456789abcdef")
+    argv = ["--stages", "images_001", "--image-size", "64", "--json"]
+    with KaggleEmulator() as kaggle:
+        kaggle.add_user("alice", "0123456789abcdef0123456789abcdef")
+        kaggle.add_competition("chest-challenge", small_archive, accepted_users={"alice"})
+        kaggle.add_competition("rules-pending", small_archive, accepted_users=set())
+        assert main(["stream", "--source", "kaggle-competition:chest-challenge", *argv]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["images"] == _expected(small_archive, ["images_001"], ("train", "val", "test"))
+        assert kaggle.calls["DownloadDataFiles"] >= 1 and kaggle.calls["DownloadDataset"] == 0
+        assert main(["stream", "--source", "kaggle-competition:rules-pending", *argv]) == 2
+        err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not accepted" in err
+    assert "https://www.kaggle.com/competitions/rules-pending/rules" in err

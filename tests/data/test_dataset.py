@@ -356,3 +356,56 @@ def test_bytes_corrupted_in_transit_are_refetched(small_archive, tmp_path):
     assert corrupted >= 1
     assert faulty[3]["crc_rereads"] >= 1 and faulty[3]["skipped"] == 0
     assert faulty[0] == clean[0] and faulty[1] == clean[1]
+
+
+# ----------------------------------------------------------------------------- formats, resize
+def _with_jpegs(src: Path, dst_dir: Path, names: list[str]) -> tuple[Path, dict[str, bytes]]:
+    """Copy of the archive where ``names`` hold non-square JPEGs (their .png names kept: the
+    format is told by content)."""
+    import cv2
+
+    rng = np.random.default_rng(3)
+    jpegs = {}
+    for k, name in enumerate(names):
+        img = cv2.GaussianBlur(rng.integers(0, 256, (90 + 20 * k, 160), dtype=np.uint8), (0, 0), 3)
+        jpegs[name] = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+    dst = dst_dir / "data.zip"
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for info in zin.infolist():
+            zout.writestr(info, jpegs.get(info.filename, zin.read(info)), compress_type=zipfile.ZIP_STORED)
+    return dst, jpegs
+
+
+def test_jpeg_members_decoded_with_the_configured_resize_policy(small_archive, tmp_path):
+    from imgae_dx.data.decode import decode_image
+    from imgae_dx.data.persistent_cache import PersistentImageCache
+
+    with zipfile.ZipFile(small_archive) as z:
+        names = sorted(n for n in z.namelist() if n.startswith(f"{STAGE}/images/"))[:3]
+    path, jpegs = _with_jpegs(Path(small_archive), tmp_path, names)
+    archive = open_archive(str(path), _cfg())
+    try:
+        nih = NIHIndex.from_archive(archive)
+        ids = {archive.index.find(n): n for n in names}
+        folders = set()
+        for policy in ("squash", "pad", "crop"):
+            cfg = _cfg(resize=policy, cache="persistent", cache_dir=str(tmp_path / "cache"))
+            cache = make_cache(cfg, archive=archive)
+            assert isinstance(cache, PersistentImageCache)
+            folders.add(cache.folder)
+            for attempt in ("cold", "cached"):
+                ds = StreamingNIHDataset(archive, nih, STAGE, "train", cfg, seed=7, batch_size=2,
+                                         members=list(ids), cache=cache, drop_last=False)
+                members, imgs = _run(ds)
+                assert ds.stats()["skipped"] == 0
+                for i, m in enumerate(members):
+                    want = decode_image(jpegs[ids[m]], 64, resize=policy)
+                    assert torch.equal(imgs[i, 0], torch.from_numpy(want).float() / 255), (policy, attempt)
+                if attempt == "cold":
+                    cache.flush()
+                else:
+                    assert ds.stats()["cache_hits"] == len(ids)
+            cache.close()
+        assert len(folders) == 3  # one cache folder per policy: images of different preprocessing never mix
+    finally:
+        archive.close()

@@ -43,13 +43,20 @@ def test_http_url(big_zip, cfg: DataConfig) -> None:
         assert srv.counts()["methods"].get("HEAD", 0) == 0
 
 
-def test_kaggle_spec_uses_kaggle_client(monkeypatch, zip_path: Path, cfg: DataConfig) -> None:
-    """The kaggle: form hands the dataset slug to KaggleStreamClient and indexes its reader."""
+@pytest.mark.parametrize("spec, kwargs", [
+    ("kaggle:nih-chest-xrays/data", {"dataset": "nih-chest-xrays/data"}),
+    ("kaggle-competition:rsna-pneumonia-detection-challenge",
+     {"competition": "rsna-pneumonia-detection-challenge"}),
+])
+def test_kaggle_specs_use_kaggle_client(monkeypatch, zip_path: Path, cfg: DataConfig, spec: str,
+                                        kwargs: dict[str, str]) -> None:
+    """The kaggle: and kaggle-competition: forms hand the name to KaggleStreamClient and index
+    its reader."""
     seen: dict[str, object] = {}
 
     class FakeClient:  # test double for the dispatch only; the real client has its own tests
-        def __init__(self, dataset: str) -> None:
-            seen["dataset"] = dataset
+        def __init__(self, **kw: str) -> None:
+            seen.update(kw)
 
         def open_reader(self, http_cfg: HttpConfig) -> LocalFileReader:
             seen["http_cfg"] = http_cfg
@@ -58,8 +65,8 @@ def test_kaggle_spec_uses_kaggle_client(monkeypatch, zip_path: Path, cfg: DataCo
     mod = types.ModuleType("imgae_dx.streaming.kaggle_client")
     mod.KaggleStreamClient = FakeClient  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "imgae_dx.streaming.kaggle_client", mod)
-    with open_archive("kaggle:nih-chest-xrays/data", cfg) as a:
-        assert seen == {"dataset": "nih-chest-xrays/data", "http_cfg": cfg.http}
+    with open_archive(spec, cfg) as a:
+        assert seen == {**kwargs, "http_cfg": cfg.http}
         assert a.has("Data_Entry_2017.csv")
 
 
@@ -68,6 +75,9 @@ def test_kaggle_spec_uses_kaggle_client(monkeypatch, zip_path: Path, cfg: DataCo
     [
         ("kaggle:nih-chest-xrays", "kaggle:OWNER/SLUG"),
         ("kaggle:a/b/c", "kaggle:OWNER/SLUG"),
+        ("kaggle-competition:", "kaggle-competition:SLUG"),
+        ("kaggle-competition:a/b", "kaggle-competition:SLUG"),
+        ("kaggle-competition:a b", "kaggle-competition:SLUG"),
         ("ftp://host/data.zip", "unsupported scheme 'ftp'"),
         ("s3://bucket/data.zip?X-Amz-Signature=secret", "unsupported scheme 's3'"),
         ("", "empty source"),
@@ -79,6 +89,8 @@ def test_bad_specs(spec: str, match: str, cfg: DataConfig) -> None:
         open_archive(spec, cfg)
     msg = str(ei.value)
     assert "Allowed:" in msg and "kaggle:OWNER/SLUG" in msg and "secret" not in msg
+    assert "kaggle-competition:SLUG (e.g. kaggle-competition:rsna-pneumonia-detection-challenge)" in msg
+    assert "\n" not in msg
 
 
 def test_not_a_zip_file(tmp_path: Path, cfg: DataConfig) -> None:

@@ -1,4 +1,8 @@
-"""The Kaggle API emulator itself, spoken to with plain HTTP (what kagglesdk sends)."""
+"""The Kaggle API emulator itself, spoken to with plain HTTP (what kagglesdk sends).
+
+The request and response field names checked here are read from the installed kagglesdk's own
+types, so a kagglesdk that renames a field fails these tests instead of drifting from the emulator.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,12 @@ import zipfile
 import pytest
 import requests
 
-from imgae_dx.testing.kaggle_emulator import API_PORT, KaggleEmulator
+from imgae_dx.testing.kaggle_emulator import API_PORT, RULES_NOT_ACCEPTED, KaggleEmulator
 
 pytestmark = pytest.mark.network
 
 API = f"http://127.0.0.1:{API_PORT}/api/v1/datasets.DatasetApiService"
+COMPETITIONS = f"http://127.0.0.1:{API_PORT}/api/v1/competitions.CompetitionApiService"
 
 
 @pytest.fixture(scope="module")
@@ -24,6 +29,8 @@ def emu(tmp_path_factory):
         e.add_user("alice", "k3y")
         e.add_token("tok")
         e.add_dataset("o/s", z)
+        e.add_competition("comp", z, accepted_users={"alice"})
+        e.add_user("bob", "b0b")
         yield e
 
 
@@ -73,3 +80,47 @@ def test_only_one_emulator_at_a_time(emu):
         with pytest.raises(requests.ConnectionError):
             post("DownloadDataset", {})
     assert post("DownloadDataset", {}).status_code == 401  # serving again
+
+
+def post_competition(method: str, body: dict, auth=("alice", "k3y")) -> requests.Response:
+    return requests.post(f"{COMPETITIONS}/{method}", json=body, allow_redirects=False, timeout=10, auth=auth)
+
+
+def test_competition_endpoints_match_the_installed_sdk(emu):
+    """Field and route names as kagglesdk's CompetitionApiService sends and parses them."""
+    from kagglesdk.competitions.types.competition_api_service import (
+        ApiDownloadDataFilesRequest,
+        ApiListDataFilesRequest,
+        ApiListDataFilesResponse,
+    )
+
+    req = ApiDownloadDataFilesRequest()
+    req.competition_name = "comp"
+    body = ApiDownloadDataFilesRequest.to_dict(req)
+    assert body == {"competitionName": "comp"}
+    r = post_competition("DownloadDataFiles", body)
+    assert r.status_code == 302 and "sig=" in r.headers["Location"]
+    g = requests.get(r.headers["Location"], headers={"Range": "bytes=0-3"}, timeout=10)
+    assert g.status_code == 206 and g.content == b"PK\x03\x04"
+    assert emu.competition("comp").storage.base_url != emu.dataset("o/s").storage.base_url
+
+    lreq = ApiListDataFilesRequest()
+    lreq.competition_name, lreq.page_size = "comp", 2
+    r = post_competition("ListDataFiles", ApiListDataFilesRequest.to_dict(lreq))
+    page = ApiListDataFilesResponse.from_dict(r.json())
+    assert [(f.name, f.total_bytes) for f in page.files] == [
+        ("images_001/images/00000000_000.png", 1000), ("images_001/images/00000001_000.png", 1001)]
+    assert page.next_page_token == "2"
+
+
+def test_competition_rules_unknown_and_routing(emu):
+    r = post_competition("DownloadDataFiles", {"competitionName": "comp"}, auth=("bob", "b0b"))
+    assert r.status_code == 403 and r.json() == {"code": 403, "message": RULES_NOT_ACCEPTED}
+    assert post_competition("ListDataFiles", {"competitionName": "comp"}, auth=("bob", "b0b")).status_code == 200
+    missing = post_competition("DownloadDataFiles", {"competitionName": "nope"})
+    assert missing.status_code == 404 and missing.json()["message"] == "Competition not found"
+    # a dataset method on the competitions service (or the reverse) is not an API Kaggle has
+    assert post_competition("DownloadDataset", {"ownerSlug": "o", "datasetSlug": "s"}).status_code == 404
+    assert post("DownloadDataFiles", {"competitionName": "comp"}, auth=("alice", "k3y")).status_code == 404
+    emu.accept_rules("comp", "bob")
+    assert post_competition("DownloadDataFiles", {"competitionName": "comp"}, auth=("bob", "b0b")).status_code == 302

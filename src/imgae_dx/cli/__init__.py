@@ -68,8 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--api-key-path", default=None,
                    help="kaggle.json or an access-token file to install (default: use the "
                         "credentials already found)")
-    s.add_argument("--dataset", default="nih-chest-xrays/data",
-                   help="OWNER/SLUG whose download is resolved to verify the credentials")
+    s.add_argument("--dataset", default="nih-chest-xrays/data", metavar="OWNER/SLUG",
+                   help="the dataset to verify against (default nih-chest-xrays/data), or "
+                        "kaggle-competition:SLUG to also check that the competition's rules are accepted")
     s.add_argument("--no-verify", action="store_true", help="install only; do not contact Kaggle")
 
     s = sub.add_parser("stream", help="run the data path alone (no training): counts, speed, memory")
@@ -89,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", default=None, metavar="FILE",
                    help="a YAML configuration over the packaged defaults (flags win over it)")
     s.add_argument("--source", default=None,
-                   help=f"kaggle:OWNER/SLUG, an https:// URL, a .zip or a folder (default {DEFAULT_SOURCE})")
+                   help="kaggle:OWNER/SLUG, kaggle-competition:SLUG, an https:// URL, a .zip or a "
+                        f"folder (default {DEFAULT_SOURCE})")
     s.add_argument("--stages", default=None,
                    help="all | images_001,images_002: the stages trained one after the other "
                         "(default all)")

@@ -2,9 +2,11 @@
 
 Steps: validate and install ``--api-key-path`` (kaggle.json or an access-token file) with mode
 0600 in a 0700 folder; say which credential source will be used (environment variables win, as in
-Kaggle's own clients); unless ``--no-verify``, resolve the dataset's download (no body is read) and
-tell apart rejected credentials, no network and a missing dataset. A failed verification leaves
-the installed file in place and says so. The key is never printed.
+Kaggle's own clients); unless ``--no-verify``, resolve the download of ``--dataset``
+(``OWNER/SLUG`` or ``kaggle-competition:SLUG``; no body is read) and tell apart rejected
+credentials, no network, a missing dataset or competition and a competition whose rules the user
+has not accepted. A failed verification leaves the installed file in place and says so. The key is
+never printed.
 
 Exit codes: 0 success, 2 invalid input or failed verification.
 """
@@ -36,14 +38,15 @@ def _human(n: int) -> str:
 def run(args: argparse.Namespace) -> int:
     """Install (optional) and verify Kaggle credentials. Returns the exit code."""
     from imgae_dx.streaming.kaggle_client import (
-        KaggleDatasetNotFoundError,
         KaggleNetworkError,
+        KaggleNotFoundError,
+        KaggleRulesNotAcceptedError,
         KaggleStreamClient,
-        parse_dataset,
+        parse_target,
     )
     from imgae_dx.streaming.retry import RetryPolicy
 
-    owner, slug = parse_dataset(args.dataset)  # bad names fail before anything is written
+    target = parse_target(args.dataset)  # bad names fail before anything is written
     installed = None
     if args.api_key_path:
         result = install_credentials(args.api_key_path)
@@ -65,10 +68,9 @@ def run(args: argparse.Namespace) -> int:
         _out("verification skipped (--no-verify)")
         return 0
 
-    dataset = f"{owner}/{slug}"
-    _out(f"verifying: resolving the download of {dataset} …")
-    client = KaggleStreamClient(dataset, credentials=creds,
-                                retry=RetryPolicy(retries=3, backoff_s=0.5, backoff_max_s=8.0))
+    _out(f"verifying: resolving the download of {target} …")
+    client = KaggleStreamClient.from_target(args.dataset, credentials=creds,
+                                            retry=RetryPolicy(retries=3, backoff_s=0.5, backoff_max_s=8.0))
     kept = f"; {installed} stays installed" if installed else ""
     try:
         resolved = client.verify()
@@ -78,8 +80,11 @@ def run(args: argparse.Namespace) -> int:
     except KaggleNetworkError as e:
         _err(f"error: {e}{kept} — rerun `imgae-dx setup-kaggle` when online")
         return 2
-    except KaggleDatasetNotFoundError as e:
-        _err(f"error: dataset not found: {e}{kept} (the credentials themselves were accepted)")
+    except KaggleNotFoundError as e:
+        _err(f"error: {target.kind} not found: {e}{kept} (the credentials themselves were accepted)")
+        return 2
+    except KaggleRulesNotAcceptedError as e:
+        _err(f"error: {e}{kept} (the credentials themselves were accepted)")
         return 2
     except UserError as e:
         _err(f"error: verification failed: {e}{kept}")
@@ -87,5 +92,5 @@ def run(args: argparse.Namespace) -> int:
     finally:
         client.close()
     size = _human(resolved.size) if resolved.size is not None else "size unknown"
-    _out(f"OK: Kaggle accepted the credentials; {dataset} streams from one archive ({size})")
+    _out(f"OK: Kaggle accepted the credentials; {target.identity} streams from one archive ({size})")
     return 0

@@ -6,7 +6,7 @@ Pipeline (per epoch)::
       ─ permute (seed, stage, split, epoch) ─▶ request j → rank j % world, worker (j // world) % workers
       ─ this rank's member ids, truncated to the common count ─ seeded shuffle buffer ─▶ ORDER
     ORDER ─ skip consumed prefix / cached / known-bad ─▶ requests still needed
-      ─ Prefetcher (requests_in_flight ahead) ─ thread pool: extract + CRC + PNG decode + area resize
+      ─ Prefetcher (requests_in_flight ahead) ─ thread pool: extract + CRC + decode + resize
       ─ reassembled in ORDER ─ cache (uint8) ─▶ float tensors 1×H×W in [0, 1]
 
 The order is computed from ids alone, before anything is fetched: it is a pure function of
@@ -48,7 +48,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from imgae_dx.data.cache import ImageCache, ImageStore
-from imgae_dx.data.decode import decode_png, to_unit
+from imgae_dx.data.decode import decode_image, to_unit
 from imgae_dx.data.memory import limit_heap_fragmentation
 from imgae_dx.errors import ArchiveError, CheckpointError, UserError
 from imgae_dx.streaming.fetcher import Prefetcher, RangeRequest, coalesce
@@ -190,8 +190,8 @@ def make_cache(cfg: DataConfig, cache_dir: str | Path | None = None, *, archive:
             raise ConfigError("data.cache=persistent is not available here: make_cache got no "
                               "archive to key the cache by; set data.cache to memory or disk")
         root = Path(folder) if folder else Path(cfg.index_cache_dir).expanduser() / "images"
-        return PersistentImageCache.for_archive(root, archive, cfg.image_size, max_gb=cfg.cache_max_gb,
-                                                ram_bytes=budget, quiet=rank != 0)
+        return PersistentImageCache.for_archive(root, archive, cfg.image_size, resize=cfg.resize,
+                                                max_gb=cfg.cache_max_gb, ram_bytes=budget, quiet=rank != 0)
     return ImageCache(cfg.image_size, budget, cfg.cache, folder)
 
 
@@ -660,7 +660,8 @@ class _Fetch:
                     start = s
                     self.ds._add(crc_rereads=1, bytes_fetched=e - s, requests=1)
             del data
-            result = decode_png(raw, self.ds.image_size, decoder=self.ds.cfg.png_decoder)
+            cfg = self.ds.cfg
+            result = decode_image(raw, self.ds.image_size, resize=cfg.resize, png_decoder=cfg.png_decoder)
         except BaseException as e:  # handed to the consumer: ArchiveError = skip, others raise
             result = e
         self.ds._add(decode_s=time.perf_counter() - t)

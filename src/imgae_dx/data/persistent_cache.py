@@ -7,7 +7,7 @@ Colab included (plain files, rename and fsync; no file locks, no writable mmap).
 
 **Key.** A folder ``CACHE_DIR/<digest>/`` per :class:`CacheKey`: the archive's identity, version
 (ETag, else Last-Modified, else mtime+size) and size, the image side and the preprocessing
-(:data:`~imgae_dx.data.decode.DECODER_VERSION`), and this file format. Inside, images are keyed by
+(:func:`~imgae_dx.data.decode.decoder_version`: decoders and resize policy), and this file format. Inside, images are keyed by
 archive member id *and* the member's CRC-32 from the archive index (when the source has real
 CRCs), so an entry never answers for other bytes.
 
@@ -58,11 +58,14 @@ import zlib
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from imgae_dx.utils.atomic import TMP_SUFFIX, atomic_open, atomic_write_bytes
+
+if TYPE_CHECKING:
+    from imgae_dx.data.decode import Resize
 
 log = logging.getLogger(__name__)
 
@@ -91,13 +94,14 @@ class CacheKey:
     decoder: str
 
     @classmethod
-    def for_archive(cls, archive: Any, image_size: int) -> CacheKey:
-        """The key of ``archive`` (an opened :class:`~imgae_dx.streaming.sources.Archive`)."""
-        from imgae_dx.data.decode import DECODER_VERSION
+    def for_archive(cls, archive: Any, image_size: int, resize: Resize = "squash") -> CacheKey:
+        """The key of ``archive`` (an opened :class:`~imgae_dx.streaming.sources.Archive`) decoded
+        at ``image_size`` with the ``resize`` policy."""
+        from imgae_dx.data.decode import decoder_version
 
         reader = archive.reader
         return cls(identity=str(archive.identity), version=reader.version, size=int(reader.size),
-                   image_size=int(image_size), decoder=DECODER_VERSION)
+                   image_size=int(image_size), decoder=decoder_version(resize))
 
     def digest(self) -> bytes:
         """SHA-256 of the key and the file format (32 bytes)."""
@@ -177,12 +181,13 @@ class PersistentImageCache:
 
     @classmethod
     def for_archive(cls, root: str | os.PathLike[str], archive: Any, image_size: int, *,
-                    max_gb: float, ram_bytes: int = SEGMENT_BYTES, quiet: bool = False
-                    ) -> PersistentImageCache:
-        """The cache of ``archive``'s images at ``image_size`` in ``root``, bounded by ``max_gb``."""
+                    max_gb: float, resize: Resize = "squash", ram_bytes: int = SEGMENT_BYTES,
+                    quiet: bool = False) -> PersistentImageCache:
+        """The cache of ``archive``'s images at ``image_size`` (``resize`` policy) in ``root``,
+        bounded by ``max_gb``."""
         index = archive.index
         crc = index.crc if getattr(index, "crc_known", False) else None
-        return cls(root, CacheKey.for_archive(archive, image_size), n_members=len(index),
+        return cls(root, CacheKey.for_archive(archive, image_size, resize), n_members=len(index),
                    source_crc=crc, max_bytes=int(max_gb * GB), ram_bytes=ram_bytes, quiet=quiet)
 
     # ------------------------------------------------------------------ files

@@ -327,7 +327,7 @@ class CloudEvaluator:
     # ------------------------------------------------------------------ examples
     def write_examples(self, table: R.ScoreTable) -> dict[str, list[str]]:
         """Re-read the most and least anomalous test images per model and save them for the report."""
-        from imgae_dx.data.decode import decode_png
+        from imgae_dx.data.decode import decode_image
 
         k = self.cfg.evaluation.examples
         out: dict[str, list[str]] = {}
@@ -350,7 +350,8 @@ class CloudEvaluator:
                     log.warning("example %s is not in %s any more; skipped", r["image"], self._archive.identity)
                     continue
                 try:
-                    img = decode_png(self._archive.read_member_id(member), self.image_size)
+                    img = decode_image(self._archive.read_member_id(member), self.image_size,
+                                       resize=self.cfg.data.resize, png_decoder=self.cfg.data.png_decoder)
                 except UserError as e:
                     log.warning("example %s could not be re-read: %s", r["image"], e)
                     continue

@@ -48,6 +48,7 @@ ADDED_KEYS: dict[str, Any] = {
     "model.unet.inference_samples": 0,
     "model.unet.inference_noise_seed": 0,
     "training.min_images_per_run": 0,
+    "data.resize": "squash",
 }
 
 

@@ -4,6 +4,8 @@ Accepted ``spec`` forms:
 
 * ``kaggle:OWNER/SLUG`` — the Kaggle dataset archive, via
   :class:`imgae_dx.streaming.kaggle_client.KaggleStreamClient` (imported lazily);
+* ``kaggle-competition:SLUG`` — a Kaggle competition's whole-data archive, the same way (the user
+  must have accepted the competition's rules on kaggle.com);
 * ``http://…`` / ``https://…`` — an archive URL that honours ``Range`` requests;
 * a path to a local zip file (``~`` expanded);
 * a path to an extracted folder (``images_NNN/images/*.png`` + metadata files).
@@ -29,10 +31,13 @@ from imgae_dx.streaming.range_reader import (
 log = logging.getLogger(__name__)
 
 ALLOWED_FORMS = (
-    "kaggle:OWNER/SLUG (e.g. kaggle:nih-chest-xrays/data), an http(s):// URL of a zip archive, "
-    "a local .zip file, or an extracted dataset folder"
+    "kaggle:OWNER/SLUG (e.g. kaggle:nih-chest-xrays/data), "
+    "kaggle-competition:SLUG (e.g. kaggle-competition:rsna-pneumonia-detection-challenge), "
+    "an http(s):// URL of a zip archive, a local .zip file, or an extracted dataset folder"
 )
-_KAGGLE_RE = re.compile(r"^kaggle:([A-Za-z0-9][A-Za-z0-9_.-]*)/([A-Za-z0-9][A-Za-z0-9_.-]*)$")
+_NAME = r"([A-Za-z0-9][A-Za-z0-9_.-]*)"
+_KAGGLE_RE = re.compile(rf"^kaggle:{_NAME}/{_NAME}$")
+_COMPETITION_RE = re.compile(rf"^kaggle-competition:{_NAME}$")
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
 
 
@@ -110,8 +115,9 @@ def open_archive(spec: str, cfg: Any = None) -> Archive:
             default: ``DataConfig()``.
 
     Raises:
-        SourceError: bad spec, missing path, not a zip archive, unreachable URL.
-        CredentialsError: (kaggle) no credentials found.
+        SourceError: bad spec, missing path, not a zip archive, unreachable URL; (kaggle)
+            unknown dataset or competition, competition rules not accepted.
+        CredentialsError: (kaggle) no credentials found, or rejected.
     """
     if cfg is None:
         from imgae_dx.config import DataConfig
@@ -122,14 +128,9 @@ def open_archive(spec: str, cfg: Any = None) -> Archive:
     spec = spec.strip()
     cache_dir = cfg.index_cache_dir
     reader: RangeReader
-    if spec.startswith("kaggle:"):
-        m = _KAGGLE_RE.match(spec)
-        if not m:
-            raise _bad_spec(spec, "a Kaggle source must look like kaggle:OWNER/SLUG")
-        from imgae_dx.streaming.kaggle_client import KaggleStreamClient
-
-        client = KaggleStreamClient(dataset=f"{m.group(1)}/{m.group(2)}")
-        reader = client.open_reader(cfg.http)
+    kaggle = _kaggle_client(spec)
+    if kaggle is not None:
+        reader = kaggle.open_reader(cfg.http)
         return _with_index(reader, cache_dir, spec)
     low = spec.lower()
     if low.startswith(("http://", "https://")):
@@ -148,6 +149,26 @@ def open_archive(spec: str, cfg: Any = None) -> Archive:
         return Archive(freader, findex)
     reader = LocalFileReader(path)
     return _with_index(reader, cache_dir, str(path))
+
+
+def _kaggle_client(spec: str) -> Any:
+    """The ``KaggleStreamClient`` of a ``kaggle:`` / ``kaggle-competition:`` spec, else ``None``."""
+    if spec.startswith("kaggle:"):
+        m = _KAGGLE_RE.match(spec)
+        if not m:
+            raise _bad_spec(spec, "a Kaggle dataset source must look like kaggle:OWNER/SLUG")
+        from imgae_dx.streaming.kaggle_client import KaggleStreamClient
+
+        return KaggleStreamClient(dataset=f"{m.group(1)}/{m.group(2)}")
+    if spec.startswith("kaggle-competition:"):
+        m = _COMPETITION_RE.match(spec)
+        if not m:
+            raise _bad_spec(spec, "a Kaggle competition source must look like kaggle-competition:SLUG "
+                                  "(SLUG as in https://www.kaggle.com/competitions/SLUG)")
+        from imgae_dx.streaming.kaggle_client import KaggleStreamClient
+
+        return KaggleStreamClient(competition=m.group(1))
+    return None
 
 
 def _with_index(reader: RangeReader, cache_dir: str | None, shown: str) -> Archive:

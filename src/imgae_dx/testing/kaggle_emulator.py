@@ -9,11 +9,20 @@ With ``KAGGLE_API_ENVIRONMENT=TEST`` kagglesdk sends every call to
 * ``datasets.DatasetApiService/ListDatasetFiles``: the archive's members, paged
   (``pageSize`` / ``pageToken``);
 * ``datasets.DatasetApiService/DownloadDataset``: ``302`` to a signed URL on a *separate* storage
-  server (another port on 127.0.0.1, one per dataset) that serves Range 206/416, ETag,
+  server (another port on 127.0.0.1, one per archive) that serves Range 206/416, ETag,
   Last-Modified, refuses HEAD, expires signatures (403) and injects faults —
   :class:`imgae_dx.testing.range_server.RangeServer`;
-* unknown dataset → 404; injectable ``429`` with ``Retry-After`` and 5xx bursts;
+* ``competitions.CompetitionApiService/DownloadDataFiles`` (``{"competitionName": SLUG}``): the
+  competition's whole-data archive the same way once the user has accepted its rules, else 403
+  with Kaggle's own message (:data:`RULES_NOT_ACCEPTED`);
+* ``competitions.CompetitionApiService/ListDataFiles``: the competition's files, paged as above
+  (``files`` / ``nextPageToken``; listing needs no accepted rules, as on Kaggle);
+* unknown dataset or competition → 404; injectable ``429`` with ``Retry-After`` and 5xx bursts;
 * counters of API calls per method, authentication failures and redirects.
+
+Request and response field names are those of the installed ``kagglesdk``
+(``kagglesdk/datasets/types/dataset_api_service.py``,
+``kagglesdk/competitions/types/competition_api_service.py``).
 
 Port 7777 is fixed by kagglesdk, so only one emulator may run at a time on a machine: ``__enter__``
 takes a process lock and an inter-process file lock (``/tmp/imgae_dx_kaggle_emulator.lock``),
@@ -22,6 +31,7 @@ waiting up to ``lock_timeout_s`` for another test run to finish with the port.
     with KaggleEmulator() as kaggle:
         kaggle.add_user("alice", "secret-key")
         kaggle.add_dataset("nih-chest-xrays/data", "data.zip")
+        kaggle.add_competition("rsna-pneumonia-detection-challenge", "rsna.zip", accepted_users={"alice"})
         os.environ["KAGGLE_API_ENVIRONMENT"] = "TEST"
         KaggleStreamClient(credentials=KaggleCredentials.from_key("alice", "secret-key")).verify()
 """
@@ -50,6 +60,16 @@ API_HOST = "127.0.0.1"
 API_PORT = 7777
 LOCK_PATH = Path(tempfile.gettempdir()) / "imgae_dx_kaggle_emulator.lock"
 _PROCESS_LOCK = threading.Lock()
+#: Kaggle's answer (HTTP 403) to a competition download before the user accepted the rules
+RULES_NOT_ACCEPTED = "You must accept this competition's rules before you'll be able to download files."
+#: (service, method) of the emulated API calls → the kind of archive each addresses
+_METHODS = {
+    ("datasets.DatasetApiService", "ListDatasetFiles"): "dataset",
+    ("datasets.DatasetApiService", "DownloadDataset"): "dataset",
+    ("datasets.DatasetApiService", "GetDataset"): "dataset",
+    ("competitions.CompetitionApiService", "ListDataFiles"): "competition",
+    ("competitions.CompetitionApiService", "DownloadDataFiles"): "competition",
+}
 
 
 @contextlib.contextmanager
@@ -94,25 +114,29 @@ def port_lock(timeout_s: float = 120.0) -> Iterator[None]:
 
 
 @dataclass
-class EmulatedDataset:
-    """One dataset: its archive, the storage server holding it, and who may read it.
+class EmulatedArchive:
+    """One downloadable archive (a dataset, or a competition's data), its storage server, and who
+    may download it.
 
-    ``storage`` is a :class:`~imgae_dx.testing.range_server.RangeServer` with ``signed=True``:
-    tests expire its URLs with ``storage.rotate_key()``, change its version with
+    ``ref`` is a dataset's ``OWNER/SLUG`` or a competition's ``SLUG``. ``allowed_users``: for a
+    dataset, who may read it (others get 403 "Permission denied"); for a competition, who has
+    accepted its rules (others' downloads get :data:`RULES_NOT_ACCEPTED`, 403); ``None`` = every
+    authenticated user. ``storage`` is a :class:`~imgae_dx.testing.range_server.RangeServer` with
+    ``signed=True``: tests expire its URLs with ``storage.rotate_key()``, change its version with
     ``storage.replace_file(...)``, inject faults with ``storage.set_faults(...)`` and read
     ``storage.counts()``.
     """
 
-    owner: str
-    slug: str
+    kind: str  # "dataset" | "competition"
+    ref: str
     archive: Path
     files: list[tuple[str, int]]
     storage: Any
-    allowed_users: set[str] | None = None  # None = public
+    allowed_users: set[str] | None = None
 
     @property
-    def ref(self) -> str:
-        return f"{self.owner}/{self.slug}"
+    def slug(self) -> str:
+        return self.ref.rsplit("/", 1)[-1]
 
 
 @dataclass
@@ -131,16 +155,16 @@ def _members(path: Path) -> list[tuple[str, int]]:
 
 
 class KaggleEmulator:
-    """Kaggle API emulator on 127.0.0.1:7777 plus one signed-URL storage server per dataset.
+    """Kaggle API emulator on 127.0.0.1:7777 plus one signed-URL storage server per archive.
 
     Args:
-        signature_ttl_s: lifetime of the signed URLs DownloadDataset hands out.
+        signature_ttl_s: lifetime of the signed URLs DownloadDataset / DownloadDataFiles hand out.
         lock_timeout_s: how long ``__enter__`` waits for another emulator to free the port.
 
     Attributes:
         calls: ``Counter`` of API calls by method name (``"DownloadDataset"``, …), all answers.
         auth_failures: calls answered 401.
-        redirects: DownloadDataset calls answered with a 302.
+        redirects: DownloadDataset / DownloadDataFiles calls answered with a 302.
         last_auth: ``"basic:USER"`` / ``"bearer"`` / ``None`` of the latest call (no secrets).
     """
 
@@ -154,7 +178,7 @@ class KaggleEmulator:
         self.lock_timeout_s = float(lock_timeout_s)
         self._users: dict[str, str] = {}
         self._tokens: dict[str, str] = {}  # token → username
-        self._datasets: dict[str, EmulatedDataset] = {}
+        self._archives: dict[tuple[str, str], EmulatedArchive] = {}  # (kind, ref) → archive
         self._faults = _Faults()
         self._lock = threading.Lock()
         self.calls: Counter[str] = Counter()
@@ -193,7 +217,7 @@ class KaggleEmulator:
         *,
         allowed_users: set[str] | None = None,
         faults: Any = None,
-    ) -> EmulatedDataset:
+    ) -> EmulatedArchive:
         """Serve ``archive`` (a zip) as dataset ``ref`` = ``OWNER/SLUG`` from its own storage server.
 
         Args:
@@ -201,31 +225,69 @@ class KaggleEmulator:
             faults: :class:`~imgae_dx.testing.range_server.Faults` of the storage server.
         """
         owner, slug = ref.split("/")
+        return self._add("dataset", f"{owner}/{slug}", archive, allowed_users, faults)
+
+    def add_competition(
+        self,
+        slug: str,
+        archive: str | os.PathLike[str],
+        *,
+        accepted_users: set[str] | None = None,
+        faults: Any = None,
+    ) -> EmulatedArchive:
+        """Serve ``archive`` (a zip) as competition ``slug``'s whole-data download.
+
+        Args:
+            accepted_users: users who have accepted the rules (others' downloads get 403);
+                ``None`` = every user has; :meth:`accept_rules` adds one later.
+            faults: :class:`~imgae_dx.testing.range_server.Faults` of the storage server.
+        """
+        if not slug or "/" in slug:
+            raise ValueError(f"a competition is named by its slug alone, not {slug!r}")
+        accepted = None if accepted_users is None else set(accepted_users)
+        return self._add("competition", slug, archive, accepted, faults)
+
+    def _add(self, kind: str, ref: str, archive: str | os.PathLike[str], allowed: set[str] | None,
+             faults: Any) -> EmulatedArchive:
         path = Path(archive).absolute()
         storage = RangeServer(path, signed=True, faults=faults,
-                              url_path=f"/storage/{owner}/{slug}/archive.zip")
-        ds = EmulatedDataset(owner, slug, path, _members(path), storage, allowed_users)
+                              url_path=f"/storage/{kind}s/{ref}/archive.zip")
+        entry = EmulatedArchive(kind, ref, path, _members(path), storage, allowed)
         with self._lock:
-            old = self._datasets.get(ref)
-            self._datasets[ref] = ds
+            old = self._archives.get((kind, ref))
+            self._archives[(kind, ref)] = entry
             running = self._server is not None
         if old is not None:
             old.storage.stop()
         if running:
             storage.start()
-        return ds
+        return entry
 
-    def dataset(self, ref: str) -> EmulatedDataset:
+    def dataset(self, ref: str) -> EmulatedArchive:
+        """The dataset ``OWNER/SLUG`` added with :meth:`add_dataset`."""
         with self._lock:
-            return self._datasets[ref]
+            return self._archives[("dataset", ref)]
+
+    def competition(self, slug: str) -> EmulatedArchive:
+        """The competition ``SLUG`` added with :meth:`add_competition`."""
+        with self._lock:
+            return self._archives[("competition", slug)]
+
+    def accept_rules(self, slug: str, username: str) -> None:
+        """``username`` accepts competition ``slug``'s rules (what "I Understand and Accept" does)."""
+        comp = self.competition(slug)
+        with self._lock:
+            if comp.allowed_users is not None:
+                comp.allowed_users.add(username)
 
     def replace_archive(self, ref: str, archive: str | os.PathLike[str]) -> None:
-        """Swap the bytes behind ``ref`` (a new dataset version: new ETag)."""
-        ds = self.dataset(ref)
+        """Swap the bytes behind ``ref`` (a dataset's ``OWNER/SLUG`` or a competition's ``SLUG``):
+        a new version, new ETag."""
+        entry = self.dataset(ref) if "/" in ref else self.competition(ref)
         path = Path(archive).absolute()
-        ds.files = _members(path)
-        ds.archive = path
-        ds.storage.replace_file(path)
+        entry.files = _members(path)
+        entry.archive = path
+        entry.storage.replace_file(path)
 
     def inject(self, status: int, count: int = 1, retry_after: float | str | None = None) -> None:
         """The next ``count`` API calls answer ``status`` (e.g. 429 with ``Retry-After``, 503)."""
@@ -250,7 +312,7 @@ class KaggleEmulator:
         self._lock_cm.__enter__()
         try:
             with self._lock:
-                storages = [d.storage for d in self._datasets.values()]
+                storages = [d.storage for d in self._archives.values()]
             for st in storages:
                 st.start()
             self._serve()
@@ -293,7 +355,7 @@ class KaggleEmulator:
         try:
             self._close_api()
             with self._lock:
-                storages = [d.storage for d in self._datasets.values()]
+                storages = [d.storage for d in self._archives.values()]
             for st in storages:
                 st.stop()
         finally:
@@ -327,13 +389,18 @@ class KaggleEmulator:
                 return None
         return None
 
-    def _dataset(self, body: dict[str, Any]) -> EmulatedDataset | None:
-        ref = f"{body.get('ownerSlug', '')}/{body.get('datasetSlug', '')}"
+    def _entry(self, kind: str, body: dict[str, Any]) -> EmulatedArchive | None:
+        if kind == "dataset":
+            ref = f"{body.get('ownerSlug', '')}/{body.get('datasetSlug', '')}"
+        else:
+            ref = str(body.get("competitionName") or "")
         with self._lock:
-            return self._datasets.get(ref)
+            return self._archives.get((kind, ref))
 
-    def handle(self, method: str, body: dict[str, Any], auth: str | None) -> tuple[int, dict[str, str], Any]:
-        """One API call → (status, headers, JSON body or None)."""
+    def handle(
+        self, service: str, method: str, body: dict[str, Any], auth: str | None
+    ) -> tuple[int, dict[str, str], Any]:
+        """One API call ``/api/v1/<service>/<method>`` → (status, headers, JSON body or None)."""
         with self._lock:
             self.calls[method] += 1
         fault = self._faults.pop()
@@ -348,37 +415,47 @@ class KaggleEmulator:
                 self.auth_failures += 1
             return 401, {"WWW-Authenticate": 'Basic realm="kaggle"'}, {
                 "code": 401, "message": "Unauthenticated: missing or invalid credentials"}
-        ds = self._dataset(body)
-        if method in ("ListDatasetFiles", "DownloadDataset", "GetDataset"):
-            if ds is None:
-                return 404, {}, {"code": 404, "message": "Dataset not found"}
-            if ds.allowed_users is not None and user not in ds.allowed_users:
-                return 403, {}, {"code": 403, "message": "Permission denied"}
-        if method == "ListDatasetFiles":
-            assert ds is not None
-            size = int(body.get("pageSize") or 20)
-            start = int(body.get("pageToken") or 0)
-            page = ds.files[start:start + size]
-            nxt = start + size if start + size < len(ds.files) else None
-            out: dict[str, Any] = {"datasetFiles": [
-                {"ref": name, "name": name, "totalBytes": n, "datasetRef": ds.ref} for name, n in page
-            ]}
-            if nxt is not None:
-                out["nextPageToken"] = str(nxt)
-            return 200, {}, out
-        if method == "DownloadDataset":
-            assert ds is not None
+        kind = _METHODS.get((service, method))
+        if kind is None:
+            return 404, {}, {"code": 404, "message": f"method {service}/{method} is not emulated"}
+        entry = self._entry(kind, body)
+        if entry is None:
+            return 404, {}, {"code": 404, "message": f"{kind.capitalize()} not found"}
+        with self._lock:
+            allowed = entry.allowed_users is None or user in entry.allowed_users
+        if kind == "dataset" and not allowed:
+            return 403, {}, {"code": 403, "message": "Permission denied"}
+        if method in ("ListDatasetFiles", "ListDataFiles"):
+            return 200, {}, self._listing(entry, body)
+        if method in ("DownloadDataset", "DownloadDataFiles"):
+            if kind == "competition" and not allowed:
+                return 403, {}, {"code": 403, "message": RULES_NOT_ACCEPTED}
             if body.get("fileName"):
-                return 400, {}, {"code": 400, "message": "the emulator serves whole-dataset downloads only"}
-            url = ds.storage.signed_url(ttl_s=self.signature_ttl_s)
+                return 400, {}, {"code": 400, "message": "the emulator serves whole-archive downloads only"}
+            url = entry.storage.signed_url(ttl_s=self.signature_ttl_s)
             with self._lock:
                 self.redirects += 1
             return 302, {"Location": url}, None
-        if method == "GetDataset":
-            assert ds is not None
-            return 200, {}, {"ref": ds.ref, "ownerRef": ds.owner, "title": ds.slug,
-                             "totalBytes": ds.archive.stat().st_size}
-        return 404, {}, {"code": 404, "message": f"method {method} is not emulated"}
+        # GetDataset
+        owner = entry.ref.split("/")[0]
+        return 200, {}, {"ref": entry.ref, "ownerRef": owner, "title": entry.slug,
+                         "totalBytes": entry.archive.stat().st_size}
+
+    @staticmethod
+    def _listing(entry: EmulatedArchive, body: dict[str, Any]) -> dict[str, Any]:
+        """A page of ``entry``'s files: ``datasetFiles`` (dataset) or ``files`` (competition)."""
+        size = int(body.get("pageSize") or 20)
+        start = int(body.get("pageToken") or 0)
+        page = entry.files[start:start + size]
+        if entry.kind == "dataset":
+            out: dict[str, Any] = {"datasetFiles": [
+                {"ref": name, "name": name, "totalBytes": n, "datasetRef": entry.ref} for name, n in page
+            ]}
+        else:
+            out = {"files": [{"ref": name, "name": name, "totalBytes": n} for name, n in page]}
+        if start + size < len(entry.files):
+            out["nextPageToken"] = str(start + size)
+        return out
 
 
 def _make_handler(emu: KaggleEmulator) -> type[BaseHTTPRequestHandler]:
@@ -416,7 +493,7 @@ def _make_handler(emu: KaggleEmulator) -> type[BaseHTTPRequestHandler]:
             if not isinstance(body, dict):
                 self._send(400, {}, {"code": 400, "message": "body must be a JSON object"})
                 return
-            status, headers, payload = emu.handle(method, body, self.headers.get("Authorization"))
+            status, headers, payload = emu.handle(service, method, body, self.headers.get("Authorization"))
             self._send(status, headers, payload)
 
         def do_GET(self) -> None:  # noqa: N802
