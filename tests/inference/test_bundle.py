@@ -96,6 +96,31 @@ def test_export_model_name_and_a_failure_leaves_no_partial_folder(tmp_path, monk
     assert sorted(p.name for p in out.iterdir()) == ["pca"]  # no .unet.partial left behind
 
 
+def test_the_runs_resize_policy_travels_with_the_bundle(tmp_path, sample_pngs):
+    """A model trained with data.resize = pad is scored on padded images, from the run and from
+    its bundle alike."""
+    import cv2
+
+    from imgae_dx.data.decode import resize_image
+
+    run = make_run_folder(tmp_path / "run", models=("ae",), overrides={"data.resize": "pad"})
+    export_run(run, tmp_path / "b")
+    assert json.loads((tmp_path / "b" / "ae" / "config.json").read_text())["preprocessing"]["resize"] == "pad"
+    assert "Resize: `pad`" in (tmp_path / "b" / "ae" / "MODEL_CARD.md").read_text()
+    wide = cv2.resize(cv2.imread(str(sample_pngs[0]), cv2.IMREAD_GRAYSCALE), (200, 100),
+                      interpolation=cv2.INTER_AREA)
+    path = tmp_path / "wide.png"
+    cv2.imwrite(str(path), wide)
+    padded = resize_image(wide, 64, "pad")
+    for where in (run, tmp_path / "b"):
+        det = imgae_dx.load(where)
+        assert det.models[0].resize == "pad"
+        r = det.predict([path])[0]
+        assert np.array_equal(r.image, padded)
+        assert r.score == pytest.approx(float(det.models[0].model.predict(
+            torch.from_numpy(to_unit(padded))[None, None]).score[0]), abs=1e-7)
+
+
 def test_source_identity_keeps_no_local_path():
     assert source_identity("file:/home/me/nih/data.zip", size=5, version="mtime_ns=1;size=5").model_dump() \
         == {"kind": "file", "name": "data.zip", "size": 5, "version": "mtime_ns=1;size=5"}
@@ -150,7 +175,8 @@ TAMPERED = {
     "older_format": (lambda c: c.update(format="imgae_dx.bundle/1"), "export the run again"),
     "weights_count": (lambda c: c["weights"].update(values=10), "config.json says 10 in"),
     "weights_digest": (lambda c: c["weights"].update(sha256="0" * 64), "SHA-256"),
-    "resize_rule": (lambda c: c["preprocessing"].update(resize="pad"), "resize rule 'pad'"),
+    "resize_policy": (lambda c: c["preprocessing"].update(resize="stretch"),
+                      "preprocessing.resize: got 'stretch'"),
 }
 
 

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from imgae_dx.data.decode import Resize
 from imgae_dx.inference.bundle_format import (
     BUNDLE_FORMAT,
     CALIBRATION_NAME,
@@ -56,16 +57,16 @@ from imgae_dx.inference.loading import LoadedModel, is_bundle_model_dir, load_ru
 from imgae_dx.utils.atomic import atomic_write_text
 
 
-def preprocessing(resize: str) -> Preprocessing:
+def preprocessing(resize: Resize) -> Preprocessing:
     """What ``predict`` does to a file before this model scores it (:mod:`~imgae_dx.inference.images`)."""
     return Preprocessing(
         resize=resize,
         color="grayscale: RGB/RGBA/palette → luminance (OpenCV BGR2GRAY), alpha ignored; 16-bit / 257",
         png="imgae_dx.data.decode.decode_gray (the training pipeline's decode)",
-        jpeg="OpenCV decode → grayscale as above",
+        jpeg="imgae_dx.data.jpeg: libjpeg-turbo to one gray channel (the JFIF luminance)",
         dicom="imgae_dx.data.dicom: modality LUT, then VOI LUT or window (else min–max of the "
               "image's values), MONOCHROME1 inverted, → uint8",
-        orientation="EXIF orientation of JPEG and PNG files applied (NIH's PNGs have none)",
+        orientation="EXIF orientation of JPEG files applied, as in training",
         dtype="uint8",
         input="float32 = uint8 / 255, shape B × 1 × image_size × image_size",
         max_side=MAX_SIDE,

@@ -69,8 +69,10 @@ class _Strict(BaseModel):
 class Preprocessing(_Strict):
     """How a file becomes the model input (the training pipeline's; :mod:`~imgae_dx.inference.images`)."""
 
-    resize: str = Field(description="the training resize rule: 'squash' = area averaging to "
-                        "image_size × image_size, the aspect ratio not kept")
+    resize: Literal["squash", "pad", "crop"] = Field(
+        description="the training data.resize policy: squash = area resize of the whole image "
+        "(aspect ratio lost), pad = long side to image_size and the short side padded, crop = "
+        "centred square then area resize")
     color: str = Field(description="how colour and 16-bit images become 8-bit gray")
     png: str = Field(description="the PNG decode")
     jpeg: str = Field(description="the JPEG decode")

@@ -1,119 +1,56 @@
 """A user's image (file or array) → the uint8 ``image_size × image_size`` array a model scores.
 
-The preprocessing is the training pipeline's, so a file scores as ``evaluate`` scored it:
+The preprocessing is the training pipeline's, so a file scores as ``evaluate`` scored it: the
+bytes go through the data layer's decoders (:mod:`imgae_dx.data.decode`), the format told by
+content —
 
-* **PNG** (8/16-bit; gray, RGB, RGBA, palette): the bytes go through
-  :func:`imgae_dx.data.decode.decode_gray` — the decode of the streaming dataset and its cache
-  (IHDR size check, decode, luminance) — and then the resize below: together
-  :func:`~imgae_dx.data.decode.decode_png`, the very function training uses.
-* **JPEG**: size read from the SOF marker and checked before decoding; a file without its
-  end-of-image marker is refused as truncated; decoded with OpenCV, converted to gray with the
-  same :func:`~imgae_dx.data.decode.to_gray8`.
-* **DICOM** (``DICM`` at byte 128, or a ``.dcm``/``.dicom`` name): :mod:`imgae_dx.data.dicom`
-  → uint8 gray at full resolution, plus its scope warnings (a CT, a knee …).
+* **PNG** (8/16-bit; gray, RGB, RGBA, palette): :func:`~imgae_dx.data.decode.decode_gray`, the
+  decode of the streaming dataset and its cache (IHDR size check, decode, luminance);
+* **JPEG**: :mod:`imgae_dx.data.jpeg` (header checked before decoding, luminance, EXIF
+  orientation applied: a phone photo of a film is scored upright);
+* **DICOM** (``DICM`` at byte 128, a preamble-less data set, or a ``.dcm``/``.dicom``/``.dic``
+  name): :mod:`imgae_dx.data.dicom`, with its scope warnings (a CT, a knee …);
 * **arrays** (Python API): H×W or H×W×C (C = 1, 3 BGR, 4 BGRA), uint8 / uint16 as the PNG path
   converts them, or float in [0, 1] (rounded to uint8 first, as the cache stores images).
 
-JPEG and PNG files are turned upright by their EXIF orientation (:mod:`imgae_dx.inference.exif`;
-NIH's PNGs have none). Every path then ends in :func:`to_model_size`, the one resize rule: the
-rule the model was trained with (``preprocessing.resize`` of a bundle, ``data.resize`` of a run;
-:data:`RESIZE_RULES` lists those this version applies — ``squash``: area averaging to
-``image_size × image_size``, a non-square image is stretched, as training does).
+Every path then ends in :func:`to_model_size`, the one resize rule:
+:func:`~imgae_dx.data.decode.resize_image` with the policy the model was trained with
+(``preprocessing.resize`` of a bundle, ``data.resize`` of a run: ``squash``, ``pad`` or ``crop``).
 
 The model input is then ``v / 255`` as float32 (:func:`to_unit`, the dataset's lookup table).
-Format is recognised by content, not by name. Files are read only when they are regular files
-(after resolving links: a FIFO, ``/dev/zero`` or a socket is refused without being opened for
-long) and never past :data:`MAX_FILE_BYTES`. Anything else — not an image, corrupt, truncated,
-too large (a side over ``max_side``), unreadable — raises
-:class:`~imgae_dx.inference.errors.ImageReadError` with a one-line reason.
+Files are read only when they are regular files (after resolving links: a FIFO, ``/dev/zero`` or
+a socket is refused without being opened for long) and never past :data:`MAX_FILE_BYTES`.
+Anything else — not an image, corrupt, truncated, too large (a side over ``max_side``),
+unreadable — raises :class:`~imgae_dx.inference.errors.ImageReadError` with a one-line reason.
 """
 
 from __future__ import annotations
 
 import os
 import stat
-import struct
-from collections.abc import Callable
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from imgae_dx.data.decode import (
     DEFAULT_MAX_SIDE,
-    PNG_SIGNATURE,
     DecodeError,
-    decode_gray,
-    resize_area,
+    Resize,
+    decode_gray_any,
+    resize_image,
+    sniff_format,
     to_gray8,
 )
 from imgae_dx.data.decode import to_unit as to_unit  # the model input, re-exported for predict
 from imgae_dx.inference.errors import ImageReadError
-from imgae_dx.inference.exif import apply_orientation, orientation
 
 MAX_SIDE = DEFAULT_MAX_SIDE
 #: Larger files are refused before they are read (a 1024² X-ray is ~0.5 MB; a DICOM rarely > 100 MB).
 MAX_FILE_BYTES = 512 * 2**20
-#: The resize rules this version applies, by the name a bundle (``preprocessing.resize``) or a run
-#: config (``data.resize``) gives the rule the model was trained with.
-RESIZE_RULES: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {"squash": resize_area}
-DEFAULT_RESIZE = "squash"
+#: the resize policy of runs and bundles that record none (training's before ``data.resize``)
+DEFAULT_RESIZE: Resize = "squash"
+#: names read as DICOM even when the content does not say so (a data set starting past group 0008)
 DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
-# SOF markers carrying the frame size (not DHT C4, JPG C8, DAC CC)
-_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-
-
-def sniff(head: bytes, name: str = "") -> str | None:
-    """``png`` | ``jpeg`` | ``dicom`` from a file's first 132 bytes (and its name), else None."""
-    if head.startswith(PNG_SIGNATURE):
-        return "png"
-    if head.startswith(b"\xff\xd8\xff"):
-        return "jpeg"
-    if head[128:132] == b"DICM" or name.lower().endswith(DICOM_SUFFIXES):
-        return "dicom"
-    return None
-
-
-def jpeg_size(data: bytes) -> tuple[int, int]:
-    """``(width, height)`` from a JPEG's SOF segment, without decoding."""
-    i, n = 2, len(data)
-    while i + 4 <= n:
-        if data[i] != 0xFF:
-            raise ImageReadError("corrupt JPEG (marker expected)")
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker in (0x01, *range(0xD0, 0xD8)):  # standalone markers
-            i += 2
-            continue
-        (length,) = struct.unpack(">H", data[i + 2:i + 4])
-        if marker in _SOF:
-            if i + 9 > n:
-                break
-            height, width = struct.unpack(">HH", data[i + 5:i + 9])
-            return int(width), int(height)
-        if marker == 0xDA or length < 2:  # start of scan before any frame header
-            break
-        i += 2 + length
-    raise ImageReadError("corrupt or truncated JPEG (no frame header)")
-
-
-def decode_jpeg(data: bytes, *, max_side: int = MAX_SIDE) -> np.ndarray:
-    """JPEG bytes → uint8 H×W gray at full resolution (size checked before decoding)."""
-    width, height = jpeg_size(data)
-    if width == 0 or height == 0 or width > max_side or height > max_side:
-        raise ImageReadError(f"JPEG declares {width}×{height} pixels; allowed 1–{max_side} per side "
-                             "(refused before decoding)")
-    if not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
-        raise ImageReadError("truncated JPEG (no end-of-image marker)")
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise ImageReadError("corrupt JPEG (OpenCV could not decode it)")
-    try:
-        return to_gray8(img)
-    except DecodeError as e:
-        raise ImageReadError(str(e)) from None
 
 
 @dataclass(frozen=True)
@@ -180,43 +117,38 @@ def read_bytes(path: str | os.PathLike[str], max_bytes: int = MAX_FILE_BYTES) ->
 
 def decode_image(data: bytes, *, name: str = "", max_side: int = MAX_SIDE) -> DecodedImage:
     """An image file's bytes → :class:`DecodedImage` (upright, full resolution; module doc)."""
-    kind = sniff(data[:132], name)
-    if kind == "png":
+    try:
         try:
-            gray = decode_gray(data, max_side=max_side)
-        except DecodeError as e:
-            raise ImageReadError(str(e)) from None
-        return DecodedImage(apply_orientation(gray, orientation(data)))
-    if kind == "jpeg":
-        return DecodedImage(apply_orientation(decode_jpeg(data, max_side=max_side), orientation(data)))
-    if kind == "dicom":
+            kind = sniff_format(data)
+        except DecodeError:
+            if not (data and name.lower().endswith(DICOM_SUFFIXES)):
+                raise
+            kind = "dicom"
+        if kind != "dicom":
+            return DecodedImage(decode_gray_any(data, max_side=max_side))
         from imgae_dx.data.dicom import read_dicom
 
         dcm = read_dicom(data, max_side=max_side, force=data[128:132] != b"DICM")
         return DecodedImage(dcm.pixels, dcm.warnings)
-    if not data:
-        raise ImageReadError("empty file")
-    raise ImageReadError("not a PNG, JPEG or DICOM image (unrecognised content)")
+    except ImageReadError:
+        raise
+    except DecodeError as e:  # the data layer's decode errors: this file's row
+        raise ImageReadError(str(e)) from None
 
 
-def to_model_size(gray: np.ndarray, image_size: int, resize: str = DEFAULT_RESIZE) -> np.ndarray:
-    """uint8 H×W → uint8 ``image_size × image_size`` by the model's training resize rule."""
-    try:
-        rule = RESIZE_RULES[resize]
-    except KeyError:
-        raise ValueError(f"unknown resize rule {resize!r}; this version applies "
-                         f"{', '.join(RESIZE_RULES)}") from None
-    return rule(gray, image_size)
+def to_model_size(gray: np.ndarray, image_size: int, resize: Resize = DEFAULT_RESIZE) -> np.ndarray:
+    """uint8 H×W → uint8 ``image_size × image_size`` by the model's training resize policy."""
+    return resize_image(gray, image_size, resize)
 
 
 def decode_file_bytes(data: bytes, image_size: int, *, name: str = "", max_side: int = MAX_SIDE,
-                      resize: str = DEFAULT_RESIZE) -> np.ndarray:
+                      resize: Resize = DEFAULT_RESIZE) -> np.ndarray:
     """An image file's bytes → uint8 ``image_size × image_size`` (see the module doc)."""
     return to_model_size(decode_image(data, name=name, max_side=max_side).gray, image_size, resize)
 
 
 def load_file(path: str | os.PathLike[str], image_size: int, *, max_side: int = MAX_SIDE,
-              resize: str = DEFAULT_RESIZE) -> np.ndarray:
+              resize: Resize = DEFAULT_RESIZE) -> np.ndarray:
     """Read and preprocess one image file → uint8 ``image_size × image_size``.
 
     Raises:
@@ -228,7 +160,7 @@ def load_file(path: str | os.PathLike[str], image_size: int, *, max_side: int = 
 
 
 def prepare_array(arr: np.ndarray, image_size: int, *, max_side: int = MAX_SIDE,
-                  resize: str = DEFAULT_RESIZE) -> np.ndarray:
+                  resize: Resize = DEFAULT_RESIZE) -> np.ndarray:
     """An in-memory image → uint8 ``image_size × image_size`` (see the module doc)."""
     a = np.asarray(arr)
     if a.ndim not in (2, 3) or a.shape[0] == 0 or a.shape[1] == 0:

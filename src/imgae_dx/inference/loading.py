@@ -15,9 +15,8 @@
   unpickled, and every file is checked (:mod:`imgae_dx.inference.bundle_format`) before the
   network is built.
 
-Each model carries its training resize rule (``LoadedModel.resize``: a bundle's
-``preprocessing.resize``, a run's ``data.resize``, ``squash`` where the run config has none);
-a rule this version does not apply is refused.
+Each model carries its training resize policy (``LoadedModel.resize``: a bundle's
+``preprocessing.resize``, a run's ``data.resize``), which ``predict`` applies to every file.
 """
 
 from __future__ import annotations
@@ -31,6 +30,7 @@ from typing import Any
 import torch
 
 from imgae_dx.config import MODEL_NAMES
+from imgae_dx.data.decode import Resize
 from imgae_dx.errors import RunFolderError, UserError
 from imgae_dx.inference.bundle_format import (
     CONFIG_NAME,
@@ -40,7 +40,7 @@ from imgae_dx.inference.bundle_format import (
     read_config,
 )
 from imgae_dx.inference.errors import BundleError
-from imgae_dx.inference.images import DEFAULT_RESIZE, RESIZE_RULES
+from imgae_dx.inference.images import DEFAULT_RESIZE
 from imgae_dx.models import load_model
 from imgae_dx.run.calibration import Calibration, calibration_path, model_scoring
 from imgae_dx.run.checkpoint import checkpoint_file, read_checkpoint
@@ -60,8 +60,7 @@ class LoadedModel:
         info: where the weights came from (checkpoint file, step, stage, stages, images_seen,
             val_loss, precision, package_version, fingerprint; ``origin``: run folder or bundle;
             runs also: ``source`` and ``archive`` — the training archive — ``view``, ``seed``).
-        resize: the resize rule the model was trained with (a key of
-            :data:`~imgae_dx.inference.images.RESIZE_RULES`).
+        resize: the ``data.resize`` policy the model was trained with (squash | pad | crop).
     """
 
     name: str
@@ -69,15 +68,7 @@ class LoadedModel:
     calibration: Calibration
     image_size: int
     info: dict[str, Any] = field(default_factory=dict)
-    resize: str = DEFAULT_RESIZE
-
-
-def check_resize(rule: str, where: str) -> str:
-    """``rule`` if this version applies it, else a UserError naming ``where`` it came from."""
-    if rule not in RESIZE_RULES:
-        raise UserError(f"{where} was trained with the resize rule {rule!r}, which this imgae-dx "
-                        f"does not apply (it applies {', '.join(RESIZE_RULES)}): upgrade imgae-dx")
-    return rule
+    resize: Resize = DEFAULT_RESIZE
 
 
 def select_names(available: list[str], model_name: str, where: str) -> list[str]:
@@ -124,7 +115,6 @@ def load_run_models(run_dir: str | os.PathLike[str], model_name: str = "all", *,
                 "package_version": ck.package_version, "fingerprint": ck.fingerprint,
                 "view": run_cfg.data.view, "source": run_cfg.source, "archive": ck.archive,
                 "seed": run_cfg.seed}
-        resize = check_resize(getattr(run_cfg.data, "resize", DEFAULT_RESIZE), f"run {run_dir}")
         cal_file = calibration_path(run_dir, name)
         cal: Calibration | None = None
         if cal_file.is_file():
@@ -135,7 +125,8 @@ def load_run_models(run_dir: str | os.PathLike[str], model_name: str = "all", *,
                 cal = None
         else:
             stale[name] = f"{cal_file} does not exist"
-        out.append(LoadedModel(name, model, cal, ck.image_size, info, resize))  # type: ignore[arg-type]
+        out.append(LoadedModel(name, model, cal, ck.image_size, info,  # type: ignore[arg-type]
+                               run_cfg.data.resize))
     if stale:
         from imgae_dx.inference.run_calibration import calibrate_run
 
@@ -191,7 +182,6 @@ def load_bundle_models(bundle_dir: str | os.PathLike[str], model_name: str = "al
                               f"of {name!r}: the bundle was rearranged — export it again")
         check_weights(cfg, folder)
         cal = read_calibration(folder, cfg)
-        resize = check_resize(cfg.preprocessing.resize, f"bundle model {folder}")
         try:
             state = load_file(str(folder / WEIGHTS_NAME), device="cpu")
         except (SafetensorError, OSError, ValueError) as e:
@@ -199,7 +189,7 @@ def load_bundle_models(bundle_dir: str | os.PathLike[str], model_name: str = "al
         model = load_model(cfg.model, cfg.image_size, cfg.model_cfg, state, str(folder / WEIGHTS_NAME),
                            device)
         info = {"origin": str(folder), **cfg.checkpoint.model_dump()}
-        out.append(LoadedModel(cfg.model, model, cal, cfg.image_size, info, resize))
+        out.append(LoadedModel(cfg.model, model, cal, cfg.image_size, info, cfg.preprocessing.resize))
     return out
 
 

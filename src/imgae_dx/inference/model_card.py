@@ -25,6 +25,13 @@ ARCHITECTURES = {
 }
 
 
+RESIZE_TEXT = {
+    "squash": "area resize of the whole image to the square input; a non-square image is stretched",
+    "pad": "the long side resized to the input, the short side padded with black",
+    "crop": "the centred square, then area resize; a non-square image loses its ends",
+}
+
+
 def _n(v: Any, digits: int = 3) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "n/a"
@@ -93,9 +100,8 @@ def model_card(config: BundleConfig, cal: Calibration, metrics: Mapping[str, Any
         "",
         "## Preprocessing",
         "",
-        f"- Resize: `{config.preprocessing.resize}` (the rule the model was trained with"
-        + ("; area averaging to the square input, a non-square image is stretched" if
-           config.preprocessing.resize == "squash" else "") + "); EXIF orientation applied.",
+        f"- Resize: `{config.preprocessing.resize}`, the policy the model was trained with "
+        f"({RESIZE_TEXT[config.preprocessing.resize]}); JPEG EXIF orientation applied.",
         "",
         "## Test metrics",
         "",
