@@ -47,7 +47,7 @@ from imgae_dx.inference.errors import ImageReadError
 MAX_SIDE = DEFAULT_MAX_SIDE
 #: Larger files are refused before they are read (a 1024² X-ray is ~0.5 MB; a DICOM rarely > 100 MB).
 MAX_FILE_BYTES = 512 * 2**20
-#: the resize policy of runs and bundles that record none (training's before ``data.resize``)
+#: ``data.resize``'s default: the policy where no model says otherwise (arrays and files scored alone)
 DEFAULT_RESIZE: Resize = "squash"
 #: names read as DICOM even when the content does not say so (a data set starting past group 0008)
 DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
