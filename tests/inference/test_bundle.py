@@ -45,7 +45,7 @@ def test_export_load_predict_gives_the_run_folders_scores(tmp_path, sample_pngs,
         assert files == ["MODEL_CARD.md", "calibration.json", "config.json", "model.safetensors"]
         cfg = json.loads((bundle / m / "config.json").read_text())
         assert cfg["format"] == "imgae_dx.bundle/2" and cfg["model"] == m and cfg["image_size"] == 64
-        assert cfg["preprocessing"]["resize"] == "squash" and cfg["anomaly"]["map"] == "l1"
+        assert cfg["preprocessing"]["resize"] == "crop" and cfg["anomaly"]["map"] == "l1"  # the default
         assert cfg["checkpoint"]["step"] == 120 and cfg["package_version"] == imgae_dx.__version__
         assert cfg["onnx"] is None
         assert cfg["source"] == {"kind": "file", "name": "data.zip", "size": None, "version": None}
