@@ -56,7 +56,7 @@ def test_export_load_predict_gives_the_run_folders_scores(tmp_path, sample_pngs,
     card = (bundle / "unet" / "MODEL_CARD.md").read_text()
     for text in ("Research only", "0.812 [0.750, 0.860]", "images_001, images_002", "Steps: 120",
                  "0.01230", "synthetic sample dataset", "24 normal validation images", "`data.zip` (file)",
-                 "Resize: `squash`"):
+                 "Resize: `crop`"):
         assert text in card, text
     assert "Not evaluated" in (bundle / "ra" / "MODEL_CARD.md").read_text()
     pca_card = (bundle / "pca" / "MODEL_CARD.md").read_text()
