@@ -134,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         scoring.append(len(files) / (time.perf_counter() - t))
         out = a.workdir / "out"
         t = time.perf_counter()
-        s = predict_to_folder([str(f) for f in files], predictor, out, progress=False, err=sys.stderr)
+        s = predict_to_folder([str(f) for f in files], predictor, out, progress=False, err=sys.stderr,
+                              overwrite=True)
         predict.append(len(files) / (time.perf_counter() - t))
         assert s.failed == 0 and s.files == len(files), s
     c, p = statistics.median(ceiling), statistics.median(predict)

@@ -1,15 +1,26 @@
 """DICOM files made here with pydicom: grey levels, bit depths, rescale, VOI LUT / window,
-MONOCHROME1, compressed syntaxes, and the files that must be refused."""
+MONOCHROME1, compressed syntaxes, the files that must be refused (a deflate bomb among them), files
+without file meta, and the scope warnings (pydicom's own CT_small.dcm and JPGExtended.dcm too)."""
 
 from __future__ import annotations
 
+import io
+import os
+import struct
+import subprocess
+import sys
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
     DigitalXRayImageStorageForPresentation,
     ExplicitVRLittleEndian,
     JPEGLSLossless,
@@ -18,7 +29,7 @@ from pydicom.uid import (
 )
 
 from imgae_dx.data.decode import DecodeError, ImageReadError, decode_gray
-from imgae_dx.data.dicom import decode_dicom, window
+from imgae_dx.data.dicom import decode_dicom, read_dicom, window
 
 
 def make_dicom(path: Path, pixels: np.ndarray | None, *, bits_stored: int,
@@ -169,3 +180,152 @@ def test_dicom_refusals(case, gray, tmp_path):
         match = "DICOM"
     with pytest.raises(ImageReadError, match=match):
         decode_dicom(p.read_bytes(), max_side=8192)
+
+
+# ----------------------------------------------------------------------------- hostile and odd files
+PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"  # shipped with pydicom
+
+
+def pydicom_file(name: str) -> Path:
+    p = PYDICOM_FILES / name
+    if not p.is_file():
+        pytest.skip(f"pydicom's test file {name} is not installed")
+    return p
+
+
+def deflate_bomb(inflated_bytes: int = 2 * 2**30, *, rows: int = 8192, cols: int = 8192) -> bytes:
+    """A Deflated Explicit VR Little Endian DICOM of ~2 MB whose dataset inflates to
+    ``inflated_bytes`` (a DX header, then pixel data of zeros). Built from one deflated block of
+    16 MiB of zeros repeated (full flushes make the blocks independent), in about a second."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds = Dataset()
+    ds.Modality = "DX"
+    ds.Rows, ds.Columns = rows, cols
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    body = DicomBytesIO()
+    body.is_little_endian, body.is_implicit_VR = True, False
+    write_dataset(body, ds)
+    header = body.getvalue() + struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, inflated_bytes)
+    out = io.BytesIO()
+    out.write(b"\0" * 128 + b"DICM")
+    write_file_meta_info(out, meta, enforce_standard=True)
+    c = zlib.compressobj(9, zlib.DEFLATED, -15)
+    out.write(c.compress(header) + c.flush(zlib.Z_FULL_FLUSH))
+    block = 16 * 2**20
+    z = zlib.compressobj(9, zlib.DEFLATED, -15)
+    zeros = z.compress(b"\0" * block) + z.flush(zlib.Z_FULL_FLUSH)
+    for _ in range(inflated_bytes // block):
+        out.write(zeros)
+    out.write(zlib.compressobj(9, zlib.DEFLATED, -15).flush())  # the final (empty) block
+    return out.getvalue()
+
+
+def test_a_deflated_dicom_bomb_is_refused_while_inflating_in_bounded_memory(tmp_path):
+    bomb = tmp_path / "bomb.dcm"
+    bomb.write_bytes(deflate_bomb())
+    assert bomb.stat().st_size < 3 * 2**20
+    code = (
+        "import resource, sys\n"
+        "from imgae_dx.data.dicom import read_dicom\n"
+        "from imgae_dx.data.decode import ImageReadError\n"
+        "data = open(sys.argv[1], 'rb').read()\n"
+        "import pydicom, numpy\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "try:\n"
+        "    read_dicom(data, max_side=8192)\n"
+        "    print('decoded')\n"
+        "except ImageReadError as e:\n"
+        "    print(e)\n"
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code, str(bomb)], capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert res.returncode == 0, res.stderr
+    message, grew_mb = res.stdout.strip().splitlines()
+    assert "inflates to more than 144 MB" in message and "before allocating" in message
+    assert int(grew_mb) < 300  # the bomb inflates to 2 GB; pydicom alone peaked at 4.5 GB
+
+
+def test_a_deflated_dicom_within_the_budget_reads_as_its_uncompressed_twin(gray, tmp_path):
+    stored = gray.astype(np.uint16) * 16
+    plain = make_dicom(tmp_path / "plain.dcm", stored, bits_stored=12)
+    ds = pydicom.dcmread(plain)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.save_as(tmp_path / "deflated.dcm", enforce_file_format=True)
+    data = (tmp_path / "deflated.dcm").read_bytes()
+    assert len(data) < plain.stat().st_size  # really deflated
+    assert np.array_equal(_decode(tmp_path / "deflated.dcm"), _decode(plain))
+    with pytest.raises(ImageReadError, match="truncated"):
+        decode_dicom(data[: len(data) // 2], max_side=8192)
+
+
+def test_declared_pixel_data_over_the_budget_is_refused_before_decoding(tmp_path):
+    p = make_dicom(tmp_path / "rgb16.dcm", np.zeros((4, 4)), bits_stored=16, size=(8000, 8000))
+    ds = pydicom.dcmread(p)
+    ds.SamplesPerPixel = 3  # 8000² × 3 × 2 bytes = 366 MB > 8192² × 2
+    ds.save_as(p, enforce_file_format=True)
+    with pytest.raises(ImageReadError, match="pixel budget.*before decoding"):
+        _decode(p)
+
+
+def test_a_dicom_without_preamble_and_file_meta_is_implicit_vr_little_endian(gray, tmp_path):
+    ds = Dataset()
+    ds.Modality = "DX"
+    ds.Rows, ds.Columns = gray.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+    ds.PixelData = gray.tobytes()
+    buf = DicomBytesIO()
+    pydicom.dcmwrite(buf, ds, implicit_vr=True, little_endian=True, enforce_file_format=False)
+    data = buf.getvalue()
+    assert data[:4] == b"\x08\x00\x60\x00"  # (0008,0060) first: no preamble, no group 0002
+    assert np.array_equal(decode_dicom(data, max_side=8192, force=True), gray)
+
+
+def test_12_bit_jpeg_extended_names_the_reason_and_the_package():
+    data = pydicom_file("JPGExtended.dcm").read_bytes()  # 12-bit JPEG Extended (Process 2 & 4)
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import JPEGExtended12Bit
+
+    if set(get_decoder(JPEGExtended12Bit).available_plugins) - {"pillow"}:
+        pytest.skip("a 12-bit JPEG decoder is installed here")
+    with pytest.raises(ImageReadError) as e:
+        decode_dicom(data, max_side=8192)
+    msg = str(e.value)
+    assert "Pillow cannot decode 12-bit JPEG" in msg and "pip install pylibjpeg pylibjpeg-libjpeg" in msg
+    assert "\n" not in msg
+
+
+def test_install_hints_use_pip_names():
+    from imgae_dx.data.dicom import _pip_command
+
+    assert _pip_command("gdcm - requires gdcm>=3.0.10") == "pip install 'python-gdcm>=3.0.10'"
+    assert _pip_command("pylibjpeg - requires pylibjpeg>=2.0 and pylibjpeg-libjpeg>=2.1") == \
+        "pip install 'pylibjpeg>=2.0' 'pylibjpeg-libjpeg>=2.1'"
+    assert _pip_command("pyjpegls - requires numpy and pyjpegls>=1.2") == "pip install 'pyjpegls>=1.2'"
+
+
+def test_modality_and_body_part_outside_chest_radiographs_warn_but_decode(gray, tmp_path):
+    ct = read_dicom(pydicom_file("CT_small.dcm").read_bytes(), max_side=8192)
+    assert ct.pixels.dtype == np.uint8 and ct.pixels.shape == (128, 128)
+    assert len(ct.warnings) == 1 and "Modality CT" in ct.warnings[0]
+    p = make_dicom(tmp_path / "knee.dcm", gray, bits_stored=8)
+    ds = pydicom.dcmread(p)
+    ds.BodyPartExamined = "KNEE"
+    ds.save_as(p, enforce_file_format=True)
+    knee = read_dicom(p.read_bytes(), max_side=8192)
+    assert knee.warnings == ("DICOM Body Part Examined is KNEE, not the chest: scored, but outside "
+                             "what the model saw",)
+    ds.BodyPartExamined, ds.Modality = "CHEST", "CR"
+    ds.save_as(p, enforce_file_format=True)
+    assert read_dicom(p.read_bytes(), max_side=8192).warnings == ()

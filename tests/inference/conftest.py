@@ -2,8 +2,9 @@
 
 :func:`make_run_folder` is the one place that writes a run folder the way training leaves it:
 ``config.yaml`` (small widths), ``checkpoints/MODEL/best.pt`` (a :class:`CheckpointPayload` of a
-seeded, untrained model) and, unless asked not to, ``checkpoints/MODEL/calibration.json``. When
-the trainer writes calibrations itself, this helper can become a short real training run.
+seeded, untrained model; the PCA baseline fitted on seeded radiograph-like images) and, unless
+asked not to, ``checkpoints/MODEL/calibration.json``. :data:`DEFAULT_MODELS` is what a run trains
+when ``--model`` is not given. :func:`train_tiny_run` is a real (tiny) training run instead.
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ from imgae_dx.models import create_model
 from imgae_dx.run.calibration import calibrate, calibration_path
 from imgae_dx.run.checkpoint import CheckpointPayload
 
+DEFAULT_MODELS: tuple[str, ...] = tuple(load_config(None).models)  # unet, ra, pca
 TINY: dict[str, Any] = {
     "model.unet.depth": 3, "model.unet.base_channels": 8, "model.unet.groups": 4,
     "model.ra.channels": [8, 8, 16, 16, 16], "model.ra.zdim": 8,
-    "model.ae.channels": [8, 8, 16, 16],
+    "model.ae.channels": [8, 8, 16, 16], "model.pca.max_components": 8,
     "data.view": "all", "training.batch_size": 8, "training.device": "cpu",
     "logging.progress": False,
 }
@@ -45,6 +47,9 @@ def make_run_folder(root: Path, *, models: Sequence[str] = ("unet", "ra", "ae"),
     for i, name in enumerate(models):
         torch.manual_seed(seed * 10 + i)
         model = create_model(name, image_size, cfg=getattr(cfg.model, name)).eval()
+        if name == "pca":
+            model.fit(torch.from_numpy(check_images(image_size, n=16, seed=200)).flatten(1),
+                      torch.from_numpy(check_images(image_size, n=8, seed=201)).flatten(1))
         payload = CheckpointPayload(
             model_name=name, model={k: v.detach().clone() for k, v in model.state_dict().items()},
             config_yaml=cfg.to_yaml(), fingerprint="test-fingerprint", image_size=image_size,

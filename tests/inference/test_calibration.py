@@ -58,6 +58,14 @@ def test_json_round_trip_and_refusals(tmp_path):
         Calibration.load(tmp_path / "torn.json")
     with pytest.raises(CalibrationError, match="no scores"):
         _cal([])
+    d = cal.to_json()
+    for key, value, match in (("map_vmax", -1.0, "map_vmax must be a positive number"),
+                              ("map_vmax", float("nan"), "map_vmax must be a positive number"),
+                              ("image_size", "64", "image_size is str"),
+                              ("image_size", 64.5, "image_size is float"),
+                              ("scores", "0.1", "scores is str")):
+        with pytest.raises(CalibrationError, match=match):
+            Calibration.from_json({**d, key: value}, "c.json")
 
 
 def test_calibrate_scores_every_image_with_predict():
@@ -125,10 +133,30 @@ def test_run_calibration_streams_validation_normals_and_ignores_the_test_split(s
     assert val and not (val & test)
 
     calibration_path(run, "ae").unlink()
-    p2 = imgae_dx.load(run, notify=lambda m: None)
+    notes: list[str] = []
+    p2 = imgae_dx.load(run, notify=notes.append)
     cal2 = p2.models[0].calibration
     assert cal2.scores.tolist() == cal1.scores.tolist() and cal2.map_vmax == cal1.map_vmax
     assert json.loads(calibration_path(run, "ae").read_bytes())["scores"] == json.loads(first)["scores"]
+    assert any(f"saved to {calibration_path(run, 'ae')}" in n for n in notes), notes
+
+
+def test_a_read_only_run_folder_is_calibrated_for_the_command_only(small_archive, tmp_path, monkeypatch):
+    import errno
+
+    import imgae_dx
+
+    run = make_run_folder(tmp_path / "run", models=("ae",), source=small_archive, calibrated=False)
+
+    def read_only(self, path):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(Calibration, "save", read_only)
+    notes: list[str] = []
+    p = imgae_dx.load(run, notify=notes.append)
+    assert p.models[0].calibration.n > 0 and not calibration_path(run, "ae").exists()
+    assert any("not saved" in n and "Read-only file system" in n and "this command only" in n
+               for n in notes), notes
 
 
 def test_a_stale_calibration_is_recomputed_and_an_unreachable_source_is_one_clear_error(tmp_path):

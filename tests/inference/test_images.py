@@ -1,8 +1,11 @@
-"""Image files → model input: PNG variants through the training decode, JPEG, arrays, bad input."""
+"""Image files → model input: PNG variants through the training decode, JPEG, arrays, EXIF
+orientation, the resize rule, bad input, and files that are not regular files."""
 
 from __future__ import annotations
 
+import os
 import struct
+import time
 import zlib
 from pathlib import Path
 
@@ -10,9 +13,16 @@ import cv2
 import numpy as np
 import pytest
 
-from imgae_dx.data.decode import decode_png, resize_area
+from imgae_dx.data.decode import decode_png, resize_area, resize_image
 from imgae_dx.inference.errors import ImageReadError
-from imgae_dx.inference.images import load_file, prepare_array, sniff, to_unit
+from imgae_dx.inference.images import (
+    decode_file_bytes,
+    decode_image,
+    load_file,
+    prepare_array,
+    read_bytes,
+    to_unit,
+)
 
 from ..data.test_dicom import make_dicom
 from .conftest import gray_of
@@ -127,12 +137,14 @@ def test_bad_files_are_refused_with_a_reason(case, sample_pngs, tmp_path):
         load_file(p, 64)
 
 
-def test_format_is_recognised_by_content_not_name():
-    assert sniff(b"\x89PNG\r\n\x1a\n" + b"\0" * 10, "x.jpg") == "png"
-    assert sniff(b"\xff\xd8\xff\xe0", "x.png") == "jpeg"
-    assert sniff(b"\0" * 128 + b"DICM", "IM0001") == "dicom"
-    assert sniff(b"\0" * 132, "scan.DCM") == "dicom"
-    assert sniff(b"GIF89a", "x.gif") is None
+def test_format_is_recognised_by_content_not_name(sample_pngs, tmp_path):
+    data = sample_pngs[0].read_bytes()
+    want = decode_png(data, 64)
+    assert np.array_equal(decode_file_bytes(data, 64, name="x.jpg"), want)
+    with pytest.raises(ImageReadError, match="look like a GIF image"):
+        decode_file_bytes(b"GIF89a" + b"\0" * 200, 64, name="x.png")
+    with pytest.raises(ImageReadError, match="not a readable DICOM|DICOM"):
+        decode_file_bytes(b"\0" * 200, 64, name="scan.DCM")  # a .dcm name is tried as DICOM
 
 
 def test_dicom_files_give_the_pngs_model_input(sample_pngs, tmp_path):
@@ -144,3 +156,59 @@ def test_dicom_files_give_the_pngs_model_input(sample_pngs, tmp_path):
         assert np.array_equal(load_file(p, 64), resize_area(gray, 64)), bits
     raw = make_dicom(tmp_path / "raw.dcm", gray, bits_stored=8, preamble=False)  # no DICM: by name
     assert np.array_equal(load_file(raw, 64), resize_area(gray, 64))
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev_zero", "socket"])
+def test_only_regular_files_are_read(kind, tmp_path):
+    """A FIFO named x.png used to hang predict; a .png link to /dev/zero was read without end."""
+    import socket
+
+    p = tmp_path / "x.png"
+    if kind == "fifo":
+        os.mkfifo(p)  # nobody writes to it: opening it for reading would block forever
+        match = "FIFO"
+    elif kind == "dev_zero":
+        p.symlink_to("/dev/zero")
+        match = "character device"
+    else:
+        s = socket.socket(socket.AF_UNIX)
+        s.bind(str(p))
+        match = "socket"
+    t0 = time.monotonic()
+    with pytest.raises(ImageReadError, match=f"{match}.*not a regular file"):
+        load_file(p, 64)
+    assert time.monotonic() - t0 < 5
+
+
+def test_reads_stop_at_the_size_cap(tmp_path):
+    p = tmp_path / "big.png"
+    p.write_bytes(b"\0" * 4096)
+    with pytest.raises(ImageReadError, match="larger than"):
+        read_bytes(p, max_bytes=1024)
+    assert read_bytes(p, max_bytes=4096) == b"\0" * 4096
+
+
+def test_jpeg_exif_orientation_is_applied(sample_pngs, tmp_path):
+    """A phone photo of a film stored sideways (EXIF Orientation 6, 8, …) is scored upright."""
+    from PIL import Image, ImageOps
+
+    gray = cv2.resize(gray_of(sample_pngs[0]), (96, 64), interpolation=cv2.INTER_AREA)  # landscape
+    for value in range(1, 9):
+        exif = Image.Exif()
+        exif[0x0112] = value
+        p = tmp_path / f"o{value}.jpg"
+        Image.fromarray(gray).save(p, "JPEG", exif=exif.tobytes(), quality=95)
+        upright = np.asarray(ImageOps.exif_transpose(Image.open(p)).convert("L")).astype(int)
+        got = decode_image(p.read_bytes()).gray
+        assert got.shape == upright.shape and np.abs(got - upright).max() <= 2, value
+
+
+def test_the_resize_policy_is_the_models(sample_pngs):
+    data = sample_pngs[0].read_bytes()
+    assert np.array_equal(decode_file_bytes(data, 64, resize="squash"), decode_png(data, 64))
+    wide = cv2.resize(gray_of(sample_pngs[0]), (120, 60), interpolation=cv2.INTER_AREA)
+    png = cv2.imencode(".png", wide)[1].tobytes()
+    for policy in ("squash", "pad", "crop"):
+        assert np.array_equal(decode_file_bytes(png, 32, resize=policy), resize_image(wide, 32, policy))
+    assert not np.array_equal(decode_file_bytes(png, 32, resize="pad"),
+                              decode_file_bytes(png, 32, resize="squash"))

@@ -1,5 +1,6 @@
 """``imgae-dx predict``: real files in, predictions.csv / overlays / index.html out, bad files on
-their rows and stderr, exit status 1 when any failed, nothing written outside --out."""
+their rows and stderr, exit status 1 when any failed, nothing written outside --out; hostile
+names (not UTF-8, formulas), earlier outputs, --out as the input folder, scope warnings."""
 
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ def _snapshot(root: Path, skip: Path) -> dict[str, tuple[int, int]]:
 def _rows(out: Path) -> list[dict[str, str]]:
     with (out / "predictions.csv").open(newline="") as f:
         r = csv.DictReader(f)
-        assert tuple(r.fieldnames or ()) == ("path", "model", "score", "percentile", "flagged", "error")
+        assert tuple(r.fieldnames or ()) == ("path", "model", "score", "percentile", "flagged", "error",
+                                             "warning")
         return list(r)
 
 
@@ -123,8 +125,14 @@ def test_all_good_exits_0_and_a_second_run_replaces_its_own_outputs(tmp_path, sa
     out = tmp_path / "out"
     assert main(["predict", *map(str, sample_pngs[:3]), "--run", str(run), "--out", str(out)]) == 0
     assert len(list((out / "overlays").iterdir())) == 3 and "error" not in capsys.readouterr().err
+    before = (out / "predictions.csv").read_bytes()
+    # an earlier run's outputs are not replaced silently
+    assert main(["predict", str(sample_pngs[0]), "--run", str(run), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "already holds predictions.csv and index.html" in err and "--overwrite" in err
+    assert (out / "predictions.csv").read_bytes() == before and len(list((out / "overlays").iterdir())) == 3
     assert main(["predict", str(sample_pngs[0]), "--run", str(run), "--out", str(out),
-                 "--specificity", "0.5"]) == 0
+                 "--specificity", "0.5", "--overwrite"]) == 0
     assert len(list((out / "overlays").iterdir())) == 1 and len(_rows(out)) == 1
     capsys.readouterr()
     # an out folder holding someone else's overlays/ is refused untouched
@@ -141,8 +149,77 @@ def test_out_inside_an_input_folder_is_not_scanned(tmp_path, sample_pngs):
     scans.mkdir()
     shutil.copy(sample_pngs[0], scans / "a.png")
     for _ in range(2):
-        assert main(["predict", str(scans), "--run", str(run), "--out", str(scans / "pred")]) == 0
+        assert main(["predict", str(scans), "--run", str(run), "--out", str(scans / "pred"),
+                     "--overwrite"]) == 0
         assert [r["path"] for r in _rows(scans / "pred")] == [str(scans / "a.png")]
+
+
+def test_out_may_be_the_input_folder_itself(tmp_path, sample_pngs, capsys):
+    """It used to be reported as a folder holding no image; its files are scored, its own
+    overlays/ never."""
+    run = make_run_folder(tmp_path / "run", models=("ae",))
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    shutil.copy(sample_pngs[0], scans / "a.png")
+    shutil.copy(sample_pngs[1], scans / "b.png")
+    for _ in range(2):
+        assert main(["predict", str(scans), "--run", str(run), "--out", str(scans), "--overwrite"]) == 0
+        assert [r["path"] for r in _rows(scans)] == [str(scans / "a.png"), str(scans / "b.png")]
+    assert "holds no PNG" not in capsys.readouterr().err
+
+
+def test_hostile_names_cannot_lose_the_run_or_inject_formulas(tmp_path, sample_pngs, capsys,
+                                                             monkeypatch):
+    """A name that is not UTF-8 used to kill the run (UnicodeEncodeError, no CSV, no gallery);
+    a name starting with '=' landed verbatim in the CSV, where a spreadsheet runs it."""
+    run = make_run_folder(tmp_path / "run", models=("ae",))
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    latin1 = os.fsdecode(b"M\xfcller.png")  # 'M\udcfcller.png': Latin-1 bytes, not UTF-8
+    names = [latin1, '=HYPERLINK("http:evil","click").png', "+1.png", "@SUM(A1).png", "-2.png",
+             "\tx.png", "ok.png"]
+    for name, src in zip(names, sample_pngs * 2, strict=False):
+        shutil.copy(src, scans / name)
+    (scans / "=bad.png").write_text("not an image")  # an error row: its own path and message
+    out = tmp_path / "out"
+    rc = main(["predict", str(scans), "--run", str(run), "--out", str(out)])
+    cap = capsys.readouterr()
+    assert rc == 1  # only the text file failed
+    (out / "predictions.csv").read_bytes().decode("utf-8")  # valid UTF-8 throughout
+    rows = _rows(out)
+    assert len(rows) == len(names) + 1 and sum(1 for r in rows if r["score"]) == len(names)
+    paths = {r["path"] for r in rows}
+    assert f"{scans}/M\ufffdller.png" in paths  # shown with a replacement character
+    assert str(scans / '=HYPERLINK("http:evil","click").png') in paths
+    assert f"error: {scans}/=bad.png: not a PNG" in cap.err
+    doc = (out / "index.html").read_text(encoding="utf-8")
+    assert "M\ufffdller.png" in doc and "=HYPERLINK(&quot;http:evil&quot;" in doc
+    assert len(list((out / "overlays").iterdir())) == len(names)
+    # given as bare names (a relative path starts with the name itself), every cell is safe
+    monkeypatch.chdir(scans)
+    assert main(["predict", "--run", str(run), "--out", str(tmp_path / "o2"), "--", *names[1:-1],
+                 "=bad.png"]) == 1
+    rows = _rows(tmp_path / "o2")
+    for r in rows:
+        for cell in r.values():
+            assert not cell.startswith(("=", "+", "-", "@", "\t", "\r")), r
+    assert [r["path"] for r in rows] == ["'" + n for n in names[1:-1]] + ["'=bad.png"]
+
+
+def test_scope_warnings_mark_the_row_and_the_gallery(tmp_path, sample_pngs):
+    import pydicom
+
+    ct = Path(pydicom.__file__).parent / "data" / "test_files" / "CT_small.dcm"
+    if not ct.is_file():
+        pytest.skip("pydicom's CT_small.dcm is not installed")
+    run = make_run_folder(tmp_path / "run", models=("ae",))
+    out = tmp_path / "out"
+    assert main(["predict", str(ct), str(sample_pngs[0]), "--run", str(run), "--out", str(out)]) == 0
+    rows = {Path(r["path"]).name: r for r in _rows(out)}
+    assert rows["CT_small.dcm"]["score"] and "Modality CT" in rows["CT_small.dcm"]["warning"]
+    assert rows[sample_pngs[0].name]["warning"] == ""
+    doc = (out / "index.html").read_text()
+    assert doc.count("class=wbadge") == 1 and "Modality CT is not a projection radiograph" in doc
 
 
 @pytest.mark.parametrize("argv,match", [

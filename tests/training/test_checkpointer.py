@@ -228,3 +228,76 @@ def test_checkpointer_save_policy_and_resume_from_prev(tmp_path):
             ck.latest("abc", **{**RUN, **bad})
     assert read_checkpoint(ck.path("unet")).step == 3
     assert torch.equal(ck.best_weights("unet")["bias"], read_checkpoint(ck.path("unet", "best")).model["bias"])
+
+
+def test_swapped_weights_lends_weights_and_restores_the_own_even_after_an_error():
+    from imgae_dx.training.checkpointer import swapped_weights
+
+    torch.manual_seed(0)
+    model, other = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    own = {k: v.clone() for k, v in model.state_dict().items()}
+    with swapped_weights(model, other.state_dict()) as m:
+        assert m is model and torch.equal(model.weight, other.weight)
+        with torch.no_grad():
+            model.weight.add_(1.0)  # what happens inside does not leak out
+    assert all(torch.equal(v, own[k]) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match="inside"), swapped_weights(model, other.state_dict()):
+        raise ValueError("inside")
+    assert all(torch.equal(v, own[k]) for k, v in model.state_dict().items())
+    with swapped_weights(model, None):  # a rank that receives the weights by broadcast instead
+        assert torch.equal(model.weight, own["weight"])
+
+
+def _trained_step(seed: int):
+    from imgae_dx.models import create_model, create_objective
+    from imgae_dx.training.precision import resolve_precision
+    from imgae_dx.training.step import TrainStep
+
+    torch.manual_seed(seed)
+    model = create_model("ae", 32, channels=[4, 8, 8, 8], latent_dim=8)
+    step = TrainStep(create_objective("ae", model), resolve_precision("off", "cpu"),
+                     generator=torch.Generator().manual_seed(seed + 1))
+    return model, step
+
+
+def test_save_training_then_resume_restores_every_part_of_the_run(tmp_path):
+    """What the trainer saves (weights, optimisers, schedule position, selection with the
+    early-stopping count, counters, position, this rank's dataset position, RNG and noise
+    generator) comes back from the checkpoint into fresh objects, exactly."""
+    from types import SimpleNamespace
+
+    from imgae_dx.training.checkpointer import RunFacts
+    from imgae_dx.training.loop import Progress
+    from imgae_dx.training.selection import Selector
+    from imgae_dx.training.state import TrainState
+
+    archive = SimpleNamespace(identity="file:/a.zip", reader=SimpleNamespace(version="v1", size=10))
+    facts = RunFacts("seed: 1\n", "abc", 32, ["images_001", "images_002"], 1, "fp32", archive)
+    model, step = _trained_step(0)
+    for i in range(3):
+        step(torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(i)))
+    selector = Selector(["ae"])
+    selector.select(1, 3, {"ae": 0.5}, best_on_set=lambda n: 0.0)
+    selector.select(1, 3, {"ae": 0.7}, best_on_set=lambda n: 0.0)  # no gain: bad_epochs 1
+    state = TrainState(progress=Progress(step=3, images_seen=6, batch=1), position=Position(1, 0, 1),
+                       stage_index=1, dataset=SimpleNamespace(state_dict=lambda: {"pos": np.int64(1)}))
+    ck = Checkpointer(tmp_path, ["ae"], facts=facts)
+    ck.save_training(state, {"ae": model}, {"ae": step}, selector, wandb_run_id="w1", val={"ae": 0.7},
+                     val_stages=1)
+    assert state.last_save_step == 3
+    after_save = (random.random(), torch.rand(1), step.ctx.generator.get_state())
+    saved = read_checkpoint(ck.path("ae"), model_name="ae")
+    assert (saved.stage, saved.stage_k, saved.val_loss, saved.wandb_run_id) == ("images_002", 2, 0.7, "w1")
+    assert saved.archive == ArchiveRef("file:/a.zip", "v1", 10) and saved.selection.bad_epochs == 1
+
+    model2, step2 = _trained_step(5)
+    selector2 = Selector(["ae"])
+    resumed, wandb = ck.resume({"ae": model2}, {"ae": step2}, selector2, rank=0)
+    assert (random.random(), torch.rand(1)) == after_save[:2]
+    assert torch.equal(step2.ctx.generator.get_state(), after_save[2])
+    assert wandb == "w1" and resumed.resumed_from_step == 3 and resumed.resume_dataset == {"pos": 1}
+    assert (resumed.progress.step, resumed.progress.images_seen, resumed.position) == (3, 6, Position(1, 0, 1))
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in model2.state_dict().items())
+    assert step2.steps_done == 3 and selector2.state == selector.state and selector2.bad_epochs == 1
+    with pytest.raises(RuntimeError, match="facts"):
+        Checkpointer(tmp_path, ["ae"]).resume({"ae": model2}, {"ae": step2}, selector2, rank=0)

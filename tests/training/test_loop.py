@@ -89,3 +89,29 @@ def test_validation_is_a_pure_function_of_the_weights_and_images():
     ctx = {n: StepContext() for n in objs}
     a, b = validate(objs, val, ctx), validate(objs, val, ctx)
     assert {n: v.sums for n, v in a.items()} == {n: v.sums for n, v in b.items()}
+
+
+def test_validate_stages_sums_every_stage_and_model_over_ranks_in_one_reduce():
+    from imgae_dx.training.loop import validate_stages
+
+    objs, _ = _steps()
+    ctx = {n: StepContext(generator=torch.Generator().manual_seed(0)) for n in objs}
+    data = {"s1": _data(2, seed=1), "s2": _data(3, seed=2)}
+    one = validate_stages(objs, data, ctx)
+    for n in objs:
+        for s, batches in data.items():
+            ctx = {m: StepContext(generator=torch.Generator().manual_seed(0)) for m in objs}
+            alone = validate(objs, batches, ctx)[n]
+            assert one[n][s].images == alone.images == 4 * len(batches)
+            assert one[n][s].mean() == alone.mean()
+    calls = []
+
+    def two_equal_ranks(values):
+        calls.append(len(values))
+        return [2 * v for v in values]
+
+    ctx = {n: StepContext(generator=torch.Generator().manual_seed(0)) for n in objs}
+    two = validate_stages(objs, data, ctx, all_reduce=two_equal_ranks)
+    assert len(calls) == 1  # one collective for every sum and count
+    assert all(two[n][s].images == 2 * one[n][s].images and two[n][s].mean() == one[n][s].mean()
+               for n in objs for s in data)

@@ -100,3 +100,20 @@ def test_fixed_set_rule_keeps_the_checkpoint_the_per_stage_rule_would_drop():
     assert sel.select(2, progress.step + 1, {"ae": st.best_loss / 2}, best_on_set) == ["ae"]
     with pytest.raises(RuntimeError, match="re-score"):
         sel.offer("ae", 0.0, 3, 0)
+
+
+def test_early_stopping_counts_epochs_without_any_gain_within_a_stage():
+    sel = Selector(["a", "b"])
+    assert sel.select(1, 1, {"a": 1.0, "b": 1.0}, best_on_set=lambda n: math.nan) == ["a", "b"]
+    assert sel.bad_epochs == 0 and not sel.should_stop(1)
+    sel.select(1, 2, {"a": 2.0, "b": 2.0}, best_on_set=lambda n: math.nan)
+    assert sel.bad_epochs == 1 and sel.should_stop(1) and not sel.should_stop(2) and not sel.should_stop(None)
+    assert sel.select(1, 3, {"a": 3.0, "b": 0.5}, best_on_set=lambda n: math.nan) == ["b"]
+    assert sel.bad_epochs == 0  # one model's gain resets the count
+    sel.select(1, 4, {"a": 3.0, "b": 3.0}, best_on_set=lambda n: math.nan)
+    assert {n: sel.state[n].bad_epochs for n in "ab"} == {"a": 1, "b": 1}  # what checkpoints save
+    restored = Selector(["a", "b"])
+    restored.load(sel.state)
+    assert restored.bad_epochs == 1 and restored.best_losses() == {"a": 1.0, "b": 0.5}
+    restored.new_stage()
+    assert restored.bad_epochs == 0

@@ -558,3 +558,41 @@ def test_a_zhanglab_run_cuts_parts_and_resumes_exactly(zhanglab_train_archive, t
     assert not res2.interrupted and res2.resumed_from_step is not None
     for m in ("unet", "ra"):
         assert state_dict_digest(weights(out, m)) == state_dict_digest(weights(ref, m)), m
+
+
+def test_resume_at_a_stage_boundary_starts_the_early_stopping_count_afresh(train_archive, tmp_path,
+                                                                         monkeypatch):
+    """A run that dies right after a stage's last checkpoint resumes into the next stage with the
+    early-stopping count at 0, as the uninterrupted run enters it: the stage trains as many
+    epochs as it does there."""
+    from imgae_dx.training.selection import Selector
+
+    real = Selector.offer
+    monkeypatch.setattr(Selector, "offer", lambda self, name, loss, k, step: real(
+        self, name, loss, k, step) if self.state[name].best_loss is None else False)  # first epoch only
+    kw = dict(models=["ae"], stages=["images_001", "images_002"],
+              **{"training.epochs_per_stage": 3, "training.early_stopping_patience": 2,
+                 "training.checkpoint_every_steps": 1000})
+    ref: list[tuple[str, int]] = []
+    StreamingTrainer(tiny_config(train_archive, tmp_path / "ref", **kw),
+                     on_batch=lambda s, e, b: ref.append((s, e))).train_progressive_stages()
+    assert sorted({e for s, e in ref if s == "images_002"}) == [0, 1]  # 2 epochs without a gain
+
+    class Died(Exception):
+        pass
+
+    def dies_in_stage_2(stage, epoch, batch):
+        if stage == "images_002":
+            raise Died  # after stage 1's last checkpoint, before any save of stage 2
+
+    cfg = tiny_config(train_archive, tmp_path / "run", **kw)
+    with pytest.raises(Died):
+        StreamingTrainer(cfg, on_batch=dies_in_stage_2).train_progressive_stages()
+    last = torch.load(tmp_path / "run" / "checkpoints" / "ae" / "last.pt", weights_only=True)
+    assert last["position"] == {"stage_index": 1, "epoch": 0, "batch": 0}
+    assert last["selection"]["bad_epochs"] == 2  # stage 1's count
+    seen: list[tuple[str, int]] = []
+    resumed = StreamingTrainer(cfg, resume=True, on_batch=lambda s, e, b: seen.append((s, e)))
+    resumed.train_progressive_stages()
+    assert seen == [x for x in ref if x[0] == "images_002"]
+    assert state_dict_digest(weights(tmp_path / "run", "ae")) == state_dict_digest(weights(tmp_path / "ref", "ae"))

@@ -1,25 +1,31 @@
 """``imgae-dx export``: a run folder's models → a bundle of safetensors + JSON (+ ONNX).
 
-Bundle layout (the contract; read back by :func:`imgae_dx.inference.loading.load_bundle_models`)::
+Bundle layout (the contract: :mod:`imgae_dx.inference.bundle_format`; read back by
+:func:`imgae_dx.inference.loading.load_bundle_models`)::
 
-    BUNDLE_DIR/MODEL/model.safetensors   the state dict (safetensors: no pickle)
-    BUNDLE_DIR/MODEL/config.json         format "imgae_dx.bundle/1", model, image_size,
-                                         architecture (the model's config section), preprocessing,
-                                         anomaly (map and score), checkpoint facts, source, view,
-                                         weights (file, sha256, parameters), onnx (or null),
+    BUNDLE_DIR/MODEL/model.safetensors   the state dict (safetensors: no pickle); the PCA
+                                         baseline's mean, components and k
+    BUNDLE_DIR/MODEL/config.json         a BundleConfig: format "imgae_dx.bundle/2", model,
+                                         image_size, architecture (the model's config section),
+                                         anomaly (map and score), preprocessing (with the training
+                                         resize rule), checkpoint facts, source (the archive's
+                                         identity: name, size, version — no local path), view,
+                                         weights (file, sha256, values, bytes), onnx (or null),
                                          package_version
     BUNDLE_DIR/MODEL/calibration.json    :mod:`imgae_dx.run.calibration`
     BUNDLE_DIR/MODEL/MODEL_CARD.md       :mod:`imgae_dx.inference.model_card`
     BUNDLE_DIR/MODEL/model.onnx          with ``--onnx`` (:mod:`imgae_dx.inference.onnx_export`)
 
+Every model of the run is exported (or the one ``model_name`` names), the PCA baseline included.
 The checkpoint is ``best.pt`` (else ``last.pt``) and the calibration that of the run (computed
 from its validation split when missing). ``BUNDLE_DIR`` must be new, empty, or a previous bundle
-(whose model folders are then replaced); every file is written atomically.
+(whose model folders are then replaced). Each model is written into ``BUNDLE_DIR/.MODEL.partial``
+and renamed into place when complete; a failure removes the partial folder (models already
+written stay, complete).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -27,37 +33,44 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from imgae_dx.data.decode import Resize
+from imgae_dx.inference.bundle_format import (
+    BUNDLE_FORMAT,
+    CALIBRATION_NAME,
+    CARD_NAME,
+    CONFIG_NAME,
+    ONNX_NAME,
+    SCORE_DIRECTION,
+    WEIGHTS_NAME,
+    BundleConfig,
+    CheckpointFacts,
+    OnnxInfo,
+    Preprocessing,
+    WeightsInfo,
+    file_sha256,
+    safetensors_header,
+    source_identity,
+)
 from imgae_dx.inference.errors import BundleError
 from imgae_dx.inference.images import MAX_SIDE
-from imgae_dx.inference.loading import (
-    BUNDLE_FORMAT,
-    CONFIG_NAME,
-    WEIGHTS_NAME,
-    LoadedModel,
-    is_bundle_model_dir,
-    load_run_models,
-)
-from imgae_dx.utils.atomic import atomic_open, atomic_write_text
-
-PREPROCESSING: dict[str, Any] = {
-    "color": "grayscale: RGB/RGBA/palette → luminance (OpenCV BGR2GRAY), alpha ignored; 16-bit / 257",
-    "png": "imgae_dx.data.decode.decode_png (the training pipeline's decode)",
-    "jpeg": "OpenCV decode → grayscale as above",
-    "dicom": "pydicom: modality LUT, then VOI LUT or window (else min–max of the image's values), "
-             "MONOCHROME1 inverted, → uint8",
-    "resize": "area averaging (cv2.INTER_AREA) to image_size × image_size; aspect ratio not kept",
-    "dtype": "uint8",
-    "input": "float32 = uint8 / 255, shape B × 1 × image_size × image_size",
-    "max_side": MAX_SIDE,
-}
+from imgae_dx.inference.loading import LoadedModel, is_bundle_model_dir, load_run_models
+from imgae_dx.utils.atomic import atomic_write_text
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def preprocessing(resize: Resize) -> Preprocessing:
+    """What ``predict`` does to a file before this model scores it (:mod:`~imgae_dx.inference.images`)."""
+    return Preprocessing(
+        resize=resize,
+        color="grayscale: RGB/RGBA/palette → luminance (OpenCV BGR2GRAY), alpha ignored; 16-bit / 257",
+        png="imgae_dx.data.decode.decode_gray (the training pipeline's decode)",
+        jpeg="imgae_dx.data.jpeg: libjpeg-turbo to one gray channel (the JFIF luminance)",
+        dicom="imgae_dx.data.dicom: modality LUT, then VOI LUT or window (else min–max of the "
+              "image's values), MONOCHROME1 inverted, → uint8",
+        orientation="EXIF orientation of JPEG files applied, as in training",
+        dtype="uint8",
+        input="float32 = uint8 / 255, shape B × 1 × image_size × image_size",
+        max_side=MAX_SIDE,
+    )
 
 
 def prepare_bundle_dir(out: Path) -> None:
@@ -76,25 +89,15 @@ def prepare_bundle_dir(out: Path) -> None:
         raise BundleError(f"--out {out} cannot be created: {e.strerror or e}") from None
 
 
-def bundle_config(m: LoadedModel) -> dict[str, Any]:
-    """config.json of one model (without the ``weights``/``onnx`` entries, added when written)."""
-    from imgae_dx import __version__
-
-    keys = ("checkpoint", "step", "stage", "stage_k", "stages", "images_seen", "val_loss", "precision",
-            "package_version", "fingerprint")
-    return {
-        "format": BUNDLE_FORMAT, "model": m.name, "image_size": m.image_size,
-        "architecture": m.model.cfg.model_dump(mode="json"),
-        "anomaly": m.model.cfg.anomaly.model_dump(mode="json"),
-        "score_direction": "higher = more anomalous",
-        "preprocessing": PREPROCESSING,
-        "checkpoint": {k: m.info.get(k) for k in keys},
-        "source": m.info.get("source"), "view": m.info.get("view"), "seed": m.info.get("seed"),
-        "package_version": __version__,
-    }
+def _source(m: LoadedModel) -> Any:
+    ref = m.info.get("archive")
+    if ref is not None:
+        return source_identity(ref.identity, size=ref.size, version=ref.version)
+    return source_identity(str(m.info.get("source") or "unknown"))
 
 
-def _write_weights(model: Any, path: Path) -> dict[str, Any]:
+def _write_weights(model: Any, path: Path) -> tuple[int, int]:
+    """Write the state dict; returns (numbers stored, file bytes)."""
     from safetensors.torch import save_file
 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -102,8 +105,38 @@ def _write_weights(model: Any, path: Path) -> dict[str, Any]:
     save_file(state, str(tmp), metadata={"format": "pt"})
     os.chmod(tmp, 0o644)
     os.replace(tmp, path)
-    return {"file": path.name, "sha256": _sha256(path),
-            "parameters": int(sum(p.numel() for p in model.parameters())), "bytes": path.stat().st_size}
+    return sum(v.numel() for v in state.values()), path.stat().st_size
+
+
+def _write_model(m: LoadedModel, tmp: Path, onnx: bool, metrics: Any) -> BundleConfig:
+    """One model's folder (``tmp``): weights, ONNX, calibration, card, config — config last."""
+    from imgae_dx import __version__
+    from imgae_dx.inference.model_card import model_card
+
+    values, size = _write_weights(m.model, tmp / WEIGHTS_NAME)
+    safetensors_header(tmp / WEIGHTS_NAME)  # what a reader will check, checked on the way out
+    onnx_info = None
+    if onnx:
+        from imgae_dx.inference.onnx_export import export_onnx
+
+        onnx_info = OnnxInfo(**export_onnx(m.model, tmp / ONNX_NAME, m.image_size))
+    info = m.info
+    cfg = BundleConfig(
+        format=BUNDLE_FORMAT, model=m.name, image_size=m.image_size,
+        architecture=m.model.cfg.model_dump(mode="json"),
+        anomaly=m.model.cfg.anomaly.model_dump(mode="json"),
+        score_direction=SCORE_DIRECTION, preprocessing=preprocessing(m.resize),
+        checkpoint=CheckpointFacts(**{k: info.get(k) for k in CheckpointFacts.model_fields}),
+        source=_source(m), view=info.get("view") or "all", seed=info.get("seed"),
+        package_version=__version__,
+        weights=WeightsInfo(file=WEIGHTS_NAME, sha256=file_sha256(tmp / WEIGHTS_NAME), values=values,
+                            bytes=size),
+        onnx=onnx_info,
+    )
+    m.calibration.save(tmp / CALIBRATION_NAME)
+    atomic_write_text(tmp / CARD_NAME, model_card(cfg, m.calibration, metrics))
+    atomic_write_text(tmp / CONFIG_NAME, cfg.model_dump_json(indent=1))
+    return cfg
 
 
 def export_run(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, onnx: bool = False,
@@ -114,7 +147,6 @@ def export_run(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, 
     Raises:
         UserError: not a run folder, no checkpoint, ``out`` unusable, ONNX not possible/installed.
     """
-    from imgae_dx.inference.model_card import model_card
     from imgae_dx.inference.onnx_export import require_onnx, unsupported_reason
 
     run_dir, out = Path(run_dir), Path(out).expanduser()
@@ -125,7 +157,8 @@ def export_run(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, 
         for m in models:
             why = unsupported_reason(m.model)
             if why:
-                raise BundleError(f"{m.name} cannot be exported to ONNX: {why}; export without --onnx")
+                raise BundleError(f"{m.name} cannot be exported to ONNX: {why}; export without --onnx "
+                                  f"(or pick another model with --model-name)")
     prepare_bundle_dir(out)
     metrics_path = run_dir / "eval" / "metrics.json"
     try:
@@ -138,23 +171,16 @@ def export_run(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, 
         tmp = out / f".{m.name}.partial"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        cfg = bundle_config(m)
-        cfg["weights"] = _write_weights(m.model, tmp / WEIGHTS_NAME)
-        cfg["onnx"] = None
-        if onnx:
-            from imgae_dx.inference.onnx_export import export_onnx
-
-            cfg["onnx"] = export_onnx(m.model, tmp / "model.onnx", m.image_size)
-        m.calibration.save(tmp / "calibration.json")
-        atomic_write_text(tmp / "MODEL_CARD.md", model_card(cfg, m.calibration, metrics))
-        with atomic_open(tmp / CONFIG_NAME, "w") as f:
-            json.dump(cfg, f, indent=1)
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(tmp, folder)
+        try:
+            cfg = _write_model(m, tmp, onnx, metrics)
+            shutil.rmtree(folder, ignore_errors=True)
+            os.replace(tmp, folder)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # only left when writing failed
         written[m.name] = folder
         if notify:
             size = sum(p.stat().st_size for p in folder.iterdir())
             notify(f"{m.name}: {folder} ({size / 1e6:.2f} MB"
-                   + (f"; ONNX max |Δ| vs PyTorch {max(cfg['onnx']['max_abs_diff'].values()):.2g}"
-                      if cfg["onnx"] else "") + ")")
+                   + (f"; ONNX max |Δ| vs PyTorch {max(cfg.onnx.max_abs_diff.values()):.2g}"
+                      if cfg.onnx else "") + ")")
     return written

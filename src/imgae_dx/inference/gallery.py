@@ -3,7 +3,9 @@
 One HTML file with its style inline and no script; it loads nothing from the network. The images
 are the overlay PNGs beside it (``overlays/…``, relative links), so the ``--out`` folder is moved
 or archived as a whole. Images are sorted by their highest percentile among the models (ties: by
-score); files that could not be scored are listed after them with the reason.
+score); a file scored with a warning (a DICOM of another modality or body part) carries it on
+its card; files that could not be scored are listed after them with the reason. Paths arrive as
+display text (:func:`imgae_dx.inference.job.display_path`) and are HTML-escaped.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ td:first-child,th:first-child{text-align:left}
 .path{font-family:ui-monospace,monospace;font-size:.85em;word-break:break-all}
 .badge{background:#d33;color:#fff;border-radius:3px;padding:1px 6px;font-size:.8em}
 .note{background:#fff8e1;border-left:4px solid #f0b400;padding:8px 12px;margin:1em 0}
+.warn{background:#fff3e0;border-left:4px solid #e07b00;padding:4px 10px;margin:4px 0;font-size:.9em}
+.wbadge{background:#e07b00;color:#fff;border-radius:3px;padding:1px 6px;font-size:.8em}
 .muted{color:#667}
 """
 
@@ -46,6 +50,10 @@ class ImageOutcome:
     @property
     def error(self) -> str | None:
         return next((r.error for r in self.results if r.error), None)
+
+    @property
+    def warning(self) -> str | None:
+        return next((r.warning for r in self.results if r.warning), None)
 
     @property
     def flagged(self) -> bool:
@@ -72,7 +80,7 @@ def write_gallery(path: Path, outcomes: Sequence[ImageOutcome], *, thresholds: M
         f"<td>{n_flag[m]:,} of {len(scored):,}</td></tr>" for m in models)
     parts = [
         f"<h1>ImgAE-Dx predictions</h1><p class=muted>{len(outcomes):,} files · {len(scored):,} scored · "
-        f"{len(failed):,} failed · models from <span class=path>{_e(origin)}</span> · written "
+        f"{len(failed):,} failed · {sum(1 for o in scored if o.warning):,} with a warning · models from <span class=path>{_e(origin)}</span> · written "
         f"{_e(time.strftime('%Y-%m-%d %H:%M:%S'))}</p>",
         '<div class="note">Research use only: ImgAE-Dx is not a medical device. A flag means the '
         "image's anomaly score is above the given share of the model's scores on normal validation "
@@ -89,8 +97,10 @@ def write_gallery(path: Path, outcomes: Sequence[ImageOutcome], *, thresholds: M
             for r in o.results if r.score is not None)
         img = (f'<img alt="{_e(Path(o.path).name)}" loading="lazy" src="{_e(o.overlay)}">'
                if o.overlay else "")
+        warn = (f"<div class=warn><span class=wbadge>warning</span> {_e(o.warning)}</div>"
+                if o.warning else "")
         parts.append(
-            f'<div class="card{" flag" if o.flagged else ""}"><div class=path>{_e(o.path)}</div>{img}'
+            f'<div class="card{" flag" if o.flagged else ""}"><div class=path>{_e(o.path)}</div>{warn}{img}'
             "<table><thead><tr><th>model</th><th>score</th><th>percentile of normals</th><th>flagged</th>"
             f"</tr></thead><tbody>{rows}</tbody></table></div>")
     if failed:

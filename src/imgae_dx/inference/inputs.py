@@ -11,7 +11,9 @@
   the user sees it on its row.
 
 Duplicates (the same resolved file reached twice) are scored once, at their first position. The
-output folder is never searched (a second ``predict`` must not score the first one's overlays).
+``exclude`` folder (``predict``'s ``OUT/overlays``) is never searched: a second ``predict`` must
+not score the first one's overlays. Listing opens no file but regular ones; a FIFO, device or
+socket with an image name is listed and refused when read (its row says why).
 """
 
 from __future__ import annotations
@@ -33,7 +35,11 @@ class InputFile:
 
 
 def _is_bare_dicom(p: Path) -> bool:
+    """A regular file (links resolved) holding ``DICM`` at byte 128; a FIFO or a device is never
+    opened here (opening a FIFO blocks until someone writes to it)."""
     try:
+        if not p.is_file():
+            return False
         with p.open("rb") as f:
             head = f.read(132)
     except OSError:

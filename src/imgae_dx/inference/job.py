@@ -2,14 +2,25 @@
 
 ``predictions.csv`` (the contract): columns exactly :data:`CSV_COLUMNS` — ``path`` (as expanded
 from INPUT), ``model``, ``score``, ``percentile`` (0–100, among the model's validation normals),
-``flagged`` (``true``/``false`` at the target specificity), ``error`` (empty when scored). One row
-per (file, model), files in input order; a file that could not be read has one row per model with
-empty score/percentile/flagged and the reason in ``error``.
+``flagged`` (``true``/``false`` at the target specificity), ``error`` (empty when scored),
+``warning`` (why a score may mean little: a DICOM of another modality or body part; empty when
+there is nothing to say). One row per (file, model), files in input order; a file that could not
+be read has one row per model with empty score/percentile/flagged and the reason in ``error``.
+
+The CSV is safe to open in a spreadsheet: a cell that starts with ``=``, ``+``, ``-``, ``@``, a
+tab or a carriage return gets a ``'`` in front (OWASP's advice against formula injection), so a
+file named ``=HYPERLINK(…).dcm`` is shown, not run. File names that are not valid UTF-8 are
+kept for reading (Python's surrogate escapes) and shown with U+FFFD replacement characters in the
+CSV, the gallery and on stderr (:func:`display_path`).
 
 Only ``OUT`` is written: the CSV and the gallery atomically at the end, one overlay per scored
 file (``overlays/NNNNN_<name>.png``), and a marker ``.imgae-dx-predict`` so that a later run into
 the same folder may replace its own ``overlays/`` (an ``overlays/`` folder without the marker is
-refused, untouched). Failures go to ``err`` (stderr) as ``error: PATH: REASON`` while running.
+refused, untouched). An earlier ``predictions.csv`` or ``index.html`` in ``OUT`` is refused unless
+``overwrite`` is set. ``OUT/overlays`` is never searched for inputs, so ``OUT`` may be an input
+folder. (A run folder whose calibration is missing gets it computed and saved there:
+:mod:`imgae_dx.inference.loading`.) Failures go to ``err`` (stderr) as ``error: PATH: REASON``
+while running.
 """
 
 from __future__ import annotations
@@ -34,8 +45,21 @@ from imgae_dx.inference.inputs import expand_inputs
 from imgae_dx.inference.predictor import PredictionResult, Predictor
 from imgae_dx.utils.atomic import atomic_open
 
-CSV_COLUMNS: tuple[str, ...] = ("path", "model", "score", "percentile", "flagged", "error")
+CSV_COLUMNS: tuple[str, ...] = ("path", "model", "score", "percentile", "flagged", "error", "warning")
 MARKER = ".imgae-dx-predict"
+#: first characters a spreadsheet reads as a formula (OWASP CSV injection)
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+OUTPUTS = ("predictions.csv", "index.html")
+
+
+def display_path(path: str) -> str:
+    """``path`` as text: bytes that are not UTF-8 (surrogate escapes) become U+FFFD."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def csv_cell(value: str) -> str:
+    """A CSV cell a spreadsheet shows rather than runs (see the module doc)."""
+    return "'" + value if value.startswith(FORMULA_PREFIXES) else value
 
 
 @dataclass
@@ -45,31 +69,46 @@ class PredictSummary:
     out: Path
     files: int = 0
     failed: int = 0
+    warned: int = 0
     flagged: dict[str, int] = field(default_factory=dict)
     thresholds: dict[str, float] = field(default_factory=dict)
 
     def lines(self, specificity: float) -> list[str]:
         flags = ", ".join(f"{m} {n} (score > {self.thresholds[m]:.4g})" for m, n in self.flagged.items())
-        return [f"scored {self.files - self.failed} of {self.files} files; flagged at specificity "
-                f"{specificity:g}: {flags}",
-                f"predictions: {self.out / 'predictions.csv'}",
-                f"gallery:     {self.out / 'index.html'}"]
+        lines = [f"scored {self.files - self.failed} of {self.files} files; flagged at specificity "
+                 f"{specificity:g}: {flags}"]
+        if self.warned:
+            lines.append(f"{self.warned} scored files carry a warning (outside what the models saw; "
+                         "see the warning column)")
+        return lines + [f"predictions: {display_path(str(self.out / 'predictions.csv'))}",
+                         f"gallery:     {display_path(str(self.out / 'index.html'))}"]
 
 
-def prepare_out(out: Path) -> Path:
-    """Create ``out`` and empty its ``overlays/`` if a previous predict wrote it; returns overlays/."""
+def prepare_out(out: Path, *, overwrite: bool = False) -> Path:
+    """Create ``out`` and empty its ``overlays/`` if a previous predict wrote it; returns overlays/.
+
+    Raises:
+        UserError: ``out`` holds an earlier run's outputs (and not ``overwrite``), someone else's
+            ``overlays/``, or cannot be written.
+    """
     overlays = out / "overlays"
+    earlier = [n for n in OUTPUTS if (out / n).exists()]
+    if earlier and not overwrite:
+        raise UserError(f"--out {display_path(str(out))} already holds {' and '.join(earlier)} of an "
+                        "earlier predict; pass --overwrite to replace them, or choose another --out "
+                        "(nothing was touched)")
     try:
         out.mkdir(parents=True, exist_ok=True)
         if overlays.exists():
             if not (out / MARKER).is_file():
-                raise UserError(f"--out {out} already holds an overlays/ folder that imgae-dx predict did "
-                                "not write; choose another --out (nothing was touched)")
+                raise UserError(f"--out {display_path(str(out))} already holds an overlays/ folder that "
+                                "imgae-dx predict did not write; choose another --out (nothing was touched)")
             shutil.rmtree(overlays)
         overlays.mkdir()
         (out / MARKER).write_text("output folder of `imgae-dx predict`; a later predict may replace it\n")
     except OSError as e:
-        raise UserError(f"--out {out} is not writable: {e.strerror or e}; choose another --out") from None
+        raise UserError(f"--out {display_path(str(out))} is not writable: {e.strerror or e}; "
+                        "choose another --out") from None
     return overlays
 
 
@@ -84,13 +123,20 @@ def _render_write(dest: Path, image: np.ndarray, panels: list[O.Panel], title: s
 
 def _row(r: PredictionResult) -> list[str]:
     if r.score is None:
-        return [r.source, r.model, "", "", "", r.error or ""]
-    return [r.source, r.model, f"{r.score:.9g}", f"{r.percentile:.3f}", "true" if r.flagged else "false", ""]
+        cells = [display_path(r.source), r.model, "", "", "", r.error or "", r.warning or ""]
+    else:
+        cells = [display_path(r.source), r.model, f"{r.score:.9g}", f"{r.percentile:.3f}",
+                 "true" if r.flagged else "false", "", r.warning or ""]
+    return [csv_cell(c) for c in cells]
 
 
 def predict_to_folder(inputs: Sequence[str], predictor: Predictor, out: str | Path, *,
-                      progress: bool = True, err: TextIO | None = None) -> PredictSummary:
+                      progress: bool = True, err: TextIO | None = None,
+                      overwrite: bool = False) -> PredictSummary:
     """Score every file of ``inputs`` and write the outputs (see the module doc).
+
+    Args:
+        overwrite: replace an earlier run's ``predictions.csv`` and ``index.html`` in ``out``.
 
     Raises:
         UserError: ``out`` cannot be used. Per-file problems never raise.
@@ -99,8 +145,8 @@ def predict_to_folder(inputs: Sequence[str], predictor: Predictor, out: str | Pa
 
     err = err or sys.stderr
     out = Path(out).expanduser()
-    files = expand_inputs(list(inputs), exclude=out)
-    overlays = prepare_out(out)
+    overlays = prepare_out(out, overwrite=overwrite)
+    files = expand_inputs(list(inputs), exclude=overlays)
     vmax = {m.name: m.calibration.map_vmax for m in predictor.models}
     summary = PredictSummary(out, files=len(files), flagged=dict.fromkeys(predictor.names, 0),
                              thresholds=dict(predictor.thresholds))
@@ -108,7 +154,7 @@ def predict_to_folder(inputs: Sequence[str], predictor: Predictor, out: str | Pa
     bar = tqdm(total=len(files), desc="predict", unit="img", disable=not progress, file=err)
 
     def say_error(path: str, msg: str) -> None:
-        tqdm.write(f"error: {path}: {msg}", file=err)
+        tqdm.write(f"error: {display_path(path)}: {msg}", file=err)
 
     readable = [k for k, f in enumerate(files) if f.error is None]
     writes: deque[Future] = deque()
@@ -122,7 +168,7 @@ def predict_to_folder(inputs: Sequence[str], predictor: Predictor, out: str | Pa
                 f = files[len(outcomes)]
                 say_error(f.path, f.error or "")
                 res = [PredictionResult(f.path, m, error=f.error) for m in predictor.names]
-                outcomes.append(ImageOutcome(len(outcomes), f.path, res))
+                outcomes.append(ImageOutcome(len(outcomes), display_path(f.path), res))
                 w.writerows(_row(r) for r in res)
                 bar.update(1)
 
@@ -130,7 +176,7 @@ def predict_to_folder(inputs: Sequence[str], predictor: Predictor, out: str | Pa
                                              on_item=lambda: bar.update(1)):
             unreadable_before(readable[i])
             w.writerows(_row(r) for r in res)
-            o = ImageOutcome(len(outcomes), files[readable[i]].path, res)
+            o = ImageOutcome(len(outcomes), display_path(files[readable[i]].path), res)
             if o.error is not None:
                 say_error(o.path, o.error)
             else:
@@ -151,8 +197,9 @@ def predict_to_folder(inputs: Sequence[str], predictor: Predictor, out: str | Pa
             writes.popleft().result()
     bar.close()
     summary.failed = sum(1 for o in outcomes if o.error is not None)
+    summary.warned = sum(1 for o in outcomes if o.error is None and o.warning is not None)
     write_gallery(out / "index.html", outcomes, thresholds=predictor.thresholds,
                   calibration_sizes={m.name: m.calibration.n for m in predictor.models},
                   specificity=predictor.specificity,
-                  origin=str(predictor.models[0].info.get("origin", "")))
+                  origin=display_path(str(predictor.models[0].info.get("origin", ""))))
     return summary

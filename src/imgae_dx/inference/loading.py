@@ -8,9 +8,15 @@
   calibration that is missing, or that belongs to other weights or settings (another step,
   anomaly map or size), is computed by streaming the run's validation split
   (:func:`imgae_dx.inference.run_calibration.calibrate_run`, announced through ``notify``) and
-  saved where the trainer writes it;
+  saved where the trainer writes it — the one file ``predict``/``export`` may write into a run
+  folder; when the run folder is read-only, it is kept for this process only (announced);
 * a **bundle** (``imgae-dx export``: ``BUNDLE_DIR/MODEL/{config.json, model.safetensors,
-  calibration.json}``) or one model folder of it: JSON and safetensors only — nothing is unpickled.
+  calibration.json}``) or one model folder of it: JSON and safetensors only — nothing is
+  unpickled, and every file is checked (:mod:`imgae_dx.inference.bundle_format`) before the
+  network is built.
+
+Each model carries its training resize policy (``LoadedModel.resize``: a bundle's
+``preprocessing.resize``, a run's ``data.resize``), which ``predict`` applies to every file.
 """
 
 from __future__ import annotations
@@ -24,8 +30,17 @@ from typing import Any
 import torch
 
 from imgae_dx.config import MODEL_NAMES
+from imgae_dx.data.decode import Resize
 from imgae_dx.errors import RunFolderError, UserError
-from imgae_dx.inference.errors import BundleError, CalibrationError
+from imgae_dx.inference.bundle_format import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    check_weights,
+    read_calibration,
+    read_config,
+)
+from imgae_dx.inference.errors import BundleError
+from imgae_dx.inference.images import DEFAULT_RESIZE
 from imgae_dx.models import load_model
 from imgae_dx.run.calibration import Calibration, calibration_path, model_scoring
 from imgae_dx.run.checkpoint import checkpoint_file, read_checkpoint
@@ -43,7 +58,9 @@ class LoadedModel:
         calibration: its normal validation scores.
         image_size: model resolution in pixels.
         info: where the weights came from (checkpoint file, step, stage, stages, images_seen,
-            val_loss, precision, package_version, fingerprint; ``origin``: run folder or bundle).
+            val_loss, precision, package_version, fingerprint; ``origin``: run folder or bundle;
+            runs also: ``source`` and ``archive`` — the training archive — ``view``, ``seed``).
+        resize: the ``data.resize`` policy the model was trained with (squash | pad | crop).
     """
 
     name: str
@@ -51,6 +68,7 @@ class LoadedModel:
     calibration: Calibration
     image_size: int
     info: dict[str, Any] = field(default_factory=dict)
+    resize: Resize = DEFAULT_RESIZE
 
 
 def select_names(available: list[str], model_name: str, where: str) -> list[str]:
@@ -95,7 +113,8 @@ def load_run_models(run_dir: str | os.PathLike[str], model_name: str = "all", *,
                 "stage": ck.stage, "stage_k": ck.stage_k, "stages": list(ck.stages or []),
                 "images_seen": ck.images_seen, "val_loss": ck.val_loss, "precision": ck.precision,
                 "package_version": ck.package_version, "fingerprint": ck.fingerprint,
-                "view": run_cfg.data.view, "source": run_cfg.source, "seed": run_cfg.seed}
+                "view": run_cfg.data.view, "source": run_cfg.source, "archive": ck.archive,
+                "seed": run_cfg.seed}
         cal_file = calibration_path(run_dir, name)
         cal: Calibration | None = None
         if cal_file.is_file():
@@ -106,7 +125,8 @@ def load_run_models(run_dir: str | os.PathLike[str], model_name: str = "all", *,
                 cal = None
         else:
             stale[name] = f"{cal_file} does not exist"
-        out.append(LoadedModel(name, model, cal, ck.image_size, info))  # type: ignore[arg-type]
+        out.append(LoadedModel(name, model, cal, ck.image_size, info,  # type: ignore[arg-type]
+                               run_cfg.data.resize))
     if stale:
         from imgae_dx.inference.run_calibration import calibrate_run
 
@@ -114,19 +134,20 @@ def load_run_models(run_dir: str | os.PathLike[str], model_name: str = "all", *,
             if notify:
                 notify(f"{why}: computing it from the run's validation normals (once)")
         todo = [m for m in out if m.name in stale]
-        for m, cal in zip(todo, calibrate_run(run_dir, cfg, todo, progress=progress), strict=True):
+        for m, cal in zip(todo, calibrate_run(cfg, todo, progress=progress), strict=True):
             m.calibration = cal
+            dest = calibration_path(run_dir, m.name)
+            try:
+                cal.save(dest)
+                where = f"saved to {dest}"
+            except OSError as e:  # a read-only run folder: use it, keep nothing
+                where = f"not saved ({dest}: {e.strerror or e}); kept for this command only"
             if notify:
-                notify(f"calibration of {m.name}: {cal.n} validation normals → {calibration_path(run_dir, m.name)}")
+                notify(f"calibration of {m.name}: {cal.n} validation normals, {where}")
     return out
 
 
 # ------------------------------------------------------------------------------ bundles
-BUNDLE_FORMAT = "imgae_dx.bundle/1"
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-
-
 def is_bundle_model_dir(p: Path) -> bool:
     return (p / CONFIG_NAME).is_file() and (p / WEIGHTS_NAME).is_file()
 
@@ -134,29 +155,15 @@ def is_bundle_model_dir(p: Path) -> bool:
 def bundle_model_dirs(bundle: Path) -> dict[str, Path]:
     """Model name → folder of a bundle (or of one of its model folders)."""
     if is_bundle_model_dir(bundle):
-        return {read_bundle_config(bundle)["model"]: bundle}
+        return {read_config(bundle).model: bundle}
     return {d.name: d for d in sorted(bundle.iterdir()) if d.is_dir() and is_bundle_model_dir(d)} \
         if bundle.is_dir() else {}
 
 
-def read_bundle_config(folder: Path) -> dict[str, Any]:
-    import json
-
-    p = folder / CONFIG_NAME
-    try:
-        cfg = json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BundleError(f"{p} cannot be read as JSON ({e})") from None
-    if not isinstance(cfg, dict) or cfg.get("format") != BUNDLE_FORMAT:
-        raise BundleError(f"{p} is not an imgae-dx bundle config (format {BUNDLE_FORMAT} expected)")
-    if cfg.get("model") not in MODEL_NAMES:
-        raise BundleError(f"{p} names an unknown model {cfg.get('model')!r}")
-    return cfg
-
-
 def load_bundle_models(bundle_dir: str | os.PathLike[str], model_name: str = "all", *,
                        device: torch.device | None = None) -> list[LoadedModel]:
-    """Models of a bundle: config.json + model.safetensors + calibration.json (no pickle)."""
+    """Models of a bundle: every file checked first (:mod:`~imgae_dx.inference.bundle_format`),
+    then the tensors read from safetensors and the network built (no pickle)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -169,22 +176,20 @@ def load_bundle_models(bundle_dir: str | os.PathLike[str], model_name: str = "al
     out = []
     for name in select_names(list(dirs), model_name, f"bundle {bundle}"):
         folder = dirs[name]
-        cfg = read_bundle_config(folder)
+        cfg = read_config(folder)
+        if cfg.model != name and folder != bundle:
+            raise BundleError(f"{folder / CONFIG_NAME} is the config of {cfg.model!r}, in the folder "
+                              f"of {name!r}: the bundle was rearranged — export it again")
+        check_weights(cfg, folder)
+        cal = read_calibration(folder, cfg)
         try:
             state = load_file(str(folder / WEIGHTS_NAME), device="cpu")
         except (SafetensorError, OSError, ValueError) as e:
             raise BundleError(f"{folder / WEIGHTS_NAME} is damaged ({e})") from None
-        size = int(cfg["image_size"])
-        model = load_model(name, size, cfg["architecture"], state, str(folder / WEIGHTS_NAME), device)
-        try:
-            cal = Calibration.load(folder / "calibration.json")
-        except CalibrationError as e:
-            raise BundleError(f"bundle model {folder} has no usable calibration: {e}") from None
-        why = cal.matches(model_scoring(model.cfg), size)
-        if why is not None:
-            raise BundleError(f"{folder / 'calibration.json'} does not belong to its model ({why})")
-        info = {"origin": str(folder), **cfg.get("checkpoint", {})}
-        out.append(LoadedModel(name, model, cal, size, info))
+        model = load_model(cfg.model, cfg.image_size, cfg.model_cfg, state, str(folder / WEIGHTS_NAME),
+                           device)
+        info = {"origin": str(folder), **cfg.checkpoint.model_dump()}
+        out.append(LoadedModel(cfg.model, model, cal, cfg.image_size, info, cfg.preprocessing.resize))
     return out
 
 

@@ -1,7 +1,10 @@
 """``MODEL_CARD.md`` of an exported model: what it was trained on, how well it did, what it is for.
 
-Built only from what the bundle's ``config.json`` and calibration hold and, when the run was
-evaluated, its ``eval/metrics.json``; a missing part is said to be missing, never invented.
+Built only from what the bundle's ``config.json`` (a
+:class:`~imgae_dx.inference.bundle_format.BundleConfig`) and calibration hold and, when the run was
+evaluated, its ``eval/metrics.json``; a missing part is said to be missing, never invented. Every
+model of a run has a text, the PCA baseline included; the training source is the archive's
+identity (name, size, version), never a local path.
 """
 
 from __future__ import annotations
@@ -10,12 +13,22 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from imgae_dx.inference.bundle_format import BundleConfig, SourceIdentity
 from imgae_dx.run.calibration import DEFAULT_SPECIFICITY, Calibration
 
 ARCHITECTURES = {
     "unet": "U-Net trained as a denoising autoencoder (coarse noise on the input, clean target)",
     "ra": "Reversed Autoencoder (Bercea et al., MIDL 2023): Soft-IntroVAE with a reversed-embedding loss",
     "ae": "plain convolutional autoencoder with a small dense bottleneck (the published baseline)",
+    "pca": "PCA baseline: reconstruction by the top-k principal components of the training normals "
+           "(k chosen on the validation normals; no gradient training)",
+}
+
+
+RESIZE_TEXT = {
+    "squash": "area resize of the whole image to the square input; a non-square image is stretched",
+    "pad": "the long side resized to the input, the short side padded with black",
+    "crop": "the centred square, then area resize; a non-square image loses its ends",
 }
 
 
@@ -25,20 +38,33 @@ def _n(v: Any, digits: int = 3) -> str:
     return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
 
-def model_card(config: Mapping[str, Any], cal: Calibration, metrics: Mapping[str, Any] | None) -> str:
+def _source(s: SourceIdentity) -> str:
+    facts = [f"{s.size:,} bytes" if s.size is not None else "", f"version {s.version}" if s.version else ""]
+    extra = "; ".join(f for f in facts if f)
+    return f"`{s.name}` ({s.kind}{'; ' + extra if extra else ''})"
+
+
+def _weights(config: BundleConfig) -> str:
+    if config.model == "pca":
+        return (f"`model.safetensors` (the training mean, {config.model_cfg.max_components} "
+                "principal components and k)")
+    return "`model.safetensors` (weights)"
+
+
+def model_card(config: BundleConfig, cal: Calibration, metrics: Mapping[str, Any] | None) -> str:
     """The Markdown text (see the module doc)."""
-    name = config["model"]
-    ck = config.get("checkpoint", {})
-    an = config["anomaly"]
+    name = config.model
+    ck = config.checkpoint.model_dump()
+    an = config.anomaly
     score = f"top {an['topk_percent']:g} % mean" if an["score"] == "topk" else an["score"]
     thr = cal.threshold(DEFAULT_SPECIFICITY)
     synthetic = bool((metrics or {}).get("synthetic_data"))
     lines = [
         f"# ImgAE-Dx model card: `{name}`",
         "",
-        f"**{ARCHITECTURES[name]}**, {config['image_size']}×{config['image_size']} px grayscale input, "
+        f"**{ARCHITECTURES[name]}**, {config.image_size}×{config.image_size} px grayscale input, "
         f"anomaly map `{an['map']}`, image score = {score} of the map. Written by imgae-dx "
-        f"{config['package_version']}.",
+        f"{config.package_version}.",
         "",
         "## Intended use and limits",
         "",
@@ -47,18 +73,18 @@ def model_card(config: Mapping[str, Any], cal: Calibration, metrics: Mapping[str
         "- Unsupervised: trained on radiographs labelled *No Finding* only; it scores how unlike "
         "those normals an image looks. Findings that look normal to it are missed, and unusual "
         "normal images (devices, positioning, other scanners) are flagged.",
-        f"- Trained on the view cohort `{config.get('view', '?')}`: images of other views, "
+        f"- Trained on the view cohort `{config.view}`: images of other views, "
         "paediatric patients or other modalities are outside what it has seen.",
         "- On real NIH ChestX-ray14 data, published unsupervised detectors reach image-level AUROC "
         "of roughly 0.60–0.78.",
         "",
         "## Training data",
         "",
-        f"- Source: `{config.get('source', '?')}`" + (" (synthetic sample dataset: figures below say "
-                                                       "nothing about real X-rays)" if synthetic else ""),
+        f"- Source: {_source(config.source)}" + (" (synthetic sample dataset: figures below say "
+                                                  "nothing about real X-rays)" if synthetic else ""),
         f"- Stages: {', '.join(ck.get('stages') or []) or 'n/a'}; checkpoint from stage "
         f"`{ck.get('stage') or 'n/a'}` (K = {ck.get('stage_k') or 'n/a'})",
-        f"- Views: `{config.get('view', '?')}`; split: patient-disjoint train / validation / test "
+        f"- Views: `{config.view}`; split: patient-disjoint train / validation / test "
         "(official `test_list.txt`)",
         f"- Steps: {ck.get('step', 'n/a')}; images seen: {ck.get('images_seen', 'n/a')}; "
         f"precision: {ck.get('precision', 'n/a')}",
@@ -71,6 +97,11 @@ def model_card(config: Mapping[str, Any], cal: Calibration, metrics: Mapping[str
         f"- Threshold at {DEFAULT_SPECIFICITY:.0%} target specificity: score > {thr:.6g} "
         "(`imgae-dx predict --specificity S` picks another).",
         f"- Heat-map colour scale: 0 … {cal.map_vmax:.4g} (99.9th percentile of the normal maps).",
+        "",
+        "## Preprocessing",
+        "",
+        f"- Resize: `{config.preprocessing.resize}`, the policy the model was trained with "
+        f"({RESIZE_TEXT[config.preprocessing.resize]}); JPEG EXIF orientation applied.",
         "",
         "## Test metrics",
         "",
@@ -98,8 +129,8 @@ def model_card(config: Mapping[str, Any], cal: Calibration, metrics: Mapping[str
                          f"specificity / sensitivity | {_n(op.get('specificity'))} / "
                          f"{_n(op.get('sensitivity'))} |")
     lines += ["", "## Files", "",
-              "`model.safetensors` (weights), `config.json` (architecture, preprocessing, anomaly map "
+              f"{_weights(config)}, `config.json` (architecture, preprocessing, anomaly map "
               "and score, checkpoint facts), `calibration.json` (the normal validation scores)"
-              + (", `model.onnx` (image → reconstruction, anomaly map, score)" if config.get("onnx") else "")
+              + (", `model.onnx` (image → reconstruction, anomaly map, score)" if config.onnx else "")
               + ". Load with `imgae_dx.load(BUNDLE_DIR)` or `imgae-dx predict … --model BUNDLE_DIR`.", ""]
     return "\n".join(lines)

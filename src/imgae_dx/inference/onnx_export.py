@@ -1,11 +1,14 @@
 """The scoring graph as ONNX: ``image`` (B×1×H×W float32 in [0, 1]) → ``reconstruction``
 (B×1×H×W), ``anomaly_map`` (B×1×H×W), ``score`` (B), batch size dynamic.
 
-Exported with ``torch.onnx.export(dynamo=True)`` (needs ``onnx`` and ``onnxscript``) and checked
-with ``onnxruntime`` (CPU) against PyTorch on the given images: every output must agree within
-:data:`TOLERANCE` (max absolute difference), else the file is removed and the export fails.
-Models whose scoring cannot be a deterministic graph are refused before exporting: the ``clahe``
-map (OpenCV on the CPU) and RA with ``inference_samples > 0`` (random sampling).
+Exported with ``torch.onnx.export(dynamo=True)`` (needs ``onnx`` and ``onnxscript``) from the
+model's :meth:`~imgae_dx.models.base.ReconstructionModel.exportable` module (the PCA baseline: its
+``k`` components as a fixed buffer) and checked with ``onnxruntime`` (CPU) against the model's own
+``predict`` on the given images: every output must agree within :data:`TOLERANCE` (max absolute
+difference), else the file is removed and the export fails. Models whose scoring cannot be a
+deterministic graph are refused before exporting: the ``clahe`` map (OpenCV on the CPU), RA with
+``inference_samples > 0`` (random sampling) and an unfitted PCA. While exporting, the exporter's
+own output (graphs, warnings, logs) is held back: a failure is one line.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -34,7 +38,7 @@ class ScoringGraph(nn.Module):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        self.model = model
+        self.model = model.exportable()
 
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         p = self.model.predict(image)
@@ -47,7 +51,16 @@ def unsupported_reason(model: Any) -> str | None:
         return "its anomaly map is 'clahe', computed with OpenCV outside the network"
     if model.name == "ra" and model.cfg.inference_samples > 0:
         return "it averages random samples at inference (model.ra.inference_samples > 0)"
+    if model.name == "pca" and not model.fitted:
+        return "the PCA baseline is not fitted (k = 0)"
     return None
+
+
+def _first_line(e: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message, without terminal colour codes."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
+    line = (text.splitlines()[0] if text else "").split(" Next steps")[0]  # torch's advice follows
+    return line if len(line) <= limit else line[:limit - 1] + "…"
 
 
 def check_images(image_size: int, n: int = 4, seed: int = 0) -> np.ndarray:
@@ -96,24 +109,30 @@ def export_onnx(model: nn.Module, path: Path, image_size: int, images: np.ndarra
     graph = ScoringGraph(model).eval()
     x = torch.from_numpy(images if images is not None else check_images(image_size))
     batch = torch.export.Dim("batch", min=1)
-    quiet = logging.getLogger("torch.onnx")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
+    quiet = [logging.getLogger(n) for n in ("torch", "torch.onnx", "torch.export", "torch.fx",
+                                            "torch._dynamo", "onnxscript")]
+    levels = [q.level for q in quiet]
+    for q in quiet:
+        q.setLevel(logging.CRITICAL)
+    held = io.StringIO()
     try:
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # torch.export's own deprecations
+        with contextlib.redirect_stdout(held), contextlib.redirect_stderr(held), \
+                warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.export's deprecations and tracer notes
             torch.onnx.export(graph, (x[:2],), str(path), dynamo=True, opset_version=OPSET,
                               input_names=["image"], output_names=list(OUTPUTS),
                               dynamic_shapes=({0: batch},), verbose=False, external_data=False)
     except Exception as e:
         path.unlink(missing_ok=True)
-        raise BundleError(f"ONNX export of {model.name} failed ({type(e).__name__}: {str(e)[:300]})") from None
+        raise BundleError(f"ONNX export of {model.name} failed ({type(e).__name__}: "
+                          f"{_first_line(e)}); export without --onnx") from None
     finally:
-        quiet.setLevel(level)
+        for q, level in zip(quiet, levels, strict=True):
+            q.setLevel(level)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = session.run(list(OUTPUTS), {"image": x.numpy()})
     with torch.no_grad():
-        want = graph(x)
+        want = model.predict(x)
     diffs = {k: float(np.max(np.abs(g - w.numpy()))) for k, g, w in zip(OUTPUTS, got, want, strict=True)}
     if not all(d <= TOLERANCE for d in diffs.values()):
         path.unlink(missing_ok=True)

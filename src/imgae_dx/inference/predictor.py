@@ -29,10 +29,10 @@ import torch
 from imgae_dx.inference.errors import ImageReadError
 from imgae_dx.inference.images import (
     MAX_SIDE,
-    decode_file_bytes,
-    load_file,
+    decode_image,
     prepare_array,
     read_bytes,
+    to_model_size,
     to_unit,
 )
 from imgae_dx.inference.loading import LoadedModel
@@ -56,6 +56,8 @@ class PredictionResult:
         reconstruction: H×W float32 in [0, 1] at model resolution (idem).
         image: the uint8 H×W model input (idem).
         error: why the image could not be scored (None when it was).
+        warning: why the score may not mean much though it was computed (a DICOM of another
+            modality or body part); None when there is nothing to say.
     """
 
     source: str
@@ -68,6 +70,15 @@ class PredictionResult:
     reconstruction: np.ndarray | None = None
     image: np.ndarray | None = None
     error: str | None = None
+    warning: str | None = None
+
+
+@dataclass
+class _Prepared:
+    """One item's model inputs by (image size, resize rule), and its warnings."""
+
+    inputs: dict[tuple[int, str], np.ndarray]
+    warning: str | None = None
 
 
 class Predictor:
@@ -90,7 +101,7 @@ class Predictor:
         self.batch_size = max(1, int(batch_size))
         self.workers = max(1, int(workers or min(8, os.cpu_count() or 1)))
         self.max_side = int(max_side)
-        self.sizes = sorted({m.image_size for m in self.models})
+        self.inputs = sorted({(m.image_size, m.resize) for m in self.models})
         self.thresholds = {m.name: m.calibration.threshold(self.specificity) for m in self.models}
 
     @property
@@ -102,16 +113,16 @@ class Predictor:
         return f"Predictor({parts}; specificity {self.specificity:g})"
 
     # ------------------------------------------------------------------ preprocessing
-    def _prepare(self, item: Item) -> dict[int, np.ndarray]:
-        """Item → {image_size: uint8 size×size} (raises ImageReadError)."""
+    def _prepare(self, item: Item) -> _Prepared:
+        """Item → its model inputs (uint8 size×size per model input) (raises ImageReadError)."""
         if isinstance(item, np.ndarray):
-            return {s: prepare_array(item, s, max_side=self.max_side) for s in self.sizes}
-        if len(self.sizes) == 1:
-            return {self.sizes[0]: load_file(item, self.sizes[0], max_side=self.max_side)}
-        data = read_bytes(item)
-        return {s: decode_file_bytes(data, s, name=str(item), max_side=self.max_side) for s in self.sizes}
+            return _Prepared({(s, r): prepare_array(item, s, max_side=self.max_side, resize=r)
+                              for s, r in self.inputs})
+        img = decode_image(read_bytes(item), name=str(item), max_side=self.max_side)
+        return _Prepared({(s, r): to_model_size(img.gray, s, r) for s, r in self.inputs},
+                         "; ".join(img.warnings) or None)
 
-    def _safe_prepare(self, item: Item) -> dict[int, np.ndarray] | str:
+    def _safe_prepare(self, item: Item) -> _Prepared | str:
         try:
             return self._prepare(item)
         except ImageReadError as e:
@@ -121,11 +132,11 @@ class Predictor:
 
     # ------------------------------------------------------------------ scoring
     @torch.no_grad()
-    def _score(self, sources: list[str], prepared: list[dict[int, np.ndarray]], keep: bool
+    def _score(self, sources: list[str], prepared: list[_Prepared], keep: bool
                ) -> list[list[PredictionResult]]:
         out: list[list[PredictionResult]] = [[] for _ in sources]
         for m in self.models:
-            u8 = np.stack([p[m.image_size] for p in prepared])
+            u8 = np.stack([p.inputs[(m.image_size, m.resize)] for p in prepared])
             device = m.model.device
             x = torch.from_numpy(to_unit(u8))[:, None].to(device)
             pred = m.model.predict(x)
@@ -134,7 +145,7 @@ class Predictor:
             recs = pred.reconstruction[:, 0].float().cpu().numpy() if keep else None
             thr = self.thresholds[m.name]
             for j, s in enumerate(scores):
-                r = PredictionResult(sources[j], m.name, threshold=thr)
+                r = PredictionResult(sources[j], m.name, threshold=thr, warning=prepared[j].warning)
                 if not math.isfinite(s):
                     r.error = f"{m.name} produced a non-finite score ({s})"
                 else:
@@ -172,7 +183,7 @@ class Predictor:
         with ThreadPoolExecutor(self.workers, thread_name_prefix="imgae-decode") as pool:
             it = iter(enumerate(items))
             exhausted = False
-            batch: list[tuple[int, str, dict[int, np.ndarray] | str]] = []
+            batch: list[tuple[int, str, _Prepared | str]] = []
             n_ok = 0
             while True:
                 while not exhausted and len(pending) < ahead:
@@ -195,7 +206,7 @@ class Predictor:
             if batch:
                 yield from self._flush(batch, keep, on_item)
 
-    def _flush(self, batch: list[tuple[int, str, dict[int, np.ndarray] | str]], keep: bool,
+    def _flush(self, batch: list[tuple[int, str, _Prepared | str]], keep: bool,
                on_item: Callable[[], None] | None) -> Iterator[tuple[int, list[PredictionResult]]]:
         ok = [b for b in batch if not isinstance(b[2], str)]
         scored = iter(self._score([b[1] for b in ok], [b[2] for b in ok], keep) if ok else [])  # type: ignore[misc]

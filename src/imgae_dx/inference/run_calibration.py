@@ -6,15 +6,14 @@ cohort, every stage the checkpoint trained on) is streamed from the run's source
 training pipeline (:class:`~imgae_dx.data.dataset.StreamingDataset`, cache off), held as uint8
 at model size (N × size² bytes: ~60 MB for the ~3,500 PA validation normals of the full dataset
 at 128 px), and scored by every model with :func:`~imgae_dx.run.calibration.calibrate`. The
-test split is never opened. Each calibration is saved at
-``RUN_DIR/checkpoints/MODEL/calibration.json``, as the trainer would have written it.
+test split is never opened. The caller saves each calibration at
+``RUN_DIR/checkpoints/MODEL/calibration.json``, as the trainer would have written it
+(:func:`imgae_dx.inference.loading.load_run_models`).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -23,12 +22,7 @@ import torch
 from imgae_dx.data.decode import to_uint8, to_unit
 from imgae_dx.errors import SourceError
 from imgae_dx.inference.errors import CalibrationError
-from imgae_dx.run.calibration import (
-    Calibration,
-    CalibrationSource,
-    calibrate,
-    calibration_path,
-)
+from imgae_dx.run.calibration import Calibration, CalibrationSource, calibrate
 
 if TYPE_CHECKING:
     from imgae_dx.inference.loading import LoadedModel
@@ -90,21 +84,18 @@ def _batches(images: np.ndarray, batch_size: int) -> Iterator[torch.Tensor]:
         yield torch.from_numpy(to_unit(images[i:i + batch_size]))[:, None]
 
 
-def calibrate_run(run_dir: str | os.PathLike[str], cfg: Any, models: Sequence[LoadedModel], *,
+def calibrate_run(cfg: Any, models: Sequence[LoadedModel], *,
                   progress: bool = False) -> list[Calibration]:
-    """Calibrate ``models`` (of the run ``run_dir`` with config ``cfg``) and save their files.
+    """Calibrate ``models`` (of the run with config ``cfg``); nothing is written.
 
     Returns:
         One :class:`Calibration` per model, in order.
     """
-    run_dir = Path(run_dir)
     stages: list[str] = sorted({s for m in models for s in m.info.get("stages", [])})
     images, read = validation_images(cfg, stages or cfg.stages, progress=progress)
     out = []
     for m in models:
         src = CalibrationSource(checkpoint=m.info["checkpoint"], step=int(m.info["step"]),
                                 stages=tuple(read), split="val", view=cfg.data.view)
-        cal = calibrate(m.model, _batches(images, cfg.training.batch_size), source=src)
-        cal.save(calibration_path(run_dir, m.name))
-        out.append(cal)
+        out.append(calibrate(m.model, _batches(images, cfg.training.batch_size), source=src))
     return out

@@ -57,6 +57,11 @@ class ReconstructionModel(nn.Module):
         """Inference reconstruction of x (B×1×H×W) → B×1×H×W. Default: ``forward``."""
         return self(x)
 
+    def exportable(self) -> ReconstructionModel:
+        """The module ``torch.export`` (ONNX) traces for this one: same ``predict`` outputs, no
+        shape that depends on tensor values. Default: this model itself."""
+        return self
+
     def embeddings(self, x: Tensor) -> list[Tensor] | None:
         """Multi-scale feature maps of x (B×1×H×W) for ``saliency: encoder``; None: the model has
         none (only RA does)."""

@@ -13,6 +13,8 @@ map and score are the same as every model's (``model.pca.anomaly``). It has no g
 
 Cheap and deterministic: the honest yardstick a deep model must beat on small data. Its state (mean,
 components, k) is ordinary buffers, saved and loaded like any model's weights.
+:meth:`PCAModel.exportable` gives the fitted model with ``k`` fixed (:class:`PCAProjection`): the
+same reconstruction without a shape read from a tensor, which ``torch.export`` (ONNX) needs.
 """
 
 from __future__ import annotations
@@ -49,6 +51,12 @@ class PCAModel(ReconstructionModel):
         comps = self.components[: int(self.k)]
         return ((flat @ comps.T) @ comps + self.mean).view_as(x)
 
+    def exportable(self) -> PCAProjection:
+        """The fitted model as a :class:`PCAProjection` (``k`` fixed; same outputs)."""
+        if not self.fitted:
+            raise RuntimeError("pca: the model is not fitted yet (its checkpoint holds k = 0)")
+        return PCAProjection(self).to(self.mean.device).eval()
+
     @torch.no_grad()
     def fit(self, train: Tensor, val: Tensor) -> dict[str, float]:
         """Fit on training normals ``train`` (N×D in [0, 1]), choose k on ``val`` (M×D).
@@ -79,3 +87,21 @@ class PCAModel(ReconstructionModel):
         self.k.fill_(k)
         return {"k": k, "explained": float(share[k - 1]), "components": n,
                 "val_mse": (total - float(captured[k - 1])) / v.numel()}
+
+
+class PCAProjection(ReconstructionModel):
+    """A fitted :class:`PCAModel` with its ``k`` components as a fixed-shape buffer (k×D):
+    ``forward`` is the same arithmetic, so the same reconstruction, bit for bit."""
+
+    name = "pca"
+
+    def __init__(self, pca: PCAModel) -> None:
+        super().__init__(pca.image_size, pca.cfg.anomaly)
+        self.cfg = pca.cfg
+        self.register_buffer("mean", pca.mean.detach().clone())
+        self.register_buffer("components", pca.components[: int(pca.k)].detach().clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: B×1×H×W → reconstruction from the k components (B×1×H×W float32)."""
+        flat = x.float().flatten(1) - self.mean
+        return ((flat @ self.components.T) @ self.components + self.mean).view_as(x)

@@ -97,7 +97,7 @@ class UNet(ReconstructionModel):
         self.out_act: nn.Module = nn.Sigmoid() if cfg.output_activation == "sigmoid" else nn.Identity()
         g = torch.Generator().manual_seed(cfg.inference_noise_seed)
         fields = torch.randn((cfg.inference_samples, 1, cfg.noise_resolution, cfg.noise_resolution),
-                             generator=g) * cfg.noise_std
+                             generator=g, device="cpu") * cfg.noise_std  # the generator's device
         self.register_buffer("inference_noise", fields, persistent=False)  # K×1×r×r
 
     def forward(self, x: Tensor) -> Tensor:

@@ -112,6 +112,14 @@ class Calibration:
             raise CalibrationError(f"calibration of {self.model} holds no scores")
         if not np.all(np.isfinite(s)):
             raise CalibrationError(f"calibration of {self.model} holds non-finite scores")
+        vmax = self.map_vmax
+        if isinstance(vmax, bool) or not isinstance(vmax, (int, float)) or not math.isfinite(vmax) \
+                or vmax <= 0:
+            raise CalibrationError(f"calibration of {self.model}: map_vmax must be a positive number "
+                                   f"(the top of the heat-map scale), got {vmax!r}")
+        if isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or self.image_size < 1:
+            raise CalibrationError(f"calibration of {self.model}: image_size must be a positive "
+                                   f"integer, got {self.image_size!r}")
         object.__setattr__(self, "scores", s)
 
     @property
@@ -168,9 +176,13 @@ class Calibration:
             got = d.get("format") if isinstance(d, Mapping) else type(d).__name__
             raise CalibrationError(f"{where} is not an imgae-dx calibration ({FORMAT}; found {got!r})")
         try:
-            return cls(model=str(d["model"]), scores=np.asarray(d["scores"], dtype=np.float64),
+            for key, kinds in (("model", str), ("scores", list), ("map_vmax", (int, float)),
+                               ("image_size", int), ("anomaly", Mapping), ("source", Mapping)):
+                if isinstance(d[key], bool) or not isinstance(d[key], kinds):
+                    raise TypeError(f"{key} is {type(d[key]).__name__} {str(d[key])[:40]!r}")
+            return cls(model=d["model"], scores=np.asarray(d["scores"], dtype=np.float64),
                        map_vmax=float(d["map_vmax"]), anomaly=dict(d["anomaly"]),
-                       image_size=int(d["image_size"]), source=CalibrationSource.of(d["source"]),
+                       image_size=d["image_size"], source=CalibrationSource.of(d["source"]),
                        package_version=str(d.get("package_version", "")),
                        created_at=str(d.get("created_at", "")), extra=dict(d.get("extra") or {}))
         except (KeyError, TypeError, ValueError) as e:

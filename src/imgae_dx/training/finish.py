@@ -27,8 +27,9 @@ from imgae_dx.errors import UserError
 from imgae_dx.models.pca import PCAModel
 from imgae_dx.run.calibration import calibrate, calibration_path
 from imgae_dx.run.checkpoint import CheckpointPayload, read_checkpoint
-from imgae_dx.training.checkpointer import Checkpointer
+from imgae_dx.training.checkpointer import Checkpointer, swapped_weights
 from imgae_dx.training.selection import ValidationPool, collect
+from imgae_dx.training.stage_data import StageData
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +53,14 @@ class Calibrator:
                              best_step: int | None, last_step: int) -> None:
         """Calibrate ``best.pt`` (``last.pt`` when no epoch was validated): its weights swapped into
         the live model, then back."""
-        current = {k: v.detach().clone() for k, v in model.state_dict().items()}
         kind = "best" if checkpointer.path(name, "best").is_file() else "last"
-        model.load_state_dict(read_checkpoint(checkpointer.path(name, kind), model_name=name).model)
-        model.eval()
-        try:
-            self.write(name, model, kind, best_step if kind == "best" else last_step)
-        finally:
-            model.load_state_dict(current)
-            model.train()
+        weights = read_checkpoint(checkpointer.path(name, kind), model_name=name).model
+        with swapped_weights(model, weights):
+            model.eval()
+            try:
+                self.write(name, model, kind, best_step if kind == "best" else last_step)
+            finally:
+                model.train()
 
 
 def training_subset(cfg: Config, index: Any, stages: list[str]) -> dict[str, np.ndarray]:
@@ -108,13 +108,13 @@ def fit_pca(cfg: Config, archive: Any, index: Any, stages: list[str], pool: Vali
     return model, facts
 
 
-def fit_pca_baseline(cfg: Config, archive: Any, index: Any, stages: list[str], pool: ValidationPool,
-                     memory: Any, cache: Any, calibrator: Calibrator,
-                     fields: dict[str, Any]) -> dict[str, Any]:
-    """Fit the baseline, write ``checkpoints/pca/{last,best}.pt`` (``fields``: the payload fields
+def fit_pca_baseline(cfg: Config, archive: Any, index: Any, data: StageData, pool: ValidationPool,
+                     calibrator: Calibrator, fields: dict[str, Any]) -> dict[str, Any]:
+    """Fit the baseline on the run's stages (``data``: their datasets, memory manager and
+    decode-once cache), write ``checkpoints/pca/{last,best}.pt`` (``fields``: the payload fields
     the run's checkpoints share) and its calibration; returns the fit's facts."""
     try:
-        model, facts = fit_pca(cfg, archive, index, stages, pool, memory, cache)
+        model, facts = fit_pca(cfg, archive, index, data.stages, pool, data.memory, data.shared)
     except ValueError as e:
         raise UserError(f"the PCA baseline cannot be fitted: {e}; widen the split (data.view all, "
                         "more --stages) or drop pca from --model") from None

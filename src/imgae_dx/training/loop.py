@@ -174,3 +174,33 @@ def validate(
         for obj in objectives.values():
             obj.model.train()
     return out
+
+
+
+def validate_stages(
+    objectives: Mapping[str, Objective],
+    stages: Mapping[str, Iterable[Any]],
+    contexts: Mapping[str, StepContext],
+    *,
+    to_device: Callable[[Tensor], Tensor] = lambda x: x,
+    guard_for: Callable[[str], GuardFn | None] = lambda stage: None,
+    all_reduce: Callable[[list[float]], list[float]] = list,
+) -> dict[str, dict[str, ValSums]]:
+    """:func:`validate` on each stage's batches (``stages``: stage → batches, in order), summed
+    over ranks by one ``all_reduce`` of every sum and image count (e.g.
+    :func:`~imgae_dx.training.distributed.all_reduce_sum`; default: this rank alone).
+
+    Returns:
+        model name → stage → :class:`ValSums`.
+    """
+    per = {s: validate(objectives, b, contexts, to_device=to_device, guard=guard_for(s))
+           for s, b in stages.items()}
+    out = {n: {s: per[s][n] for s in per} for n in objectives}
+    keys = [(n, s, k) for n in out for s in out[n] for k in sorted(out[n][s].sums)]
+    cells = [(n, s) for n in out for s in out[n]]
+    totals = all_reduce([out[n][s].sums[k] for n, s, k in keys] + [float(out[n][s].images) for n, s in cells])
+    for (n, s, k), v in zip(keys, totals[: len(keys)], strict=True):
+        out[n][s].sums[k] = v
+    for (n, s), v in zip(cells, totals[len(keys):], strict=True):
+        out[n][s].images = int(v)
+    return out

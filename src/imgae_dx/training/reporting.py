@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from imgae_dx.config import LoggingConfig
 from imgae_dx.run.records import TrainRecord, ValRecord, read_records
 from imgae_dx.training.loggers import MetricsLogger
 from imgae_dx.training.loop import ValSums
@@ -50,22 +51,27 @@ class Reporter:
 
     Args:
         run_dir: the run folder; ``enabled``: this process reports (rank 0).
-        logger_kwargs: :class:`MetricsLogger` arguments (kind, W&B project/entity/run id, config).
+        logging_cfg: the ``logging`` settings (logger kind, W&B project and entity).
+        config: the run's configuration (W&B's run config); ``wandb_run_id``: continue this run.
         live_every_s: seconds between live-plot redraws.
         replay: add the records already in ``metrics.jsonl`` to the live plot (a resumed run).
-        n_stages, epochs: for the log lines (epochs: per stage).
+        n_stages, epochs: for the log lines and bars (epochs: per stage).
+        bars: draw a progress bar per epoch.
     """
 
-    def __init__(self, run_dir: Path, *, enabled: bool, logger_kwargs: dict[str, Any],
-                 live_every_s: float, replay: bool, n_stages: int, epochs: dict[str, int]) -> None:
-        self.enabled = enabled
+    def __init__(self, run_dir: Path, logging_cfg: LoggingConfig, *, enabled: bool, config: dict[str, Any],
+                 wandb_run_id: str | None, live_every_s: float, replay: bool, n_stages: int,
+                 epochs: dict[str, int], bars: bool = False) -> None:
+        self.enabled, self.bars = enabled, bars
         self.n_stages, self.epochs = n_stages, epochs
         self.t_start = time.monotonic()
         self.logger: MetricsLogger | None = None
         self.live: Any = None
         if not enabled:
             return
-        self.logger = MetricsLogger(run_dir, **logger_kwargs)
+        self.logger = MetricsLogger(run_dir, kind=logging_cfg.logger, wandb_project=logging_cfg.wandb_project,
+                                    wandb_entity=logging_cfg.wandb_entity, config=config,
+                                    wandb_run_id=wandb_run_id)
         from imgae_dx.visualization.live import LivePlot
 
         self.live = LivePlot(run_dir / "plots" / "live.png", live_every_s)
@@ -78,6 +84,15 @@ class Reporter:
 
     def elapsed(self) -> float:
         return round(time.monotonic() - self.t_start, 2)
+
+    def epoch_bar(self, stage: str, stage_index: int, epoch: int, total: int, initial: int) -> Any:
+        """A tqdm bar over one epoch's ``total`` batches (``initial`` done), or None."""
+        if not (self.enabled and self.bars):
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, initial=initial, leave=False, dynamic_ncols=True,
+                    desc=f"{stage} [{stage_index}/{self.n_stages}] epoch {epoch + 1}/{self.epochs[stage]}")
 
     def train(self, *, step: int, stage: str, stage_index: int, epoch: int,
               means: dict[str, dict[str, float]], ips: float, lrs: dict[str, float], images_seen: int,

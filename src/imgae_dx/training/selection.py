@@ -15,7 +15,7 @@ lowest validation loss on the validation images of every stage seen so far.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import replace
 
 import numpy as np
@@ -91,11 +91,24 @@ class Selector:
     """The ``best.pt`` rule for each model (see the module docstring).
 
     ``state[name]`` is the model's :class:`Selection` (saved in every checkpoint, restored on
-    resume): ``best_loss`` measured on the selection set of ``set_stages`` stages.
+    resume): ``best_loss`` measured on the selection set of ``set_stages`` stages, and
+    ``bad_epochs``, the epoch ends of the current stage since any model last improved (early
+    stopping; the same count in every model's state).
     """
 
     def __init__(self, names: Iterable[str]) -> None:
         self.state: dict[str, Selection] = {n: Selection() for n in names}
+        self._bad_epochs = 0
+
+    @property
+    def bad_epochs(self) -> int:
+        """Epoch ends of the current stage since any model last improved."""
+        return self._bad_epochs
+
+    def _count(self, bad_epochs: int) -> None:
+        self._bad_epochs = bad_epochs
+        for name, sel in self.state.items():
+            self.state[name] = replace(sel, bad_epochs=bad_epochs)
 
     def needs_rescore(self, name: str, set_stages: int) -> bool:
         """True when ``best.pt`` exists but was measured on a smaller set than ``set_stages``."""
@@ -120,7 +133,8 @@ class Selector:
     def select(self, set_stages: int, step: int, candidates: dict[str, float],
                best_on_set: Callable[[str], float]) -> list[str]:
         """One epoch end: re-score ``best.pt`` where the selection set grew (``best_on_set(name)``
-        is its loss on the current set), then offer each candidate's loss on that set.
+        is its loss on the current set), then offer each candidate's loss on that set; counts
+        the epoch in ``bad_epochs`` when no model improved (resets it when one did).
 
         Returns:
             The models whose candidate became the new ``best.pt`` (NaN losses — an empty
@@ -129,8 +143,24 @@ class Selector:
         for name in candidates:
             if self.needs_rescore(name, set_stages):
                 self.rescored(name, best_on_set(name), set_stages)
-        return [n for n, loss in candidates.items()
-                if not math.isnan(loss) and self.offer(n, loss, set_stages, step)]
+        improved = [n for n, loss in candidates.items()
+                    if not math.isnan(loss) and self.offer(n, loss, set_stages, step)]
+        self._count(0 if improved else self._bad_epochs + 1)
+        return improved
+
+    def new_stage(self) -> None:
+        """A stage starts: early stopping counts its epochs afresh."""
+        self._count(0)
+
+    def should_stop(self, patience: int | None) -> bool:
+        """True when no model has improved for ``patience`` epochs of this stage (None: never)."""
+        return patience is not None and self.bad_epochs >= patience
+
+    def load(self, selections: Mapping[str, Selection]) -> None:
+        """Restore every model's saved :class:`Selection` (the early-stopping count: the first's)."""
+        for name, sel in selections.items():
+            self.state[name] = replace(sel)
+        self._count(next(iter(selections.values())).bad_epochs)
 
     def best_losses(self) -> dict[str, float | None]:
         return {n: s.best_loss for n, s in self.state.items()}

@@ -1,4 +1,5 @@
-"""The data side of training: per-stage datasets and caches, replay, the next stage's early start.
+"""The data side of training: the archive's index and stages, per-stage datasets and caches,
+replay, the next stage's early start.
 
 :class:`StageData` builds, for every stage, the training dataset (normal images of training
 patients; ``drop_last``, equal batch counts on every rank) and the validation dataset (normal images
@@ -22,12 +23,40 @@ background thread (:class:`StageWarmup`), so the stage switch does not wait on t
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from imgae_dx.config import Config
+from imgae_dx.training.selection import ValidationPool, collect
+
+log = logging.getLogger(__name__)
+
+def open_stages(cfg: Config, archive: Any = None, *, quiet: bool = False) -> tuple[Any, Any, list[str]]:
+    """``(archive, index, stages)``: the archive (opened from ``cfg.source`` unless given; closed
+    again on an error), its dataset index (``cfg.data.dataset``, detected when omitted; ``quiet``:
+    no log lines, as on ranks other than 0) and the stages ``cfg.stages`` names, in training order.
+
+    Raises:
+        UserError: the source cannot be opened or indexed, or a stage it does not hold is named.
+    """
+    from imgae_dx.data.datasets import open_dataset
+
+    opened = archive is None
+    if opened:
+        from imgae_dx.streaming.sources import open_archive
+
+        archive = open_archive(cfg.source, cfg.data)
+    try:
+        index = open_dataset(archive, cfg.data, cfg.seed, quiet=quiet)
+        return archive, index, list(index.resolve_stages(cfg.stages))
+    except BaseException:
+        if opened:
+            with contextlib.suppress(Exception):
+                archive.close()
+        raise
 
 
 class StageWarmup:
@@ -92,7 +121,8 @@ class StageData:
             raise ConfigError(f"training.replay: {t.replay} revisits earlier stages' decoded images, "
                               f"which only data.cache: persistent keeps (now {d.cache!r}); set "
                               "data.cache: persistent or training.replay: none")
-        self.world_size = world_size
+        self.rank, self.world_size, self.batch_size = rank, world_size, t.batch_size
+        self.val_max_images = t.val_max_images
         self.memory = MemoryManager(d.memory_budget_mb)
         self.shared = (make_cache(d, run_dir / "cache", archive=archive, rank=rank)
                        if d.cache == "persistent" else None)
@@ -122,6 +152,14 @@ class StageData:
         """The training dataset of ``stage``'s ``epoch``: the stream, or (replay, epochs ≥ 1) the
         replay over the cached stages so far."""
         return self.replay[stage] if epoch > 0 and stage in self.replay else self.train[stage]
+
+    def warn_if_empty(self, stage: str) -> None:
+        """Log (rank 0) that ``stage`` yields no full training batch, so it trains nothing."""
+        if self.first_epoch_batches[stage] == 0 and self.rank == 0:
+            log.warning("stage %s yields no full training batch (%d training images for %d "
+                        "process(es), batch size %d): it trains nothing; lower --batch-size or "
+                        "widen the split (data.view all)", stage,
+                        len(getattr(self.train[stage], "members", ())), self.world_size, self.batch_size)
 
     def batches_in(self, stage: str, epoch: int) -> int:
         """Batches every rank yields in ``stage``'s ``epoch``."""
@@ -189,6 +227,16 @@ class StageData:
         ds.set_epoch(-1)  # switching epochs resets the position: a cut-short pass starts over
         ds.set_epoch(0)
         return (b.images for b in ds.batches())
+
+    def fill_pool(self, pool: ValidationPool, upto: int, *, release_earlier: bool = False) -> None:
+        """Add to ``pool`` the validation images (``training.val_max_images`` at most per stage)
+        of the stages ``0..upto`` it lacks; with ``release_earlier``, a stage before ``upto``
+        streamed for it (a resumed run: that stage is done) is released right after."""
+        for k, stage in enumerate(self.stages[: upto + 1]):
+            if stage not in pool:
+                pool.add(stage, collect(self.val_batches(stage), self.val_max_images))
+                if release_earlier and k < upto:
+                    self.release(stage)
 
     def release(self, stage: str) -> None:
         """Free the stage's cache (a per-stage one; the persistent cache is published and kept)

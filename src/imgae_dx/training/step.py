@@ -21,14 +21,19 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from imgae_dx.errors import CheckpointError, StepMemoryError
 from imgae_dx.models.objectives import Objective, StepContext, scalar_floats
+from imgae_dx.training import distributed as dist_utils
 from imgae_dx.training.precision import Precision
+
+if TYPE_CHECKING:
+    from imgae_dx.config import Config
+    from imgae_dx.training.runtime import Runtime
 
 
 def lr_factor(step: int, total_steps: int, warmup: int, kind: str) -> float:
@@ -160,3 +165,40 @@ def memory_guard(describe: Callable[[bool], str]) -> Iterator[None]:
         if not gpu and "can't allocate memory" not in str(e):  # the CPU allocator's words
             raise
         raise StepMemoryError(describe(gpu)) from e
+
+
+def build_steps(cfg: Config, names: list[str], runtime: Runtime,
+                precision: Precision) -> tuple[dict[str, nn.Module], dict[str, TrainStep]]:
+    """Every named model (from its ``model.NAME`` settings, on the runtime's device, rank 0's
+    weights on every rank) and its :class:`TrainStep`: the model's objective, gradient
+    all-reduce under DDP, and a noise generator of its own seeded from the run's seed, the model's
+    place in ``names`` and the rank. Returns ``(models, steps)``."""
+    from imgae_dx.models import create_model, create_objective
+
+    t = cfg.training
+    models: dict[str, nn.Module] = {}
+    steps: dict[str, TrainStep] = {}
+    sync = dist_utils.all_reduce_grads if runtime.dist.distributed else None
+    for i, name in enumerate(names):
+        model = runtime.place(create_model(name, image_size=cfg.data.image_size, cfg=getattr(cfg.model, name)))
+        obj = create_objective(name, model, getattr(cfg.model, name))
+        if t.compile:
+            obj.compile()  # in place: state_dict keys are unchanged
+        gen = runtime.generator(cfg.seed * 1000 + 17 * (i + 1) + 7919 * runtime.dist.rank)
+        models[name] = model
+        steps[name] = TrainStep(obj, precision, grad_clip=t.grad_clip, generator=gen, grad_sync=sync)
+    return models, steps
+
+
+def out_of_memory_message(gpu: bool, where: str, step: int, stage: str, x: Tensor, cfg: Config,
+                          last_saved_step: int | None) -> str:
+    """What a :class:`StepMemoryError` says: where memory ran out (``where``: e.g. ``ae's train
+    step``), on which batch ``x`` (B×1×H×W), the sizes to lower, and whether a checkpoint is
+    there to resume from (``last_saved_step``; None: none was written)."""
+    t, d = cfg.training, cfg.data
+    kept = (f"the last checkpoint (step {last_saved_step}) is intact: free memory and rerun with "
+            "--resume to continue from it" if last_saved_step is not None else "no checkpoint was written yet")
+    return (f"{'GPU' if gpu else 'host'} memory ran out in {where} at step {step} ({stage}, a batch of "
+            f"{int(x.shape[0])} at {int(x.shape[-1])}²). Lower --batch-size (training.batch_size, now "
+            f"{t.batch_size}) or --image-size (data.image_size, now {d.image_size}) and start a new run: "
+            f"they define the run, so --resume refuses them; {kept}.")
