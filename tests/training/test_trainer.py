@@ -379,7 +379,7 @@ def test_pca_baseline_is_fitted_after_the_deep_models_and_evaluated(train_archiv
     assert {s: m.tolist() for s, m in subset.items()} == {
         s: m.tolist() for s, m in training_subset(cfg, tr.index, ["images_001", "images_002"]).items()}
     m = evaluate_run(out)
-    assert set(m["models"]) == {"ae", "pca"} and 0 <= m["models"]["pca"]["auroc"] <= 1
+    assert set(m.models) == {"ae", "pca"} and 0 <= m.models["pca"].auroc <= 1
 
 
 @pytest.mark.slow

@@ -26,7 +26,6 @@ written stay, complete).
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections.abc import Callable
@@ -34,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from imgae_dx.data.decode import Resize
+from imgae_dx.errors import RunFolderError
+from imgae_dx.evaluation.results import Evaluation, read_evaluation
 from imgae_dx.inference.bundle_format import (
     BUNDLE_FORMAT,
     CALIBRATION_NAME,
@@ -90,10 +91,10 @@ def prepare_bundle_dir(out: Path) -> None:
 
 
 def _source(m: LoadedModel) -> Any:
-    ref = m.info.get("archive")
+    ref = m.archive
     if ref is not None:
         return source_identity(ref.identity, size=ref.size, version=ref.version)
-    return source_identity(str(m.info.get("source") or "unknown"))
+    return source_identity(m.source or "unknown")
 
 
 def _write_weights(model: Any, path: Path) -> tuple[int, int]:
@@ -108,7 +109,7 @@ def _write_weights(model: Any, path: Path) -> tuple[int, int]:
     return sum(v.numel() for v in state.values()), path.stat().st_size
 
 
-def _write_model(m: LoadedModel, tmp: Path, onnx: bool, metrics: Any) -> BundleConfig:
+def _write_model(m: LoadedModel, tmp: Path, onnx: bool, metrics: Evaluation | None) -> BundleConfig:
     """One model's folder (``tmp``): weights, ONNX, calibration, card, config — config last."""
     from imgae_dx import __version__
     from imgae_dx.inference.model_card import model_card
@@ -120,14 +121,13 @@ def _write_model(m: LoadedModel, tmp: Path, onnx: bool, metrics: Any) -> BundleC
         from imgae_dx.inference.onnx_export import export_onnx
 
         onnx_info = OnnxInfo(**export_onnx(m.model, tmp / ONNX_NAME, m.image_size))
-    info = m.info
     cfg = BundleConfig(
         format=BUNDLE_FORMAT, model=m.name, image_size=m.image_size,
         architecture=m.model.cfg.model_dump(mode="json"),
         anomaly=m.model.cfg.anomaly.model_dump(mode="json"),
         score_direction=SCORE_DIRECTION, preprocessing=preprocessing(m.resize),
-        checkpoint=CheckpointFacts(**{k: info.get(k) for k in CheckpointFacts.model_fields}),
-        source=_source(m), view=info.get("view") or "all", seed=info.get("seed"),
+        checkpoint=CheckpointFacts.of(m.checkpoint),
+        source=_source(m), view=m.view or "all", seed=m.seed,
         package_version=__version__,
         weights=WeightsInfo(file=WEIGHTS_NAME, sha256=file_sha256(tmp / WEIGHTS_NAME), values=values,
                             bytes=size),
@@ -160,11 +160,12 @@ def export_run(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, 
                 raise BundleError(f"{m.name} cannot be exported to ONNX: {why}; export without --onnx "
                                   f"(or pick another model with --model-name)")
     prepare_bundle_dir(out)
-    metrics_path = run_dir / "eval" / "metrics.json"
     try:
-        metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else None
-    except (OSError, json.JSONDecodeError):
+        metrics = read_evaluation(run_dir / "eval")
+    except RunFolderError as e:  # the bundle does not need it: the card says "not evaluated"
         metrics = None
+        if notify:
+            notify(f"{e}: the model cards say the run was not evaluated")
     written: dict[str, Path] = {}
     for m in models:
         folder = out / m.name

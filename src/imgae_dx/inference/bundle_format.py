@@ -42,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from imgae_dx.inference.errors import BundleError, CalibrationError
 from imgae_dx.run.calibration import Calibration, model_scoring
+from imgae_dx.run.checkpoint import CheckpointSummary
 
 BUNDLE_FORMAT = "imgae_dx.bundle/2"
 CONFIG_NAME = "config.json"
@@ -84,7 +85,8 @@ class Preprocessing(_Strict):
 
 
 class CheckpointFacts(_Strict):
-    """Which training state the weights are (from the run's checkpoint)."""
+    """Which training state the weights are: the bundle's form of a
+    :class:`~imgae_dx.run.checkpoint.CheckpointSummary` (:meth:`of`, :meth:`summary`)."""
 
     checkpoint: str = Field(description="the checkpoint file, relative to the run folder")
     step: int = Field(ge=0, description="optimisation steps done")
@@ -96,6 +98,18 @@ class CheckpointFacts(_Strict):
     precision: str | None = None
     package_version: str | None = Field(None, description="imgae-dx version that trained them")
     fingerprint: str | None = Field(None, description="SHA-256 of the run-defining configuration")
+
+    @classmethod
+    def of(cls, s: CheckpointSummary) -> CheckpointFacts:
+        return cls(checkpoint=s.file, step=s.step, stage=s.stage, stage_k=s.stage_k, stages=list(s.stages),
+                   images_seen=s.images_seen, val_loss=s.val_loss, precision=s.precision,
+                   package_version=s.package_version, fingerprint=s.fingerprint)
+
+    def summary(self) -> CheckpointSummary:
+        return CheckpointSummary(file=self.checkpoint, step=self.step, stage=self.stage, stage_k=self.stage_k,
+                                 stages=list(self.stages), images_seen=self.images_seen,
+                                 val_loss=self.val_loss, precision=self.precision,
+                                 package_version=self.package_version, fingerprint=self.fingerprint)
 
 
 class SourceIdentity(_Strict):

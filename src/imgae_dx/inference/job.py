@@ -201,5 +201,5 @@ def predict_to_folder(inputs: Sequence[str], predictor: Predictor, out: str | Pa
     write_gallery(out / "index.html", outcomes, thresholds=predictor.thresholds,
                   calibration_sizes={m.name: m.calibration.n for m in predictor.models},
                   specificity=predictor.specificity,
-                  origin=display_path(str(predictor.models[0].info.get("origin", ""))))
+                  origin=display_path(predictor.models[0].origin))
     return summary

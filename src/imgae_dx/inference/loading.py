@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,7 @@ from imgae_dx.inference.errors import BundleError
 from imgae_dx.inference.images import DEFAULT_RESIZE
 from imgae_dx.models import load_model
 from imgae_dx.run.calibration import Calibration, calibration_path, model_scoring
-from imgae_dx.run.checkpoint import checkpoint_file, read_checkpoint
+from imgae_dx.run.checkpoint import ArchiveRef, CheckpointSummary, checkpoint_file, read_checkpoint
 
 Notify = Callable[[str], None]
 
@@ -57,18 +57,25 @@ class LoadedModel:
         model: the ``nn.Module`` in eval mode, on its device.
         calibration: its normal validation scores.
         image_size: model resolution in pixels.
-        info: where the weights came from (checkpoint file, step, stage, stages, images_seen,
-            val_loss, precision, package_version, fingerprint; ``origin``: run folder or bundle;
-            runs also: ``source`` and ``archive`` — the training archive — ``view``, ``seed``).
+        checkpoint: which training state the weights are (file, step, stage, stages, …).
+        origin: the run folder or bundle model folder they were loaded from.
         resize: the ``data.resize`` policy the model was trained with (squash | pad | crop).
+        view, seed: the run's view cohort and seed.
+        source, archive: a run's configured source and the archive its checkpoint records (None
+            for a bundle, whose ``config.json`` holds the source's identity).
     """
 
     name: str
     model: Any
     calibration: Calibration
     image_size: int
-    info: dict[str, Any] = field(default_factory=dict)
+    checkpoint: CheckpointSummary
+    origin: str
     resize: Resize = DEFAULT_RESIZE
+    view: str | None = None
+    seed: int | None = None
+    source: str | None = None
+    archive: ArchiveRef | None = None
 
 
 def select_names(available: list[str], model_name: str, where: str) -> list[str]:
@@ -109,12 +116,6 @@ def load_run_models(run_dir: str | os.PathLike[str], model_name: str = "all", *,
         run_cfg = config_from_yaml_text(ck.config_yaml, f"{path} config") if ck.config_yaml else cfg
         model_cfg = getattr(run_cfg.model, name)
         model = load_model(name, ck.image_size, model_cfg, ck.model, str(path), device)
-        info = {"origin": str(run_dir), "checkpoint": str(path.relative_to(run_dir)), "step": ck.step,
-                "stage": ck.stage, "stage_k": ck.stage_k, "stages": list(ck.stages or []),
-                "images_seen": ck.images_seen, "val_loss": ck.val_loss, "precision": ck.precision,
-                "package_version": ck.package_version, "fingerprint": ck.fingerprint,
-                "view": run_cfg.data.view, "source": run_cfg.source, "archive": ck.archive,
-                "seed": run_cfg.seed}
         cal_file = calibration_path(run_dir, name)
         cal: Calibration | None = None
         if cal_file.is_file():
@@ -125,8 +126,10 @@ def load_run_models(run_dir: str | os.PathLike[str], model_name: str = "all", *,
                 cal = None
         else:
             stale[name] = f"{cal_file} does not exist"
-        out.append(LoadedModel(name, model, cal, ck.image_size, info,  # type: ignore[arg-type]
-                               run_cfg.data.resize))
+        out.append(LoadedModel(name, model, cal, ck.image_size,  # type: ignore[arg-type]
+                               CheckpointSummary.of(ck, str(path.relative_to(run_dir))), str(run_dir),
+                               run_cfg.data.resize, view=run_cfg.data.view, seed=run_cfg.seed,
+                               source=run_cfg.source, archive=ck.archive))
     if stale:
         from imgae_dx.inference.run_calibration import calibrate_run
 
@@ -188,8 +191,8 @@ def load_bundle_models(bundle_dir: str | os.PathLike[str], model_name: str = "al
             raise BundleError(f"{folder / WEIGHTS_NAME} is damaged ({e})") from None
         model = load_model(cfg.model, cfg.image_size, cfg.model_cfg, state, str(folder / WEIGHTS_NAME),
                            device)
-        info = {"origin": str(folder), **cfg.checkpoint.model_dump()}
-        out.append(LoadedModel(cfg.model, model, cal, cfg.image_size, info, cfg.preprocessing.resize))
+        out.append(LoadedModel(cfg.model, model, cal, cfg.image_size, cfg.checkpoint.summary(), str(folder),
+                               cfg.preprocessing.resize, view=cfg.view, seed=cfg.seed))
     return out
 
 

@@ -10,9 +10,9 @@ identity (name, size, version), never a local path.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from typing import Any
 
+from imgae_dx.evaluation.results import Evaluation
 from imgae_dx.inference.bundle_format import BundleConfig, SourceIdentity
 from imgae_dx.run.calibration import DEFAULT_SPECIFICITY, Calibration
 
@@ -51,14 +51,14 @@ def _weights(config: BundleConfig) -> str:
     return "`model.safetensors` (weights)"
 
 
-def model_card(config: BundleConfig, cal: Calibration, metrics: Mapping[str, Any] | None) -> str:
-    """The Markdown text (see the module doc)."""
+def model_card(config: BundleConfig, cal: Calibration, metrics: Evaluation | None) -> str:
+    """The Markdown text (see the module doc); ``metrics``: the run's evaluation, if any."""
     name = config.model
-    ck = config.checkpoint.model_dump()
+    ck = config.checkpoint
     an = config.anomaly
     score = f"top {an['topk_percent']:g} % mean" if an["score"] == "topk" else an["score"]
     thr = cal.threshold(DEFAULT_SPECIFICITY)
-    synthetic = bool((metrics or {}).get("synthetic_data"))
+    synthetic = bool(metrics and metrics.synthetic_data)
     lines = [
         f"# ImgAE-Dx model card: `{name}`",
         "",
@@ -82,13 +82,12 @@ def model_card(config: BundleConfig, cal: Calibration, metrics: Mapping[str, Any
         "",
         f"- Source: {_source(config.source)}" + (" (synthetic sample dataset: figures below say "
                                                   "nothing about real X-rays)" if synthetic else ""),
-        f"- Stages: {', '.join(ck.get('stages') or []) or 'n/a'}; checkpoint from stage "
-        f"`{ck.get('stage') or 'n/a'}` (K = {ck.get('stage_k') or 'n/a'})",
+        f"- Stages: {', '.join(ck.stages) or 'n/a'}; checkpoint from stage "
+        f"`{ck.stage or 'n/a'}` (K = {ck.stage_k or 'n/a'})",
         f"- Views: `{config.view}`; split: patient-disjoint train / validation / test "
         "(official `test_list.txt`)",
-        f"- Steps: {ck.get('step', 'n/a')}; images seen: {ck.get('images_seen', 'n/a')}; "
-        f"precision: {ck.get('precision', 'n/a')}",
-        f"- Validation loss (normal validation images) of these weights: {_n(ck.get('val_loss'), 5)}",
+        f"- Steps: {ck.step}; images seen: {_n(ck.images_seen)}; precision: {_n(ck.precision)}",
+        f"- Validation loss (normal validation images) of these weights: {_n(ck.val_loss, 5)}",
         "",
         "## Calibration (no test image used)",
         "",
@@ -106,28 +105,27 @@ def model_card(config: BundleConfig, cal: Calibration, metrics: Mapping[str, Any
         "## Test metrics",
         "",
     ]
-    m = ((metrics or {}).get("models") or {}).get(name)
-    if not m:
+    m = metrics.models[name] if metrics and name in metrics.models else None
+    if metrics is None or m is None:
         lines.append("Not evaluated (run `imgae-dx evaluate --run RUN_DIR` before exporting).")
     else:
-        c = (metrics or {}).get("counts") or {}
-        ci = m.get("auroc_ci") or [None, None]
+        c = metrics.counts
+        ci = m.auroc_ci
         lines += [
-            f"Held-out test patients: {c.get('images', 'n/a')} images ({c.get('normal', 'n/a')} normal, "
-            f"{c.get('abnormal', 'n/a')} abnormal), view `{(metrics or {}).get('view', '?')}`.",
+            f"Held-out test patients: {_n(c.images)} images ({_n(c.normal)} normal, "
+            f"{_n(c.abnormal)} abnormal), view `{metrics.view or '?'}`.",
             "",
             "| metric | value |",
             "|---|---|",
-            f"| AUROC [95% CI] | {_n(m.get('auroc'))} [{_n(ci[0])}, {_n(ci[1])}] |",
-            f"| AUPRC | {_n(m.get('auprc'))} |",
-            f"| FPR at 95% TPR | {_n(m.get('fpr_at_95_tpr'))} |",
-            f"| sensitivity at 90% specificity | {_n(m.get('sensitivity_at_90_specificity'))} |",
+            f"| AUROC [95% CI] | {_n(m.auroc)} [{_n(ci[0])}, {_n(ci[1])}] |",
+            f"| AUPRC | {_n(m.auprc)} |",
+            f"| FPR at 95% TPR | {_n(m.fpr_at_95_tpr)} |",
+            f"| sensitivity at 90% specificity | {_n(m.sensitivity_at_90_specificity)} |",
         ]
-        op = m.get("operating_point")
-        if op and op.get("threshold") is not None:
-            lines.append(f"| at the calibrated threshold ({op['target_specificity']:.0%} target): "
-                         f"specificity / sensitivity | {_n(op.get('specificity'))} / "
-                         f"{_n(op.get('sensitivity'))} |")
+        op = m.operating_point
+        if op is not None and op.threshold is not None:
+            lines.append(f"| at the calibrated threshold ({op.target_specificity:.0%} target): "
+                         f"specificity / sensitivity | {_n(op.specificity)} / {_n(op.sensitivity)} |")
     lines += ["", "## Files", "",
               f"{_weights(config)}, `config.json` (architecture, preprocessing, anomaly map "
               "and score, checkpoint facts), `calibration.json` (the normal validation scores)"

@@ -91,11 +91,11 @@ def calibrate_run(cfg: Any, models: Sequence[LoadedModel], *,
     Returns:
         One :class:`Calibration` per model, in order.
     """
-    stages: list[str] = sorted({s for m in models for s in m.info.get("stages", [])})
+    stages: list[str] = sorted({s for m in models for s in m.checkpoint.stages})
     images, read = validation_images(cfg, stages or cfg.stages, progress=progress)
     out = []
     for m in models:
-        src = CalibrationSource(checkpoint=m.info["checkpoint"], step=int(m.info["step"]),
+        src = CalibrationSource(checkpoint=m.checkpoint.file, step=m.checkpoint.step,
                                 stages=tuple(read), split="val", view=cfg.data.view)
         out.append(calibrate(m.model, _batches(images, cfg.training.batch_size), source=src))
     return out
