@@ -186,16 +186,31 @@ def decode_dicom(data: bytes, *, max_side: int, force: bool = False) -> np.ndarr
     raise ImageReadError(f"unsupported DICOM Photometric Interpretation {pi!r}")
 
 
-def header_fields(head: bytes, keywords: list[str] | tuple[str, ...]) -> dict[str, str]:
+def read_header(head: bytes, keywords: list[str] | tuple[str, ...]) -> dict[str, str] | None:
     """String values of the DICOM attributes ``keywords`` (e.g. ``PatientID``, ``ViewPosition``)
-    found in the first bytes of a file (its header; no pixel data needed). Attributes absent from
-    ``head``, or a head pydicom cannot parse, give nothing."""
+    found in the first bytes of a file (its header; no pixel data needed), or None when ``head``
+    is not a readable DICOM header: not DICOM by content (no ``DICM`` at byte 128 nor a leading
+    group 0002/0008 element), a header pydicom cannot parse, or one holding neither a Transfer
+    Syntax UID nor any data element. Attributes absent from ``head`` (or cut off at its end) are
+    left out; pydicom's warnings about a head cut short are silenced."""
+    import warnings
+
+    from imgae_dx.data.decode import DecodeError, sniff_format
+
     pydicom = _pydicom()
     try:
-        ds = pydicom.dcmread(io.BytesIO(head), stop_before_pixels=True, force=True,
-                             specific_tags=list(keywords))
-    except Exception:  # noqa: BLE001 - a truncated or foreign head is "no fields", whatever pydicom raises
-        return {}
+        if sniff_format(head) != "dicom":
+            return None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(io.BytesIO(head), stop_before_pixels=True, force=True)
+    except DecodeError:
+        return None
+    except Exception:  # noqa: BLE001 - a damaged head is "unreadable", whatever pydicom raises
+        return None
+    meta = getattr(ds, "file_meta", None)
+    if not ((meta is not None and "TransferSyntaxUID" in meta) or any(t.group >= 0x0008 for t in ds.keys())):
+        return None
     out: dict[str, str] = {}
     for kw in keywords:
         try:
@@ -205,3 +220,8 @@ def header_fields(head: bytes, keywords: list[str] | tuple[str, ...]) -> dict[st
         if v is not None and str(v).strip():
             out[kw] = str(v).strip()
     return out
+
+
+def header_fields(head: bytes, keywords: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """:func:`read_header`, with an unreadable head giving no fields."""
+    return read_header(head, keywords) or {}
