@@ -16,10 +16,10 @@ import cv2
 import numpy as np
 
 
-def rsna_dicom(img: np.ndarray, patient_id: str, *, view: str = "PA", age: str = "51", sex: str = "M",
-               quality: int | None = 95) -> bytes:
+def rsna_dicom(img: np.ndarray, patient_id: str, *, view: str | None = "PA", age: str = "51",
+               sex: str = "M", quality: int | None = 95) -> bytes:
     """An RSNA-style DICOM file of ``img`` (uint8 H×W); JPEG Baseline at ``quality``, or
-    uncompressed when ``quality`` is None."""
+    uncompressed when ``quality`` is None; ``view`` None leaves ViewPosition out."""
     from pydicom import config
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.encaps import encapsulate
@@ -43,10 +43,12 @@ def rsna_dicom(img: np.ndarray, patient_id: str, *, view: str = "PA", age: str =
         ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
         ds.StudyDate, ds.StudyTime = "19010101", "000000.00"
         ds.AccessionNumber, ds.Modality, ds.ConversionType = "", "CR", "WSD"
-        ds.ReferringPhysicianName, ds.SeriesDescription = "", f"view: {view}"
+        ds.ReferringPhysicianName, ds.SeriesDescription = "", f"view: {view or ''}"
         ds.PatientName, ds.PatientID, ds.PatientBirthDate = patient_id, patient_id, ""
         ds.PatientSex, ds.PatientAge = sex, age
-        ds.BodyPartExamined, ds.ViewPosition = "CHEST", view
+        ds.BodyPartExamined = "CHEST"
+        if view is not None:
+            ds.ViewPosition = view
         ds.StudyInstanceUID = generate_uid(entropy_srcs=[patient_id, "study"])
         ds.SeriesInstanceUID = generate_uid(entropy_srcs=[patient_id, "series"])
         ds.StudyID, ds.SeriesNumber, ds.InstanceNumber, ds.PatientOrientation = "", "1", "1", ""
