@@ -11,9 +11,13 @@ What happens to the stored values, in order (DICOM PS3.3 C.11):
    is refused *before* decoding with a message naming the missing plugin and its pip command;
 2. grayscale (``MONOCHROME1``/``MONOCHROME2``): the modality LUT (Rescale Slope/Intercept or a
    Modality LUT Sequence), then the first VOI transform present — a VOI LUT Sequence, else Window
-   Center/Width (LINEAR, LINEAR_EXACT or SIGMOID) — mapped to [0, 1]; with neither, min–max of
-   the values the image actually spans. ``MONOCHROME1`` (white = low values) is inverted so that,
-   as in the NIH PNGs, dense tissue is bright;
+   Center/Width (LINEAR, LINEAR_EXACT or SIGMOID) — mapped to [0, 1]. With neither, PS3.3 C.11
+   leaves the mapping to the application: **8-bit** unsigned data whose modality LUT is the
+   identity keeps its stored values (``v / 255``: the pixels an 8-bit PNG or JPEG of the same
+   image gives — RSNA's DICOMs are the NIH PNGs re-encoded, and decode to those PNGs' values);
+   anything else (12/16-bit data, rescaled values) is stretched min–max over the values the image
+   spans. ``MONOCHROME1`` (white = low values) is inverted so that, as in the NIH PNGs, dense
+   tissue is bright;
 3. colour (``RGB``, ``YBR_*`` — converted to RGB by pydicom —, ``PALETTE COLOR`` through its
    LUT) → luminance;
 4. rounded to uint8.
@@ -99,8 +103,22 @@ def _first(value: Any) -> float:
     return float(value)
 
 
+def stored_8bit(ds: Any) -> bool:
+    """Whether a grayscale dataset without VOI is shown as stored: 8 bits stored, unsigned, no
+    Modality LUT Sequence and an identity rescale (slope 1, intercept 0, or none)."""
+    try:
+        return (int(getattr(ds, "BitsStored", 8) or 8) == 8
+                and int(getattr(ds, "PixelRepresentation", 0) or 0) == 0
+                and "ModalityLUTSequence" not in ds
+                and float(getattr(ds, "RescaleSlope", 1) or 1) == 1.0
+                and float(getattr(ds, "RescaleIntercept", 0) or 0) == 0.0)
+    except (TypeError, ValueError):
+        return False
+
+
 def _gray_unit(arr: np.ndarray, ds: Any) -> np.ndarray:
-    """Modality LUT + VOI (or min–max) of a grayscale frame → float64 in [0, 1]."""
+    """Modality LUT + VOI (else stored 8-bit values, else min–max) of a grayscale frame → float64
+    in [0, 1]."""
     from pydicom.pixels import apply_modality_lut, apply_voi
 
     m = np.asarray(apply_modality_lut(arr, ds))
@@ -113,6 +131,8 @@ def _gray_unit(arr: np.ndarray, ds: Any) -> np.ndarray:
     if "WindowCenter" in ds and "WindowWidth" in ds:
         return window(x, _first(ds.WindowCenter), _first(ds.WindowWidth),
                       str(getattr(ds, "VOILUTFunction", "LINEAR") or "LINEAR"))
+    if stored_8bit(ds):
+        return x / 255.0
     lo, hi = float(x.min()), float(x.max())
     return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
 
