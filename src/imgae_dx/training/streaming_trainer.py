@@ -135,7 +135,7 @@ class StreamingTrainer:
                           dataset: str | None = None, **kwargs: Any) -> StreamingTrainer:
         """Trainer from ``configs/cloud_configs/colab.yaml`` (checkpoints on Drive), resuming by
         default (Colab runtimes disconnect). ``overrides``: dotted keys → values; ``dataset``:
-        ``data.dataset`` (``nih``, ``zhanglab``, ``folder``; None: as the config says, else detected)."""
+        ``data.dataset`` (``nih``, ``zhanglab``, ``rsna``, ``folder``; None: as the config says, else detected)."""
         over = {**(overrides or {}), **({"data.dataset": dataset} if dataset is not None else {})}
         return cls(load_config(config_path, over, profile="colab"), resume=resume, **kwargs)
 

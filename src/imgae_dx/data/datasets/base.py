@@ -217,7 +217,7 @@ class DatasetIndex:
     """An archive's images as columns (see the module doc); one subclass or builder per dataset.
 
     Args:
-        dataset: the dataset's name (``nih``, ``zhanglab``, ``folder``).
+        dataset: the dataset's name (``nih``, ``zhanglab``, ``rsna``, ``folder``).
         member, image, patient, normal, view, findings, stage_idx, role: the columns, one entry
             per image, sorted by ``member``.
         stage_names: the stages ``stage_idx`` points into, in training order.
