@@ -165,13 +165,16 @@ def test_decode_bench_jpeg_ratios_and_deltas(small_archive, tmp_path):
     assert out["meets_target"]["mean_abs_delta"] == (rows[0]["mean_abs_delta"] <= 1.5)
 
 
-def test_decode_bench_dicom_fast_path_equals_the_reader(small_archive, tmp_path):
+def test_decode_bench_dicom_fast_path_against_the_reader(small_archive, tmp_path):
     out = _json("decode_bench.py", "--format", "dicom", "--source", str(small_archive), "--jpeg-images", "3",
                 "--reps", "1", "--dicom-px", "256", "--image-size", "64", cwd=tmp_path)
     assert [r["syntax"] for r in out["rows"]] == ["JPEG Baseline", "uncompressed"]
     for r in out["rows"]:
         assert r["full_ms"] > 0 and r["fast_ms"] > 0 and len(r["ratios"]) == 1
-        assert r["mean_abs_delta"] == r["worst_image_delta"] == 0.0  # the same pixels as pydicom's
+    jpeg_row, raw_row = out["rows"]
+    assert 0 < jpeg_row["mean_abs_delta"] <= 1.5  # JPEG frames DCT-scaled (256 → 64 px at 1/4)
+    assert raw_row["mean_abs_delta"] == raw_row["worst_image_delta"] == 0.0  # the reader's pixels
+    assert out["meets_target"]["mean_abs_delta"]
 
 
 def test_resize_bench_compares_policies_per_view(tmp_path):
