@@ -160,7 +160,11 @@ class StreamingTrainer:
             from imgae_dx.streaming.sources import open_archive
 
             self._archive = open_archive(cfg.source, cfg.data)
+        if not self.is_main:  # rank 0 first: what it reads of members' heads (RSNA's views) is
+            dist_utils.barrier()  # cached on disk, and the other ranks read the cache
         self.index = open_dataset(self._archive, cfg.data, cfg.seed, quiet=not self.is_main)
+        if self.is_main:
+            dist_utils.barrier()
         if cfg.data.dataset != self.index.name:  # config.yaml holds the resolved dataset
             cfg = self.cfg = cfg.model_copy(
                 update={"data": cfg.data.model_copy(update={"dataset": self.index.name})})
