@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -182,6 +182,19 @@ def _rows(archive: Any, name: str, columns: Sequence[str]) -> tuple[dict[str, in
     return {c: header.index(c) for c in columns}, rows
 
 
+def _cell(row: list[str], i: int) -> str:
+    return row[i].strip() if len(row) > i else ""
+
+
+def _patient_rows(rows: list[tuple[int, list[str]]], col: dict[str, int],
+                  patients: dict[str, _Patient]) -> Iterator[tuple[int, list[str], _Patient]]:
+    """``(line, row, the row's patient)`` for the rows naming a patientId (patients made as met)."""
+    for line, row in rows:
+        pid = _cell(row, col["patientId"])
+        if pid:
+            yield line, row, patients.setdefault(pid, _Patient())
+
+
 def _box(row: list[str], col: dict[str, int]) -> tuple[float, float, float, float] | None:
     try:
         x, y, w, h = (float(row[col[c]]) for c in ("x", "y", "width", "height"))
@@ -208,18 +221,14 @@ def read_labels(archive: Any, top: str, facts: IndexFacts) -> dict[str, _Patient
     col, rows = _rows(archive, where, LABELS_COLUMNS)
     seen: set[tuple[str, ...]] = set()
     duplicates = 0
-    for line, row in rows:
-        pid = row[col["patientId"]].strip() if len(row) > col["patientId"] else ""
-        if not pid:
-            continue
-        p = patients.setdefault(pid, _Patient())
+    for line, row, p in _patient_rows(rows, col, patients):
         p.in_labels = True
         key = tuple(c.strip() for c in row)
         if key in seen:
             duplicates += 1
             continue
         seen.add(key)
-        target = row[col["Target"]].strip() if len(row) > col["Target"] else ""
+        target = _cell(row, col["Target"])
         if target not in ("0", "1"):
             p.bad = p.bad or f"{where}:{line}: Target {target!r} is not 0 or 1"
             continue
@@ -232,13 +241,9 @@ def read_labels(archive: Any, top: str, facts: IndexFacts) -> dict[str, _Patient
                 p.boxes.append(box)
     where = f"{top}{CLASSES_CSV}"
     col, rows = _rows(archive, where, CLASSES_COLUMNS)
-    for line, row in rows:
-        pid = row[col["patientId"]].strip() if len(row) > col["patientId"] else ""
-        if not pid:
-            continue
-        p = patients.setdefault(pid, _Patient())
+    for line, row, p in _patient_rows(rows, col, patients):
         p.in_classes = True
-        cls = row[col["class"]].strip() if len(row) > col["class"] else ""
+        cls = _cell(row, col["class"])
         if cls not in CLASSES:
             p.bad = p.bad or f"{where}:{line}: class {cls!r} is not one of {', '.join(CLASSES)}"
         else:
