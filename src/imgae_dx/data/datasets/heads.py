@@ -17,7 +17,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +42,12 @@ def sniff(head: bytes) -> str | None:
         return None
 
 
-def read_heads(archive: Any, member_ids: Sequence[int] | np.ndarray, nbytes: int, *,
-               reads: HeadReads | None = None,
-               on_progress: Callable[[int], None] | None = None) -> list[bytes]:
-    """The first ``nbytes`` uncompressed bytes of each member (fewer for shorter members), in the
-    order of ``member_ids``. A member whose head cannot be read (corrupt local header, unsupported
-    method) gives ``b""``.
+def iter_heads(archive: Any, member_ids: Sequence[int] | np.ndarray, nbytes: int, *,
+               reads: HeadReads | None = None) -> Iterator[tuple[int, bytes]]:
+    """``(position in member_ids, head)`` for every member, in archive order as the requests
+    arrive: the first ``nbytes`` uncompressed bytes of the member (fewer for a shorter one;
+    ``b""`` when its head cannot be read — corrupt local header, unsupported method). Only the
+    requests in flight are held in memory.
 
     Args:
         archive: an opened :class:`~imgae_dx.streaming.sources.Archive`.
@@ -57,7 +57,6 @@ def read_heads(archive: Any, member_ids: Sequence[int] | np.ndarray, nbytes: int
             into requests of at most ``max_request_bytes``, reading through gaps of up to
             ``gap_bridge_bytes`` (the data path's cost model: a gap that small costs less than a
             new request); ``in_flight`` requests are fetched ahead by background threads.
-        on_progress: called with the number of heads each request delivered (progress bars).
 
     Raises:
         SourceError: a range read fails after the reader's retries.
@@ -67,9 +66,8 @@ def read_heads(archive: Any, member_ids: Sequence[int] | np.ndarray, nbytes: int
 
     reads = reads or HeadReads()
     ids = np.asarray(member_ids, dtype=np.int64)
-    out: list[bytes] = [b""] * len(ids)
     if not len(ids):
-        return out
+        return
     index = archive.index
     starts, ends = index.head_spans(ids, nbytes)
     order = np.argsort(starts, kind="stable")
@@ -92,11 +90,18 @@ def read_heads(archive: Any, member_ids: Sequence[int] | np.ndarray, nbytes: int
         for (req, buf), pos in zip(fetched, positions, strict=True):
             for j in pos.tolist():
                 try:
-                    out[j] = index.extract_head(int(ids[j]), buf, req.start, nbytes)
+                    head = index.extract_head(int(ids[j]), buf, req.start, nbytes)
                 except ArchiveError:
-                    out[j] = b""
-            if on_progress is not None:
-                on_progress(len(pos))
+                    head = b""
+                yield j, head
+
+
+def read_heads(archive: Any, member_ids: Sequence[int] | np.ndarray, nbytes: int, *,
+               reads: HeadReads | None = None) -> list[bytes]:
+    """The heads of :func:`iter_heads`, in the order of ``member_ids``."""
+    out: list[bytes] = [b""] * len(member_ids)
+    for j, head in iter_heads(archive, member_ids, nbytes, reads=reads):
+        out[j] = head
     return out
 
 
@@ -136,7 +141,7 @@ def dicom_fields(archive: Any, member_ids: Sequence[int] | np.ndarray, keywords:
     """Per member the DICOM header fields ``keywords`` (:func:`imgae_dx.data.dicom.read_header`:
     None for a member whose header cannot be read), in the order of ``member_ids``.
 
-    The heads come from :func:`read_heads` (few requests, ``reads.in_flight`` ahead; a tqdm bar
+    The heads come from :func:`iter_heads` (few requests, ``reads.in_flight`` ahead; a tqdm bar
     when ``reads.progress`` and there are at least :data:`BAR_MIN_HEADS`), and what they gave is
     kept in ``reads.cache_dir`` in a JSON file keyed by the archive's identity, version and size
     (and the keywords and head length), by member name: opening the same archive again reads
@@ -156,9 +161,9 @@ def dicom_fields(archive: Any, member_ids: Sequence[int] | np.ndarray, keywords:
         t0, before = time.perf_counter(), archive.reader.stats.snapshot()
         with tqdm(total=len(todo), desc=what, unit="hdr",
                   disable=not reads.progress or len(todo) < BAR_MIN_HEADS) as bar:
-            heads = read_heads(archive, ids[todo], nbytes, reads=reads, on_progress=bar.update)
-        for k, head in zip(todo, heads, strict=True):
-            known[names[k]] = read_header(head, list(keywords))
+            for j, head in iter_heads(archive, ids[todo], nbytes, reads=reads):  # parsed as they come
+                known[names[todo[j]]] = read_header(head, list(keywords))
+                bar.update(1)
         after = archive.reader.stats.snapshot()
         if reads.progress:
             log.info("read %d %s in %d requests (%.1f MB) in %.1f s%s", len(todo), what,
