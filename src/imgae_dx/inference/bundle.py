@@ -43,8 +43,8 @@ PREPROCESSING: dict[str, Any] = {
     "color": "grayscale: RGB/RGBA/palette → luminance (OpenCV BGR2GRAY), alpha ignored; 16-bit / 257",
     "png": "imgae_dx.data.decode.decode_png (the training pipeline's decode)",
     "jpeg": "OpenCV decode → grayscale as above",
-    "dicom": "pydicom: modality LUT, then VOI LUT or window (else min–max of the image's values), "
-             "MONOCHROME1 inverted, → uint8",
+    "dicom": "pydicom: modality LUT, then VOI LUT or window (else 8-bit data as stored, deeper data "
+             "min–max of the image's values), MONOCHROME1 inverted, → uint8",
     "resize": "area averaging (cv2.INTER_AREA) to image_size × image_size; aspect ratio not kept",
     "dtype": "uint8",
     "input": "float32 = uint8 / 255, shape B × 1 × image_size × image_size",
