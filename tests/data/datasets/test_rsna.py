@@ -256,7 +256,8 @@ def test_the_sample_is_in_rsnas_layout_and_streams_exactly(rsna_sample, capsys):
     assert _skipped(ix) == {R.SKIP_TEST: 3}
     assert ix.summary()["boxes"] == len(labels) - 1 - sum(1 for ln in labels[1:] if ln.endswith(",0"))
     assert want == {"train": 26, "val": 2, "test": 15}  # pinned: the sample and the rule are seeded
-    assert main(["stream", "--source", str(rsna_sample), "--split", "all", "--image-size", "64", "--json"]) == 0
+    assert main(["stream", "--source", str(rsna_sample), "--dataset", "rsna", "--split", "all",
+                 "--image-size", "64", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     pa = DataConfig()
     with open_archive(str(rsna_sample), pa) as a:
