@@ -28,10 +28,11 @@ resized side; the shipped :data:`~imgae_dx.data.decode.JPEG_SCALE_MARGIN` is mar
     nice -n 0 python benchmarks/decode_bench.py --format jpeg \
         --source /work/shared/data/nih-real-dev/images --jpeg-images 200 --reps 3
 
-``--format dicom``: RSNA-like DICOMs (``--dicom-px``² 8-bit MONOCHROME2 without window, JPEG
-Baseline at ``--quality`` and uncompressed) made from the same radiographs (upscaled): the fast
-path of :func:`decode_image` against the pydicom reader (:func:`imgae_dx.data.dicom.decode_dicom`)
-+ ``INTER_AREA``, alternated per image as above.
+``--format dicom``: RSNA-like DICOMs (:func:`imgae_dx.testing.sample.dicom.rsna_dicom`:
+``--dicom-px``² 8-bit MONOCHROME2 without window, JPEG Baseline at ``--quality`` and uncompressed)
+made from the same radiographs (upscaled): the fast path of :func:`decode_image` (stored values;
+JPEG frames DCT-scaled at the model's scale) against the pydicom reader
+(:func:`imgae_dx.data.dicom.decode_dicom`) + ``INTER_AREA``, alternated per image as above.
 
     nice -n 0 python benchmarks/decode_bench.py --format dicom \
         --source /work/shared/data/nih-real-dev/images --jpeg-images 100 --reps 3
@@ -257,43 +258,9 @@ def ratio_table(rows: list[dict[str, Any]], first: dict[str, Any], baseline: str
 
 
 # ----------------------------------------------------------------------------- DICOM
-def _dicom_file(img: np.ndarray, quality: int | None) -> bytes:
-    """An RSNA-like DICOM: 8-bit MONOCHROME2, no window; JPEG Baseline at ``quality``, or
-    uncompressed (Explicit VR Little Endian) when ``quality`` is None."""
-    import io
-
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.encaps import encapsulate
-    from pydicom.uid import (
-        ExplicitVRLittleEndian,
-        JPEGBaseline8Bit,
-        SecondaryCaptureImageStorage,
-        generate_uid,
-    )
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian if quality is None else JPEGBaseline8Bit
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.BodyPartExamined, ds.ViewPosition = "CR", "CHEST", "PA"
-    ds.Rows, ds.Columns = img.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    if quality is None:
-        ds.PixelData = np.ascontiguousarray(img).tobytes()
-    else:
-        ds.PixelData = encapsulate([cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes()])
-        ds["PixelData"].VR = "OB"
-    out = io.BytesIO()
-    ds.save_as(out, enforce_file_format=True)
-    return out.getvalue()
-
-
 def dicom_main(args: argparse.Namespace) -> dict[str, Any]:
     from imgae_dx.data.dicom import decode_dicom
+    from imgae_dx.testing.sample.dicom import rsna_dicom
 
     if args.source is None:
         raise SystemExit("--format dicom needs --source (a folder or zip of radiograph PNGs)")
@@ -302,7 +269,7 @@ def dicom_main(args: argparse.Namespace) -> dict[str, Any]:
            for im in radiographs(args.source, args.jpeg_images)]
     rows = []
     for kind, quality in (("JPEG Baseline", args.quality), ("uncompressed", None)):
-        items = [_dicom_file(im, quality) for im in big]
+        items = [rsna_dicom(im, f"bench-{i:05d}", quality=quality) for i, im in enumerate(big)]
         r = compare(items, lambda b: decode_image(b, size),
                     lambda b: resize_image(decode_dicom(b, max_side=8192), size, "squash"), args.reps)
         rows.append({"syntax": kind, "mean_kb": round(sum(map(len, items)) / len(items) / 1024, 1), **r})

@@ -39,7 +39,7 @@ def test_override_wins_over_file(tmp_path):
         ({"data.view": "LL"}, ["data.view", "'LL'", "PA", "AP"]),
         ({"data.cahce": "memory"}, ["data.cahce", "unknown key", "cache"]),
         ({"stages": "images_1"}, ["stages", "images_1", "images_001", "part_001"]),
-        ({"data.dataset": "rsna2"}, ["data.dataset", "'rsna2'", "nih, zhanglab, folder"]),
+        ({"data.dataset": "rsna2"}, ["data.dataset", "'rsna2'", "nih, zhanglab, rsna, folder"]),
         ({"data.test_fraction": 1.0}, ["data.test_fraction", "less than 1"]),
         ({"data.images_per_stage": 0}, ["data.images_per_stage", "greater than or equal to 1"]),
         ({"training.batch_size": 0}, ["training.batch_size", "0", "greater than or equal to 1"]),

@@ -45,7 +45,7 @@ class HttpConfig(_Strict):
 
 class DataConfig(_Strict):
     dataset: str | None = Field(
-        None, description="the layout and protocol of the source: nih, zhanglab or folder "
+        None, description="the layout and protocol of the source: nih, zhanglab, rsna or folder "
         "(docs/datasets.md); null: nih when the source holds NIH's metadata, else detected from "
         "the layout. A run's config.yaml holds the resolved name")
     image_size: int = Field(128, ge=16, le=1024, description="model resolution in pixels (square)")
@@ -56,8 +56,9 @@ class DataConfig(_Strict):
         0.1, gt=0, lt=0.5, description="share of the training patients held out (patient-disjoint) as val"
     )
     test_fraction: float = Field(
-        0.2, gt=0, lt=1, description="folder dataset: seeded share of the patients without an "
-        "abnormal image held out for the test split (with every abnormal image)")
+        0.2, gt=0, lt=1, description="folder: seeded share of the patients without an abnormal "
+        "image held out for the test split (with every abnormal image); rsna: seeded share of the "
+        "patients of every class held out for the test split")
     images_per_stage: int = Field(
         2500, ge=1, description="datasets other than nih: stages part_001, part_002, … of this "
         "many training images in archive order (NIH keeps its images_NNN folders). 2500 ≈ the PA "

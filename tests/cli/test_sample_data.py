@@ -75,6 +75,20 @@ def test_sample_data_other_layouts(tmp_path: Path, capsys: pytest.CaptureFixture
     assert (tmp_path / dataset / "data.zip").is_file()
 
 
+def test_sample_data_rsna(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch) -> None:
+    import imgae_dx.testing.sample as sample
+
+    real = sample.write_rsna_archive
+    monkeypatch.setitem(sample.SAMPLE_WRITERS, "rsna", lambda *a, **kw: real(*a, **{**kw, "image_px": 64}))
+    assert main(["sample-data", str(tmp_path / "r"), "--dataset", "rsna", "--images", "24"]) == 0
+    out = capsys.readouterr().out
+    assert "24 images in 1 stages (part_001) of the rsna layout" in out
+    assert "classes: Normal " in out and "Lung Opacity " in out and " PA, " in out
+    assert "skipped 2 unlabeled images in stage_2_test_images/ (never used)" in out
+    with zipfile.ZipFile(tmp_path / "r" / "data.zip") as zf:
+        assert sum(n.startswith("stage_2_train_images/") for n in zf.namelist()) == 24
+
+
 def test_labels_csv_is_for_the_folder_layout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["sample-data", str(tmp_path), "--dataset", "zhanglab", "--labels-csv"]) == 2
     assert "--labels-csv" in capsys.readouterr().err

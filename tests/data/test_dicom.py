@@ -119,6 +119,20 @@ def test_rescale_does_not_change_min_max_and_monochrome1_is_inverted(gray, tmp_p
     assert np.abs(inverted.astype(int) - plain).max() <= 1  # white = low values, shown as NIH does
 
 
+def test_8bit_data_without_voi_keeps_its_stored_values_deeper_or_rescaled_data_is_min_max(tmp_path):
+    """8-bit data with an identity modality LUT and no VOI decodes to its stored values (as the
+    PNG it came from would), MONOCHROME1 inverted; 12-bit or rescaled data is stretched min–max."""
+    narrow = np.tile(np.arange(30, 201, dtype=np.uint8), (8, 1))  # 30 … 200
+    assert np.array_equal(_decode(make_dicom(tmp_path / "a.dcm", narrow, bits_stored=8)), narrow)
+    inv = _decode(make_dicom(tmp_path / "b.dcm", narrow, bits_stored=8, photometric="MONOCHROME1"))
+    assert np.array_equal(inv, 255 - narrow)
+    stretched = np.rint((narrow.astype(np.float64) - 30) / 170 * 255).astype(np.uint8)
+    assert np.array_equal(_decode(make_dicom(tmp_path / "c.dcm", narrow, bits_stored=8, rescale=(2.0, -10.0))),
+                          stretched)
+    deep = narrow.astype(np.uint16) * 16
+    assert np.array_equal(_decode(make_dicom(tmp_path / "d.dcm", deep, bits_stored=12)), stretched)
+
+
 def test_window_center_width_in_rescaled_units(gray, tmp_path):
     stored = gray.astype(np.uint16) * 16  # 0 … 4080
     slope, intercept, center, width = 1.0, -1000.0, 1040.0, 2000.0

@@ -1,5 +1,6 @@
-"""The DICOM fast path gives the full reader's pixels for plain 8-bit MONOCHROME2 frames (JPEG
-Baseline, uncompressed as a view) and hands every other file to the full reader."""
+"""The DICOM fast path gives the full reader's pixels (the stored values) for plain 8-bit
+MONOCHROME2 frames (JPEG Baseline, DCT-scaled at the model's scale; uncompressed as a view) and
+hands every other file to the full reader."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from pydicom.uid import (
 
 from imgae_dx.data.decode import decode_image, resize_image
 from imgae_dx.data.dicom import decode_dicom
-from imgae_dx.data.dicom_frames import decode_fast, stretch_min_max
+from imgae_dx.data.dicom_frames import decode_fast
 
 MAX = 8192
 pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR AS")  # RSNA's bare ages
@@ -64,18 +65,29 @@ def _dicom(pixels: np.ndarray, *, syntax=JPEGBaseline8Bit, preamble: bool = True
     return out.getvalue()
 
 
-@pytest.mark.parametrize("lo, hi", [(0, 255), (30, 200)])  # already full range; stretched min–max
+@pytest.mark.parametrize("lo, hi", [(0, 255), (30, 200)])  # full range; kept as stored, not stretched
 @pytest.mark.parametrize("syntax", [JPEGBaseline8Bit, ExplicitVRLittleEndian, ImplicitVRLittleEndian])
 def test_fast_path_gives_the_full_readers_pixels(syntax, lo, hi):
-    data = _dicom(_radiograph(80, 112, lo, hi), syntax=syntax)
+    px = _radiograph(80, 112, lo, hi)
+    data = _dicom(px, syntax=syntax)
     fast = decode_fast(data, max_side=MAX)
     assert fast is not None and fast.shape == (80, 112)
     assert np.array_equal(fast, decode_dicom(data, max_side=MAX))
-    assert np.array_equal(decode_image(data, 32), resize_image(fast, 32, "squash"))
+    if syntax != JPEGBaseline8Bit:
+        assert np.array_equal(fast, px)  # the stored values
+        assert np.array_equal(decode_image(data, 32), resize_image(px, 32, "squash"))
+    else:
+        assert abs(int(fast.min()) - lo) <= 3 and abs(int(fast.max()) - hi) <= 3  # not stretched
+        # at model size the frame is DCT-scaled (80 px → 40 for 32 px), as JPEG files are
+        scaled = decode_fast(data, max_side=MAX, keep_short=32)
+        assert scaled is not None and scaled.shape == (40, 56)
+        assert np.array_equal(decode_image(data, 32), resize_image(scaled, 32, "squash"))
+        full = resize_image(fast, 32, "squash").astype(int)
+        assert np.abs(decode_image(data, 32).astype(int) - full).mean() <= 1.5
 
 
-def test_uncompressed_full_range_frame_is_a_view_of_the_bytes():
-    data = _dicom(_radiograph(64, 64, 0, 255), syntax=ExplicitVRLittleEndian)
+def test_uncompressed_frame_is_a_view_of_the_bytes():
+    data = _dicom(_radiograph(64, 64, 20, 220), syntax=ExplicitVRLittleEndian)
     frame = decode_fast(data, max_side=MAX)
     assert frame is not None and np.shares_memory(frame, np.frombuffer(data, np.uint8))
 
@@ -109,12 +121,3 @@ def test_other_syntaxes_and_mismatched_frames_go_to_the_full_reader():
     assert decode_fast(bad, max_side=MAX) is None
     # oversized: the full reader refuses it with its message
     assert decode_fast(_dicom(px), max_side=32) is None
-
-
-def test_stretch_min_max_matches_float_rule():
-    rng = np.random.default_rng(1)
-    img = rng.integers(17, 203, (40, 50), dtype=np.uint8)
-    lo, hi = float(img.min()), float(img.max())
-    expect = np.rint((img.astype(np.float64) - lo) / (hi - lo) * 255.0).astype(np.uint8)
-    assert np.array_equal(stretch_min_max(img), expect)
-    assert not stretch_min_max(np.full((4, 4), 9, np.uint8)).any()

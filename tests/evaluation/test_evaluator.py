@@ -322,6 +322,30 @@ def test_a_zhanglab_run_names_dataset_protocol_and_findings(tmp_path, zhanglab_a
     assert "trained on the zhanglab dataset, not nih" in capsys.readouterr().err
 
 
+@pytest.fixture(scope="module")
+def rsna_archive(tmp_path_factory):
+    from imgae_dx.testing.sample import write_rsna_archive
+
+    return write_rsna_archive(tmp_path_factory.mktemp("rsna"), images=80, seed=2, image_px=64)
+
+
+def test_an_rsna_run_reports_both_classes_boxes_and_the_published_figures(tmp_path, rsna_archive, capsys):
+    from imgae_dx.cli import main
+
+    run = _with_split(make_run(tmp_path, rsna_archive, **{"data.dataset": "rsna"}))
+    assert main(["evaluate", "--run", str(run)]) == 0
+    assert "dataset: rsna — protocol: test on a seeded share" in capsys.readouterr().out
+    m = json.loads((run / "eval" / "metrics.json").read_text())
+    assert m["dataset"] == "rsna" and m["synthetic_data"] is True
+    assert set(m["models"]["unet"]["per_finding"]) == {"Lung Opacity", "No Lung Opacity / Not Normal"}
+    loc = m["models"]["ra"]["localisation"]
+    assert loc["n_boxes"] > 0 and set(loc["per_finding"]) == {"Lung Opacity"}
+    rows = _rows(run / "eval" / "scores.csv")
+    assert {r["view"] for r in rows} == {"PA", "AP"} and all(r["image"].endswith(".dcm") for r in rows)
+    doc = (run / "report.html").read_text()
+    assert "AE4AD" in doc and "0.729" in doc and "64 px" in doc and "CS-Flow" in doc
+
+
 def test_an_archive_that_gives_another_split_is_refused(tmp_path, small_archive):
     run = _with_split(make_run(tmp_path, small_archive))
     split = run / "split.csv"

@@ -36,3 +36,11 @@ def zhanglab_train_archive(tmp_path_factory) -> Path:
     from imgae_dx.testing.sample import write_zhanglab_archive
 
     return write_zhanglab_archive(tmp_path_factory.mktemp("zhanglab_train"), images=150, seed=0, image_px=64)
+
+
+@pytest.fixture(scope="session")
+def rsna_train_archive(tmp_path_factory) -> Path:
+    """A synthetic archive in the RSNA competition's layout: 200 JPEG-Baseline DICOMs at 64 px."""
+    from imgae_dx.testing.sample import write_rsna_archive
+
+    return write_rsna_archive(tmp_path_factory.mktemp("rsna_train"), images=200, seed=0, image_px=64)

@@ -519,27 +519,56 @@ def test_a_run_writes_its_resolved_dataset_and_split(full_run, train_archive):
 
 
 @pytest.mark.slow
-def test_a_zhanglab_run_cuts_parts_and_resumes_exactly(zhanglab_train_archive, tmp_path):
-    """ZhangLab (detected, no views: data.view is ignored) is cut into part_NNN stages; a run
-    stopped mid part_002 resumes bit-identical; a run folder whose split.csv the archive no longer
-    gives is refused on resume."""
+@pytest.mark.parametrize("layout", ["zhanglab", "rsna"])
+def test_a_cut_dataset_run_cuts_parts_evaluates_and_resumes_exactly(layout, request, tmp_path):
+    """ZhangLab (no views: data.view PA is ignored) and RSNA (views from the DICOM headers: PA
+    only) are detected and cut into part_NNN stages; the run evaluates with per-finding AUROCs
+    (and, for RSNA, localisation against its Lung Opacity boxes); a run stopped mid part_002
+    resumes bit-identical; a run folder whose split.csv the archive no longer gives is refused on
+    resume."""
+    from imgae_dx.evaluation.evaluator import evaluate_run
     from imgae_dx.run.splits import read_split_table
 
-    over = {"data.images_per_stage": 13, "data.view": "PA", "training.checkpoint_every_steps": 1000}
+    archive = request.getfixturevalue(f"{layout}_train_archive")
+    over = {"data.images_per_stage": 13, "data.view": "PA", "training.checkpoint_every_steps": 1000,
+            "evaluation.bootstrap": 20}
     kw = dict(models=["unet", "ra"])
     ref = tmp_path / "ref"
-    res = StreamingTrainer(tiny_config(zhanglab_train_archive, ref, **kw, **over)).train_progressive_stages()
-    assert res.stages == ["part_001", "part_002", "part_003"] and res.step > 0
+    res = StreamingTrainer(tiny_config(archive, ref, **kw, **over)).train_progressive_stages()
+    assert res.stages[:3] == ["part_001", "part_002", "part_003"] and res.step > 0
     cfg = yaml.safe_load((ref / "config.yaml").read_text())
-    assert cfg["data"]["dataset"] == "zhanglab" and cfg["data"]["view"] == "PA"
+    assert cfg["data"]["dataset"] == layout and cfg["data"]["view"] == "PA"
     split = read_split_table(ref)
     per = [sum(1 for s, st in zip(split.split, split.stage, strict=True) if s == "train" and st == p)
            for p in res.stages]
-    assert per[:2] == [13, 13] and 0 < per[2] <= 13  # part_NNN: images_per_stage training images
+    assert per[:-1] == [13] * (len(per) - 1) and 0 < per[-1] <= 13  # part_NNN: images_per_stage training images
     assert {"stage_1.pt", "stage_2.pt", "stage_3.pt"} <= {p.name for p in (ref / "checkpoints" / "ra").iterdir()}
+    views = {v for v, s in zip(split.view, split.split, strict=True) if s != "unused"}
+    assert views == ({""} if layout == "zhanglab" else {"PA"})
+
+    m = evaluate_run(ref)
+    test_boxes = 0
+    if layout == "rsna":
+        from imgae_dx.data.datasets import open_dataset
+        from imgae_dx.streaming.sources import open_archive
+
+        ref_cfg = tiny_config(archive, ref, **kw, **over)
+        with open_archive(str(archive), ref_cfg.data) as a:
+            boxes = open_dataset(a, ref_cfg.data, ref_cfg.seed, quiet=True).boxes
+        test_boxes = sum(len(boxes.get(im, [])) for im, s in zip(split.image, split.split, strict=True)
+                         if s == "test")
+    findings = {"zhanglab": {"bacteria", "virus"}, "rsna": {"Lung Opacity", "No Lung Opacity / Not Normal"}}
+    for name in ("unet", "ra"):
+        got = m["models"][name]
+        assert set(got["per_finding"]) == findings[layout] and 0 <= got["auroc"] <= 1
+        assert all(0 <= f["auroc"] <= 1 for f in got["per_finding"].values())
+        if layout == "rsna":  # every box of a test Lung Opacity image scored
+            loc = got["localisation"]
+            assert loc["n_boxes"] == test_boxes > 0 and set(loc["per_finding"]) == {"Lung Opacity"}
+            assert 0 <= loc["hit_rate"] <= 1
 
     out, seen = tmp_path / "run", []
-    run_cfg = tiny_config(zhanglab_train_archive, out, **kw, **over)
+    run_cfg = tiny_config(archive, out, **kw, **over)
 
     def on_batch(stage, epoch, batch):
         seen.append(stage)

@@ -65,11 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dataset", choices=list(DATASET_NAMES), default="nih",
                    help="the layout to write: nih (images_NNN stages + metadata), zhanglab "
                         "(chest_xray/{train,val,test}/{NORMAL,PNEUMONIA}/*.jpeg with Kaggle's junk "
-                        "and duplicate tree), folder (normal/ + abnormal/FINDING/, mixed PNG/JPEG)")
+                        "and duplicate tree), rsna (stage_2_train_images/*.dcm JPEG-Baseline DICOMs + "
+                        "the competition's CSVs and stray files), folder (normal/ + abnormal/FINDING/, "
+                        "mixed PNG/JPEG)")
     s.add_argument("--images-per-stage", type=int, default=300,
                    help="nih: images in each images_NNN stage (default 300)")
     s.add_argument("--stages", type=int, default=3, help="nih: number of images_NNN stages (default 3)")
-    s.add_argument("--images", type=int, default=400, help="zhanglab, folder: number of images")
+    s.add_argument("--images", type=int, default=400, help="zhanglab, rsna, folder: number of images")
     s.add_argument("--labels-csv", action="store_true",
                    help="folder: list the images in a root labels.csv (path,label,patient,view,split) "
                         "instead of normal/ and abnormal/ folders")

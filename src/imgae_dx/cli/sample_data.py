@@ -1,4 +1,4 @@
-"""``imgae-dx sample-data OUT_DIR [--dataset nih|zhanglab|folder]``: a synthetic archive
+"""``imgae-dx sample-data OUT_DIR [--dataset nih|zhanglab|rsna|folder]``: a synthetic archive
 ``OUT_DIR/data.zip`` in that dataset's layout (NIH by default), marked as synthetic."""
 
 from __future__ import annotations
@@ -13,11 +13,7 @@ def run(args: argparse.Namespace) -> int:
     from imgae_dx.data.datasets import open_dataset
     from imgae_dx.errors import UserError
     from imgae_dx.streaming.sources import open_archive
-    from imgae_dx.testing.sample import (
-        write_folder_archive,
-        write_sample_archive,
-        write_zhanglab_archive,
-    )
+    from imgae_dx.testing.sample import SAMPLE_WRITERS, write_sample_archive
 
     dataset = getattr(args, "dataset", "nih") or "nih"
     per_stage, stages, images = int(args.images_per_stage), int(args.stages), int(getattr(args, "images", 400))
@@ -31,11 +27,11 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--labels-csv writes the folder layout's labels.csv; add --dataset folder")
     t0 = time.perf_counter()
     try:
-        if dataset == "zhanglab":
-            path = write_zhanglab_archive(args.out_dir, images=images, seed=int(args.seed))
-        elif dataset == "folder":
-            path = write_folder_archive(args.out_dir, images=images, seed=int(args.seed),
-                                        labels_csv=bool(getattr(args, "labels_csv", False)))
+        if dataset == "folder":
+            path = SAMPLE_WRITERS[dataset](args.out_dir, images=images, seed=int(args.seed),
+                                           labels_csv=bool(getattr(args, "labels_csv", False)))
+        elif dataset in SAMPLE_WRITERS:
+            path = SAMPLE_WRITERS[dataset](args.out_dir, images=images, seed=int(args.seed))
         else:
             path = write_sample_archive(args.out_dir, images_per_stage=per_stage, stages=stages,
                                         seed=int(args.seed), progress=None,
@@ -53,6 +49,11 @@ def run(args: argparse.Namespace) -> int:
     if dataset == "nih":
         print(f"{s['metadata_rows']} metadata rows ({s['rows_without_member']} without an image here), "
               f"{s['boxes']} boxes; {int((index.view == 'PA').sum())} PA, {int((index.view == 'AP').sum())} AP")
+    elif dataset == "rsna":
+        found = {f: int((index.findings == f).sum()) for f in sorted(set(index.findings.tolist()) - {""})}
+        print(f"classes: Normal {s['normal']}, " + ", ".join(f"{f} {n}" for f, n in found.items())
+              + f"; {s['boxes']} boxes; {int((index.view == 'PA').sum())} PA, "
+              f"{int((index.view == 'AP').sum())} AP")
     for why, n in s["skipped"].items():
         print(f"skipped {n} {why}")
     print(f"{path.stat().st_size / 1e6:.1f} MB written in {dt:.1f} s")

@@ -10,7 +10,8 @@ and the model scores. :func:`decode_image` tells the format by content, never by
 * **DICOM** (``DICM`` at byte 128, or a file without the preamble that starts with a group 0002
   or 0008 element) → :mod:`imgae_dx.data.dicom` (Rows/Columns checked before decoding, modality
   LUT, VOI, photometric interpretation); plain 8-bit MONOCHROME2 frames, uncompressed or JPEG
-  Baseline (RSNA's), take the fast path of :mod:`imgae_dx.data.dicom_frames` (same pixels);
+  Baseline (RSNA's), take the fast path of :mod:`imgae_dx.data.dicom_frames` (the reader's stored
+  values; JPEG frames DCT-scaled like JPEG files);
 * anything else → :class:`DecodeError` naming what the bytes look like (an HTML error page, a
   ZIP, a GIF, text, …).
 
@@ -100,7 +101,7 @@ JPEG_SCALE_MARGIN = 1.0
 #: resize; the OpenCV build). The split PNG decoder is pixel-identical to libpng, so which of the
 #: two ran does not enter it. Caches are keyed by :func:`decoder_version` (this + the resize policy).
 DECODER_VERSION = (f"png-gray8-1/{png_split.SPLIT_DECODER_VERSION}/jpeg-gray-exif-dct{JPEG_SCALE_MARGIN:g}-1/"
-                   f"dicom-1-fast8-1/area-1/cv2-{cv2.__version__}")
+                   f"dicom-2-stored8-fast8-dct-1/area-1/cv2-{cv2.__version__}")
 
 
 def decoder_version(resize: Resize) -> str:
@@ -327,8 +328,9 @@ def decode_gray_any(data: bytes | memoryview, *, max_side: int = DEFAULT_MAX_SID
                     png_decoder: Decoder = "auto", image_size: int | None = None) -> np.ndarray:
     """PNG, JPEG or DICOM bytes → uint8 H×W gray (format told by content).
 
-    At full resolution, unless ``image_size`` is given: then a JPEG is decoded at the model's
-    scale — the largest DCT reduction (1/2, 1/4, 1/8) whose output keeps the short side at least
+    At full resolution, unless ``image_size`` is given: then a JPEG (and the JPEG frame of a
+    DICOM on the fast path of :mod:`imgae_dx.data.dicom_frames`) is decoded at the model's scale —
+    the largest DCT reduction (1/2, 1/4, 1/8) whose output keeps the short side at least
     :data:`JPEG_SCALE_MARGIN` × ``image_size`` (:func:`imgae_dx.data.jpeg.dct_scale`), so that
     every resize policy after it is a downscale.
 
@@ -338,16 +340,14 @@ def decode_gray_any(data: bytes | memoryview, *, max_side: int = DEFAULT_MAX_SID
     kind = sniff_format(data)
     if kind == "png":
         return decode_gray(data, max_side=max_side, decoder=png_decoder)
+    keep = None if image_size is None else math.ceil(JPEG_SCALE_MARGIN * image_size)
     if kind == "jpeg":
-        if image_size is None:
-            return jpeg.decode_jpeg_gray(data, max_side=max_side)
-        keep = math.ceil(JPEG_SCALE_MARGIN * image_size)
         return jpeg.decode_jpeg_gray(data, max_side=max_side, keep_short=keep)
     from imgae_dx.data import dicom_frames  # pydicom is imported only for DICOM members
     from imgae_dx.data.dicom import decode_dicom
 
     raw = data if isinstance(data, bytes) else bytes(data)
-    fast = dicom_frames.decode_fast(raw, max_side=max_side)
+    fast = dicom_frames.decode_fast(raw, max_side=max_side, keep_short=keep)
     if fast is not None:
         return fast
     return decode_dicom(raw, max_side=max_side, force=raw[128:132] != b"DICM")

@@ -26,9 +26,13 @@ What happens to the stored values, in order (DICOM PS3.3 C.11):
    JPEG-LS, 12-bit JPEG and others through ``pylibjpeg``/``pyjpegls``/``python-gdcm``);
 2. grayscale (``MONOCHROME1``/``MONOCHROME2``): the modality LUT (Rescale Slope/Intercept or a
    Modality LUT Sequence), then the first VOI transform present — a VOI LUT Sequence, else Window
-   Center/Width (LINEAR, LINEAR_EXACT or SIGMOID) — mapped to [0, 1]; with neither, min–max of
-   the values the image actually spans. ``MONOCHROME1`` (white = low values) is inverted so that,
-   as in the NIH PNGs, dense tissue is bright;
+   Center/Width (LINEAR, LINEAR_EXACT or SIGMOID) — mapped to [0, 1]. With neither, PS3.3 C.11
+   leaves the mapping to the application: **8-bit** unsigned data whose modality LUT is the
+   identity keeps its stored values (``v / 255``: the pixels an 8-bit PNG or JPEG of the same
+   image gives — RSNA's DICOMs are the NIH PNGs re-encoded, and decode to those PNGs' values);
+   anything else (12/16-bit data, rescaled values) is stretched min–max over the values the image
+   spans. ``MONOCHROME1`` (white = low values) is inverted so that, as in the NIH PNGs, dense
+   tissue is bright;
 3. colour (``RGB``, ``YBR_*`` — converted to RGB by pydicom —, ``PALETTE COLOR`` through its
    LUT) → luminance;
 4. rounded to uint8.
@@ -159,8 +163,22 @@ def _first(value: Any) -> float:
     return float(value)
 
 
+def stored_8bit(ds: Any) -> bool:
+    """Whether a grayscale dataset without VOI is shown as stored: 8 bits stored, unsigned, no
+    Modality LUT Sequence and an identity rescale (slope 1, intercept 0, or none)."""
+    try:
+        return (int(getattr(ds, "BitsStored", 8) or 8) == 8
+                and int(getattr(ds, "PixelRepresentation", 0) or 0) == 0
+                and "ModalityLUTSequence" not in ds
+                and float(getattr(ds, "RescaleSlope", 1) or 1) == 1.0
+                and float(getattr(ds, "RescaleIntercept", 0) or 0) == 0.0)
+    except (TypeError, ValueError):
+        return False
+
+
 def _gray_unit(arr: np.ndarray, ds: Any) -> np.ndarray:
-    """Modality LUT + VOI (or min–max) of a grayscale frame → float64 in [0, 1]."""
+    """Modality LUT + VOI (else stored 8-bit values, else min–max) of a grayscale frame → float64
+    in [0, 1]."""
     from pydicom.pixels import apply_modality_lut, apply_voi
 
     m = np.asarray(apply_modality_lut(arr, ds))
@@ -173,6 +191,8 @@ def _gray_unit(arr: np.ndarray, ds: Any) -> np.ndarray:
     if "WindowCenter" in ds and "WindowWidth" in ds:
         return window(x, _first(ds.WindowCenter), _first(ds.WindowWidth),
                       str(getattr(ds, "VOILUTFunction", "LINEAR") or "LINEAR"))
+    if stored_8bit(ds):
+        return x / 255.0
     lo, hi = float(x.min()), float(x.max())
     return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
 
@@ -373,16 +393,31 @@ def _to_gray8(arr: np.ndarray, ds: Any) -> np.ndarray:
     raise ImageReadError(f"unsupported DICOM Photometric Interpretation {pi!r}")
 
 
-def header_fields(head: bytes, keywords: list[str] | tuple[str, ...]) -> dict[str, str]:
+def read_header(head: bytes, keywords: list[str] | tuple[str, ...]) -> dict[str, str] | None:
     """String values of the DICOM attributes ``keywords`` (e.g. ``PatientID``, ``ViewPosition``)
-    found in the first bytes of a file (its header; no pixel data needed). Attributes absent from
-    ``head``, or a head pydicom cannot parse, give nothing."""
+    found in the first bytes of a file (its header; no pixel data needed), or None when ``head``
+    is not a readable DICOM header: not DICOM by content (no ``DICM`` at byte 128 nor a leading
+    group 0002/0008 element), a header pydicom cannot parse, or one holding neither a Transfer
+    Syntax UID nor any data element. Attributes absent from ``head`` (or cut off at its end) are
+    left out; pydicom's warnings about a head cut short are silenced."""
+    import warnings
+
+    from imgae_dx.data.decode import DecodeError, sniff_format
+
     pydicom = _pydicom()
     try:
-        ds = pydicom.dcmread(io.BytesIO(head), stop_before_pixels=True, force=True,
-                             specific_tags=list(keywords))
-    except Exception:  # noqa: BLE001 - a truncated or foreign head is "no fields", whatever pydicom raises
-        return {}
+        if sniff_format(head) != "dicom":
+            return None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(io.BytesIO(head), stop_before_pixels=True, force=True)
+    except DecodeError:
+        return None
+    except Exception:  # noqa: BLE001 - a damaged head is "unreadable", whatever pydicom raises
+        return None
+    meta = getattr(ds, "file_meta", None)
+    if not ((meta is not None and "TransferSyntaxUID" in meta) or any(t.group >= 0x0008 for t in ds.keys())):
+        return None
     out: dict[str, str] = {}
     for kw in keywords:
         try:
@@ -392,3 +427,8 @@ def header_fields(head: bytes, keywords: list[str] | tuple[str, ...]) -> dict[st
         if v is not None and str(v).strip():
             out[kw] = str(v).strip()
     return out
+
+
+def header_fields(head: bytes, keywords: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """:func:`read_header`, with an unreadable head giving no fields."""
+    return read_header(head, keywords) or {}

@@ -65,8 +65,8 @@ def preprocessing(resize: Resize) -> Preprocessing:
         color="grayscale: RGB/RGBA/palette → luminance (OpenCV BGR2GRAY), alpha ignored; 16-bit / 257",
         png="imgae_dx.data.decode.decode_gray (the training pipeline's decode)",
         jpeg="imgae_dx.data.jpeg: libjpeg-turbo to one gray channel (the JFIF luminance)",
-        dicom="imgae_dx.data.dicom: modality LUT, then VOI LUT or window (else min–max of the "
-              "image's values), MONOCHROME1 inverted, → uint8",
+        dicom="imgae_dx.data.dicom: modality LUT, then VOI LUT or window (else 8-bit data as "
+              "stored, deeper data min–max of the image's values), MONOCHROME1 inverted, → uint8",
         orientation="EXIF orientation of JPEG files applied, as in training",
         dtype="uint8",
         input="float32 = uint8 / 255, shape B × 1 × image_size × image_size",

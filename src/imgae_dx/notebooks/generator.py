@@ -61,14 +61,14 @@ DEFAULT_PARAMETERS: tuple[NotebookParameter, ...] = (
     ),
     NotebookParameter(
         "DATASET", None,
-        'None (NIH when the source holds its metadata, else detected), "nih", "zhanglab" or "folder"; '
+        'None (NIH when the source holds its metadata, else detected), "nih", "zhanglab", "rsna" or "folder"; '
         'with SOURCE="sample" the layout of the synthetic archive (None: nih)',
     ),
     NotebookParameter("SAMPLE_DIR", "sample_data", 'where SOURCE="sample" writes data.zip'),
     NotebookParameter("SAMPLE_IMAGES_PER_STAGE", 120, "sample archive: images per images_NNN stage "
-                      "(zhanglab, folder: SAMPLE_IMAGES_PER_STAGE × SAMPLE_STAGES images)"),
+                      "(zhanglab, rsna, folder: SAMPLE_IMAGES_PER_STAGE × SAMPLE_STAGES images)"),
     NotebookParameter("SAMPLE_STAGES", 2, "sample archive: number of stages"),
-    NotebookParameter("SAMPLE_IMAGE_PX", 256, "sample archive: stored PNG size (the real data: 1024)"),
+    NotebookParameter("SAMPLE_IMAGE_PX", 256, "sample archive: stored image size (the real data: 1024)"),
     NotebookParameter("STAGES", "all", '"all" or a list such as ["images_001", "images_002"] '
                       '(other datasets: ["part_001", …])'),
     NotebookParameter("MODELS", ["unet", "ra"], "any of unet, ra, ae (trained from one stream)"),

@@ -30,14 +30,18 @@ from pathlib import Path
 from typing import Any
 
 from imgae_dx.config import Config
+from imgae_dx.training.distributed import barrier
 from imgae_dx.training.selection import ValidationPool, collect
 
 log = logging.getLogger(__name__)
 
-def open_stages(cfg: Config, archive: Any = None, *, quiet: bool = False) -> tuple[Any, Any, list[str]]:
+def open_stages(cfg: Config, archive: Any = None, *, rank: int = 0) -> tuple[Any, Any, list[str]]:
     """``(archive, index, stages)``: the archive (opened from ``cfg.source`` unless given; closed
-    again on an error), its dataset index (``cfg.data.dataset``, detected when omitted; ``quiet``:
-    no log lines, as on ranks other than 0) and the stages ``cfg.stages`` names, in training order.
+    again on an error), its dataset index (``cfg.data.dataset``, detected when omitted) and the
+    stages ``cfg.stages`` names, in training order.
+
+    Under torchrun rank 0 builds the index first and logs; the other ranks wait for it, then read
+    what it cached on disk of members' heads (RSNA's views) instead of reading them again.
 
     Raises:
         UserError: the source cannot be opened or indexed, or a stage it does not hold is named.
@@ -50,7 +54,11 @@ def open_stages(cfg: Config, archive: Any = None, *, quiet: bool = False) -> tup
 
         archive = open_archive(cfg.source, cfg.data)
     try:
-        index = open_dataset(archive, cfg.data, cfg.seed, quiet=quiet)
+        if rank != 0:
+            barrier()
+        index = open_dataset(archive, cfg.data, cfg.seed, quiet=rank != 0)
+        if rank == 0:
+            barrier()
         return archive, index, list(index.resolve_stages(cfg.stages))
     except BaseException:
         if opened:

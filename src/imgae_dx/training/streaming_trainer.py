@@ -85,7 +85,7 @@ class StreamingTrainer:
                           dataset: str | None = None, **kwargs: Any) -> StreamingTrainer:
         """Trainer from ``configs/cloud_configs/colab.yaml`` (checkpoints on Drive), resuming by
         default (Colab runtimes disconnect). ``overrides``: dotted keys → values; ``dataset``:
-        ``data.dataset`` (``nih``, ``zhanglab``, ``folder``; None: as the config says, else detected)."""
+        ``data.dataset`` (``nih``, ``zhanglab``, ``rsna``, ``folder``; None: as the config says, else detected)."""
         over = {**(overrides or {}), **({"data.dataset": dataset} if dataset is not None else {})}
         return cls(load_config(config_path, over, profile="colab"), resume=resume, **kwargs)
 
@@ -99,7 +99,7 @@ class StreamingTrainer:
         self.rt = start_runtime(t)
         self.dist, self.is_main = self.rt.dist, self.rt.is_main
         check_logger(cfg.logging.logger)  # 1. validate everything before writing anything
-        self._archive, self.index, self.stages = open_stages(cfg, self._archive, quiet=not self.is_main)
+        self._archive, self.index, self.stages = open_stages(cfg, self._archive, rank=self.dist.rank)
         if cfg.data.dataset != self.index.name:  # config.yaml holds the resolved dataset
             cfg = self.cfg = cfg.model_copy(
                 update={"data": cfg.data.model_copy(update={"dataset": self.index.name})})

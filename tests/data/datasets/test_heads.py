@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataset_helpers import dicom_bytes, image_bytes, write_zip
 
+from imgae_dx.data.datasets.base import HeadReads
 from imgae_dx.data.datasets.heads import SNIFF_BYTES, read_heads, sniff
 from imgae_dx.data.dicom import header_fields
 from imgae_dx.streaming.sources import open_archive
@@ -23,8 +24,10 @@ def test_heads_of_stored_and_deflated_members_in_few_requests(tmp_path):
             assert a.stats()["requests"] - before == 1  # small files: one request covers them
             assert [h == d[:SNIFF_BYTES] for h, d in zip(heads, files.values(), strict=True)] == [True] * len(files)
             assert [sniff(h) for h in heads] == ["png"] * 20 + ["jpeg", None, "dicom"]
-            split = read_heads(a, ids, 16, gap_bridge_bytes=0, max_request_bytes=1)
-            assert split == [d[:16] for d in files.values()]
+            before = a.stats()["requests"]
+            split = read_heads(a, ids, 16, reads=HeadReads(gap_bridge_bytes=0, max_request_bytes=1, in_flight=3))
+            assert split == [d[:16] for d in files.values()]  # in order, whatever the thread finishing first
+            assert a.stats()["requests"] - before == len(files)
             assert read_heads(a, [], 16) == []
 
 

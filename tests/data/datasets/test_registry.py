@@ -21,16 +21,19 @@ FOLDER = {**{f"normal/{i}.png": image_bytes("png", i) for i in range(6)}, "abnor
 
 
 def test_every_name_has_a_spec_that_says_where_it_comes_from():
-    assert DATASET_NAMES == ("nih", "zhanglab", "folder")
+    assert DATASET_NAMES == ("nih", "zhanglab", "rsna", "folder")
     for name in DATASET_NAMES:
         s = spec(name)
         assert s.name == name and s.title and s.layout and s.protocol and s.source
-    with pytest.raises(UserError, match="unknown dataset 'rsna'; choose one of nih, zhanglab, folder"):
-        spec("rsna")
+    with pytest.raises(UserError, match="unknown dataset 'chexpert'; choose one of nih, zhanglab, rsna, folder"):
+        spec("chexpert")
 
 
 def test_detection_nih_first_then_the_one_layout_that_matches(tmp_path, small_archive, caplog):
     assert detect(list(ZL)) == ["zhanglab"] and detect(list(FOLDER)) == ["folder"]
+    rsna = ["stage_2_train_labels.csv", "stage_2_detailed_class_info.csv", "stage_2_train_images/a.dcm"]
+    assert detect(rsna) == detect([f"top/{n}" for n in rsna]) == ["rsna"]
+    assert detect(rsna[:2]) == detect(rsna[1:]) == []  # labels and images both needed
     assert detect(["a.txt"]) == []
     with open_archive(str(small_archive)) as a:
         assert resolve_dataset(a, None) == "nih"
@@ -38,7 +41,7 @@ def test_detection_nih_first_then_the_one_layout_that_matches(tmp_path, small_ar
         assert resolve_dataset(a, None) == "zhanglab"
     assert "dataset: zhanglab (detected from the layout" in caplog.text
     with open_archive(str(write_zip(tmp_path / "none.zip", {"a/b.txt": b"x"}))) as a, \
-            pytest.raises(UserError, match="matches no dataset layout .*nih: .*zhanglab: .*folder: "):
+            pytest.raises(UserError, match="matches no dataset layout .*nih: .*zhanglab: .*rsna: .*folder: "):
         resolve_dataset(a, None)
     both = write_zip(tmp_path / "both.zip", {**ZL, **FOLDER})
     with open_archive(str(both)) as a:

@@ -5,8 +5,10 @@
                    :class:`~.base.Protocol`, :class:`~.base.DatasetSpec`, stage cutting
 :mod:`.nih`        NIH ChestX-ray14 (``nih``)
 :mod:`.zhanglab`   ZhangLab pediatric pneumonia (``zhanglab``)
+:mod:`.rsna`       RSNA Pneumonia Detection Challenge (``rsna``; DICOM, a Kaggle competition)
 :mod:`.folder`     one's own ``normal/`` + ``abnormal/`` folders or ``labels.csv`` (``folder``)
-:mod:`.heads`      the first bytes of many members at once (content sniffing, DICOM headers)
+:mod:`.heads`      the first bytes of many members at once (content sniffing, DICOM headers,
+                   cached per archive version)
 :mod:`.registry`   name → :class:`~.base.DatasetSpec`, layout detection, :func:`open_dataset`
 =================  ==============================================================================
 
@@ -19,7 +21,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 #: The datasets ``data.dataset`` / ``--dataset`` accept, in the order they are tried.
-DATASET_NAMES: tuple[str, ...] = ("nih", "zhanglab", "folder")
+DATASET_NAMES: tuple[str, ...] = ("nih", "zhanglab", "rsna", "folder")
 
 if TYPE_CHECKING:
     from imgae_dx.data.datasets.base import DatasetIndex

@@ -100,10 +100,33 @@ class Protocol:
 
 
 @dataclass(frozen=True)
+class HeadReads:
+    """How a dataset reads the first bytes of many members (content sniffing, DICOM headers) and
+    where it keeps what it learnt from them: the run's request settings (``data.max_request_mb``,
+    ``gap_bridge_kb``, ``requests_in_flight``), the cache folder (``data.index_cache_dir``; None:
+    no cache) and whether this process draws progress bars (rank 0, not quiet)."""
+
+    cache_dir: str | None = None
+    max_request_bytes: int = 16 << 20
+    gap_bridge_bytes: int = 256 << 10
+    in_flight: int = 4
+    progress: bool = False
+
+    @classmethod
+    def from_config(cls, data_cfg: Any, *, progress: bool) -> HeadReads:
+        """The reads of a run's ``data`` settings."""
+        return cls(cache_dir=data_cfg.index_cache_dir,
+                   max_request_bytes=int(float(data_cfg.max_request_mb) * (1 << 20)),
+                   gap_bridge_bytes=int(float(data_cfg.gap_bridge_kb) * 1024),
+                   in_flight=int(data_cfg.requests_in_flight), progress=bool(progress))
+
+
+@dataclass(frozen=True)
 class DatasetSpec:
     """What the registry knows of a dataset: its name, where it comes from, its layout and
     protocol (one line each, for logs, errors, docs and reports), how to recognise its layout
-    from member names, and how to build its index from an opened archive."""
+    from member names, and how to build its index from an opened archive (with the run's
+    :class:`Protocol` and :class:`HeadReads`)."""
 
     name: str
     title: str
@@ -111,7 +134,7 @@ class DatasetSpec:
     layout: str
     protocol: str
     looks_like: Callable[[Sequence[str]], bool]
-    build: Callable[[Any, Protocol], DatasetIndex]
+    build: Callable[[Any, Protocol, HeadReads], DatasetIndex]
 
 
 def unit_hash(keys: np.ndarray, seed: int) -> np.ndarray:
@@ -122,6 +145,16 @@ def unit_hash(keys: np.ndarray, seed: int) -> np.ndarray:
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         z = z ^ (z >> np.uint64(31))
     return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+#: Salt of the test share's hash (the validation share uses the seed itself): independent draws.
+TEST_SALT = 0x7E57
+
+
+def held_out(keys: np.ndarray, protocol: Protocol) -> np.ndarray:
+    """Bool per patient key: in the seeded test share ``protocol.test_fraction`` (a patient's draw
+    is independent of its class and of the validation draw, and the same in any subset)."""
+    return unit_hash(keys, protocol.seed + TEST_SALT) < protocol.test_fraction
 
 
 def name_keys(names: Sequence[str]) -> np.ndarray:
@@ -184,7 +217,7 @@ class DatasetIndex:
     """An archive's images as columns (see the module doc); one subclass or builder per dataset.
 
     Args:
-        dataset: the dataset's name (``nih``, ``zhanglab``, ``folder``).
+        dataset: the dataset's name (``nih``, ``zhanglab``, ``rsna``, ``folder``).
         member, image, patient, normal, view, findings, stage_idx, role: the columns, one entry
             per image, sorted by ``member``.
         stage_names: the stages ``stage_idx`` points into, in training order.

@@ -43,12 +43,13 @@ from imgae_dx.data.datasets.base import (
     SYNTHETIC_MARKER,
     DatasetIndex,
     DatasetSpec,
+    HeadReads,
     IndexFacts,
     Protocol,
+    held_out,
     index_from_columns,
     member_names,
     name_keys,
-    unit_hash,
 )
 from imgae_dx.data.datasets.heads import SNIFF_BYTES, read_heads, sniff
 from imgae_dx.data.decode import describe_bytes
@@ -64,8 +65,6 @@ ABNORMAL_VALUES = ("1", "abnormal")
 SPLIT_VALUES = {"": None, "train": ROLE_POOL, "val": ROLE_VAL, "test": ROLE_TEST}
 #: Bytes of a DICOM's head read for its PatientID (the header precedes the pixels).
 DICOM_HEAD_BYTES = 16 << 10
-#: Salt of the test share's hash (the validation share uses the seed itself): independent draws.
-TEST_SALT = 0x7E57
 _CSV_COLUMNS = ("path", "label", "patient", "view", "split", "findings")
 
 
@@ -234,9 +233,9 @@ def _from_labels_csv(archive: Any, names: Sequence[str], csv_name: str, facts: I
 
 
 # ------------------------------------------------------------------------------------ build
-def _sniff_rows(archive: Any, rows: _Rows, facts: IndexFacts) -> list[str | None]:
+def _sniff_rows(archive: Any, rows: _Rows, facts: IndexFacts, reads: HeadReads) -> list[str | None]:
     """Keep the rows whose content is PNG / JPEG / DICOM; returns the kept rows' kinds."""
-    heads = read_heads(archive, rows.member, SNIFF_BYTES)
+    heads = read_heads(archive, rows.member, SNIFF_BYTES, reads=reads)
     kinds = [sniff(h) for h in heads]
     bad = [i for i, k in enumerate(kinds) if k is None]
     if bad:
@@ -247,7 +246,8 @@ def _sniff_rows(archive: Any, rows: _Rows, facts: IndexFacts) -> list[str | None
     return [k for k in kinds if k is not None]
 
 
-def _patients(archive: Any, rows: _Rows, kinds: list[str | None], from_csv: bool, facts: IndexFacts) -> list[str]:
+def _patients(archive: Any, rows: _Rows, kinds: list[str | None], from_csv: bool, facts: IndexFacts,
+              reads: HeadReads) -> list[str]:
     """Patient names: the CSV's, else DICOM PatientIDs, else one per file (said in a note)."""
     if from_csv and all(p is not None for p in rows.patient):
         facts.notes.append(f"patients from the patient column of {LABELS_CSV}")
@@ -256,7 +256,7 @@ def _patients(archive: Any, rows: _Rows, kinds: list[str | None], from_csv: bool
     dicoms = [i for i, k in enumerate(kinds) if k == "dicom" and not out[i]]
     from_dicom = 0
     if dicoms:
-        heads = read_heads(archive, [rows.member[i] for i in dicoms], DICOM_HEAD_BYTES)
+        heads = read_heads(archive, [rows.member[i] for i in dicoms], DICOM_HEAD_BYTES, reads=reads)
         for i, h in zip(dicoms, heads, strict=True):
             pid = header_fields(h, ["PatientID"]).get("PatientID")
             if pid:
@@ -279,7 +279,7 @@ def _roles(rows: _Rows, patients: list[str], protocol: Protocol) -> np.ndarray:
     keys = name_keys(patients)
     normal = np.asarray(rows.normal, dtype=bool)
     sick = np.isin(keys, keys[~normal])
-    held = unit_hash(keys, protocol.seed + TEST_SALT) < protocol.test_fraction
+    held = held_out(keys, protocol)
     role = np.where(sick | held, ROLE_TEST, ROLE_POOL).astype(np.int8)
     given = np.array([r is not None for r in rows.role], dtype=bool)
     if given.any():
@@ -287,8 +287,9 @@ def _roles(rows: _Rows, patients: list[str], protocol: Protocol) -> np.ndarray:
     return role
 
 
-def build(archive: Any, protocol: Protocol) -> DatasetIndex:
-    """The folder index of ``archive`` (see the module doc).
+def build(archive: Any, protocol: Protocol, reads: HeadReads | None = None) -> DatasetIndex:
+    """The folder index of ``archive`` (see the module doc); ``reads``: how the files' first bytes
+    are fetched.
 
     Raises:
         MetadataError: neither layout found, a malformed ``labels.csv``, no image, or a patient in
@@ -313,8 +314,9 @@ def build(archive: Any, protocol: Protocol) -> DatasetIndex:
         has_views, optional = False, set()
     marker = [i for i, img in enumerate(rows.image) if _parts(img)[-1] == SYNTHETIC_MARKER]
     rows.keep([i not in marker for i in range(len(rows.image))])
-    kinds = _sniff_rows(archive, rows, facts)
-    patients = _patients(archive, rows, kinds, "patient" in optional, facts)
+    reads = reads or HeadReads()
+    kinds = _sniff_rows(archive, rows, facts, reads)
+    patients = _patients(archive, rows, kinds, "patient" in optional, facts, reads)
     role = _roles(rows, patients, protocol)
     index = index_from_columns(
         "folder", np.asarray(rows.member, dtype=np.int64), rows.image, patients, np.asarray(rows.normal),

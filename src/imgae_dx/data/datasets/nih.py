@@ -40,6 +40,7 @@ from imgae_dx.data.datasets.base import (
     Box,
     DatasetIndex,
     DatasetSpec,
+    HeadReads,
     ImageRecord,
     Protocol,
 )
@@ -487,8 +488,9 @@ def looks_like(names: Sequence[str]) -> bool:
     return DATA_ENTRY_NAME in find_metadata_members(names)
 
 
-def build(archive: Any, protocol: Protocol) -> NIHIndex:
-    """The NIH index of ``archive`` with ``protocol``'s settings as the splits' defaults."""
+def build(archive: Any, protocol: Protocol, reads: HeadReads | None = None) -> NIHIndex:
+    """The NIH index of ``archive`` with ``protocol``'s settings as the splits' defaults (its
+    metadata says everything: no member's head is read, ``reads`` is not used)."""
     index = NIHIndex.from_archive(archive)
     index.protocol = protocol
     return index

@@ -17,6 +17,7 @@ from imgae_dx.data.datasets.base import (
     SYNTHETIC_MARKER,
     DatasetIndex,
     DatasetSpec,
+    HeadReads,
     Protocol,
     member_names,
 )
@@ -77,11 +78,13 @@ def has_synthetic_marker(names: list[str]) -> bool:
 
 def open_dataset(archive: Any, data_cfg: Any, seed: int, *, quiet: bool = False) -> DatasetIndex:
     """The index of ``archive`` for ``data_cfg.dataset`` (resolved as :func:`resolve_dataset`),
-    bound to the protocol of ``data_cfg`` and ``seed``. Logs (unless ``quiet``) what the build
-    skipped and decided, and that ``data.view`` is ignored by a dataset without views."""
+    bound to the protocol of ``data_cfg`` and ``seed``, members' heads read with its request
+    settings and cache folder (:class:`HeadReads`). Logs (unless ``quiet``) what the build
+    skipped and decided, and that ``data.view`` is ignored by a dataset without views; ``quiet``
+    also hides progress bars (other ranks than 0)."""
     name = resolve_dataset(archive, getattr(data_cfg, "dataset", None))
     protocol = Protocol.from_config(data_cfg, seed)
-    index = spec(name).build(archive, protocol)
+    index = spec(name).build(archive, protocol, HeadReads.from_config(data_cfg, progress=not quiet))
     index.synthetic = has_synthetic_marker(member_names(archive.index))
     if not quiet:
         for why, n in index.facts.skipped.items():

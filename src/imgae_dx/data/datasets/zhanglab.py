@@ -37,6 +37,7 @@ from imgae_dx.data.datasets.base import (
     SYNTHETIC_MARKER,
     DatasetIndex,
     DatasetSpec,
+    HeadReads,
     IndexFacts,
     Protocol,
     index_from_columns,
@@ -87,8 +88,9 @@ def looks_like(names: Sequence[str]) -> bool:
     return any(layout_key(n) is not None for n in names)
 
 
-def build(archive: Any, protocol: Protocol) -> DatasetIndex:
-    """The ZhangLab index of ``archive`` (see the module doc)."""
+def build(archive: Any, protocol: Protocol, reads: HeadReads | None = None) -> DatasetIndex:
+    """The ZhangLab index of ``archive`` (see the module doc; told by member names alone, so
+    ``reads`` is not used)."""
     names = member_names(archive.index)
     facts = IndexFacts()
     best: dict[str, tuple[int, int]] = {}  # key → (depth, member id)

@@ -401,20 +401,26 @@ def warp_matrix(angle: float, scale: float, tx: float, ty: float) -> np.ndarray:
     return np.array([[c, s, 0.5 - 0.5 * c - 0.5 * s + tx], [-s, c, 0.5 + 0.5 * s - 0.5 * c + ty]])
 
 
+def warp_box(plan: ImagePlan, box: tuple[float, float, float, float]) -> tuple[float, float, float, float] | None:
+    """A lesion box ``(x0, y0, x1, y1)`` (normalised patient frame) after the image's pose warp, as
+    ``(x, y, w, h)`` in the 1024 px frame; None when it leaves the image."""
+    M = warp_matrix(*plan.warp)
+    x0, y0, x1, y1 = box
+    pts = np.array([[x0, y0, 1], [x1, y0, 1], [x0, y1, 1], [x1, y1, 1]], float) @ M.T
+    bx0, by0 = np.clip(pts.min(0), 0.0, 1.0)
+    bx1, by1 = np.clip(pts.max(0), 0.0, 1.0)
+    if bx1 - bx0 < 1e-3 or by1 - by0 < 1e-3:
+        return None
+    return bx0 * BOX_FRAME, by0 * BOX_FRAME, (bx1 - bx0) * BOX_FRAME, (by1 - by0) * BOX_FRAME
+
+
 def final_boxes(plan: ImagePlan, rng: np.random.Generator) -> list[tuple[str, float, float, float, float]]:
     """Boxes of localised findings after the image's pose warp, in the 1024 px frame."""
-    ang, sc, tx, ty = plan.warp
-    M = warp_matrix(ang, sc, tx, ty)
     out = []
     for les in plan.lesions:
         if les.box is None or les.finding not in _BOXED or rng.random() > 0.85:
             continue
-        x0, y0, x1, y1 = les.box
-        pts = np.array([[x0, y0, 1], [x1, y0, 1], [x0, y1, 1], [x1, y1, 1]], float) @ M.T
-        bx0, by0 = np.clip(pts.min(0), 0.0, 1.0)
-        bx1, by1 = np.clip(pts.max(0), 0.0, 1.0)
-        if bx1 - bx0 < 1e-3 or by1 - by0 < 1e-3:
-            continue
-        out.append((_BBOX_LABEL.get(les.finding, les.finding), bx0 * BOX_FRAME, by0 * BOX_FRAME,
-                    (bx1 - bx0) * BOX_FRAME, (by1 - by0) * BOX_FRAME))
+        b = warp_box(plan, les.box)
+        if b is not None:
+            out.append((_BBOX_LABEL.get(les.finding, les.finding), *b))
     return out
