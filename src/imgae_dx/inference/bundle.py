@@ -87,7 +87,10 @@ def bundle_config(m: LoadedModel) -> dict[str, Any]:
         "architecture": m.model.cfg.model_dump(mode="json"),
         "anomaly": m.model.cfg.anomaly.model_dump(mode="json"),
         "score_direction": "higher = more anomalous",
-        "preprocessing": PREPROCESSING,
+        "preprocessing": {**PREPROCESSING, "normalise": {
+            **m.model.cfg.input.model_dump(mode="json"),
+            "applied_by": "the model's predict, after the input above "
+                          "(imgae_dx.models.input_norm.normalise_input)"}},
         "checkpoint": {k: m.info.get(k) for k in keys},
         "source": m.info.get("source"), "view": m.info.get("view"), "seed": m.info.get("seed"),
         "package_version": __version__,
