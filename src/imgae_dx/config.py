@@ -112,6 +112,10 @@ class AnomalyConfig(_Strict):
     foreground_threshold: float | None = Field(
         None, ge=0, description="keep the map only on the body: pixels whose 5×5 neighbourhood is "
         "all above this input value (Kascenas et al.: 0.01); null = everywhere")
+    border: float = Field(
+        0.0, ge=0, lt=0.5, description="zero the map within this share of the side from every "
+        "edge, so image borders — text markers, collimation, arms, the neck — score nothing "
+        "(0.1 at 64 px: 6 pixels); 0 = off")
     median_filter: int = Field(
         0, ge=0, description="median-filter the map with this odd kernel (Kascenas et al.: 5); 0 = off")
     ssim_window: int = Field(11, ge=3, description="SSIM Gaussian window size (odd)")

@@ -23,7 +23,9 @@ needs no download: ``G_σ(Σ_l up(‖n(e_l(x)) − n(e_l(x̂))‖²))`` over RA'
 ``e_l`` (:meth:`ReconstructionModel.embeddings`), ``n`` = unit length over channels (LPIPS's
 normalisation, without its learned heads), each level bilinearly upsampled to H×W.
 
-Post-processing, in this order (Kascenas et al.'s DAE uses the first two): ``foreground_threshold``
+Post-processing, in this order: ``border`` > 0 zeroes the map within that share of the side from
+every edge (text markers, collimation, arms and neck at the image borders score nothing);
+(Kascenas et al.'s DAE uses the next two) ``foreground_threshold``
 keeps the map on the body only (pixels whose 5×5 neighbourhood in x is entirely above the
 threshold: the mask eroded at the edges, where reconstructions err most); ``median_filter`` (odd
 kernel, reflect padding) removes isolated bright pixels; ``smoothing_sigma`` > 0 applies a Gaussian
@@ -191,6 +193,8 @@ def anomaly_map(x: Tensor, recon: Tensor, cfg: AnomalyConfig, embed: Embed | Non
         if embed is None:
             raise ValueError("saliency 'encoder' needs the model's embeddings (model.ra only)")
         m = m * encoder_saliency(x, recon, embed, cfg.saliency_sigma)
+    if cfg.border > 0:
+        m = m * border_mask(m, cfg.border)
     if cfg.foreground_threshold is not None:
         m = m * foreground_mask(x, cfg.foreground_threshold)
     if cfg.median_filter:
@@ -203,6 +207,15 @@ def foreground_mask(x: Tensor, threshold: float) -> Tensor:
     exceeds ``threshold`` (Kascenas et al.: ``avg_pool(x > t, 5) > 0.95``)."""
     inside = (x > threshold).float()
     return (F.avg_pool2d(inside, kernel_size=5, stride=1, padding=2, count_include_pad=True) > 0.95).float()
+
+
+def border_mask(m: Tensor, share: float) -> Tensor:
+    """1×1×H×W float mask of m's size: 0 within ``round(share · side)`` pixels of an edge, else 1."""
+    h, w = m.shape[-2:]
+    bh, bw = int(round(share * h)), int(round(share * w))
+    mask = torch.zeros((1, 1, h, w), device=m.device, dtype=m.dtype)
+    mask[..., bh:h - bh, bw:w - bw] = 1
+    return mask
 
 
 def median_filter(m: Tensor, k: int) -> Tensor:

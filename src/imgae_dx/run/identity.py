@@ -49,6 +49,7 @@ ADDED_KEYS: dict[str, Any] = {
     "model.unet.inference_noise_seed": 0,
     "training.min_images_per_run": 0,
     "model.pca.components": None,
+    **{f"model.{m}.anomaly.border": 0.0 for m in ("unet", "ra", "ae", "pca")},
     **{f"model.{m}.input.{k}": v for m in ("unet", "ra", "ae", "pca")
        for k, v in (("normalise", "none"), ("clahe_clip", 2.0), ("clahe_tiles", 8),
                     ("robust_percentiles", [1.0, 99.0]))},
