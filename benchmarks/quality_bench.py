@@ -17,8 +17,8 @@ Settings that need training (``--settings``):
 * ``dae`` — the same, with the U-Net as Kascenas et al.'s DAE (``configs/recipes/dae_kascenas.yaml``);
 * ``replay`` — the same, with ``training.replay: all`` (earlier stages revisited; when built).
 
-Each trained run is scored with its own configuration (``run``: what ``imgae-dx evaluate`` gives),
-then re-scored without retraining (``imgae-dx evaluate --config``) with every scoring variant of
+Each trained run is scored with its own configuration (``run``: what ``imgae-dx evaluate`` gives)
+and with it plus a border mask (``RUN_SCORINGS``), then re-scored without retraining (``imgae-dx evaluate --config``) with every scoring variant of
 ``SCORINGS`` (map × score), the one-model variants of ``MODEL_SCORINGS`` (the U-Net's
 noise-then-restore, RA's encoder saliency) and the RA authors' score. The archive is the demo's
 sample recipe with another generator seed (``--archive-seed``, default 1; synthetic) or, with
@@ -70,8 +70,15 @@ MODEL_SCORINGS: dict[str, tuple[str, dict[str, Any]]] = {
     "ssim31_encoder": ("ra", {"anomaly": {**SSIM31, "saliency": "encoder"}}),
 }
 
+#: the run's own scoring of every model with these anomaly settings on top (name → settings)
+RUN_SCORINGS: dict[str, dict[str, Any]] = {
+    "run_border05": {"border": 0.05},
+    "run_border10": {"border": 0.1},
+    "run_border15": {"border": 0.15},
+}
+
 #: every scoring's name (``--scorings`` picks some); ``run`` = the run's own configuration
-ALL_SCORINGS = ["run", *SCORINGS, *MODEL_SCORINGS, "ra_authors"]
+ALL_SCORINGS = ["run", *RUN_SCORINGS, *SCORINGS, *MODEL_SCORINGS, "ra_authors"]
 
 #: model keys outside ``anomaly`` that scoring reads, at the values that score x itself
 PLAIN_INFERENCE = {"unet": {"inference_samples": 0}, "ra": {"inference_samples": 0}}
@@ -136,6 +143,13 @@ def score_variants(out: Path, models: list[str], source: str | None = None,
         by_view[name] = {k: v for k, v in views.items() if k in keep}
 
     score("run", None, models)
+    if any(only is None or n in only for n in RUN_SCORINGS):
+        from imgae_dx.config import config_from_yaml_text
+
+        cfg = config_from_yaml_text((out / "config.yaml").read_text(), str(out / "config.yaml"))
+        for name, over in RUN_SCORINGS.items():
+            score(name, {"model": {m: {"anomaly": {**getattr(cfg.model, m).anomaly.model_dump(mode="json"),
+                                                   **over}} for m in models}}, models)
     for name, anomaly in SCORINGS.items():
         score(name, _overlay(models, anomaly), models)
     for name, (model, over) in MODEL_SCORINGS.items():
