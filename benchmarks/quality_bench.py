@@ -60,6 +60,8 @@ SCORINGS: dict[str, dict[str, Any]] = {
     "l1_rs1_mean": {"map": "l1", "score": "mean", "residual_sigma": 1.0},
     "l1_rs2_mean": {"map": "l1", "score": "mean", "residual_sigma": 2.0},
     "l1_rs4_mean": {"map": "l1", "score": "mean", "residual_sigma": 4.0},
+    "l1_border10_mean": {"map": "l1", "score": "mean", "border": 0.1},
+    "ssim_border10_mean": {"map": "ssim", "score": "mean", "border": 0.1},
 }
 
 #: scorings of one model only (name → (model, that model's overlay))
@@ -68,6 +70,11 @@ MODEL_SCORINGS: dict[str, tuple[str, dict[str, Any]]] = {
     "ssim31_restore4": ("unet", {"inference_samples": 4, "anomaly": SSIM31}),
     # RA's SSIM 31 px map × the saliency of its own encoder embeddings
     "ssim31_encoder": ("ra", {"anomaly": {**SSIM31, "saliency": "encoder"}}),
+    # the same with the default 11 px SSIM window (the demo's U-Net scoring since issue 21)
+    "ssim_restore4": ("unet", {"inference_samples": 4, "anomaly": {"map": "ssim", "score": "mean"}}),
+    "ssim_encoder": ("ra", {"anomaly": {"map": "ssim", "score": "mean", "saliency": "encoder"}}),
+    # the U-Net's l1 residual of its restorations
+    "l1_restore4": ("unet", {"inference_samples": 4, "anomaly": {"map": "l1", "score": "mean"}}),
 }
 
 #: the run's own scoring of every model with these anomaly settings on top (name → settings)
@@ -220,8 +227,8 @@ def train_and_score(setting: str, seed: int, archive: Path, out: Path, args: arg
 
 
 def rescore(kept: Path, only: set[str] | None = None, bootstrap: int = 200) -> list[dict]:
-    """Re-score every run kept by ``--keep`` under ``kept`` (its ``dev/data.zip``) with every
-    scoring; nothing is retrained."""
+    """Re-score every run kept by ``--keep`` under ``kept`` (on its ``dev/data.zip``, else on each
+    run's own source) with every scoring; nothing is retrained."""
     from imgae_dx.config import config_from_yaml_text
     from imgae_dx.run.checkpoint import checkpoint_file, read_checkpoint
 
@@ -232,7 +239,8 @@ def rescore(kept: Path, only: set[str] | None = None, bootstrap: int = 200) -> l
         print(f"re-scoring {run.name} …", file=sys.stderr, flush=True)
         val = {m: read_checkpoint(checkpoint_file(run, m), model_name=m).val_loss
                for m in cfg.models if m != "pca"}
-        auroc, by_view = score_variants(run, list(cfg.models), str(kept / "dev" / "data.zip"),
+        dev = kept / "dev" / "data.zip"  # a synthetic archive kept with the runs; else the run's source
+        auroc, by_view = score_variants(run, list(cfg.models), str(dev) if dev.is_file() else None,
                                         only=only, bootstrap=bootstrap)
         rows.append({"setting": setting, "seed": int(seed), "val_loss": val, "auroc": auroc,
                      "by_view": by_view})
@@ -377,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
                     shutil.move(str(out), keep)
                 else:
                     shutil.rmtree(out, ignore_errors=True)
-        if args.keep:
+        if args.keep and not args.archive:  # a given archive stays where it is (the runs name it)
             (Path(args.keep) / "dev").mkdir(parents=True, exist_ok=True)
             shutil.copy2(archive, Path(args.keep) / "dev" / "data.zip")
         summary = summarise(rows)
