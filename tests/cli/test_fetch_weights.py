@@ -9,6 +9,7 @@ import pytest
 
 from imgae_dx.cli import main
 from imgae_dx.models import lpips_weights as W
+from imgae_dx.utils.hashing import file_sha256
 
 
 @pytest.fixture
@@ -21,7 +22,7 @@ def files(tmp_path, monkeypatch):
     for attr, data in (("BACKBONE", b"backbone bytes"), ("HEADS", b"heads bytes")):
         w = getattr(W, attr)
         (src / w.name).write_bytes(data)
-        monkeypatch.setattr(W, attr, dataclasses.replace(w, sha256=W.sha256_of(src / w.name)))
+        monkeypatch.setattr(W, attr, dataclasses.replace(w, sha256=file_sha256(src / w.name)))
     return src
 
 

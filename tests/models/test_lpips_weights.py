@@ -16,6 +16,7 @@ from imgae_dx.models import lpips_weights as W
 from imgae_dx.models import perceptual
 from imgae_dx.models.anomaly import anomaly_map
 from imgae_dx.models.perceptual import CHANNELS, LPIPS, load_lpips
+from imgae_dx.utils.hashing import file_sha256
 
 
 @pytest.fixture
@@ -37,7 +38,7 @@ def fake(tmp_path, monkeypatch):
     torch.save(heads, src / W.HEADS.name)
     for attr in ("BACKBONE", "HEADS"):
         w = getattr(W, attr)
-        monkeypatch.setattr(W, attr, dataclasses.replace(w, sha256=W.sha256_of(src / w.name)))
+        monkeypatch.setattr(W, attr, dataclasses.replace(w, sha256=file_sha256(src / w.name)))
     yield {"src": src, "ref": ref, "heads": heads}
     perceptual._CACHE.clear()
 
@@ -106,7 +107,7 @@ def test_fetch_downloads_and_verifies(fake, server, monkeypatch):
         monkeypatch.setattr(W, attr, dataclasses.replace(w, url=f"{server}/{w.name}"))
     got = W.fetch_all()
     assert got == {w.name: W.cache_path(w) for w in (W.BACKBONE, W.HEADS)}
-    assert all(W.sha256_of(p) == w.sha256 for w, p in zip((W.BACKBONE, W.HEADS), got.values(), strict=True))
+    assert all(file_sha256(p) == w.sha256 for w, p in zip((W.BACKBONE, W.HEADS), got.values(), strict=True))
     assert isinstance(load_lpips("cpu"), LPIPS)
 
 

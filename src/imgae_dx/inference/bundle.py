@@ -19,7 +19,6 @@ from its validation split when missing). ``BUNDLE_DIR`` must be new, empty, or a
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -38,6 +37,7 @@ from imgae_dx.inference.loading import (
     load_run_models,
 )
 from imgae_dx.utils.atomic import atomic_open, atomic_write_text
+from imgae_dx.utils.hashing import file_sha256
 
 PREPROCESSING: dict[str, Any] = {
     "color": "grayscale: RGB/RGBA/palette → luminance (OpenCV BGR2GRAY), alpha ignored; 16-bit / 257",
@@ -50,14 +50,6 @@ PREPROCESSING: dict[str, Any] = {
     "input": "float32 = uint8 / 255, shape B × 1 × image_size × image_size",
     "max_side": MAX_SIDE,
 }
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def prepare_bundle_dir(out: Path) -> None:
@@ -105,7 +97,7 @@ def _write_weights(model: Any, path: Path) -> dict[str, Any]:
     save_file(state, str(tmp), metadata={"format": "pt"})
     os.chmod(tmp, 0o644)
     os.replace(tmp, path)
-    return {"file": path.name, "sha256": _sha256(path),
+    return {"file": path.name, "sha256": file_sha256(path),
             "parameters": int(sum(p.numel() for p in model.parameters())), "bytes": path.stat().st_size}
 
 

@@ -24,7 +24,6 @@ fetched raises :class:`LPIPSWeightsError`, which names the files, this layout an
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import shutil
@@ -34,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imgae_dx.errors import UserError
+from imgae_dx.utils.hashing import file_sha256
 
 
 class LPIPSWeightsError(UserError):
@@ -95,17 +95,9 @@ def find(w: WeightFile) -> Path | None:
     return p if p.is_file() else None
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def verify(w: WeightFile, path: Path) -> Path:
     """``path`` if its SHA-256 is ``w``'s; else :class:`LPIPSWeightsError` naming both digests."""
-    got = sha256_of(path)
+    got = file_sha256(path)
     if got != w.sha256:
         raise LPIPSWeightsError(
             f"{path} is not the official {w.role} file (sha256 {got[:16]}…, expected "
