@@ -27,7 +27,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,17 +119,13 @@ def missing_error(w: WeightFile, why: str) -> LPIPSWeightsError:
 
 
 def _download(url: str, dst: Path, timeout_s: float) -> None:
+    """Stream ``url`` into ``dst`` (the caller's temporary path)."""
     import requests
 
     with requests.get(url, stream=True, timeout=timeout_s) as r:
         r.raise_for_status()
-        with tempfile.NamedTemporaryFile(dir=dst.parent, prefix=f".{dst.name}.", delete=False) as f:
-            try:
-                shutil.copyfileobj(r.raw, f)
-            except BaseException:
-                os.unlink(f.name)
-                raise
-    os.replace(f.name, dst)
+        with dst.open("wb") as f:
+            shutil.copyfileobj(r.raw, f)
 
 
 def fetch(w: WeightFile, *, source_dir: Path | None = None, timeout_s: float = 30.0) -> Path:
@@ -149,8 +144,6 @@ def fetch(w: WeightFile, *, source_dir: Path | None = None, timeout_s: float = 3
         else:
             try:
                 _download(w.url, tmp, timeout_s)
-            except LPIPSWeightsError:
-                raise
             except Exception as e:  # offline, DNS, HTTP error
                 raise missing_error(w, f"{type(e).__name__}: {str(e)[:120]}") from None
         verify(w, tmp)
