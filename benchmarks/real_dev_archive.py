@@ -24,8 +24,8 @@ Output ``DIR/data.zip`` (written atomically; deterministic for a given ``--seed`
   seeded, patient-disjoint split of these images replaces them. Patients are stratified by the
   (view, class) of their first image so that each view keeps its class mix; ``--test-share``
   (default 0.4) of each stratum's patients go to test. 0.4 because the PA view has only 158
-  normals: at 0.4 it keeps ~60 PA normals in test (bootstrap 95 % CIs of ~±0.08), while the
-  training normals of both views (~250 after the validation slice) stay near the ~290 of the
+  normals: at 0.4 it keeps 63 PA normals in test (bootstrap 95 % CIs of ~±0.09), while the
+  training normals of both views (~280 after the validation slice) stay near the ~290 of the
   small real NIH check. Train on ``data.view: all`` and read the AUROC per view (the views are
   confounded with the class here).
 
