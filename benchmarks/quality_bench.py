@@ -18,9 +18,10 @@ Settings that need training (``--settings``):
 * ``replay`` — the same, with ``training.replay: all`` (earlier stages revisited; when built).
 
 Each trained run is scored with its own configuration (``run``: what ``imgae-dx evaluate`` gives)
-and with it plus a border mask (``RUN_SCORINGS``), then re-scored without retraining (``imgae-dx evaluate --config``) with every scoring variant of
-``SCORINGS`` (map × score), the one-model variants of ``MODEL_SCORINGS`` (the U-Net's
-noise-then-restore, RA's encoder saliency) and the RA authors' score. The archive is the demo's
+and with it plus a border mask (``RUN_SCORINGS``), then re-scored without retraining (``imgae-dx
+evaluate --config``) with every scoring variant of ``SCORINGS`` (map × score), the one-model
+variants of ``MODEL_SCORINGS`` (the U-Net's noise-then-restore, RA's encoder saliency) and the RA
+authors' score. The archive is the demo's
 sample recipe with another generator seed (``--archive-seed``, default 1; synthetic) or, with
 ``--archive``, a given NIH-layout archive (real radiographs: ``benchmarks/real_dev_archive.py``).
 Besides the AUROC over the whole test split, every scoring gets the AUROC per view position with a
