@@ -83,3 +83,13 @@ def test_unknown_profile():
     with pytest.raises(ConfigError, match="local, colab"):
         load_config(profile="aws")
     assert load_config(profile="colab").out.startswith("/content/drive/MyDrive/ImgAE-Dx-Checkpoints")
+
+
+def test_the_gpu_recipe_is_valid_and_builds_at_128_px():
+    from imgae_dx.config import packaged_config_path
+    from imgae_dx.models import create_model
+
+    cfg = load_config(packaged_config_path("gpu.yaml"))
+    assert cfg.data.image_size == 128 and cfg.training.min_images_per_run >= 64000
+    for name in cfg.models:
+        create_model(name, 128, cfg=getattr(cfg.model, name))

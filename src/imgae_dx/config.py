@@ -148,6 +148,10 @@ class AnomalyConfig(_Strict):
     foreground_threshold: float | None = Field(
         None, ge=0, description="keep the map only on the body: pixels whose 5×5 neighbourhood is "
         "all above this input value (Kascenas et al.: 0.01); null = everywhere")
+    border: float = Field(
+        0.0, ge=0, lt=0.5, description="zero the map within this share of the side from every "
+        "edge, so image borders — text markers, collimation, arms, the neck — score nothing "
+        "(0.1 at 64 px: 6 pixels); 0 = off")
     median_filter: int = Field(
         0, ge=0, description="median-filter the map with this odd kernel (Kascenas et al.: 5); 0 = off")
     ssim_window: int = Field(11, ge=3, description="SSIM Gaussian window size (odd)")
@@ -165,6 +169,27 @@ class AnomalyConfig(_Strict):
     def _odd_or_off(cls, v: int) -> int:
         if v and (v % 2 == 0 or v < 3):
             raise ValueError(f"must be 0 (off) or an odd kernel ≥ 3 (e.g. 5), got {v}")
+        return v
+
+
+class InputConfig(_Strict):
+    normalise: Literal["none", "equalise", "clahe", "robust"] = Field(
+        "none", description="per-image exposure normalisation of the model input, applied by the "
+        "model and its objective alike (training, PCA fit, evaluation, calibration, predict, "
+        "export): none; equalise = global histogram equalisation (256 levels); clahe = OpenCV "
+        "CLAHE (clahe_clip, clahe_tiles); robust = clamp((x − q_lo)/(q_hi − q_lo)) between the "
+        "image's robust_percentiles. The anomaly map compares the normalised image with its "
+        "reconstruction")
+    clahe_clip: float = Field(2.0, gt=0, description="normalise: clahe — OpenCV's clipLimit")
+    clahe_tiles: int = Field(8, ge=1, description="normalise: clahe — tiles per side (tileGridSize)")
+    robust_percentiles: tuple[float, float] = Field(
+        (1.0, 99.0), description="normalise: robust — the image's percentiles mapped to 0 and 1")
+
+    @field_validator("robust_percentiles")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 <= v[0] < v[1] <= 100:
+            raise ValueError(f"need 0 ≤ low < high ≤ 100, got {list(v)}")
         return v
 
 
@@ -204,6 +229,7 @@ class UNetConfig(_Strict):
     inference_noise_seed: int = Field(
         0, ge=0, description="seed of the inference_samples noise fields (drawn once per model)")
     optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=1e-4))
+    input: InputConfig = Field(default_factory=InputConfig)
     anomaly: AnomalyConfig = Field(default_factory=AnomalyConfig)
 
     @model_validator(mode="after")
@@ -233,6 +259,7 @@ class RAConfig(_Strict):
         "(the authors' scoring samples z; the noise is seeded by each image's pixels)")
     lrelu_slope: float = Field(0.2, ge=0, description="LeakyReLU negative slope (paper: 0.2)")
     optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=5e-5))
+    input: InputConfig = Field(default_factory=InputConfig)
     anomaly: AnomalyConfig = Field(default_factory=AnomalyConfig)
 
 
@@ -243,6 +270,7 @@ class AEConfig(_Strict):
     )
     lrelu_slope: float = Field(0.2, ge=0, description="LeakyReLU negative slope")
     optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=1e-3))
+    input: InputConfig = Field(default_factory=InputConfig)
     anomaly: AnomalyConfig = Field(default_factory=AnomalyConfig)
 
 
@@ -254,6 +282,11 @@ class PCAConfig(_Strict):
     explained_variance: float = Field(
         0.95, gt=0, le=1, description="k = the fewest components explaining this share of the "
         "validation normals' variance (k is chosen on validation normals only)")
+    components: int | None = Field(
+        None, ge=1, description="a fixed k (at most max_components, and at most the training "
+        "images): the yardstick then does not depend on the validation images; null = the "
+        "explained_variance rule")
+    input: InputConfig = Field(default_factory=InputConfig)
     anomaly: AnomalyConfig = Field(default_factory=AnomalyConfig)
 
 

@@ -293,3 +293,84 @@ def test_header_scan_bench_reads_every_header_once_then_the_cache(tmp_path):
         assert out[case]["images"] == 30 and out[case]["views"] == ["AP", "PA"]
     assert out["bridged"]["requests"] < out["per_member"]["requests"]  # small members: one request
     assert out["cached"]["requests"] == 0  # the CSVs come from the reader's tail bytes, the views from the cache
+
+
+def _fake_real_dev(folder: Path) -> str:
+    """A folder shaped like shared/data/nih-real-dev (made-up pixels and rows, real formats):
+    images/*.png at NIH names, images.csv, the v2020 Data_Entry and the BBox list, gzipped.
+    Returns the name of the one image whose row lies in images_002."""
+    import csv
+    import gzip
+
+    import cv2
+
+    (folder / "images").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    rows, images = [], []
+    for pid in range(1, 41):  # 40 patients, 2 images each; stage boundaries: row 4,999 and 14,999
+        for follow in range(2):
+            rows.append([f"{pid:08d}_{follow:03d}.png", "No Finding", follow, pid, 40, "M", "PA"])
+    rows += [[f"{9000 + i:08d}_000.png", "No Finding", 0, 9000 + i, 40, "F", "AP"] for i in range(5000)]
+    rows.sort(key=lambda r: r[0])
+    for i, (name, _, follow, pid, *_rest) in enumerate(rows[:80]):
+        sick = pid % 2 == 0
+        view = "AP" if pid % 4 < 2 else "PA"
+        rows[i] = [name, "Pneumonia" if sick else "No Finding", follow, pid, 40, "M", view]
+        cv2.imwrite(str(folder / "images" / name), rng.integers(0, 255, (32, 32), dtype=np.uint8))
+        images.append([name, "pneumonia" if sick else "normal", rows[i][1], view, pid, follow, 40, "M"])
+    moved = rows.pop(5)  # one image of the set belongs to images_002: after the first 4,999 rows
+    rows.insert(5200, moved)
+    with (folder / "images.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "class", "finding_labels", "view", "patient_id", "follow_up", "age", "sex"])
+        w.writerows(images)
+    head = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
+            "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]\n")
+    body = "".join(",".join(map(str, r)) + ",2500,2048,0.14300000000000002,0.14300000000000002\n" for r in rows)
+    (folder / "Data_Entry_2017_v2020.csv.gz").write_bytes(gzip.compress((head + body).encode()))
+    (folder / "BBox_List_2017.csv.gz").write_bytes(gzip.compress(
+        b"Image Index,Finding Label,Bbox [x,y,w,h],,,\n00000002_000.png,Infiltrate,1.0,2.0,3.0,4.0\n"))
+    return moved[0]
+
+
+def test_real_dev_archive_is_an_nih_archive_split_by_patient(tmp_path):
+    import zipfile
+
+    from imgae_dx.data.nih_index import DATA_ENTRY_HEADER, NIHIndex
+    from imgae_dx.streaming.sources import open_archive
+
+    moved = _fake_real_dev(tmp_path / "src")
+    for one_stage in (False, True):
+        out = tmp_path / ("one" if one_stage else "stages")
+        info = _json("real_dev_archive.py", "--src", str(tmp_path / "src"), "--out", str(out),
+                     *(["--one-stage"] if one_stage else []), cwd=tmp_path)
+        assert info["images"] == 80 and sum(info["patients"].values()) == 40
+        with zipfile.ZipFile(out / "data.zip") as zf:
+            names = zf.namelist()
+            de = zf.read("Data_Entry_2017.csv").decode().splitlines()
+        assert de[0] == DATA_ENTRY_HEADER and de[1].endswith(",0.143,0.143") and len(de) == 5081
+        stage_of_moved = [n for n in names if n.endswith(moved)][0].split("/")[0]
+        assert stage_of_moved == ("images_001" if one_stage else "images_002")
+        src = open_archive(str(out / "data.zip"))
+        try:
+            index = NIHIndex.from_archive(src)  # checks the lists are patient-disjoint
+            test = index.split("all", "test", view="all")
+            labels = [index.record(int(m)) for m in test]
+            assert {r.view for r in labels} == {"AP", "PA"} and {r.label for r in labels} == {0, 1}
+            assert len(test) == sum(v for k, v in info["counts"].items() if k.startswith("test/"))
+            assert index.boxes["00000002_000.png"][0][0] == "Infiltration"  # the real box list kept
+        finally:
+            src.close()
+    bad = _run_fails("real_dev_archive.py", "--src", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x"),
+                     cwd=tmp_path)
+    assert "nih-real-dev folder" in bad
+
+
+def test_pca_input_bench_scores_every_input_and_k(small_archive, tmp_path):
+    out = _json("pca_input_bench.py", "--archive", str(small_archive), "--image-size", "32", cwd=tmp_path)
+    assert {r["normalise"] for r in out["rows"]} == {"none", "equalise", "clahe", "robust"}
+    assert len(out["rows"]) == 16 and sum(r["k_rule"] for r in out["rows"]) == 4
+    cell = out["rows"][0]["auroc"]
+    assert set(cell) == {"l1", "ssim"} and set(cell["l1"]) == {"border 0.0", "border 0.1"}
+    assert all(0 <= a <= 1 for r in out["rows"] for mp in r["auroc"].values() for b in mp.values()
+               for a in b.values())

@@ -179,3 +179,21 @@ def test_encoder_saliency_uses_ras_embeddings_and_only_ras():
         anomaly_map(x, p.reconstruction, AnomalyConfig(saliency="encoder"))
     with pytest.raises(ConfigError, match="for model.ra only"):
         load_config(None, {"model.unet.anomaly.saliency": "encoder"})
+
+
+def test_border_zeroes_the_map_near_every_edge_only():
+    x = torch.zeros(2, 1, 20, 20)
+    r = torch.full((2, 1, 20, 20), 0.5)
+    m = anomaly_map(x, r, AnomalyConfig(map="l1", border=0.1))  # 2 pixels of 20
+    assert float(m[..., :2, :].abs().sum() + m[..., -2:, :].abs().sum()) == 0
+    assert float(m[..., :, :2].abs().sum() + m[..., :, -2:].abs().sum()) == 0
+    assert torch.all(m[..., 2:18, 2:18] == 0.5)
+    # a marker in the corner no longer scores; a finding in the middle still does
+    marker, finding = r.clone(), r.clone()
+    marker[0, 0, :2, :2] = 1.0
+    finding[0, 0, 9:11, 9:11] = 1.0
+    cfg = AnomalyConfig(map="l1", border=0.1)
+    assert torch.equal(anomaly_map(x, marker, cfg), m)
+    assert float(anomaly_map(x, finding, cfg).sum()) > float(m.sum())
+    with pytest.raises(ConfigError, match="border"):
+        create_model("ae", 32, anomaly={"border": 0.5})

@@ -47,3 +47,11 @@ def test_state_round_trip_and_unfitted_model():
         m.fit(torch.rand(5, 10), torch.rand(2, 10))
     with pytest.raises(ConfigError, match="no training objective"):
         create_objective("pca", m)
+
+
+def test_a_fixed_k_ignores_the_validation_share():
+    m = create_model("pca", 32, max_components=16, components=2)
+    facts = m.fit(_low_rank(200, 1), _low_rank(50, 2))
+    assert facts["k"] == 2 and facts["explained"] < 0.95  # not the rule's 3
+    assert create_model("pca", 32, max_components=4, components=10).fit(
+        _low_rank(20, 1), _low_rank(5, 2))["k"] == 4  # at most the components fitted

@@ -1,10 +1,7 @@
 """LPIPS-SqueezeNet and the RA authors' saliency: maths and shapes on randomly initialised weights
-(no download in tests), the standard weight files' layout, and the offline fallback."""
+(no download in tests; the weight files: test_lpips_weights.py)."""
 
 from __future__ import annotations
-
-import logging
-import urllib.error
 
 import numpy as np
 import pytest
@@ -15,7 +12,7 @@ from scipy.ndimage import gaussian_filter
 from imgae_dx.config import AnomalyConfig
 from imgae_dx.models import perceptual
 from imgae_dx.models.anomaly import anomaly_map, clahe_equalise
-from imgae_dx.models.perceptual import CHANNELS, LPIPS, load_lpips
+from imgae_dx.models.perceptual import CHANNELS, LPIPS
 
 
 @pytest.fixture(autouse=True)
@@ -76,44 +73,3 @@ def test_saliency_is_the_authors_product_of_two_smoothed_lpips_maps(monkeypatch)
         sal = gaussian_filter(s1[i, 0], sigma=2) * gaussian_filter(s2[i, 0], sigma=2)
         want = np.abs(ex[i, 0].numpy() - er[i, 0].numpy()) * sal
         assert np.allclose(m[i, 0].numpy(), want, atol=1e-6)
-
-
-def test_weights_come_from_the_standard_files(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    torch.manual_seed(5)
-    ref = LPIPS()
-    backbone = {f"features.{k}": v for k, v in ref.net.features.state_dict().items()}
-    backbone["classifier.1.weight"] = torch.zeros(1000, 512, 1, 1)  # torchvision's file has it too
-    heads = {f"lin{k}.model.1.weight": torch.rand(1, c, 1, 1) for k, c in enumerate(CHANNELS)}
-    (tmp_path / "imgae_dx" / "lpips").mkdir(parents=True)
-    torch.save(heads, tmp_path / "imgae_dx" / "lpips" / "squeeze.pth")
-    seen = {}
-
-    def hub(url, **kw):
-        seen.update(url=url, **kw)
-        return backbone
-
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", hub)
-    net = load_lpips("cpu")
-    assert seen["url"].endswith("squeezenet1_1-b8a52dc0.pth") and seen["weights_only"] is True
-    assert torch.equal(net.net.features[0].weight, ref.net.features[0].weight)
-    assert all(torch.equal(net.lins[k].weight, heads[f"lin{k}.model.1.weight"]) for k in range(7))
-    assert load_lpips("cpu") is net  # loaded once per process and device
-
-
-def test_offline_without_weights_scores_with_the_residual_alone(tmp_path, monkeypatch, caplog):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-
-    def offline(url, **kw):
-        raise urllib.error.URLError("no network")
-
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
-    x, r = torch.rand(1, 1, 32, 32), torch.rand(1, 1, 32, 32)
-    with caplog.at_level(logging.WARNING):
-        m = anomaly_map(x, r, AnomalyConfig(map="clahe", saliency="lpips"))
-        anomaly_map(x, r, AnomalyConfig(map="clahe", saliency="lpips"))
-    assert torch.equal(m, anomaly_map(x, r, AnomalyConfig(map="clahe")))
-    lines = [r.message for r in caplog.records if "LPIPS saliency unavailable" in r.message]
-    assert len(lines) == 1  # said once, not per batch
-    assert "squeezenet1_1-b8a52dc0.pth" in lines[0] and "squeeze.pth" in lines[0]
-    assert "residual map alone" in lines[0]

@@ -174,6 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="target specificity of the flag: the share of validation normals below the "
                         "threshold (default 0.95)")
 
+    s = sub.add_parser("fetch-weights", help="download (or copy --from DIR) and verify the LPIPS "
+                       "weights of anomaly.saliency: lpips, for offline scoring")
+    s.add_argument("--from", dest="source", default=None, metavar="DIR",
+                   help="copy the two files from this folder instead of downloading them")
+    s.add_argument("--force", action="store_true", help="fetch again even when present and valid")
+
     s = sub.add_parser("export", help="write a run's models as safetensors + JSON (+ ONNX) bundles")
     s.add_argument("--run", required=True, metavar="RUN_DIR", help="the run folder of imgae-dx train")
     s.add_argument("--out", required=True, metavar="BUNDLE_DIR",

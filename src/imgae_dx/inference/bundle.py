@@ -58,8 +58,9 @@ from imgae_dx.inference.loading import LoadedModel, is_bundle_model_dir, load_ru
 from imgae_dx.utils.atomic import atomic_write_text
 
 
-def preprocessing(resize: Resize) -> Preprocessing:
-    """What ``predict`` does to a file before this model scores it (:mod:`~imgae_dx.inference.images`)."""
+def preprocessing(resize: Resize, normalise: dict[str, Any]) -> Preprocessing:
+    """What ``predict`` does to a file before this model scores it (:mod:`~imgae_dx.inference.images`;
+    ``normalise``: the model's own input normalisation, ``model.<name>.input``)."""
     return Preprocessing(
         resize=resize,
         color="grayscale: RGB/RGBA/palette → luminance (OpenCV BGR2GRAY), alpha ignored; 16-bit / 257",
@@ -71,6 +72,7 @@ def preprocessing(resize: Resize) -> Preprocessing:
         dtype="uint8",
         input="float32 = uint8 / 255, shape B × 1 × image_size × image_size",
         max_side=MAX_SIDE,
+        normalise=normalise,
     )
 
 
@@ -125,7 +127,7 @@ def _write_model(m: LoadedModel, tmp: Path, onnx: bool, metrics: Evaluation | No
         format=BUNDLE_FORMAT, model=m.name, image_size=m.image_size,
         architecture=m.model.cfg.model_dump(mode="json"),
         anomaly=m.model.cfg.anomaly.model_dump(mode="json"),
-        score_direction=SCORE_DIRECTION, preprocessing=preprocessing(m.resize),
+        score_direction=SCORE_DIRECTION, preprocessing=preprocessing(m.resize, m.model.cfg.input.model_dump(mode="json")),
         checkpoint=CheckpointFacts.of(m.checkpoint),
         source=_source(m), view=m.view or "all", seed=m.seed,
         package_version=__version__,

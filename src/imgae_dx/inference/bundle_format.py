@@ -30,7 +30,6 @@ ETag, or modification time and size), never a local path.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -43,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from imgae_dx.inference.errors import BundleError, CalibrationError
 from imgae_dx.run.calibration import Calibration, model_scoring
 from imgae_dx.run.checkpoint import CheckpointSummary
+from imgae_dx.utils.hashing import file_sha256
 
 BUNDLE_FORMAT = "imgae_dx.bundle/2"
 CONFIG_NAME = "config.json"
@@ -82,6 +82,10 @@ class Preprocessing(_Strict):
     dtype: Literal["uint8"] = Field(description="the decoded image's type before scaling")
     input: str = Field(description="the tensor the network receives")
     max_side: int = Field(ge=1, le=1 << 16, description="larger images are refused before decoding")
+    normalise: dict[str, Any] = Field(
+        default_factory=dict, description="the per-image input normalisation the model applies in "
+        "its predict after the steps above (the run's model.<name>.input; "
+        "imgae_dx.models.input_norm.normalise_input); empty in bundles exported before it existed")
 
 
 class CheckpointFacts(_Strict):
@@ -302,14 +306,6 @@ def expected_tensors(cfg: BundleConfig) -> dict[str, tuple[str, tuple[int, ...]]
         raise BundleError(f"config.json describes no buildable model: {' '.join(str(e).split())}") from None
     return {k: (str(v.dtype).removeprefix("torch."), tuple(v.shape))
             for k, v in model.state_dict().items()}
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def check_weights(cfg: BundleConfig, folder: Path) -> None:

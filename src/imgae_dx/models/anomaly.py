@@ -14,14 +14,18 @@ Maps (per pixel, B×1×H×W, float32, larger = more anomalous):
 ``DownstreamEvaluator.compute_residual``): ``G_σ(LPIPS(x̂, x)) · G_σ(LPIPS(CLAHE x̂, CLAHE x))`` with
 spatial LPIPS on SqueezeNet (:mod:`imgae_dx.models.perceptual`) and a Gaussian of σ =
 ``saliency_sigma`` (2, ``scipy.ndimage.gaussian_filter`` as there), on images clamped to [0, 1].
-With ``map: clahe`` and ``score: mean`` this is the authors' image score. Without the pretrained
-weights (offline, first use) the saliency is left out, after one log line that says so.
+With ``map: clahe`` and ``score: mean`` this is the authors' image score. Its pretrained weights
+are SHA-256-verified files in the standard caches (``imgae-dx fetch-weights``;
+:mod:`imgae_dx.models.lpips_weights`); where they are missing and cannot be downloaded the map
+raises ``LPIPSWeightsError`` naming them, rather than scoring without the saliency.
 ``saliency: encoder`` (RA only) is the same construction in the model's own feature space, which
 needs no download: ``G_σ(Σ_l up(‖n(e_l(x)) − n(e_l(x̂))‖²))`` over RA's multi-scale embeddings
 ``e_l`` (:meth:`ReconstructionModel.embeddings`), ``n`` = unit length over channels (LPIPS's
 normalisation, without its learned heads), each level bilinearly upsampled to H×W.
 
-Post-processing, in this order (Kascenas et al.'s DAE uses the first two): ``foreground_threshold``
+Post-processing, in this order: ``border`` > 0 zeroes the map within that share of the side from
+every edge (text markers, collimation, arms and neck at the image borders score nothing);
+(Kascenas et al.'s DAE uses the next two) ``foreground_threshold``
 keeps the map on the body only (pixels whose 5×5 neighbourhood in x is entirely above the
 threshold: the mask eroded at the edges, where reconstructions err most); ``median_filter`` (odd
 kernel, reflect padding) removes isolated bright pixels; ``smoothing_sigma`` > 0 applies a Gaussian
@@ -128,15 +132,14 @@ def clahe_equalise(x: Tensor, clip: float = 0.01, tiles: int = 8) -> Tensor:
     return torch.from_numpy(out).to(x.device)
 
 
-def lpips_saliency(x: Tensor, recon: Tensor, cfg: AnomalyConfig) -> Tensor | None:
-    """The RA authors' saliency (B×1×H×W) of x vs recon, or None without the LPIPS weights."""
+def lpips_saliency(x: Tensor, recon: Tensor, cfg: AnomalyConfig) -> Tensor:
+    """The RA authors' saliency (B×1×H×W) of x vs recon (raises ``LPIPSWeightsError`` without
+    the LPIPS weights)."""
     from scipy.ndimage import gaussian_filter
 
     from imgae_dx.models.perceptual import load_lpips
 
     net = load_lpips(x.device)
-    if net is None:
-        return None
     x, recon = x.clamp(0, 1), recon.clamp(0, 1)
     cx = clahe_equalise(x, cfg.clahe_clip, cfg.clahe_tiles)
     cr = clahe_equalise(recon, cfg.clahe_clip, cfg.clahe_tiles)
@@ -185,13 +188,13 @@ def anomaly_map(x: Tensor, recon: Tensor, cfg: AnomalyConfig, embed: Embed | Non
     else:  # pragma: no cover - the config schema forbids other values
         raise ValueError(f"unknown anomaly map {cfg.map!r}")
     if cfg.saliency == "lpips":
-        sal = lpips_saliency(x, recon, cfg)
-        if sal is not None:
-            m = m * sal
+        m = m * lpips_saliency(x, recon, cfg)
     elif cfg.saliency == "encoder":
         if embed is None:
             raise ValueError("saliency 'encoder' needs the model's embeddings (model.ra only)")
         m = m * encoder_saliency(x, recon, embed, cfg.saliency_sigma)
+    if cfg.border > 0:
+        m = m * border_mask(m, cfg.border)
     if cfg.foreground_threshold is not None:
         m = m * foreground_mask(x, cfg.foreground_threshold)
     if cfg.median_filter:
@@ -204,6 +207,15 @@ def foreground_mask(x: Tensor, threshold: float) -> Tensor:
     exceeds ``threshold`` (Kascenas et al.: ``avg_pool(x > t, 5) > 0.95``)."""
     inside = (x > threshold).float()
     return (F.avg_pool2d(inside, kernel_size=5, stride=1, padding=2, count_include_pad=True) > 0.95).float()
+
+
+def border_mask(m: Tensor, share: float) -> Tensor:
+    """1×1×H×W float mask of m's size: 0 within ``round(share · side)`` pixels of an edge, else 1."""
+    h, w = m.shape[-2:]
+    bh, bw = int(round(share * h)), int(round(share * w))
+    mask = torch.zeros((1, 1, h, w), device=m.device, dtype=m.dtype)
+    mask[..., bh:h - bh, bw:w - bw] = 1
+    return mask
 
 
 def median_filter(m: Tensor, k: int) -> Tensor:

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from imgae_dx.config import AnomalyConfig
 from imgae_dx.models.anomaly import AnomalyScorer
+from imgae_dx.models.input_norm import normalise_input
 
 
 class Prediction(NamedTuple):
@@ -67,6 +68,12 @@ class ReconstructionModel(nn.Module):
         none (only RA does)."""
         return None
 
+    def prepare(self, x: Tensor) -> Tensor:
+        """The model input for x (B×1×H×W in [0, 1]): the per-image normalisation of
+        ``cfg.input`` (:mod:`imgae_dx.models.input_norm`), B×1×H×W in [0, 1]. Objectives and
+        :meth:`predict` call it; ``forward`` takes its result."""
+        return normalise_input(x, self.cfg.input)
+
     def check_input(self, x: Tensor) -> None:
         """Raise ``ValueError`` naming the problem if x is not B×1×H×W with compatible sides."""
         if x.dim() != 4 or x.shape[1] != 1:
@@ -83,13 +90,15 @@ class ReconstructionModel(nn.Module):
     def predict(self, x: Tensor) -> Prediction:
         """Reconstruct x (B×1×H×W in [0, 1]) and score it.
 
-        Runs without gradients and does not change train/eval mode. The map and score are
-        computed in float32 whatever the autocast dtype.
+        Runs without gradients and does not change train/eval mode. x is first normalised
+        (:meth:`prepare`); the reconstruction and map are of the normalised image. The map and
+        score are computed in float32 whatever the autocast dtype.
 
         Returns:
             :class:`Prediction` (reconstruction B×1×H×W, anomaly_map B×1×H×W, score B).
         """
         self.check_input(x)
+        x = self.prepare(x)
         recon = self.reconstruct(x).float()
         amap, score = self.scorer(x.float(), recon, self.embeddings)
         return Prediction(recon, amap, score)

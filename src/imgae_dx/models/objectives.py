@@ -164,7 +164,8 @@ class Objective:
 
     # -- interface ------------------------------------------------------------------------------
     def losses(self, x: Tensor, ctx: StepContext) -> Iterator[LossPart]:
-        """The updates of one training step on x (B×1×H×W in [0, 1]), in order.
+        """The updates of one training step on x (B×1×H×W in [0, 1]; the objective normalises it
+        with the model's :meth:`~imgae_dx.models.base.ReconstructionModel.prepare` first), in order.
 
         A generator: the step owner applies each part (backward, optimiser step) before asking
         for the next, so a later part is computed with the parameters the earlier one updated.
@@ -219,6 +220,7 @@ class _MSEObjective(Objective):
         return x
 
     def losses(self, x: Tensor, ctx: StepContext) -> Iterator[LossPart]:
+        x = self.model.prepare(x)
         xin = self.corrupt(x, ctx.generator)
         with ctx.autocast():
             y = self.model(xin)
@@ -227,6 +229,7 @@ class _MSEObjective(Objective):
 
     @torch.no_grad()
     def val_loss(self, x: Tensor, ctx: StepContext) -> dict[str, float]:
+        x = self.model.prepare(x)
         with ctx.autocast():
             y = self.model(x)
         return scalar_floats({"loss": F.mse_loss(y.float(), x.float())})
@@ -267,6 +270,7 @@ class UNetObjective(_MSEObjective):
 
     @torch.no_grad()
     def val_loss(self, x: Tensor, ctx: StepContext) -> dict[str, float]:
+        x = self.model.prepare(x)
         g = torch.Generator(device=x.device).manual_seed(self.VAL_NOISE_SEED)
         xin = self.corrupt(x, g)
         with ctx.autocast():
@@ -427,6 +431,7 @@ class RAObjective(Objective):
 
     def losses(self, x: Tensor, ctx: StepContext) -> Iterator[LossPart]:
         """L_E (encoder update), then L_D with the updated encoder (decoder update)."""
+        x = self.ra.prepare(x)
         noise = self._noise(torch.empty((x.shape[0], self.ra.zdim), device=x.device), ctx.generator)
         e = self.encoder_loss(x, noise, ctx)
         yield LossPart("encoder", e.terms["loss_encoder"], self.enc_params, only_these=True,
@@ -437,6 +442,7 @@ class RAObjective(Objective):
     @torch.no_grad()
     def val_loss(self, x: Tensor, ctx: StepContext) -> dict[str, float]:
         """``loss``: per-pixel MSE of the z = μ reconstruction; ``kl``: mean KL of x."""
+        x = self.ra.prepare(x)
         with ctx.autocast():
             mu, logvar, _ = self.ra.encoder(x)
             y = self.ra.decoder(mu)

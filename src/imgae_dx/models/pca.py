@@ -7,9 +7,9 @@ map and score are the same as every model's (``model.pca.anomaly``). It has no g
 
 * centres the training images on their mean and keeps the top ``max_components`` right singular
   vectors of the centred N×D matrix (``torch.linalg.svd``, float64);
-* chooses ``k`` on the validation normals only: the fewest components that explain
-  ``explained_variance`` of the validation images' variance around the training mean (all of
-  them when that share is never reached).
+* takes ``k`` = ``components`` when that is set, else chooses it on the validation normals only:
+  the fewest components that explain ``explained_variance`` of the validation images' variance
+  around the training mean (all of them when that share is never reached).
 
 Cheap and deterministic: the honest yardstick a deep model must beat on small data. Its state (mean,
 components, k) is ordinary buffers, saved and loaded like any model's weights.
@@ -59,7 +59,8 @@ class PCAModel(ReconstructionModel):
 
     @torch.no_grad()
     def fit(self, train: Tensor, val: Tensor) -> dict[str, float]:
-        """Fit on training normals ``train`` (N×D in [0, 1]), choose k on ``val`` (M×D).
+        """Fit on training normals ``train`` (N×D in [0, 1]), choose k on ``val`` (M×D); both are
+        normalised by :meth:`prepare` first, as ``predict`` normalises its input.
 
         Returns:
             ``k``, ``explained`` (share of the validation variance the k components explain),
@@ -70,6 +71,9 @@ class PCAModel(ReconstructionModel):
         if train.shape[0] < 2 or val.shape[0] < 1:
             raise ValueError(f"pca: needs ≥ 2 training and ≥ 1 validation images, got "
                              f"{train.shape[0]} and {val.shape[0]}")
+        side = self.image_size
+        train = self.prepare(train.view(-1, 1, side, side)).flatten(1)
+        val = self.prepare(val.view(-1, 1, side, side)).flatten(1)
         x = train.double()
         mean = x.mean(dim=0)
         _, _, vh = torch.linalg.svd(x - mean, full_matrices=False)
@@ -79,8 +83,11 @@ class PCAModel(ReconstructionModel):
         total = float(v.square().sum())
         captured = (v @ comps.T).square().sum(dim=0).cumsum(0)  # variance explained by the first j
         share = captured / total if total > 0 else torch.ones_like(captured)
-        reached = torch.nonzero(share >= self.cfg.explained_variance)
-        k = int(reached[0]) + 1 if reached.numel() else n
+        if self.cfg.components is not None:
+            k = min(self.cfg.components, n)
+        else:
+            reached = torch.nonzero(share >= self.cfg.explained_variance)
+            k = int(reached[0]) + 1 if reached.numel() else n
         self.mean.copy_(mean.float())
         self.components.zero_()
         self.components[:n] = comps.float()

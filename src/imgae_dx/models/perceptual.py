@@ -12,32 +12,21 @@ the 7 taps and the learned 1×1 "linear" heads, each upsampled to the input size
 Inputs are B×1×H×W gray images: they broadcast over the three RGB channels in the scaling layer,
 as in the authors' code. Output: B×1×H×W (float32).
 
-Weights, loaded the standard way and kept in the standard caches (never unpickled):
-
-* the backbone: torchvision's ``squeezenet1_1-b8a52dc0.pth`` in ``$TORCH_HOME/hub/checkpoints``
-  (``torch.hub.load_state_dict_from_url``: downloaded on first use where the network allows);
-* the linear heads: ``lpips/weights/v0.1/squeeze.pth`` of an installed ``lpips`` package, else
-  the same file in ``~/.cache/imgae_dx/lpips/`` (downloaded on first use where the network allows).
-
-:func:`load_lpips` returns None when a file is missing and cannot be fetched (offline), after one
-log line naming the file and how to provide it; the caller then scores without the saliency.
+Weights: torchvision's ``squeezenet1_1-b8a52dc0.pth`` (the backbone) and the lpips package's
+``v0.1/squeeze.pth`` (the heads), in the standard caches, SHA-256-verified and loaded with
+``weights_only=True`` (:mod:`imgae_dx.models.lpips_weights`: the layout, ``imgae-dx
+fetch-weights``). :func:`load_lpips` downloads a missing file where the network allows; where it
+cannot, it raises :class:`~imgae_dx.models.lpips_weights.LPIPSWeightsError` naming the file, its
+cache path and how to provide it — a run configured with ``saliency: lpips`` never silently scores
+without it.
 """
 
 from __future__ import annotations
-
-import importlib.util
-import logging
-import os
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-log = logging.getLogger(__name__)
-
-BACKBONE_URL = "https://download.pytorch.org/models/squeezenet1_1-b8a52dc0.pth"
-HEADS_URL = "https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v0.1/squeeze.pth"
 #: channels of the 7 taps
 CHANNELS: tuple[int, ...] = (64, 128, 256, 384, 384, 512, 512)
 #: SqueezeNet 1.1 ``features`` indices after which a tap is taken (as the lpips package slices it)
@@ -118,63 +107,25 @@ def _unit(t: Tensor, eps: float = 1e-10) -> Tensor:
     return t / (t.square().sum(dim=1, keepdim=True).sqrt() + eps)
 
 
-def _heads_file() -> tuple[Path, bool]:
-    """Where the heads are (path, found): an installed ``lpips`` package, else the cache."""
-    spec = importlib.util.find_spec("lpips")
-    if spec is not None and spec.origin:
-        p = Path(spec.origin).parent / "weights" / "v0.1" / "squeeze.pth"
-        if p.is_file():
-            return p, True
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path("~/.cache").expanduser())
-    p = Path(base) / "imgae_dx" / "lpips" / "squeeze.pth"
-    return p, p.is_file()
+_CACHE: dict[str, LPIPS] = {}
 
 
-def _fetch(url: str, dst: Path) -> None:
-    import shutil
-    import tempfile
+def load_lpips(device: torch.device | str = "cpu") -> LPIPS:
+    """The pretrained LPIPS-SqueezeNet on ``device`` (cached per device for the process).
 
-    import requests
+    Raises:
+        LPIPSWeightsError: a weight file is missing and cannot be downloaded, or fails its
+            SHA-256 check.
+    """
+    from imgae_dx.models import lpips_weights as W
 
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    with requests.get(url, stream=True, timeout=30) as r:
-        r.raise_for_status()
-        with tempfile.NamedTemporaryFile(dir=dst.parent, delete=False) as f:
-            shutil.copyfileobj(r.raw, f)
-    os.replace(f.name, dst)
-
-
-_CACHE: dict[str, LPIPS | None] = {}
-
-
-def load_lpips(device: torch.device | str = "cpu") -> LPIPS | None:
-    """The pretrained LPIPS-SqueezeNet on ``device``, or None (logged once) when its weights are
-    neither cached nor downloadable here. Cached per device for the process."""
     key = str(torch.device(device))
     if key in _CACHE:
         return _CACHE[key]
-    import socket
-
-    net: LPIPS | None = LPIPS()
-    heads, found = _heads_file()
-    old_timeout = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(30)  # a network that drops packets must not hang the scoring
-    try:
-        backbone = torch.hub.load_state_dict_from_url(BACKBONE_URL, map_location="cpu",
-                                                      progress=False, weights_only=True)
-        if not found:
-            _fetch(HEADS_URL, heads)
-        net.net.load_state_dict({k: v for k, v in backbone.items() if k.startswith("features.")})
-        net.load_heads(torch.load(heads, map_location="cpu", weights_only=True))
-        net.to(device)
-    except Exception as e:  # offline, or a damaged file
-        hub = Path(torch.hub.get_dir()) / "checkpoints" / Path(BACKBONE_URL).name
-        log.warning(
-            "LPIPS saliency unavailable (%s: %s): it needs %s and %s (downloaded on first use "
-            "where the network allows; or `pip install lpips` for the heads); scoring with the "
-            "residual map alone", type(e).__name__, str(e)[:120], hub, heads)
-        net = None
-    finally:
-        socket.setdefaulttimeout(old_timeout)
-    _CACHE[key] = net
-    return net
+    backbone = torch.load(W.ensure(W.BACKBONE), map_location="cpu", weights_only=True)
+    heads = torch.load(W.ensure(W.HEADS), map_location="cpu", weights_only=True)
+    net = LPIPS()
+    net.net.load_state_dict({k: v for k, v in backbone.items() if k.startswith("features.")})
+    net.load_heads(heads)
+    _CACHE[key] = net.to(device)
+    return _CACHE[key]

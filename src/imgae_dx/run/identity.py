@@ -53,6 +53,11 @@ ADDED_KEYS: dict[str, Any] = {
     "data.dataset": "nih",  # null in a config.yaml from before datasets: NIH, the only one then
     "data.test_fraction": 0.2,
     "data.images_per_stage": 2500,
+    "model.pca.components": None,
+    **{f"model.{m}.anomaly.border": 0.0 for m in ("unet", "ra", "ae", "pca")},
+    **{f"model.{m}.input.{k}": v for m in ("unet", "ra", "ae", "pca")
+       for k, v in (("normalise", "none"), ("clahe_clip", 2.0), ("clahe_tiles", 8),
+                    ("robust_percentiles", [1.0, 99.0]))},
 }
 
 
