@@ -559,13 +559,13 @@ def test_a_cut_dataset_run_cuts_parts_evaluates_and_resumes_exactly(layout, requ
                          if s == "test")
     findings = {"zhanglab": {"bacteria", "virus"}, "rsna": {"Lung Opacity", "No Lung Opacity / Not Normal"}}
     for name in ("unet", "ra"):
-        got = m["models"][name]
-        assert set(got["per_finding"]) == findings[layout] and 0 <= got["auroc"] <= 1
-        assert all(0 <= f["auroc"] <= 1 for f in got["per_finding"].values())
+        got = m.models[name]
+        assert set(got.per_finding) == findings[layout] and 0 <= got.auroc <= 1
+        assert all(0 <= f.auroc <= 1 for f in got.per_finding.values())
         if layout == "rsna":  # every box of a test Lung Opacity image scored
-            loc = got["localisation"]
-            assert loc["n_boxes"] == test_boxes > 0 and set(loc["per_finding"]) == {"Lung Opacity"}
-            assert 0 <= loc["hit_rate"] <= 1
+            loc = got.localisation
+            assert loc.n_boxes == test_boxes > 0 and set(loc.per_finding) == {"Lung Opacity"}
+            assert 0 <= loc.hit_rate <= 1
 
     out, seen = tmp_path / "run", []
     run_cfg = tiny_config(archive, out, **kw, **over)
