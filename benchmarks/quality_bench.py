@@ -71,7 +71,7 @@ MODEL_SCORINGS: dict[str, tuple[str, dict[str, Any]]] = {
     "ssim31_restore4": ("unet", {"inference_samples": 4, "anomaly": SSIM31}),
     # RA's SSIM 31 px map × the saliency of its own encoder embeddings
     "ssim31_encoder": ("ra", {"anomaly": {**SSIM31, "saliency": "encoder"}}),
-    # the same with the default 11 px SSIM window (the demo's U-Net scoring since issue 21)
+    # the same with the default 11 px SSIM window (the demo's U-Net scoring)
     "ssim_restore4": ("unet", {"inference_samples": 4, "anomaly": {"map": "ssim", "score": "mean"}}),
     "ssim_encoder": ("ra", {"anomaly": {"map": "ssim", "score": "mean", "saliency": "encoder"}}),
     # the U-Net's l1 residual of its restorations

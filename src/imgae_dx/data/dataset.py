@@ -683,5 +683,5 @@ class _FetchDecodePipeline:
         self._raw = 0
 
 
-#: The seed's public name (DESIGN.md's Python API): the same class.
+#: The seed's public name (the Python API of docs/design.md): the same class.
 StreamingNIHDataset = StreamingDataset

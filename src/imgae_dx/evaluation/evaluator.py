@@ -182,7 +182,8 @@ class CloudEvaluator:
     def load_models(self) -> None:
         """Load each model of the run (:meth:`RunFolder.load_models`: ``best.pt``, else
         ``last.pt``), with the scoring overlay's settings when there is one."""
-        for m in self.run_folder.load_models(device=self.device, adjust=self._with_overlay if self.overlay else None):
+        adjust = self._with_overlay if self.overlay else None
+        for m in self.run_folder.load_models(device=self.device, adjust=adjust):
             self.models[m.name] = m.model
             self.checkpoints[m.name] = m.checkpoint
             self._file_stamps[m.name] = m.file_stamp
