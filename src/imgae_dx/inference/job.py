@@ -183,7 +183,7 @@ def predict_to_folder(inputs: Sequence[str], predictor: Predictor, out: str | Pa
                 name = _overlay_name(readable[i], o.path)
                 o.overlay = f"overlays/{name}"
                 panels = [Panel(r.model, r.anomaly_map, vmax[r.model], r.score, r.percentile,  # type: ignore[arg-type]
-                                  bool(r.flagged)) for r in res]
+                                bool(r.flagged)) for r in res]
                 writes.append(pool.submit(_render_write, overlays / name, res[0].image, panels,
                                           Path(o.path).name))
                 for r in res:
