@@ -71,7 +71,7 @@ MODEL_SCORINGS: dict[str, tuple[str, dict[str, Any]]] = {
     "ssim31_restore4": ("unet", {"inference_samples": 4, "anomaly": SSIM31}),
     # RA's SSIM 31 px map × the saliency of its own encoder embeddings
     "ssim31_encoder": ("ra", {"anomaly": {**SSIM31, "saliency": "encoder"}}),
-    # the same with the default 11 px SSIM window (the demo's U-Net scoring since issue 21)
+    # the same with the default 11 px SSIM window (the demo's U-Net scoring)
     "ssim_restore4": ("unet", {"inference_samples": 4, "anomaly": {"map": "ssim", "score": "mean"}}),
     "ssim_encoder": ("ra", {"anomaly": {"map": "ssim", "score": "mean", "saliency": "encoder"}}),
     # the U-Net's l1 residual of its restorations
@@ -174,10 +174,10 @@ def ra_authors_overlay() -> tuple[dict[str, Any], bool]:
     them the same scoring minus the saliency (the CLAHE residual of one sampled z)."""
     import yaml
 
-    from imgae_dx.models import lpips_weights as W
+    from imgae_dx.models import lpips_weights
 
     overlay = yaml.safe_load((RECIPES / "ra_authors_scoring.yaml").read_text())
-    have = all(W.find(w) is not None for w in (W.BACKBONE, W.HEADS))
+    have = all(lpips_weights.find(w) is not None for w in (lpips_weights.BACKBONE, lpips_weights.HEADS))
     if not have:
         overlay["model"]["ra"]["anomaly"]["saliency"] = "none"
     return overlay, have
@@ -208,12 +208,12 @@ def train_and_score(setting: str, seed: int, archive: Path, out: Path, args: arg
     base: dict[str, Any] = {}
     import yaml
 
-    from imgae_dx.config import _deep_merge
+    from imgae_dx.config import deep_merge
 
     for f in files:
-        base = _deep_merge(base, yaml.safe_load(f.read_text()))
+        base = deep_merge(base, yaml.safe_load(f.read_text()))
     merged = out.parent / f"{out.name}.yaml"
-    merged.write_text(yaml.safe_dump(_deep_merge(base, nest_dotted(over))))
+    merged.write_text(yaml.safe_dump(deep_merge(base, nest_dotted(over))))
     cfg = load_config(merged)
     t0 = time.perf_counter()
     res = StreamingTrainer(cfg).train_progressive_stages()

@@ -5,7 +5,7 @@ Scenarios (``--scenario``, default ``acceptance,one_stream``):
 * ``acceptance``: ``imgae-dx train --model all --image-size 64 --epochs-per-stage 1`` over a
   3-stage sample archive (300 images per stage, 1024 px PNGs like NIH's), run as a subprocess of
   the real command line, packaged default model widths: ``wall_s`` (target ≤ 300 s on 2 CPU
-  cores) and whether the DESIGN.md run folder is complete.
+  cores) and whether the run folder (docs/design.md) is complete.
 * ``one_stream``: on a cold stream (a fresh trainer: nothing in the image cache; the archive file
   may sit in the OS page cache), the wall time of ``--model all`` against each single model:
   ``ratio_all_vs_slowest_single`` (target ≤ 1.2), and ``ratio_all_vs_sum_of_singles`` (what

@@ -1,4 +1,4 @@
-"""The console script's contract: every DESIGN.md command and flag parses; errors exit 2."""
+"""The console script's contract: every command and flag of docs/design.md parses; errors exit 2."""
 
 from __future__ import annotations
 

@@ -10,9 +10,7 @@ import pytest
 from scipy import stats
 from sklearn import metrics as skm
 
-from imgae_dx.evaluation import localisation as L
-from imgae_dx.evaluation import metrics as M
-from imgae_dx.evaluation import summary as S
+from imgae_dx.evaluation import localisation, metrics, summary
 from imgae_dx.evaluation.results import Counts, json_safe
 
 
@@ -29,7 +27,7 @@ def _vectors(seed: int, n: int = 300, ties: bool = True):
 @pytest.mark.parametrize("seed", range(6))
 def test_binary_metrics_match_sklearn(seed):
     y, s = _vectors(seed, n=50 + 40 * seed, ties=seed % 2 == 0)
-    m = M.binary_metrics(y, s)
+    m = metrics.binary_metrics(y, s)
     assert m["auroc"] == pytest.approx(skm.roc_auc_score(y, s), abs=1e-12)
     assert m["auprc"] == pytest.approx(skm.average_precision_score(y, s), abs=1e-12)
     p, r, _ = skm.precision_recall_curve(y, s)
@@ -44,7 +42,7 @@ def test_fixed_vector_values():
     # 4 positives, 4 negatives, one tie across classes (0.5): pairs won 4 + 4 + 3.5 + 3 of 16
     y = [1, 1, 1, 1, 0, 0, 0, 0]
     s = [0.9, 0.8, 0.5, 0.3, 0.5, 0.2, 0.1, 0.05]
-    m = M.binary_metrics(y, s)
+    m = metrics.binary_metrics(y, s)
     assert m["auroc"] == pytest.approx(14.5 / 16)
     assert m["auroc"] == pytest.approx(skm.roc_auc_score(y, s))
     # TPR reaches 1.0 only at threshold 0.3, where FPR = 1/4
@@ -56,30 +54,30 @@ def test_fixed_vector_values():
 def test_weighted_curve_matches_sklearn_sample_weight():
     y, s = _vectors(7, n=200)
     w = np.random.default_rng(0).integers(0, 4, y.size).astype(float)
-    got = M._curve_metrics(*M._SortedScores(y, s).counts(w))
+    got = metrics._curve_metrics(*metrics._SortedScores(y, s).counts(w))
     assert got["auroc"] == pytest.approx(skm.roc_auc_score(y, s, sample_weight=w), abs=1e-12)
     assert got["auprc"] == pytest.approx(skm.average_precision_score(y, s, sample_weight=w), abs=1e-9)
 
 
 def test_undefined_metrics_are_nan_and_json_null():
-    m = M.binary_metrics([0, 0, 0], [0.1, 0.2, 0.3])
+    m = metrics.binary_metrics([0, 0, 0], [0.1, 0.2, 0.3])
     assert all(math.isnan(v) for v in m.values())
     assert json.loads(json.dumps(json_safe({"m": m, "a": np.arange(2)})))["m"]["auroc"] is None
     with pytest.raises(ValueError, match="differ in length"):
-        M.binary_metrics([0, 1], [0.1])
+        metrics.binary_metrics([0, 1], [0.1])
     with pytest.raises(ValueError, match="NaN"):
-        M.binary_metrics([0, 1], [0.1, float("nan")])
+        metrics.binary_metrics([0, 1], [0.1, float("nan")])
 
 
 # ------------------------------------------------------------------------------ bootstrap
 def test_bootstrap_ci_contains_estimate_and_is_seeded():
     y, s = _vectors(1, n=400)
     pats = np.arange(y.size) // 2
-    a = M.patient_bootstrap(y, {"m": s}, pats, n_resamples=300, seed=5)
-    b = M.patient_bootstrap(y, {"m": s}, pats, n_resamples=300, seed=5)
-    c = M.patient_bootstrap(y, {"m": s}, pats, n_resamples=300, seed=6)
-    point = M.binary_metrics(y, s)
-    for k in M.CURVE_METRICS:
+    a = metrics.patient_bootstrap(y, {"m": s}, pats, n_resamples=300, seed=5)
+    b = metrics.patient_bootstrap(y, {"m": s}, pats, n_resamples=300, seed=5)
+    c = metrics.patient_bootstrap(y, {"m": s}, pats, n_resamples=300, seed=6)
+    point = metrics.binary_metrics(y, s)
+    for k in metrics.CURVE_METRICS:
         lo, hi = a.ci("m", k)
         assert lo <= point[k] <= hi, k
         assert a.ci("m", k) == b.ci("m", k)
@@ -93,8 +91,8 @@ def test_bootstrap_resamples_patients_not_images():
     rep = 6
     y, s = np.repeat(y0, rep), np.repeat(s0, rep) + np.random.default_rng(0).normal(0, 1e-6, y0.size * rep)
     pats = np.repeat(np.arange(y0.size), rep)
-    by_patient = M.patient_bootstrap(y, {"m": s}, pats, 400, seed=0)
-    by_image = M.patient_bootstrap(y, {"m": s}, None, 400, seed=0)
+    by_patient = metrics.patient_bootstrap(y, {"m": s}, pats, 400, seed=0)
+    by_image = metrics.patient_bootstrap(y, {"m": s}, None, 400, seed=0)
     w_pat = np.subtract(*by_patient.ci("m", "auroc")[::-1])
     w_img = np.subtract(*by_image.ci("m", "auroc")[::-1])
     assert w_pat > 1.8 * w_img  # ≈ sqrt(6) wider
@@ -106,7 +104,7 @@ def test_delong_hand_computed():
     y = [1, 1, 0, 0]
     a = [3.0, 2.0, 1.0, 2.5]  # AUC 0.75; V10 = [1, .5], V01 = [1, .5]
     b = [0.5, 3.0, 1.0, 2.0]  # AUC 0.50; V10 = [0, 1],  V01 = [.5, .5]
-    r = M.delong_test(y, a, b)
+    r = metrics.delong_test(y, a, b)
     assert r.auc_a == pytest.approx(0.75) and r.auc_b == pytest.approx(0.5)
     assert r.var_a == pytest.approx(0.125)  # .125/2 + .125/2
     assert r.var_b == pytest.approx(0.25)  # .5/2 + 0/2
@@ -135,7 +133,7 @@ def _delong_bruteforce(y, a, b):
 def test_delong_matches_bruteforce_definition(seed):
     y, a = _vectors(seed, n=120)
     b = np.round(a + np.random.default_rng(seed + 10).normal(0, 0.8, a.size), 1)
-    r = M.delong_test(y, a, b)
+    r = metrics.delong_test(y, a, b)
     ta, tb, p = _delong_bruteforce(y, a, b)
     assert r.auc_a == pytest.approx(ta) and r.auc_b == pytest.approx(tb)
     assert r.auc_a == pytest.approx(skm.roc_auc_score(y, a))
@@ -149,13 +147,13 @@ def test_delong_agrees_with_paired_bootstrap():
     latent = rng.normal(size=n)
     a = latent + 1.0 * y + rng.normal(0, 0.5, n)
     b = latent + 0.7 * y + rng.normal(0, 0.5, n)
-    d = M.delong_test(y, a, b)
-    boot = M.patient_bootstrap(y, {"a": a, "b": b}, None, 1500, seed=1)
+    d = metrics.delong_test(y, a, b)
+    boot = metrics.patient_bootstrap(y, {"a": a, "b": b}, None, 1500, seed=1)
     se_boot = boot.paired_diff("a", "b").std(ddof=1)
     assert se_boot == pytest.approx(d.se, rel=0.2)
     assert d.p_value < 0.05 and boot.paired_p_value("a", "b") < 0.05
     # identical models: nothing to detect
-    same = M.delong_test(y, a, a)
+    same = metrics.delong_test(y, a, a)
     assert same.p_value == 1.0 and same.diff == 0.0
 
 
@@ -164,13 +162,13 @@ def test_per_finding_and_by_view_counts():
     y = np.array([0, 0, 0, 1, 1, 1, 1])
     s = np.array([0.1, 0.4, 0.2, 0.9, 0.3, 0.8, 0.05])
     findings = [("No Finding",)] * 3 + [("Mass", "Nodule"), ("Mass",), ("Effusion",), ("Nodule",)]
-    pf = M.per_finding_auroc(findings, y, s)
+    pf = metrics.per_finding_auroc(findings, y, s)
     assert list(pf) == ["Effusion", "Mass", "Nodule"]
     assert pf["Mass"]["n_pos"] == 2 and pf["Mass"]["n_neg"] == 3
     assert pf["Mass"]["auroc"] == pytest.approx(skm.roc_auc_score([1, 1, 0, 0, 0], [0.9, 0.3, 0.1, 0.4, 0.2]))
     assert pf["Nodule"]["auroc"] == pytest.approx(0.5)  # 0.9 beats all, 0.05 beats none
     views = ["PA", "AP", "PA", "PA", "AP", "AP", "PA"]
-    bv = M.auroc_by_group(views, y, s)
+    bv = metrics.auroc_by_group(views, y, s)
     assert bv["PA"]["n_pos"] == 2 and bv["PA"]["n_neg"] == 2 and bv["AP"]["n_pos"] == 2
     assert bv["AP"]["auroc"] == pytest.approx(skm.roc_auc_score([0, 1, 1], [0.4, 0.3, 0.8]))
 
@@ -180,16 +178,16 @@ def test_box_localisation_hit_and_miss():
     amap = np.zeros((64, 64))
     amap[20:24, 30:34] = 5.0  # a 16-pixel hot spot (≈ 0.4 % of the map)
     box_1024 = (30 * 16, 20 * 16, 4 * 16, 4 * 16)  # the same region in 1024-px coordinates
-    hit = L.box_localisation(amap, box_1024, scale=64 / 1024, top_percent=0.39)
+    hit = localisation.box_localisation(amap, box_1024, scale=64 / 1024, top_percent=0.39)
     assert hit["hit"] == 1.0 and hit["top_share"] == 1.0
     assert hit["area_share"] == pytest.approx(16 / 4096)
     assert hit["pixel_auroc"] == pytest.approx(1.0)
-    miss = L.box_localisation(amap, (0, 0, 160, 160), scale=64 / 1024, top_percent=0.39)
+    miss = localisation.box_localisation(amap, (0, 0, 160, 160), scale=64 / 1024, top_percent=0.39)
     assert miss["hit"] == 0.0 and miss["top_share"] == 0.0 and miss["pixel_auroc"] < 0.5
     # chance of at least one of k random pixels in a box of A pixels out of N
     n_, a_, k = 4096, 100, 16
     exact = 1 - math.comb(n_ - a_, k) / math.comb(n_, k)
-    got = L.box_localisation(np.random.default_rng(0).random((64, 64)), (0, 0, 10, 10), top_percent=100 * k / n_)
+    got = localisation.box_localisation(np.random.default_rng(0).random((64, 64)), (0, 0, 10, 10), top_percent=100 * k / n_)
     assert got["hit_chance"] == pytest.approx(exact)
 
 
@@ -200,7 +198,7 @@ def test_localisation_summary():
              "area_share": 0.01, "pixel_auroc": float("nan")},
             {"image": "b", "finding": "Mass", "hit": 0.0, "hit_chance": 0.3, "top_share": 0.1,
              "area_share": 0.2, "pixel_auroc": 0.5}]
-    s = L.summarise_localisation(rows)
+    s = localisation.summarise_localisation(rows)
     assert s["n_boxes"] == 3 and s["n_images"] == 2
     assert s["hit_rate"] == pytest.approx(1 / 3)
     assert s["mean_pixel_auroc"] == pytest.approx(0.7)
@@ -212,20 +210,20 @@ def test_summarise_scores_shapes_and_comparison():
     n = 300
     y = (rng.random(n) < 0.4).astype(int)
     scores = {"ra": rng.normal(size=n) + 0.5 * y, "unet": rng.normal(size=n) + 1.5 * y}
-    out = S.summarise_scores(y, scores, patients=[i // 3 for i in range(n)], views=["PA"] * n,
+    out = summary.summarise_scores(y, scores, patients=[i // 3 for i in range(n)], views=["PA"] * n,
                              n_bootstrap=100, seed=0)
     first = out.comparisons[0]
     assert first.a == "unet" and first.b == "ra" and first.p_value < 0.01
     u = out.models["unet"]
     assert u.auroc_ci[0] <= u.auroc <= u.auroc_ci[1]
-    assert len(u.curves.roc_tpr) == len(M.ROC_GRID)
+    assert len(u.curves.roc_tpr) == len(metrics.ROC_GRID)
     assert out.counts == Counts(images=n, normal=int((y == 0).sum()), abnormal=int(y.sum()), patients=100,
                                 by_view={"PA": n})
 
 
 def test_undefined_summary_values_are_none_not_nan():
     """One class only: no AUROC, no curves, no intervals — None in the results, null in JSON."""
-    out = S.summarise_scores([0, 0, 0, 0], {"unet": [0.1, 0.2, 0.3, 0.4], "ra": [0.4, 0.3, 0.2, 0.1]},
+    out = summary.summarise_scores([0, 0, 0, 0], {"unet": [0.1, 0.2, 0.3, 0.4], "ra": [0.4, 0.3, 0.2, 0.1]},
                              patients=[0, 0, 1, 1], n_bootstrap=20, seed=0)
     u = out.models["unet"]
     assert u.auroc is None and u.curves is None and u.auroc_ci == (None, None)

@@ -133,7 +133,7 @@ def test_templates_are_packaged_and_parse():
     assert [StreamingNotebookGenerator.section_name(f) for f in files] == SECTIONS
     for f in files:
         assert parse_template(f.read_text(), f.name)
-    # the repository layout DESIGN.md names points at the packaged templates
+    # the repository's notebooks/templates points at the packaged templates
     repo_link = Path(__file__).resolve().parents[2] / "notebooks" / "templates"
     if repo_link.exists():
         assert repo_link.resolve() == templates_dir().resolve()

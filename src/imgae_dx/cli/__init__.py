@@ -1,4 +1,4 @@
-"""The ``imgae-dx`` console script: one parser (the contract in DESIGN.md), lazy subcommands.
+"""The ``imgae-dx`` console script: one parser (the contract in docs/design.md), lazy subcommands.
 
 Each subcommand lives in ``imgae_dx/cli/<name>.py`` and exposes ``run(args) -> int``; it is
 imported only when chosen, so ``imgae-dx --help`` stays fast and needs no torch.
@@ -17,8 +17,9 @@ from imgae_dx.errors import UserError
 
 DEFAULT_SOURCE = "kaggle:nih-chest-xrays/data"
 DATASET_HELP = ("the source's layout and protocol: nih, zhanglab (Kaggle paultimothymooney/"
-                "chest-xray-pneumonia), folder (normal/ + abnormal/, or labels.csv); default: nih "
-                "when the source holds NIH's metadata, else detected (docs/datasets.md)")
+                "chest-xray-pneumonia), rsna (Kaggle competition rsna-pneumonia-detection-challenge), "
+                "folder (normal/ + abnormal/, or labels.csv); default: nih when the source holds "
+                "NIH's metadata, else detected (docs/datasets.md)")
 STAGES_HELP = "all | images_001,images_002 (nih) | part_001,part_002 (other datasets)"
 
 

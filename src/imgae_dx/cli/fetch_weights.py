@@ -14,13 +14,13 @@ import argparse
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from imgae_dx.models import lpips_weights as W
+    from imgae_dx.models import lpips_weights
 
     src = Path(args.source).expanduser() if args.source else None
     if src is not None and not src.is_dir():
-        raise W.LPIPSWeightsError(f"--from {src} is not a folder; give the folder holding "
-                                  f"{W.BACKBONE.name} and {W.HEADS.name}")
-    W.fetch_all(src, force=args.force, notify=print)
+        raise lpips_weights.LPIPSWeightsError(f"--from {src} is not a folder; give the folder holding "
+                                              f"{lpips_weights.BACKBONE.name} and {lpips_weights.HEADS.name}")
+    lpips_weights.fetch_all(src, force=args.force, notify=print)
     print("LPIPS weights ready: anomaly.saliency: lpips (configs/recipes/ra_authors_scoring.yaml) "
           "scores offline on this machine")
     return 0

@@ -4,7 +4,7 @@ Opens the source (credentials, signed URL, archive index), builds the dataset's 
 else NIH or the detected layout), then streams every chosen stage × split through
 :class:`~imgae_dx.data.dataset.StreamingDataset` exactly as
 training would (range requests, decode, resize, cache, memory budget), with a progress bar on
-stderr. Prints a human summary, or with ``--json`` one object (the DESIGN.md contract)::
+stderr. Prints a human summary, or with ``--json`` one object (the contract in docs/design.md)::
 
     {"images": {"train": N, "val": N, "test": N}, "skipped": N, "bytes_fetched": N,
      "requests": N, "images_per_s": X, "first_batch_s": X, "peak_rss_mb": X}
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def stream(cfg: Any, *, split: str = "all", limit: int | None = None, progress: bool = True) -> dict[str, Any]:
-    """Run the data path over ``cfg.stages`` and the split(s); returns the DESIGN.md summary dict."""
+    """Run the data path over ``cfg.stages`` and the split(s); returns the summary dict (``--json``)."""
     from tqdm.auto import tqdm
 
     from imgae_dx.data.dataset import StreamingDataset, make_cache

@@ -30,8 +30,9 @@ Memory is bounded by configuration: requests in flight (``requests_in_flight × 
 the reassembly window (≈ ``shuffle_buffer`` + one request's images, uint8) and the cache (its own
 byte budget); all are registered with the :class:`~imgae_dx.data.memory.MemoryManager`.
 
-Over 500 lines on purpose: the resumable iteration and the fetch/decode engine (``_Fetch``) share
-one contract — what is yielded, in which order, from which bytes — and are tested together.
+Over 500 lines on purpose: the resumable iteration and the fetch/decode engine
+(``_FetchDecodePipeline``) share one contract — what is yielded, in which order, from which
+bytes — and are tested together.
 """
 
 from __future__ import annotations
@@ -224,7 +225,7 @@ class StreamingDataset(IterableDataset):
         self._requests_cache: dict[int, list[RangeRequest]] = {}
         self._shares_cache: dict[tuple[int, int], list[list[tuple[list[RangeRequest], int]]]] = {}
         self._lock = threading.Lock()
-        self._active: _Fetch | None = None
+        self._active: _FetchDecodePipeline | None = None
         self._stats = {
             "images": 0, "skipped": 0, "bytes_fetched": 0, "requests": 0, "cache_hits": 0,
             "cache_misses": 0, "crc_rereads": 0, "decode_s": 0.0,
@@ -414,7 +415,7 @@ class StreamingDataset(IterableDataset):
             if ms:
                 fetch_reqs.append(sub_request(index, req, ms))
         self._register_cache()
-        fetch = _Fetch(self, fetch_reqs)
+        fetch = _FetchDecodePipeline(self, fetch_reqs)
         self._active = fetch
         t0 = time.perf_counter()
         try:
@@ -440,7 +441,7 @@ class StreamingDataset(IterableDataset):
             if flush is not None:
                 flush()  # a persistent cache publishes what this pass decoded
 
-    def _substitute(self, fetch: _Fetch, order: np.ndarray, p: int) -> tuple[int, np.ndarray]:
+    def _substitute(self, fetch: _FetchDecodePipeline, order: np.ndarray, p: int) -> tuple[int, np.ndarray]:
         """Deterministic stand-in for the undecodable member at ``order[p]``."""
         for q in range(p + 1, len(order)):
             mq = int(order[q])
@@ -505,7 +506,7 @@ def _batch(buf: np.ndarray, members: list[int], index: DatasetIndex) -> Batch:
 
 
 # ------------------------------------------------------------------------------ fetch + decode
-class _Fetch:
+class _FetchDecodePipeline:
     """One iteration's fetching and decoding: requests in input order, images handed out by id.
 
     The consumer (the dataset's generator) asks for members in output order. Requests are pumped
@@ -682,5 +683,5 @@ class _Fetch:
         self._raw = 0
 
 
-#: The seed's public name (DESIGN.md's Python API): the same class.
+#: The seed's public name (the Python API of docs/design.md): the same class.
 StreamingNIHDataset = StreamingDataset

@@ -2,9 +2,10 @@
 
 ``evaluate_run(run_dir, source=None, stages=None)`` (or :class:`CloudEvaluator`) does:
 
-1. reads ``RUN_DIR/config.yaml`` and each model's ``checkpoints/MODEL/best.pt`` (fallback
-   ``last.pt``; loaded with ``torch.load(weights_only=True)``): the checkpoint chosen on *normal
-   validation* loss during training — nothing here looks at test labels to choose anything;
+1. loads the run's models with the run loader (:class:`imgae_dx.run.loader.RunFolder`:
+   ``RUN_DIR/config.yaml`` and each model's ``checkpoints/MODEL/best.pt``, else ``last.pt``, read
+   with ``torch.load(weights_only=True)``): the checkpoint chosen on *normal validation* loss
+   during training — nothing here looks at test labels to choose anything;
 2. opens the run's dataset (``data.dataset``: NIH, ZhangLab, folder, …) with the run's protocol
    and checks that the archive still gives the split the run trained on (``RUN_DIR/split.csv``,
    :mod:`imgae_dx.run.splits`; a changed archive is refused), then streams the ``test`` split
@@ -47,7 +48,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from imgae_dx.errors import CheckpointError, RunFolderError, UserError
+from imgae_dx.config import Config
+from imgae_dx.errors import UserError
 from imgae_dx.evaluation.localisation import box_localisation
 from imgae_dx.evaluation.metrics import CURVE_METRICS, ROC_GRID
 from imgae_dx.evaluation.operating_point import run_operating_point
@@ -72,6 +74,7 @@ from imgae_dx.evaluation.score_files import (
 from imgae_dx.evaluation.scoring import apply_overlay, scoring_of
 from imgae_dx.evaluation.summary import summarise_scores
 from imgae_dx.run.checkpoint import CheckpointSummary
+from imgae_dx.run.loader import RunFolder
 from imgae_dx.utils.atomic import atomic_write_text
 from imgae_dx.utils.device import resolve_device
 
@@ -145,16 +148,9 @@ class CloudEvaluator:
         name: str | None = None,
         dataset: str | None = None,
     ) -> None:
-        from imgae_dx.config import config_from_yaml_text
-
-        self.run_dir = Path(run_dir)
-        cfg_path = self.run_dir / "config.yaml"
-        if not cfg_path.is_file():
-            raise RunFolderError(
-                f"{self.run_dir} has no config.yaml: pass the --out folder of a training run "
-                "(`imgae-dx train --out RUN_DIR`)"
-            )
-        self.cfg = config_from_yaml_text(cfg_path.read_text(), str(cfg_path))
+        self.run_folder = RunFolder(run_dir)
+        self.run_dir = self.run_folder.path
+        self.cfg = self.run_folder.config
         run_dataset = self.cfg.data.dataset
         if dataset is not None and run_dataset is not None and dataset != run_dataset:
             raise UserError(f"{self.run_dir} trained on the {run_dataset} dataset, not {dataset}; "
@@ -184,29 +180,18 @@ class CloudEvaluator:
 
     # ------------------------------------------------------------------ models
     def load_models(self) -> None:
-        """Build each model of the run and load its ``best.pt`` (else ``last.pt``)."""
-        from imgae_dx.config import config_from_yaml_text
-        from imgae_dx.models import load_model
-        from imgae_dx.run.checkpoint import checkpoint_file, read_checkpoint
+        """Load each model of the run (:meth:`RunFolder.load_models`: ``best.pt``, else
+        ``last.pt``), with the scoring overlay's settings when there is one."""
+        adjust = self._with_overlay if self.overlay else None
+        for m in self.run_folder.load_models(device=self.device, adjust=adjust):
+            self.models[m.name] = m.model
+            self.checkpoints[m.name] = m.checkpoint
+            self._file_stamps[m.name] = m.file_stamp
+            self.wandb_run_id = self.wandb_run_id or m.wandb_run_id
 
-        for name in self.cfg.models:
-            path = checkpoint_file(self.run_dir, name)
-            ck = read_checkpoint(path, model_name=name, map_location="cpu")
-            run_cfg = config_from_yaml_text(ck.config_yaml, f"the configuration saved in {path}")
-            size = int(ck.image_size)
-            if size != self.image_size:
-                raise CheckpointError(
-                    f"{path} was trained at {size}px but the run's config.yaml says "
-                    f"data.image_size={self.image_size}; the run folder is inconsistent"
-                )
-            mcfg = getattr(run_cfg.model, name)
-            if self.overlay:  # the trained model with the overlay's scoring settings
-                mcfg = getattr(apply_overlay(run_cfg, self.overlay, f"scoring overlay for {path}").model, name)
-            model = load_model(name, size, mcfg, ck.model, str(path), self.device)
-            self.models[name] = model
-            self.checkpoints[name] = CheckpointSummary.of(ck, str(path.relative_to(self.run_dir)))
-            self._file_stamps[name] = f"{path.stat().st_size}:{path.stat().st_mtime_ns}"
-            self.wandb_run_id = self.wandb_run_id or ck.wandb_run_id
+    def _with_overlay(self, cfg: Config, checkpoint: Path) -> Config:
+        """A checkpoint's configuration with the overlay's scoring settings."""
+        return apply_overlay(cfg, self.overlay, f"scoring overlay for {checkpoint}")
 
     # ------------------------------------------------------------------ state
     def _identity(self, stages: list[str], archive_identity: str) -> dict[str, Any]:

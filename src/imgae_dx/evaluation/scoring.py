@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from imgae_dx.config import Config, ConfigError, _deep_merge, _read_yaml, format_validation_error
+from imgae_dx.config import Config, ConfigError, deep_merge, format_validation_error, read_yaml
 
 #: dotted keys an overlay may set (regular expressions over the flattened keys)
 SCORING_KEYS: tuple[str, ...] = (r"model\.(unet|ra|ae|pca)\.anomaly\.[a-z_]+", r"model\.(unet|ra)\.inference_samples")
@@ -39,7 +39,7 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def read_overlay(path: str | Path) -> dict[str, Any]:
     """The overlay file's mapping, refused (:class:`ConfigError`) if it sets any other key."""
-    data = _read_yaml(Path(path))
+    data = read_yaml(Path(path))
     keys = _flatten(data)
     bad = sorted(k for k in keys if not any(re.fullmatch(p, k) for p in SCORING_KEYS))
     if not keys:
@@ -57,7 +57,7 @@ def apply_overlay(cfg: Config, overlay: Mapping[str, Any], origin: str = "scorin
     from pydantic import ValidationError
 
     try:
-        return Config.model_validate(_deep_merge(cfg.model_dump(), overlay))
+        return Config.model_validate(deep_merge(cfg.model_dump(), overlay))
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, origin)) from None
 

@@ -9,11 +9,13 @@ Public API::
         print(r.source, r.model, r.score, r.percentile, r.flagged)   # r.anomaly_map: H×W float32
 
 Modules, one job each (the calibration file itself, a run-folder contract, is
-:mod:`imgae_dx.run.calibration`): ``run_calibration`` (calibrating an existing run from its validation split), ``images``
-and ``dicom`` (files and arrays → model input, the training preprocessing), ``inputs`` (INPUT
-arguments → files), ``loading`` (run folder / bundle → models + calibration), ``predictor``
-(batched scoring), ``overlay`` and ``gallery`` (the PNGs and ``index.html``), ``job`` (the
-``predict`` command's outputs), ``bundle``, ``model_card`` and ``onnx_export`` (``export``).
+:mod:`imgae_dx.run.calibration`; a run's models are loaded by :mod:`imgae_dx.run.loader`):
+``run_calibration`` (calibrating a run's models from its validation split), ``images`` (files and
+arrays → model input, the training preprocessing), ``inputs`` (INPUT arguments → files),
+``loading`` (a run folder's or a bundle's models with their calibration), ``predictor`` (batched
+scoring), ``overlay`` and ``gallery`` (the PNGs and ``index.html``), ``job`` (the ``predict``
+command's outputs), ``bundle_format`` (the bundle's typed config, its files' readers and writers,
+its checks), ``bundle``, ``model_card`` and ``onnx_export`` (``export``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """``imgae-dx export``: a run folder's models → a bundle of safetensors + JSON (+ ONNX).
 
-Bundle layout (the contract: :mod:`imgae_dx.inference.bundle_format`; read back by
+Bundle layout (the contract, and the reading and writing of its files:
+:mod:`imgae_dx.inference.bundle_format`; read back by
 :func:`imgae_dx.inference.loading.load_bundle_models`)::
 
     BUNDLE_DIR/MODEL/model.safetensors   the state dict (safetensors: no pickle); the PCA
@@ -39,7 +40,6 @@ from imgae_dx.inference.bundle_format import (
     BUNDLE_FORMAT,
     CALIBRATION_NAME,
     CARD_NAME,
-    CONFIG_NAME,
     ONNX_NAME,
     SCORE_DIRECTION,
     WEIGHTS_NAME,
@@ -49,12 +49,15 @@ from imgae_dx.inference.bundle_format import (
     Preprocessing,
     WeightsInfo,
     file_sha256,
+    is_bundle_model_dir,
     safetensors_header,
     source_identity,
+    write_config,
+    write_weights,
 )
 from imgae_dx.inference.errors import BundleError
 from imgae_dx.inference.images import MAX_SIDE
-from imgae_dx.inference.loading import LoadedModel, is_bundle_model_dir, load_run_models
+from imgae_dx.inference.loading import LoadedModel, load_run_models
 from imgae_dx.utils.atomic import atomic_write_text
 
 
@@ -99,24 +102,12 @@ def _source(m: LoadedModel) -> Any:
     return source_identity(m.source or "unknown")
 
 
-def _write_weights(model: Any, path: Path) -> tuple[int, int]:
-    """Write the state dict; returns (numbers stored, file bytes)."""
-    from safetensors.torch import save_file
-
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(state, str(tmp), metadata={"format": "pt"})
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-    return sum(v.numel() for v in state.values()), path.stat().st_size
-
-
 def _write_model(m: LoadedModel, tmp: Path, onnx: bool, metrics: Evaluation | None) -> BundleConfig:
     """One model's folder (``tmp``): weights, ONNX, calibration, card, config — config last."""
     from imgae_dx import __version__
     from imgae_dx.inference.model_card import model_card
 
-    values, size = _write_weights(m.model, tmp / WEIGHTS_NAME)
+    values, size = write_weights(m.model, tmp)
     safetensors_header(tmp / WEIGHTS_NAME)  # what a reader will check, checked on the way out
     onnx_info = None
     if onnx:
@@ -137,7 +128,7 @@ def _write_model(m: LoadedModel, tmp: Path, onnx: bool, metrics: Evaluation | No
     )
     m.calibration.save(tmp / CALIBRATION_NAME)
     atomic_write_text(tmp / CARD_NAME, model_card(cfg, m.calibration, metrics))
-    atomic_write_text(tmp / CONFIG_NAME, cfg.model_dump_json(indent=1))
+    write_config(tmp, cfg)
     return cfg
 
 

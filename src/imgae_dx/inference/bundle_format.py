@@ -1,10 +1,14 @@
-"""The bundle format: one model folder of ``imgae-dx export``, its typed config, and its checks.
+"""The bundle format: one model folder of ``imgae-dx export``, its typed config, its files' readers
+and writers, and its checks.
 
 A model folder (``BUNDLE_DIR/MODEL/``) holds :data:`CONFIG_NAME` (a :class:`BundleConfig`),
 :data:`WEIGHTS_NAME` (the state dict as safetensors), :data:`CALIBRATION_NAME`
 (:mod:`imgae_dx.run.calibration`), :data:`CARD_NAME` and, with ``--onnx``, :data:`ONNX_NAME`.
-The writer (:mod:`imgae_dx.inference.bundle`) builds a :class:`BundleConfig` and the reader
-(:mod:`imgae_dx.inference.loading`) validates one, with the same schema: strict types (no
+Every read and write of the config and the weights goes through this module: the writer
+(:mod:`imgae_dx.inference.bundle`) builds a :class:`BundleConfig` and calls :func:`write_weights`
+and :func:`write_config`; the reader (:mod:`imgae_dx.inference.loading`) finds model folders with
+:func:`bundle_model_dirs` and calls :func:`read_config`, :func:`check_weights`,
+:func:`read_calibration` and :func:`read_weights`. Both use the same schema: strict types (no
 ``"64"`` for 64, no NaN for an integer, no list for a mapping), no unknown key, bounded sizes.
 
 A bundle comes from somewhere else and is checked before anything is built from it, in this
@@ -21,7 +25,7 @@ order, each failure a one-line :class:`~imgae_dx.inference.errors.BundleError`:
 3. :func:`read_calibration` — ``calibration.json`` (at most :data:`MAX_CALIBRATION_BYTES`), of the
    same model, size and scoring.
 
-Only then does the loader read the tensors and build the network.
+Only then does the loader read the tensors (:func:`read_weights`) and build the network.
 
 Privacy: ``source`` is the training archive's identity (:func:`source_identity`: a Kaggle slug, a
 URL without query or credentials, or a local archive's *file name*, with its size and version —
@@ -42,6 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from imgae_dx.inference.errors import BundleError, CalibrationError
 from imgae_dx.run.calibration import Calibration, model_scoring
 from imgae_dx.run.checkpoint import CheckpointSummary
+from imgae_dx.utils.atomic import atomic_write_text
 from imgae_dx.utils.hashing import file_sha256
 
 BUNDLE_FORMAT = "imgae_dx.bundle/2"
@@ -185,6 +190,53 @@ class BundleConfig(_Strict):
     def model_cfg(self) -> Any:
         """The validated config of the model (``UNetConfig`` … ``PCAConfig``)."""
         return self._model_cfg
+
+
+def is_bundle_model_dir(p: Path) -> bool:
+    """Whether ``p`` is one model folder of a bundle (it holds a config and weights)."""
+    return (p / CONFIG_NAME).is_file() and (p / WEIGHTS_NAME).is_file()
+
+
+def bundle_model_dirs(bundle: Path) -> dict[str, Path]:
+    """Model name → folder, for a bundle folder or one of its model folders ({} for neither)."""
+    if is_bundle_model_dir(bundle):
+        return {read_config(bundle).model: bundle}
+    if not bundle.is_dir():
+        return {}
+    return {d.name: d for d in sorted(bundle.iterdir()) if d.is_dir() and is_bundle_model_dir(d)}
+
+
+def write_config(folder: Path, cfg: BundleConfig) -> None:
+    """``folder/config.json`` (atomically); the writer calls it last, so a folder with a config is
+    complete."""
+    atomic_write_text(folder / CONFIG_NAME, cfg.model_dump_json(indent=1))
+
+
+def write_weights(model: Any, folder: Path) -> tuple[int, int]:
+    """``folder/model.safetensors``: the model's state dict (tensors on the CPU, contiguous),
+    written to a temporary name and renamed; returns (numbers stored, file bytes)."""
+    from safetensors.torch import save_file
+
+    path = folder / WEIGHTS_NAME
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(state, str(tmp), metadata={"format": "pt"})
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+    return sum(v.numel() for v in state.values()), path.stat().st_size
+
+
+def read_weights(folder: Path) -> dict[str, Any]:
+    """The tensors of ``folder/model.safetensors`` on the CPU (no pickle); call
+    :func:`check_weights` first. BundleError when the file cannot be read."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = folder / WEIGHTS_NAME
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise BundleError(f"{path} is damaged ({e})") from None
 
 
 def _error_line(err: ValidationError) -> str:

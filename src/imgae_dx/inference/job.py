@@ -39,9 +39,9 @@ from typing import TextIO
 import numpy as np
 
 from imgae_dx.errors import UserError
-from imgae_dx.inference import overlay as O
 from imgae_dx.inference.gallery import ImageOutcome, write_gallery
 from imgae_dx.inference.inputs import expand_inputs
+from imgae_dx.inference.overlay import Panel, encode_png, render
 from imgae_dx.inference.predictor import PredictionResult, Predictor
 from imgae_dx.utils.atomic import atomic_open
 
@@ -117,8 +117,8 @@ def _overlay_name(i: int, path: str) -> str:
     return f"{i + 1:05d}_{stem}.png"
 
 
-def _render_write(dest: Path, image: np.ndarray, panels: list[O.Panel], title: str) -> None:
-    dest.write_bytes(O.encode_png(O.render(image, panels, title)))
+def _render_write(dest: Path, image: np.ndarray, panels: list[Panel], title: str) -> None:
+    dest.write_bytes(encode_png(render(image, panels, title)))
 
 
 def _row(r: PredictionResult) -> list[str]:
@@ -182,8 +182,8 @@ def predict_to_folder(inputs: Sequence[str], predictor: Predictor, out: str | Pa
             else:
                 name = _overlay_name(readable[i], o.path)
                 o.overlay = f"overlays/{name}"
-                panels = [O.Panel(r.model, r.anomaly_map, vmax[r.model], r.score, r.percentile,  # type: ignore[arg-type]
-                                  bool(r.flagged)) for r in res]
+                panels = [Panel(r.model, r.anomaly_map, vmax[r.model], r.score, r.percentile,  # type: ignore[arg-type]
+                                bool(r.flagged)) for r in res]
                 writes.append(pool.submit(_render_write, overlays / name, res[0].image, panels,
                                           Path(o.path).name))
                 for r in res:

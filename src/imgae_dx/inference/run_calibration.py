@@ -6,15 +6,15 @@ cohort, every stage the checkpoint trained on) is streamed from the run's source
 training pipeline (:class:`~imgae_dx.data.dataset.StreamingDataset`, cache off), held as uint8
 at model size (N × size² bytes: ~60 MB for the ~3,500 PA validation normals of the full dataset
 at 128 px), and scored by every model with :func:`~imgae_dx.run.calibration.calibrate`. The
-test split is never opened. The caller saves each calibration at
-``RUN_DIR/checkpoints/MODEL/calibration.json``, as the trainer would have written it
-(:func:`imgae_dx.inference.loading.load_run_models`).
+test split is never opened. The models are the run loader's (:class:`imgae_dx.run.loader.RunModel`);
+the caller (:func:`imgae_dx.inference.loading.load_run_models`) saves each calibration at
+``RUN_DIR/checkpoints/MODEL/calibration.json``, as the trainer would have written it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,9 +23,7 @@ from imgae_dx.data.decode import to_uint8, to_unit
 from imgae_dx.errors import SourceError
 from imgae_dx.inference.errors import CalibrationError
 from imgae_dx.run.calibration import Calibration, CalibrationSource, calibrate
-
-if TYPE_CHECKING:
-    from imgae_dx.inference.loading import LoadedModel
+from imgae_dx.run.loader import RunModel
 
 
 def validation_images(cfg: Any, stages_wanted: Sequence[str] | str, *, progress: bool = False
@@ -84,7 +82,7 @@ def _batches(images: np.ndarray, batch_size: int) -> Iterator[torch.Tensor]:
         yield torch.from_numpy(to_unit(images[i:i + batch_size]))[:, None]
 
 
-def calibrate_run(cfg: Any, models: Sequence[LoadedModel], *,
+def calibrate_run(cfg: Any, models: Sequence[RunModel], *,
                   progress: bool = False) -> list[Calibration]:
     """Calibrate ``models`` (of the run with config ``cfg``); nothing is written.
 

@@ -13,8 +13,7 @@ from dataset_helpers import write_zip
 
 from imgae_dx.cli import main
 from imgae_dx.config import DataConfig
-from imgae_dx.data.datasets import open_dataset
-from imgae_dx.data.datasets import rsna as R
+from imgae_dx.data.datasets import open_dataset, rsna
 from imgae_dx.data.datasets.base import Protocol, held_out, name_keys, unit_hash
 from imgae_dx.errors import MetadataError
 from imgae_dx.streaming.sources import open_archive
@@ -45,20 +44,20 @@ def _csvs() -> tuple[bytes, bytes]:
                 classes.append(f"{pid},{cls}")
 
     for pid in [*NORMALS, *ODD_VIEWS]:
-        add(pid, [",,,,0"], R.NORMAL)
+        add(pid, [",,,,0"], rsna.NORMAL)
     for pid in OPACITIES:
-        add(pid, [f"{x},{y},{w},{h},1" for x, y, w, h in _box(pid)], R.OPACITY)
+        add(pid, [f"{x},{y},{w},{h},1" for x, y, w, h in _box(pid)], rsna.OPACITY)
     labels.append(labels[-1])  # an identical row: counted once
     for pid in NOT_NORMAL:
-        add(pid, [",,,,0"], R.NOT_NORMAL)
-    add("q-noimage", [",,,,0"], R.NORMAL)
+        add(pid, [",,,,0"], rsna.NOT_NORMAL)
+    add("q-noimage", [",,,,0"], rsna.NORMAL)
     add("q-onlylabels", [",,,,0"], None)
-    add("q-t1normal", ["1,2,3,4,1"], R.NORMAL)
-    add("q-t0opacity", [",,,,0"], R.OPACITY)
-    add("q-badtarget", [",,,,yes"], R.NORMAL)
-    add("q-badbox", ["1,2,abc,4,1"], R.OPACITY)
+    add("q-t1normal", ["1,2,3,4,1"], rsna.NORMAL)
+    add("q-t0opacity", [",,,,0"], rsna.OPACITY)
+    add("q-badtarget", [",,,,yes"], rsna.NORMAL)
+    add("q-badbox", ["1,2,abc,4,1"], rsna.OPACITY)
     add("q-badclass", [",,,,0"], "Pneumonia")
-    add("q-badheader", [",,,,0"], R.NORMAL)
+    add("q-badheader", [",,,,0"], rsna.NORMAL)
     lab = ("\ufeff" + "\r\n".join(labels) + "\r\n\r\n\r\n").encode()
     return lab, ("\n".join(classes) + "\n\n").encode()
 
@@ -73,12 +72,12 @@ def rsna_members(top: str = "") -> dict[str, bytes]:
     views = {**NORMALS, **OPACITIES, **NOT_NORMAL, **ODD_VIEWS}
     quirky = ["q-norow", "q-onlylabels", "q-t1normal", "q-t0opacity", "q-badtarget", "q-badbox", "q-badclass"]
     for i, pid in enumerate([*views, *quirky]):
-        files[f"{R.TRAIN_DIR}/{pid}.dcm"] = rsna_dicom(_image(i), pid, view=views.get(pid, "PA"), age=str(20 + i))
-    files[f"{R.TRAIN_DIR}/q-badheader.dcm"] = b"<html><body>403 Forbidden</body></html>" + bytes(300)
-    files[f"{R.TRAIN_DIR}/.DS_Store"] = bytes(64)
+        files[f"{rsna.TRAIN_DIR}/{pid}.dcm"] = rsna_dicom(_image(i), pid, view=views.get(pid, "PA"), age=str(20 + i))
+    files[f"{rsna.TRAIN_DIR}/q-badheader.dcm"] = b"<html><body>403 Forbidden</body></html>" + bytes(300)
+    files[f"{rsna.TRAIN_DIR}/.DS_Store"] = bytes(64)
     for k in range(2):
-        files[f"{R.TEST_DIR}/t{k}.dcm"] = rsna_dicom(_image(100 + k), f"t{k}")
-    files[R.LABELS_CSV], files[R.CLASSES_CSV] = _csvs()
+        files[f"{rsna.TEST_DIR}/t{k}.dcm"] = rsna_dicom(_image(100 + k), f"t{k}")
+    files[rsna.LABELS_CSV], files[rsna.CLASSES_CSV] = _csvs()
     files["stage_2_sample_submission.csv"] = b"patientId,PredictionString\nt0,\nt1,\n"
     files["GCP Credits Request Link - RSNA.txt"] = b"https://example.org\r\n"
     files["README.md"] = b"notes\n"
@@ -104,8 +103,8 @@ def test_quirks_are_skipped_and_counted_and_the_rest_indexed(rsna_zip, tmp_path,
         ix = open_dataset(a, _cfg(tmp_path, view="all"), SEED)
     assert len(ix) == USABLE
     assert _skipped(ix) == {
-        R.SKIP_TEST: 2, R.SKIP_OTHER: 2, R.SKIP_NO_ROW: 1, R.SKIP_NO_IMAGE: 1, R.SKIP_ONE_CSV: 1,
-        R.SKIP_UNREADABLE: 3, R.SKIP_DISAGREE: 2, R.SKIP_HEADER: 1}
+        rsna.SKIP_TEST: 2, rsna.SKIP_OTHER: 2, rsna.SKIP_NO_ROW: 1, rsna.SKIP_NO_IMAGE: 1, rsna.SKIP_ONE_CSV: 1,
+        rsna.SKIP_UNREADABLE: 3, rsna.SKIP_DISAGREE: 2, rsna.SKIP_HEADER: 1}
     text = caplog.text
     assert "rsna: skipped 2 patients whose labels disagree (e.g. q-t1normal: Target 1 but class Normal)" in text
     assert "skipped 1 images whose DICOM header cannot be read (e.g. stage_2_train_images/q-badheader.dcm)" in text
@@ -115,20 +114,20 @@ def test_quirks_are_skipped_and_counted_and_the_rest_indexed(rsna_zip, tmp_path,
     assert {r.image: r.view for r in recs.values() if r.image.startswith("q-")} == {
         "q-noview.dcm": "", "q-lowerview.dcm": "PA", "q-lateral.dcm": "LL"}
     assert all(recs[f"{p}.dcm"].view == v for p, v in {**NORMALS, **OPACITIES, **NOT_NORMAL}.items())
-    assert {r.findings for r in recs.values()} == {(), (R.OPACITY,), (R.NOT_NORMAL,)}
+    assert {r.findings for r in recs.values()} == {(), (rsna.OPACITY,), (rsna.NOT_NORMAL,)}
     assert sum(r.label for r in recs.values()) == len(OPACITIES) + len(NOT_NORMAL)
-    assert recs["o00.dcm"].patient == "o00" and recs["o00.dcm"].boxes == [(R.OPACITY, *b) for b in BOXES["o00"]]
-    assert recs["o01.dcm"].boxes == [(R.OPACITY, 50.0, 60.0, 70.0, 80.0)]  # the duplicated row once
+    assert recs["o00.dcm"].patient == "o00" and recs["o00.dcm"].boxes == [(rsna.OPACITY, *b) for b in BOXES["o00"]]
+    assert recs["o01.dcm"].boxes == [(rsna.OPACITY, 50.0, 60.0, 70.0, 80.0)]  # the duplicated row once
     assert ix.box_frame == 1024 and ix.summary()["boxes"] == sum(len(_box(p)) for p in OPACITIES)
-    assert all(not r.boxes for r in recs.values() if R.OPACITY not in r.findings)
+    assert all(not r.boxes for r in recs.values() if rsna.OPACITY not in r.findings)
     ix.check_disjoint()
 
 
 def _expected(view: str) -> dict[str, int]:
     """Split sizes by the protocol, from the fixture's own lists."""
     views = {**NORMALS, **{p: (v or "").strip().upper() for p, v in ODD_VIEWS.items()}}
-    cls = {**{p: R.NORMAL for p in views}, **{p: R.OPACITY for p in OPACITIES},
-           **{p: R.NOT_NORMAL for p in NOT_NORMAL}}
+    cls = {**{p: rsna.NORMAL for p in views}, **{p: rsna.OPACITY for p in OPACITIES},
+           **{p: rsna.NOT_NORMAL for p in NOT_NORMAL}}
     views.update(OPACITIES)
     views.update(NOT_NORMAL)
     p = Protocol(seed=SEED, test_fraction=TEST_FRACTION, val_fraction=VAL_FRACTION)
@@ -139,7 +138,7 @@ def _expected(view: str) -> dict[str, int]:
         key = name_keys([pid])
         if held_out(key, p)[0]:
             out["test"] += 1
-        elif c == R.NORMAL:
+        elif c == rsna.NORMAL:
             out["val" if unit_hash(key, SEED)[0] < VAL_FRACTION else "train"] += 1
     return out
 
@@ -153,7 +152,7 @@ def test_held_out_patients_of_every_class_and_view_cohorts(rsna_zip, tmp_path, v
     if view == "all":
         assert got == {"train": 16, "val": 5, "test": 17}  # the numbers the rule gives this fixture
         test = [ix.record(int(m)) for m in ix.split("all", "test")]
-        assert {r.findings for r in test} == {(), (R.OPACITY,), (R.NOT_NORMAL,)}  # every class held out
+        assert {r.findings for r in test} == {(), (rsna.OPACITY,), (rsna.NOT_NORMAL,)}  # every class held out
         unused = [r for r in map(ix.record, ix.member.tolist()) if r.split == ""]
         assert unused and all(r.label == 1 for r in unused)  # non-Normal patients outside the test share
     for s in ("train", "val", "test"):
@@ -163,7 +162,7 @@ def test_held_out_patients_of_every_class_and_view_cohorts(rsna_zip, tmp_path, v
 
 def test_a_top_folder_and_reordered_class_columns_give_the_same_index(rsna_zip, tmp_path):
     members = rsna_members("rsna-pneumonia-detection-challenge/")
-    key = f"rsna-pneumonia-detection-challenge/{R.CLASSES_CSV}"
+    key = f"rsna-pneumonia-detection-challenge/{rsna.CLASSES_CSV}"
     rows = [ln.split(",", 1) for ln in members[key].decode().splitlines()[1:] if ln]
     members[key] = ("class,remark,patientId\n" + "".join(f"{cls},-,{pid}\n" for pid, cls in rows)).encode()
     top = write_zip(tmp_path / "top.zip", members, deflate=True)
@@ -176,12 +175,12 @@ def test_a_top_folder_and_reordered_class_columns_give_the_same_index(rsna_zip, 
 
 def test_missing_or_malformed_csvs_are_one_line_errors(tmp_path):
     m = rsna_members()
-    del m[R.CLASSES_CSV]
+    del m[rsna.CLASSES_CSV]
     with open_archive(str(write_zip(tmp_path / "a.zip", m))) as a, \
             pytest.raises(MetadataError, match="has no stage_2_detailed_class_info.csv; the RSNA layout needs"):
         open_dataset(a, _cfg(tmp_path), SEED, quiet=True)
     m = rsna_members()
-    m[R.LABELS_CSV] = b"patientId,x,y,w,h,Target\nn00,,,,,0\n"
+    m[rsna.LABELS_CSV] = b"patientId,x,y,w,h,Target\nn00,,,,,0\n"
     with open_archive(str(write_zip(tmp_path / "b.zip", m))) as a, \
             pytest.raises(MetadataError, match="lacks width, height; expected patientId,x,y,width,height,Target"):
         open_dataset(a, _cfg(tmp_path), SEED, quiet=True)
@@ -240,9 +239,9 @@ def test_the_sample_is_in_rsnas_layout_and_streams_exactly(rsna_sample, capsys):
 
     with zipfile.ZipFile(rsna_sample) as zf:
         names = zf.namelist()
-        labels = zf.read(R.LABELS_CSV).decode().splitlines()
-        classes = zf.read(R.CLASSES_CSV).decode().splitlines()
-        head = zf.read(next(n for n in names if n.startswith(R.TRAIN_DIR)))
+        labels = zf.read(rsna.LABELS_CSV).decode().splitlines()
+        classes = zf.read(rsna.CLASSES_CSV).decode().splitlines()
+        head = zf.read(next(n for n in names if n.startswith(rsna.TRAIN_DIR)))
     assert labels[0] == "patientId,x,y,width,height,Target" and classes[0] == "patientId,class"
     assert len(labels) == len(classes) > 61  # one row per box in both
     assert {"GCP Credits Request Link - RSNA.txt", "stage_2_sample_submission.csv"} <= set(names)
@@ -252,8 +251,8 @@ def test_the_sample_is_in_rsnas_layout_and_streams_exactly(rsna_sample, capsys):
         ix = open_dataset(a, cfg, 0, quiet=True)
         want = {s: len(ix.split("all", s)) for s in ("train", "val", "test")}
     assert ix.name == "rsna" and ix.synthetic and len(ix) == 60
-    assert set(ix.findings.tolist()) == {"", R.OPACITY, R.NOT_NORMAL} and set(ix.view.tolist()) == {"PA", "AP"}
-    assert _skipped(ix) == {R.SKIP_TEST: 3}
+    assert set(ix.findings.tolist()) == {"", rsna.OPACITY, rsna.NOT_NORMAL} and set(ix.view.tolist()) == {"PA", "AP"}
+    assert _skipped(ix) == {rsna.SKIP_TEST: 3}
     assert ix.summary()["boxes"] == len(labels) - 1 - sum(1 for ln in labels[1:] if ln.endswith(",0"))
     assert want == {"train": 26, "val": 2, "test": 15}  # pinned: the sample and the rule are seeded
     assert main(["stream", "--source", str(rsna_sample), "--dataset", "rsna", "--split", "all",
