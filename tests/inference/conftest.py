@@ -48,7 +48,8 @@ def make_run_folder(root: Path, *, models: Sequence[str] = ("unet", "ra", "ae"),
         torch.manual_seed(seed * 10 + i)
         model = create_model(name, image_size, cfg=getattr(cfg.model, name)).eval()
         if name == "pca":
-            fit_principal_components(model, torch.from_numpy(check_images(image_size, n=16, seed=200)).flatten(1),
+            fit_principal_components(model,
+                                     torch.from_numpy(check_images(image_size, n=16, seed=200)).flatten(1),
                                      torch.from_numpy(check_images(image_size, n=8, seed=201)).flatten(1))
         payload = CheckpointPayload(
             model_name=name, model={k: v.detach().clone() for k, v in model.state_dict().items()},

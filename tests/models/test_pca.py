@@ -53,5 +53,5 @@ def test_a_fixed_k_ignores_the_validation_share():
     m = create_model("pca", 32, max_components=16, components=2)
     facts = fit_principal_components(m, _low_rank(200, 1), _low_rank(50, 2))
     assert facts["k"] == 2 and facts["explained"] < 0.95  # not the rule's 3
-    assert fit_principal_components(create_model("pca", 32, max_components=4, components=10),
-                                    _low_rank(20, 1), _low_rank(5, 2))["k"] == 4  # at most the components fitted
+    few = create_model("pca", 32, max_components=4, components=10)
+    assert fit_principal_components(few, _low_rank(20, 1), _low_rank(5, 2))["k"] == 4  # at most those fitted

@@ -35,7 +35,8 @@ def test_each_spec_builds_its_config_network_and_objective(name):
 
 
 def test_an_objective_needs_its_own_network():
-    with pytest.raises(ConfigError, match=r"create_objective\('ra'\) needs a ReversedAutoencoder, got ConvAutoencoder"):
+    with pytest.raises(ConfigError,
+                       match=r"create_objective\('ra'\) needs a ReversedAutoencoder, got ConvAutoencoder"):
         create_objective("ra", create_model("ae", 16, **SMALL["ae"]))
     with pytest.raises(ConfigError, match="unknown model 'vae'; choose one of: unet, ra, ae, pca"):
         spec("vae")

@@ -10,11 +10,12 @@ loop needs (timm's ``NativeScaler``, nanoGPT's loop)::
     scaler.update()  — once per step, after every optimiser of the step
 
 Objectives only compute losses (:meth:`imgae_dx.models.Objective.losses`); the step owns the
-optimisers, one per parameter group the objective names (:mod:`imgae_dx.training.optimizers`). With fp16 a
-``GradScaler`` is used (on CUDA, and on the CPU when ``training.amp: fp16`` is asked for there, so
-the same code path runs in CI); a step whose gradients overflow is skipped by the scaler and
-shrinks the scale. The learning rate is a pure function of the steps done (:func:`lr_factor`), set
-on the optimisers before each step, so a resumed run continues the schedule exactly.
+optimisers, one per parameter group the objective names (:mod:`imgae_dx.training.optimizers`).
+With fp16 a ``GradScaler`` is used (on CUDA, and on the CPU when ``training.amp: fp16`` is asked
+for there, so the same code path runs in CI); a step whose gradients overflow is skipped by the
+scaler and shrinks the scale. The learning rate is a pure function of the steps done
+(:func:`lr_factor`), set on the optimisers before each step, so a resumed run continues the
+schedule exactly.
 """
 
 from __future__ import annotations

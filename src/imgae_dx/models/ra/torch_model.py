@@ -158,4 +158,3 @@ def _image_generator(xi: Tensor) -> torch.Generator:
 
     q = (xi.detach().float().clamp(0, 1) * 65535).round().to(torch.int32).cpu().numpy()
     return torch.Generator().manual_seed(zlib.crc32(q.tobytes()))
-
