@@ -55,7 +55,7 @@ def per_view(scores: np.ndarray, recs: list) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     from imgae_dx.config import AnomalyConfig
-    from imgae_dx.models import create_model
+    from imgae_dx.models import create_model, fit_principal_components
     from imgae_dx.models.anomaly import anomaly_map, image_score
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for norm, k in itertools.product(NORMALISE, KS):
         m = create_model("pca", s, max_components=128, components=k, input={"normalise": norm})
-        fit = m.fit(unit(train).flatten(1), unit(val).flatten(1))
+        fit = fit_principal_components(m, unit(train).flatten(1), unit(val).flatten(1))
         pred = {name: {} for name in maps}
         x = m.prepare(unit(test))
         rec = m(x)

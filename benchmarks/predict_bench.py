@@ -39,7 +39,7 @@ from imgae_dx.inference.job import predict_to_folder
 from imgae_dx.inference.loading import load_run_models
 from imgae_dx.inference.onnx_export import check_images
 from imgae_dx.inference.predictor import Predictor
-from imgae_dx.models import create_model
+from imgae_dx.models import create_model, fit_principal_components
 from imgae_dx.run.calibration import calibrate, calibration_path
 from imgae_dx.run.checkpoint import CheckpointPayload
 
@@ -81,7 +81,7 @@ def demo_run_folder(root: Path, tiny: bool) -> Path:
         model = create_model(name, size, cfg=getattr(cfg.model, name)).eval()
         if name == "pca":
             imgs = torch.from_numpy(check_images(size, n=64)).flatten(1)
-            model.fit(imgs[:48], imgs[48:])
+            fit_principal_components(model, imgs[:48], imgs[48:])
         folder = root / "checkpoints" / name
         folder.mkdir(parents=True, exist_ok=True)
         torch.save(CheckpointPayload(model_name=name, model=model.state_dict(), config_yaml=cfg.to_yaml(),

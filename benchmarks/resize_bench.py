@@ -49,7 +49,7 @@ from sklearn.metrics import roc_auc_score
 from imgae_dx.config import load_config
 from imgae_dx.data.decode import PAD_VALUE, RESIZE_POLICIES, decode_gray, resize_image
 from imgae_dx.models import create_model, create_objective
-from imgae_dx.models.pca import PCAModel
+from imgae_dx.models.pca import PCAModel, fit_principal_components
 from imgae_dx.training.precision import resolve_precision
 from imgae_dx.training.step import TrainStep
 
@@ -106,7 +106,7 @@ def pca_auroc(imgs: list[np.ndarray], rows: list[dict[str, str]], parts: tuple[l
         return torch.from_numpy(np.stack([imgs[i] for i in ix]).astype(np.float32) / 255.0)
 
     model = PCAModel(size, cfg)
-    model.fit(stack(train).flatten(1), stack(val).flatten(1))
+    fit_principal_components(model, stack(train).flatten(1), stack(val).flatten(1))
     scores = model.predict(stack(test)[:, None]).score.numpy()
     labels = [int(rows[i]["class"] != "normal") for i in test]
     return float(roc_auc_score(labels, scores))

@@ -21,9 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from imgae_dx.errors import UserError
 
+#: every model (torch-free here for the config and the CLI; ``imgae_dx.models.registry`` says
+#: what each is, and which are trained by gradient steps)
 MODEL_NAMES: tuple[str, ...] = ("unet", "ra", "ae", "pca")
-#: the models trained by gradient steps (``pca`` is fitted once, after them)
-GRADIENT_MODELS: tuple[str, ...] = ("unet", "ra", "ae")
 
 
 class ConfigError(UserError, ValueError):

@@ -21,7 +21,7 @@ import torch
 from imgae_dx import __version__
 from imgae_dx.config import load_config
 from imgae_dx.inference.onnx_export import check_images
-from imgae_dx.models import create_model
+from imgae_dx.models import create_model, fit_principal_components
 from imgae_dx.run.calibration import calibrate, calibration_path
 from imgae_dx.run.checkpoint import CheckpointPayload
 
@@ -48,8 +48,9 @@ def make_run_folder(root: Path, *, models: Sequence[str] = ("unet", "ra", "ae"),
         torch.manual_seed(seed * 10 + i)
         model = create_model(name, image_size, cfg=getattr(cfg.model, name)).eval()
         if name == "pca":
-            model.fit(torch.from_numpy(check_images(image_size, n=16, seed=200)).flatten(1),
-                      torch.from_numpy(check_images(image_size, n=8, seed=201)).flatten(1))
+            fit_principal_components(model,
+                                     torch.from_numpy(check_images(image_size, n=16, seed=200)).flatten(1),
+                                     torch.from_numpy(check_images(image_size, n=8, seed=201)).flatten(1))
         payload = CheckpointPayload(
             model_name=name, model={k: v.detach().clone() for k, v in model.state_dict().items()},
             config_yaml=cfg.to_yaml(), fingerprint="test-fingerprint", image_size=image_size,

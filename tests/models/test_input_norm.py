@@ -9,9 +9,8 @@ import pytest
 import torch
 
 from imgae_dx.config import ConfigError, InputConfig
-from imgae_dx.models import create_model, create_objective
+from imgae_dx.models import StepContext, create_model, create_objective, fit_principal_components
 from imgae_dx.models.input_norm import equalise, normalise_input, robust
-from imgae_dx.models.objectives import StepContext
 
 
 def _images(n=3, side=32, seed=0):
@@ -92,7 +91,7 @@ def test_pca_fits_and_scores_the_normalised_images():
     test, _ = _images(3, seed=3)
     eq = create_model("pca", 32, max_components=8, input={"normalise": "equalise"})
     plain = create_model("pca", 32, max_components=8)
-    fa = eq.fit(train.flatten(1), val.flatten(1))
-    fb = plain.fit(equalise(train).flatten(1), equalise(val).flatten(1))
+    fa = fit_principal_components(eq, train.flatten(1), val.flatten(1))
+    fb = fit_principal_components(plain, equalise(train).flatten(1), equalise(val).flatten(1))
     assert fa == pytest.approx(fb)
     assert torch.allclose(eq.predict(test).score, plain.predict(equalise(test)).score, atol=1e-6)

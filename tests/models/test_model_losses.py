@@ -11,13 +11,7 @@ import torch.nn.functional as F
 from model_helpers import TINY, make_step, step_with_snapshots
 
 from imgae_dx.models import StepContext, create_model, create_objective
-from imgae_dx.models.objectives import (
-    coarse_noise,
-    embedding_loss,
-    exp_elbo,
-    kl_divergence,
-    reconstruction_error,
-)
+from imgae_dx.models.losses import embedding_loss, exp_elbo, kl_divergence, reconstruction_error
 
 TOL = 1e-5
 
@@ -100,20 +94,6 @@ def test_exp_elbo_by_hand():
     got = exp_elbo(rec, kl, scale, 0.5, 128.0)
     want = (np.exp(-2 / 64 * (50 + 256)) + np.exp(-2 / 64 * (150 + 64))) / 2
     close(got, want)
-
-
-def test_coarse_noise_bilinear_by_hand():
-    x = torch.zeros(1, 1, 4, 4)
-    g = torch.Generator().manual_seed(7)
-    n = coarse_noise(x, 0.2, 2, g)
-    low = torch.randn((1, 1, 2, 2), generator=torch.Generator().manual_seed(7)) * 0.2
-    n00, n01, n10, n11 = low[0, 0, 0, 0], low[0, 0, 0, 1], low[0, 0, 1, 0], low[0, 0, 1, 1]
-    close(n[0, 0, 0, 0], n00)          # align_corners=False: the corner copies the cell
-    close(n[0, 0, 3, 3], n11)
-    want = 0.5625 * n00 + 0.1875 * n01 + 0.1875 * n10 + 0.0625 * n11  # pixel (1,1) ↔ src (.25,.25)
-    close(n[0, 0, 1, 1], want)
-    big = coarse_noise(torch.zeros(64, 1, 16, 16), 0.2, 16, torch.Generator().manual_seed(0))
-    assert abs(float(big.std()) - 0.2) < 0.01  # drawn at the image size: exactly N(0, 0.2)
 
 
 # -------------------------------------------------------------------------- the objectives

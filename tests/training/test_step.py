@@ -133,7 +133,7 @@ def test_schedule_sets_the_learning_rate_before_each_step():
     for i in range(3):
         lrs.append(step.next_lr())
         step(_batch(i))
-        assert step.objective.optimizers["model"].param_groups[0]["lr"] == lrs[-1]
+        assert step.optimizers["model"].param_groups[0]["lr"] == lrs[-1]
     assert lrs == [base * 0.5, base * 1.0, base * lr_factor(2, 10, 2, "cosine")]
 
 

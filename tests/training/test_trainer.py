@@ -287,7 +287,7 @@ def test_kill_between_two_models_writes_resumes_from_the_common_step(train_archi
 ])
 def test_out_of_memory_says_what_to_lower_and_keeps_the_last_checkpoint(
         train_archive, tmp_path, capsys, monkeypatch, exc, kind):
-    from imgae_dx.models.objectives import AEObjective
+    from imgae_dx.models import AEObjective
 
     real, calls = AEObjective.losses, []
 
@@ -312,7 +312,7 @@ def test_out_of_memory_says_what_to_lower_and_keeps_the_last_checkpoint(
 
 
 def test_other_runtime_errors_are_not_taken_for_out_of_memory(train_archive, tmp_path, monkeypatch):
-    from imgae_dx.models.objectives import AEObjective
+    from imgae_dx.models import AEObjective
 
     def broken(self, x, ctx):
         raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")

@@ -2,7 +2,8 @@
 
 A model's ``forward(x)`` returns only the reconstruction (B×1×H×W), so it compiles as one graph
 (``torch.compile``); :meth:`ReconstructionModel.predict` adds the anomaly map and the image score.
-The ``nn.Module`` knows nothing of training: losses and optimisers live in ``objectives.py``.
+The ``nn.Module`` knows nothing of training: each model's losses are its objective
+(``models/<model>/objective.py``), optimisers are the step owner's (``training/``).
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@
 * :func:`fit_pca_baseline` — picks up to ``model.pca.fit_images`` normal training images spread
   evenly over the run's stages (a seeded permutation of each stage's training split, so the choice
   is a pure function of the seed), reads them from the run's decode-once cache (streaming what it
-  does not hold, through the same pipeline as training), fits :class:`~imgae_dx.models.pca.PCAModel` with ``k`` chosen on the validation
+  does not hold, through the same pipeline as training), fits :class:`~imgae_dx.models.pca.PCAModel`
+  (:func:`~imgae_dx.models.pca.fit.fit_principal_components`) with ``k`` chosen on the validation
   normals, and writes ``checkpoints/pca/{last,best}.pt`` and its calibration.
 
 Nothing of the test split is read.
@@ -24,7 +25,7 @@ import torch
 
 from imgae_dx.config import Config
 from imgae_dx.errors import UserError
-from imgae_dx.models.pca import PCAModel
+from imgae_dx.models.pca import PCAModel, fit_principal_components
 from imgae_dx.run.calibration import calibrate, calibration_path
 from imgae_dx.run.checkpoint import CheckpointPayload, read_checkpoint
 from imgae_dx.training.checkpointer import Checkpointer, swapped_weights
@@ -102,8 +103,9 @@ def fit_pca(cfg: Config, archive: Any, index: Any, stages: list[str], pool: Vali
     train = np.concatenate(parts) if parts else np.zeros((0, 1, 1), np.uint8)
     val = pool.images()
     model = create_model("pca", cfg.data.image_size, cfg=cfg.model.pca)
-    facts = model.fit(torch.from_numpy(train.reshape(len(train), -1).astype(np.float32) / 255.0),
-                      torch.from_numpy(val.reshape(len(val), -1).astype(np.float32) / 255.0))
+    facts = fit_principal_components(
+        model, torch.from_numpy(train.reshape(len(train), -1).astype(np.float32) / 255.0),
+        torch.from_numpy(val.reshape(len(val), -1).astype(np.float32) / 255.0))
     facts.update(train_images=int(len(train)), val_images=int(len(val)))
     return model, facts
 

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from imgae_dx.models.objectives import Objective, StepContext
+from imgae_dx.models.objective import Objective, StepContext
 from imgae_dx.training.step import TrainStep
 
 #: ``means`` (model → term → mean since the last call) and images/s over that span.

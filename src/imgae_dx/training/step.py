@@ -9,11 +9,13 @@ loop needs (timm's ``NativeScaler``, nanoGPT's loop)::
                   → scaler.unscale_ → clip_grad_norm_ → scaler.step(optimizer)  (or optimizer.step)
     scaler.update()  — once per step, after every optimiser of the step
 
-Objectives only compute losses (:meth:`imgae_dx.models.Objective.losses`). With fp16 a
-``GradScaler`` is used (on CUDA, and on the CPU when ``training.amp: fp16`` is asked for there, so
-the same code path runs in CI); a step whose gradients overflow is skipped by the scaler and
-shrinks the scale. The learning rate is a pure function of the steps done (:func:`lr_factor`), set
-on the optimisers before each step, so a resumed run continues the schedule exactly.
+Objectives only compute losses (:meth:`imgae_dx.models.Objective.losses`); the step owns the
+optimisers, one per parameter group the objective names (:mod:`imgae_dx.training.optimizers`).
+With fp16 a ``GradScaler`` is used (on CUDA, and on the CPU when ``training.amp: fp16`` is asked
+for there, so the same code path runs in CI); a step whose gradients overflow is skipped by the
+scaler and shrinks the scale. The learning rate is a pure function of the steps done
+(:func:`lr_factor`), set on the optimisers before each step, so a resumed run continues the
+schedule exactly.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ import torch
 from torch import Tensor, nn
 
 from imgae_dx.errors import CheckpointError, StepMemoryError
-from imgae_dx.models.objectives import Objective, StepContext, scalar_floats
+from imgae_dx.models.objective import Objective, StepContext, scalar_floats
 from imgae_dx.training import distributed as dist_utils
+from imgae_dx.training.optimizers import build_optimizers, load_optimizer_state, optimizer_state
 from imgae_dx.training.precision import Precision
 
 if TYPE_CHECKING:
@@ -55,8 +58,11 @@ def _no_sync(params: Iterable[nn.Parameter]) -> None:
 class TrainStep:
     """One model's training step (see the module docstring).
 
+    Builds the objective's optimisers (:func:`~imgae_dx.training.optimizers.build_optimizers`:
+    create the step once the model is on its device) and holds them as :attr:`optimizers`.
+
     Args:
-        objective: the model's objective (owns the optimisers).
+        objective: the model's objective (its losses and parameter groups).
         precision: the resolved precision (autocast dtype; fp16 brings a GradScaler).
         grad_clip: max global gradient norm per optimiser update, or None.
         generator: RNG of the objective's noise (None: the global RNG).
@@ -76,6 +82,7 @@ class TrainStep:
         schedule: Callable[[int], float] | None = None,
     ) -> None:
         self.objective = objective
+        self.optimizers = build_optimizers(objective)
         self.precision = precision
         self.grad_clip = grad_clip
         self.grad_sync = grad_sync or _no_sync
@@ -84,12 +91,12 @@ class TrainStep:
         self.scaler = precision.make_scaler()
         # the configured learning rates (the schedule multiplies these)
         self.base_lrs = {k: [float(g["lr"]) for g in o.param_groups]
-                         for k, o in objective.optimizers.items()}
+                         for k, o in self.optimizers.items()}
         self.steps_done = 0
 
     def _set_lr(self, step: int) -> None:
         f = self.schedule(step)
-        for k, opt in self.objective.optimizers.items():
+        for k, opt in self.optimizers.items():
             for g, base in zip(opt.param_groups, self.base_lrs[k], strict=True):
                 g["lr"] = base * f
 
@@ -103,7 +110,7 @@ class TrainStep:
         device sync), ``grad_norm`` (``grad_norm_OPT`` with several optimisers) when clipping,
         and ``loss_scale`` while a GradScaler is active."""
         self._set_lr(self.steps_done)
-        opts = self.objective.optimizers
+        opts = self.optimizers
         scaler = self.scaler
         terms: dict[str, Tensor] = {}
         for part in self.objective.losses(x, self.ctx):
@@ -136,13 +143,13 @@ class TrainStep:
     # -- state ------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Optimisers, scaler and schedule position (the model's weights are saved apart)."""
-        return {"objective": self.objective.state_dict(),
+        return {"objective": optimizer_state(self.objective.name, self.optimizers),
                 "scaler": self.scaler.state_dict() if self.scaler is not None else None,
                 "steps_done": self.steps_done}
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`; a scaler state is required exactly when fp16 is used."""
-        self.objective.load_state_dict(sd["objective"])
+        load_optimizer_state(self.objective.name, self.optimizers, sd["objective"])
         if (self.scaler is None) != (sd.get("scaler") is None):
             have = "fp16 with a GradScaler" if sd.get("scaler") is not None else "no GradScaler"
             raise CheckpointError(

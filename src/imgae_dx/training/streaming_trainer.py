@@ -26,8 +26,8 @@ from typing import Any
 
 import torch
 
-from imgae_dx.config import GRADIENT_MODELS, Config, load_config
-from imgae_dx.models.objectives import StepContext
+from imgae_dx.config import Config, load_config
+from imgae_dx.models import GRADIENT_MODELS, StepContext
 from imgae_dx.run.checkpoint import Position
 from imgae_dx.run.identity import config_fingerprint
 from imgae_dx.training import distributed as dist_utils

@@ -1,4 +1,4 @@
-"""U-Net denoising autoencoder (the model; the denoising objective is in ``objectives.py``).
+"""U-Net denoising autoencoder: the network (its denoising objective: ``unet/objective.py``).
 
 Levels ``i = 0 … depth−1`` have ``base_channels·2^i`` channels; each level is two
 conv3×3 → GroupNorm → SiLU (``conv: ws``: weight-standardised convolutions; ``padding: reflect``:
@@ -9,18 +9,20 @@ Output: 1×1 conv to one channel, sigmoid (or linear). For x: B×1×H×W, H and 
 
 :meth:`UNet.add_noise` is the corruption (shared by training and inference); with
 ``inference_samples`` K > 0, :meth:`UNet.reconstruct` denoises K fixed corruptions of x and
-averages them (the noise fields are drawn once from ``inference_noise_seed``, so every image,
-batch and exported graph sees the same ones).
+averages them: K coarse fields drawn once from ``inference_noise_seed``
+(:func:`~imgae_dx.models.noise.coarse_fields`, upsampled by
+:func:`~imgae_dx.models.noise.upsample_noise` as training's noise is), so every image, batch and
+exported graph sees the same ones.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from imgae_dx.config import UNetConfig
 from imgae_dx.models.base import ReconstructionModel, conv_out_hw
+from imgae_dx.models.noise import coarse_fields, upsample_noise
 
 
 class WSConv2d(nn.Conv2d):
@@ -96,8 +98,7 @@ class UNet(ReconstructionModel):
         self.out = nn.Conv2d(widths[0], 1, kernel_size=1)
         self.out_act: nn.Module = nn.Sigmoid() if cfg.output_activation == "sigmoid" else nn.Identity()
         g = torch.Generator().manual_seed(cfg.inference_noise_seed)
-        fields = torch.randn((cfg.inference_samples, 1, cfg.noise_resolution, cfg.noise_resolution),
-                             generator=g, device="cpu") * cfg.noise_std  # the generator's device
+        fields = coarse_fields(cfg.inference_samples, 1, cfg.noise_std, cfg.noise_resolution, g)
         self.register_buffer("inference_noise", fields, persistent=False)  # K×1×r×r
 
     def forward(self, x: Tensor) -> Tensor:
@@ -125,8 +126,7 @@ class UNet(ReconstructionModel):
         k = self.cfg.inference_samples
         if k <= 0:
             return self(x)
-        fields = F.interpolate(self.inference_noise, size=x.shape[-2:], mode="bilinear",
-                               align_corners=False)
+        fields = upsample_noise(self.inference_noise, x.shape[-2:])
         acc = torch.zeros(x.shape, device=x.device, dtype=torch.float32)
         for j in range(k):
             acc = acc + self(self.add_noise(x, fields[j:j + 1])).float()

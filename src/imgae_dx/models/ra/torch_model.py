@@ -2,7 +2,7 @@
 
 "Generalizing Unsupervised Anomaly Detection: Towards Unbiased Pathology Screening"; the
 objective (Soft-IntroVAE + reversed-embedding loss, alternating encoder/decoder updates) is
-:class:`imgae_dx.models.objectives.RAObjective`.
+:class:`imgae_dx.models.ra.objective.RAObjective`.
 
 With ``channels = (c0, …, c_{n−1})`` (paper: 64, 128, 256, 512, 512) and x: B×1×H×W, H = W = S,
 S divisible by 2^n, r = S / 2^n:
@@ -158,15 +158,3 @@ def _image_generator(xi: Tensor) -> torch.Generator:
 
     q = (xi.detach().float().clamp(0, 1) * 65535).round().to(torch.int32).cpu().numpy()
     return torch.Generator().manual_seed(zlib.crc32(q.tobytes()))
-
-
-def randn_like_gen(t: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """Standard normal float32 noise shaped like t on t's device.
-
-    Drawn from ``generator`` when given (on the generator's device, then moved), else from the
-    global RNG of t's device.
-    """
-    if generator is None:
-        return torch.randn(t.shape, device=t.device, dtype=torch.float32)
-    out = torch.randn(t.shape, generator=generator, device=generator.device, dtype=torch.float32)
-    return out.to(t.device)
