@@ -453,11 +453,6 @@ def deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]
     return out
 
 
-#: the name ``models/__init__.py`` imports (its package is being restructured on another branch);
-#: to be dropped once it imports :func:`deep_merge`
-_deep_merge = deep_merge
-
-
 def _set_dotted(d: dict[str, Any], dotted: str, value: Any) -> None:
     keys = dotted.split(".")
     cur = d

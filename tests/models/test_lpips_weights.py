@@ -12,8 +12,7 @@ import pytest
 import torch
 
 from imgae_dx.config import AnomalyConfig
-from imgae_dx.models import lpips_weights as W
-from imgae_dx.models import perceptual
+from imgae_dx.models import lpips_weights, perceptual
 from imgae_dx.models.anomaly import anomaly_map
 from imgae_dx.models.perceptual import CHANNELS, LPIPS, load_lpips
 from imgae_dx.utils.hashing import file_sha256
@@ -25,7 +24,7 @@ def fake(tmp_path, monkeypatch):
     under ``tmp_path`` (empty), no installed lpips package."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    monkeypatch.setattr(W, "_package_file", lambda w: None)
+    monkeypatch.setattr(lpips_weights, "_package_file", lambda w: None)
     perceptual._CACHE.clear()
     src = tmp_path / "src"
     src.mkdir()
@@ -34,24 +33,24 @@ def fake(tmp_path, monkeypatch):
     backbone = {f"features.{k}": v for k, v in ref.net.features.state_dict().items()}
     backbone["classifier.1.weight"] = torch.zeros(1000, 512, 1, 1)  # torchvision's file has it too
     heads = {f"lin{k}.model.1.weight": torch.rand(1, c, 1, 1) for k, c in enumerate(CHANNELS)}
-    torch.save(backbone, src / W.BACKBONE.name)
-    torch.save(heads, src / W.HEADS.name)
+    torch.save(backbone, src / lpips_weights.BACKBONE.name)
+    torch.save(heads, src / lpips_weights.HEADS.name)
     for attr in ("BACKBONE", "HEADS"):
-        w = getattr(W, attr)
-        monkeypatch.setattr(W, attr, dataclasses.replace(w, sha256=file_sha256(src / w.name)))
+        w = getattr(lpips_weights, attr)
+        monkeypatch.setattr(lpips_weights, attr, dataclasses.replace(w, sha256=file_sha256(src / w.name)))
     yield {"src": src, "ref": ref, "heads": heads}
     perceptual._CACHE.clear()
 
 
 def _place(fake):
-    for w in (W.BACKBONE, W.HEADS):
-        W.cache_path(w).parent.mkdir(parents=True, exist_ok=True)
-        W.cache_path(w).write_bytes((fake["src"] / w.name).read_bytes())
+    for w in (lpips_weights.BACKBONE, lpips_weights.HEADS):
+        lpips_weights.cache_path(w).parent.mkdir(parents=True, exist_ok=True)
+        lpips_weights.cache_path(w).write_bytes((fake["src"] / w.name).read_bytes())
 
 
 def test_cache_layout_is_torch_hub_and_the_package_cache(fake, tmp_path):
-    assert W.cache_path(W.BACKBONE) == tmp_path / "torch" / "hub" / "checkpoints" / "squeezenet1_1-b8a52dc0.pth"
-    assert W.cache_path(W.HEADS) == tmp_path / "xdg" / "imgae_dx" / "lpips" / "squeeze.pth"
+    assert lpips_weights.cache_path(lpips_weights.BACKBONE) == tmp_path / "torch" / "hub" / "checkpoints" / "squeezenet1_1-b8a52dc0.pth"
+    assert lpips_weights.cache_path(lpips_weights.HEADS) == tmp_path / "xdg" / "imgae_dx" / "lpips" / "squeeze.pth"
 
 
 def test_verified_cached_files_are_loaded(fake):
@@ -64,9 +63,9 @@ def test_verified_cached_files_are_loaded(fake):
 
 def test_a_damaged_file_is_refused_with_its_path_and_the_fix(fake):
     _place(fake)
-    damaged = W.cache_path(W.HEADS)
+    damaged = lpips_weights.cache_path(lpips_weights.HEADS)
     damaged.write_bytes(damaged.read_bytes()[:-10])  # truncated
-    with pytest.raises(W.LPIPSWeightsError) as e:
+    with pytest.raises(lpips_weights.LPIPSWeightsError) as e:
         load_lpips("cpu")
     assert str(damaged) in str(e.value) and "imgae-dx fetch-weights" in str(e.value)
 
@@ -75,15 +74,15 @@ def test_missing_weights_offline_is_an_error_naming_the_files_and_the_layout(fak
     def offline(url, dst, timeout_s):
         raise ConnectionError("no network")
 
-    monkeypatch.setattr(W, "_download", offline)
+    monkeypatch.setattr(lpips_weights, "_download", offline)
     x, r = torch.rand(1, 1, 32, 32), torch.rand(1, 1, 32, 32)
-    with pytest.raises(W.LPIPSWeightsError) as e:
+    with pytest.raises(lpips_weights.LPIPSWeightsError) as e:
         anomaly_map(x, r, AnomalyConfig(map="clahe", saliency="lpips"))
     msg = str(e.value)
     assert "squeezenet1_1-b8a52dc0.pth" in msg and "squeeze.pth" in msg
-    assert str(W.cache_path(W.BACKBONE)) in msg and str(W.cache_path(W.HEADS)) in msg
+    assert str(lpips_weights.cache_path(lpips_weights.BACKBONE)) in msg and str(lpips_weights.cache_path(lpips_weights.HEADS)) in msg
     assert "imgae-dx fetch-weights" in msg and "--from DIR" in msg and "ConnectionError" in msg
-    assert not W.cache_path(W.BACKBONE).exists()
+    assert not lpips_weights.cache_path(lpips_weights.BACKBONE).exists()
     # scoring without the saliency is a configuration the user chooses, and needs no weights
     anomaly_map(x, r, AnomalyConfig(map="clahe", saliency="none"))
 
@@ -103,27 +102,27 @@ def server(fake):
 
 def test_fetch_downloads_and_verifies(fake, server, monkeypatch):
     for attr in ("BACKBONE", "HEADS"):
-        w = getattr(W, attr)
-        monkeypatch.setattr(W, attr, dataclasses.replace(w, url=f"{server}/{w.name}"))
-    got = W.fetch_all()
-    assert got == {w.name: W.cache_path(w) for w in (W.BACKBONE, W.HEADS)}
-    assert all(file_sha256(p) == w.sha256 for w, p in zip((W.BACKBONE, W.HEADS), got.values(), strict=True))
+        w = getattr(lpips_weights, attr)
+        monkeypatch.setattr(lpips_weights, attr, dataclasses.replace(w, url=f"{server}/{w.name}"))
+    got = lpips_weights.fetch_all()
+    assert got == {w.name: lpips_weights.cache_path(w) for w in (lpips_weights.BACKBONE, lpips_weights.HEADS)}
+    assert all(file_sha256(p) == w.sha256 for w, p in zip((lpips_weights.BACKBONE, lpips_weights.HEADS), got.values(), strict=True))
     assert isinstance(load_lpips("cpu"), LPIPS)
 
 
 def test_a_download_with_other_bytes_leaves_nothing_behind(fake, server, monkeypatch):
     (fake["src"] / "other.pth").write_bytes(b"not the weights")
-    monkeypatch.setattr(W, "HEADS", dataclasses.replace(W.HEADS, url=f"{server}/other.pth"))
-    with pytest.raises(W.LPIPSWeightsError, match="not the official"):
-        W.fetch(W.HEADS)
-    assert list(W.cache_path(W.HEADS).parent.iterdir()) == []
+    monkeypatch.setattr(lpips_weights, "HEADS", dataclasses.replace(lpips_weights.HEADS, url=f"{server}/other.pth"))
+    with pytest.raises(lpips_weights.LPIPSWeightsError, match="not the official"):
+        lpips_weights.fetch(lpips_weights.HEADS)
+    assert list(lpips_weights.cache_path(lpips_weights.HEADS).parent.iterdir()) == []
 
 
 def test_fetch_copies_from_a_folder_and_needs_both_files(fake, tmp_path):
-    W.fetch_all(fake["src"])
-    assert all(W.find(w) == W.cache_path(w) for w in (W.BACKBONE, W.HEADS))
+    lpips_weights.fetch_all(fake["src"])
+    assert all(lpips_weights.find(w) == lpips_weights.cache_path(w) for w in (lpips_weights.BACKBONE, lpips_weights.HEADS))
     only_one = tmp_path / "one"
     only_one.mkdir()
-    (only_one / W.HEADS.name).write_bytes((fake["src"] / W.HEADS.name).read_bytes())
-    with pytest.raises(W.LPIPSWeightsError, match="no squeezenet1_1-b8a52dc0.pth there"):
-        W.fetch_all(only_one, force=True)
+    (only_one / lpips_weights.HEADS.name).write_bytes((fake["src"] / lpips_weights.HEADS.name).read_bytes())
+    with pytest.raises(lpips_weights.LPIPSWeightsError, match="no squeezenet1_1-b8a52dc0.pth there"):
+        lpips_weights.fetch_all(only_one, force=True)

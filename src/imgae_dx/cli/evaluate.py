@@ -8,8 +8,7 @@ import argparse
 import sys
 
 from imgae_dx.evaluation.results import Evaluation
-from imgae_dx.visualization.plots import fmt_num as _num
-from imgae_dx.visualization.plots import fmt_p
+from imgae_dx.visualization.plots import fmt_num, fmt_p
 
 
 def summary_lines(metrics: Evaluation) -> list[str]:
@@ -25,18 +24,18 @@ def summary_lines(metrics: Evaluation) -> list[str]:
     for name, m in metrics.models.items():
         a, p = m.auroc_ci, m.auprc_ci
         lines.append(
-            f"{name:<6} {_num(m.auroc) + ' [' + _num(a[0]) + ', ' + _num(a[1]) + ']':<24} "
-            f"{_num(m.auprc) + ' [' + _num(p[0]) + ', ' + _num(p[1]) + ']':<24} "
-            f"{_num(m.fpr_at_95_tpr):>9} {_num(m.sensitivity_at_90_specificity):>11}"
+            f"{name:<6} {fmt_num(m.auroc) + ' [' + fmt_num(a[0]) + ', ' + fmt_num(a[1]) + ']':<24} "
+            f"{fmt_num(m.auprc) + ' [' + fmt_num(p[0]) + ', ' + fmt_num(p[1]) + ']':<24} "
+            f"{fmt_num(m.fpr_at_95_tpr):>9} {fmt_num(m.sensitivity_at_90_specificity):>11}"
         )
     comp = metrics.comparison
     if comp:
         ci = comp.diff_ci
         lines.append(
-            f"{comp.a} vs {comp.b}: ΔAUROC {_num(comp.diff)} "
-            f"[95% CI {_num(ci[0])}, {_num(ci[1])}], "
+            f"{comp.a} vs {comp.b}: ΔAUROC {fmt_num(comp.diff)} "
+            f"[95% CI {fmt_num(ci[0])}, {fmt_num(ci[1])}], "
             f"DeLong p = {fmt_p(comp.delong_p)}, "
-            f"paired patient-bootstrap p = {_num(comp.bootstrap_p)}"
+            f"paired patient-bootstrap p = {fmt_num(comp.bootstrap_p)}"
         )
     return lines
 

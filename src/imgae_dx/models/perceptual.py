@@ -117,13 +117,13 @@ def load_lpips(device: torch.device | str = "cpu") -> LPIPS:
         LPIPSWeightsError: a weight file is missing and cannot be downloaded, or fails its
             SHA-256 check.
     """
-    from imgae_dx.models import lpips_weights as W
+    from imgae_dx.models import lpips_weights
 
     key = str(torch.device(device))
     if key in _CACHE:
         return _CACHE[key]
-    backbone = torch.load(W.ensure(W.BACKBONE), map_location="cpu", weights_only=True)
-    heads = torch.load(W.ensure(W.HEADS), map_location="cpu", weights_only=True)
+    backbone = torch.load(lpips_weights.ensure(lpips_weights.BACKBONE), map_location="cpu", weights_only=True)
+    heads = torch.load(lpips_weights.ensure(lpips_weights.HEADS), map_location="cpu", weights_only=True)
     net = LPIPS()
     net.net.load_state_dict({k: v for k, v in backbone.items() if k.startswith("features.")})
     net.load_heads(heads)

@@ -25,7 +25,7 @@ from imgae_dx.config import (
     PCAConfig,
     RAConfig,
     UNetConfig,
-    _deep_merge,
+    deep_merge,
     default_dict,
     format_validation_error,
 )
@@ -94,7 +94,7 @@ def model_config(name: str, cfg: BaseModel | Mapping[str, Any] | None = None,
         base = cfg.model_dump()
     else:
         base = dict(cfg)
-    data = _deep_merge(base, overrides)
+    data = deep_merge(base, overrides)
     try:
         return s.config.model_validate(data)
     except ValidationError as e:
