@@ -283,3 +283,27 @@ def test_an_onnx_export_failure_is_one_line_and_leaves_nothing(tmp_path, monkeyp
     assert len(cap.err.strip().splitlines()) == 1, cap.err
     assert cap.err.startswith("error: ONNX export of pca failed (") and "export without --onnx" in cap.err
     assert list(out.iterdir()) == []
+
+
+def test_a_pediatric_run_without_views_gets_its_own_model_card(tmp_path):
+    """A ZhangLab run (no view positions in its split.csv, data.view PA as configured) exports
+    view ``all`` and a card naming its dataset, protocol, population and published figures — not
+    NIH's lists, adults and figures."""
+    from imgae_dx.run.splits import SplitTable, write_split_table
+
+    run = make_run_folder(tmp_path / "run", models=("ae",), overrides={"data.dataset": "zhanglab"})
+    write_split_table(run, SplitTable(image=["train/NORMAL/IM-0001-0001.jpeg"], split=["train"], label=[0],
+                                      patient=["IM-0001"], view=[""], findings=[""], stage=["part_001"]))
+    export_run(run, tmp_path / "b")
+    cfg = json.loads((tmp_path / "b" / "ae" / "config.json").read_text())
+    assert cfg["dataset"] == "zhanglab" and cfg["view"] == "all"
+    card = (tmp_path / "b" / "ae" / "MODEL_CARD.md").read_text()
+    for text in ("`zhanglab` (ZhangLab pediatric pneumonia", "SQUID (CVPR 2023): train on train/NORMAL",
+                 "the NORMAL images only", "paediatric chest radiographs", "SQUID 0.876 at 128 px",
+                 "view cohort `all`"):
+        assert text in card, text
+    assert "test_list.txt" not in card and "No Finding" not in card
+    nih = make_run_folder(tmp_path / "nih", models=("ae",), overrides={"data.view": "PA"})  # keeps its cohort
+    export_run(nih, tmp_path / "nb")
+    assert json.loads((tmp_path / "nb" / "ae" / "config.json").read_text())["view"] == "PA"
+    assert "No Finding" in (tmp_path / "nb" / "ae" / "MODEL_CARD.md").read_text()

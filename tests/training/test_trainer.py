@@ -547,6 +547,7 @@ def test_a_cut_dataset_run_cuts_parts_evaluates_and_resumes_exactly(layout, requ
     assert views == ({""} if layout == "zhanglab" else {"PA"})
 
     m = evaluate_run(ref)
+    assert m.view == ("all" if layout == "zhanglab" else "PA")  # no view positions: every view is scored
     test_boxes = 0
     if layout == "rsna":
         from imgae_dx.data.datasets import open_dataset

@@ -90,6 +90,7 @@ class PassFacts:
     archive: str
     dataset: str
     synthetic: bool = False
+    has_views: bool = True
     images: int = 0
     skipped: int = 0
     bytes_fetched: int = 0
@@ -264,7 +265,7 @@ class CloudEvaluator:
             fs, ws = open_rows(self.eval_dir / "scores.csv", fields, self.eval_dir)
             fl, wl = open_rows(self.eval_dir / "localisation.csv", LOC_FIELDS, self.eval_dir)
             facts = PassFacts(stages=stages, archive=archive.identity, dataset=index.name,
-                              synthetic=index.synthetic)
+                              synthetic=index.synthetic, has_views=index.has_views)
             scale = self.image_size / index.box_frame
             top = self.cfg.evaluation.top_percent_localisation
             limit = self.cfg.evaluation.max_images
@@ -445,7 +446,8 @@ class CloudEvaluator:
         result = Evaluation(
             models=models, comparisons=summary.comparisons, counts=counts, bootstrap=summary.bootstrap,
             dataset=dataset.name, dataset_title=dataset.title, protocol=dataset.protocol, split="test",
-            view=self.cfg.data.view, stages=facts.stages if facts else stages_seen,
+            view=self.cfg.data.view if facts is None or facts.has_views else "all",
+            stages=facts.stages if facts else stages_seen,
             source=facts.archive if facts else self.source, image_size=self.image_size,
             top_percent_localisation=ev.top_percent_localisation,
             synthetic_data=bool(facts and facts.synthetic),

@@ -120,7 +120,7 @@ def _write_model(m: LoadedModel, tmp: Path, onnx: bool, metrics: Evaluation | No
         anomaly=m.model.cfg.anomaly.model_dump(mode="json"),
         score_direction=SCORE_DIRECTION, preprocessing=preprocessing(m.resize, m.model.cfg.input.model_dump(mode="json")),
         checkpoint=CheckpointFacts.of(m.checkpoint),
-        source=_source(m), view=m.view or "all", seed=m.seed,
+        source=_source(m), dataset=m.dataset, view=m.view or "all", seed=m.seed,
         package_version=__version__,
         weights=WeightsInfo(file=WEIGHTS_NAME, sha256=file_sha256(tmp / WEIGHTS_NAME), values=values,
                             bytes=size),

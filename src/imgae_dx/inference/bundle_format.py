@@ -163,7 +163,11 @@ class BundleConfig(_Strict):
     preprocessing: Preprocessing
     checkpoint: CheckpointFacts
     source: SourceIdentity
-    view: Literal["PA", "AP", "all"]
+    dataset: Literal["nih", "zhanglab", "rsna", "folder"] = Field(
+        "nih", description="the training data's layout and protocol (data.dataset); bundles written "
+                           "before the field existed were NIH")
+    view: Literal["PA", "AP", "all"] = Field(description="the view cohort trained on; all for a dataset "
+                                                         "without view positions")
     seed: int | None = None
     package_version: str
     weights: WeightsInfo

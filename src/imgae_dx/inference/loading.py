@@ -64,7 +64,8 @@ class LoadedModel:
         checkpoint: which training state the weights are (file, step, stage, stages, …).
         origin: the run folder or bundle model folder they were loaded from.
         resize: the ``data.resize`` policy the model was trained with (squash | pad | crop).
-        view, seed: the run's view cohort and seed.
+        view, seed: the run's view cohort (``all`` when its images have no view positions) and seed.
+        dataset: the training data's ``data.dataset`` (``nih`` for a bundle from before the field).
         source, archive: a run's configured source and the archive its checkpoint records (None
             for a bundle, whose ``config.json`` holds the source's identity).
     """
@@ -78,15 +79,17 @@ class LoadedModel:
     resize: Resize = DEFAULT_RESIZE
     view: str | None = None
     seed: int | None = None
+    dataset: str = "nih"
     source: str | None = None
     archive: ArchiveRef | None = None
 
     @classmethod
-    def of_run(cls, m: RunModel, calibration: Calibration, run_dir: Path) -> LoadedModel:
+    def of_run(cls, m: RunModel, calibration: Calibration, run: RunFolder) -> LoadedModel:
         """A run folder's model (:class:`~imgae_dx.run.loader.RunModel`) with its calibration."""
         cfg = m.config
-        return cls(m.name, m.model, calibration, m.image_size, m.checkpoint, str(run_dir), cfg.data.resize,
-                   view=cfg.data.view, seed=cfg.seed, source=cfg.source, archive=m.archive)
+        return cls(m.name, m.model, calibration, m.image_size, m.checkpoint, str(run.path), cfg.data.resize,
+                   view=run.view, seed=cfg.seed, dataset=cfg.data.dataset or "nih", source=cfg.source,
+                   archive=m.archive)
 
 
 def load_run_models(run_dir: str | os.PathLike[str], model_name: str = "all", *,
@@ -116,7 +119,7 @@ def load_run_models(run_dir: str | os.PathLike[str], model_name: str = "all", *,
                 where = f"not saved ({dest}: {e.strerror or e}); kept for this command only"
             if notify:
                 notify(f"calibration of {m.name}: {cal.n} validation normals, {where}")
-    return [LoadedModel.of_run(m, cals[m.name], run.path) for m in models]
+    return [LoadedModel.of_run(m, cals[m.name], run) for m in models]
 
 
 def load_bundle_models(bundle_dir: str | os.PathLike[str], model_name: str = "all", *,
@@ -142,7 +145,8 @@ def load_bundle_models(bundle_dir: str | os.PathLike[str], model_name: str = "al
         model = load_model(cfg.model, cfg.image_size, cfg.model_cfg, state, str(folder / WEIGHTS_NAME),
                            device)
         out.append(LoadedModel(cfg.model, model, cal, cfg.image_size, cfg.checkpoint.summary(), str(folder),
-                               cfg.preprocessing.resize, view=cfg.view, seed=cfg.seed))
+                               cfg.preprocessing.resize, view=cfg.view, seed=cfg.seed,
+                               dataset=cfg.dataset))
     return out
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from imgae_dx.data.datasets.registry import spec as dataset_spec
+from imgae_dx.evaluation.published import published_for
 from imgae_dx.evaluation.results import Evaluation
 from imgae_dx.inference.bundle_format import BundleConfig, SourceIdentity
 from imgae_dx.run.calibration import DEFAULT_SPECIFICITY, Calibration
@@ -30,6 +32,29 @@ RESIZE_TEXT = {
     "pad": "the long side resized to the input, the short side padded with black",
     "crop": "the centred square, then area resize; a non-square image loses its ends",
 }
+
+
+#: dataset → (which images are its normals, the population its images come from)
+TRAINING_POPULATION = {
+    "nih": ("the images labelled *No Finding*", "adult chest radiographs of one US hospital (NIH "
+            "Clinical Center); paediatric patients, other hospitals' scanners or other modalities"),
+    "zhanglab": ("the NORMAL images", "paediatric chest radiographs (children aged 1–5, one hospital in "
+                 "Guangzhou); adult patients, other scanners or other modalities"),
+    "rsna": ("the patients of class *Normal*", "adult chest radiographs (NIH ChestX-ray14 DICOMs as "
+             "labelled by RSNA); paediatric patients, other hospitals' scanners or other modalities"),
+    "folder": ("the images under `normal/` (or labelled normal)", "images unlike the training folder's "
+               "(other hospitals, scanners, patient groups or modalities)"),
+}
+
+
+def _published(dataset: str) -> str:
+    figs = published_for(dataset)
+    if not figs:
+        return "- No published figures for this data: compare with the PCA baseline of the same run."
+    parts = [f"{f.method} {f.auroc:.3f}" + (f"–{f.auroc_high:.2f}" if f.auroc_high else "")
+             + (f" at {f.image_size} px" if f.image_size else "") for f in figs]
+    return ("- Published image-level AUROCs on this dataset (" + "; ".join(sorted({f.source for f in figs}))
+            + "): " + ", ".join(parts) + ".")
 
 
 def _n(v: Any, digits: int = 3) -> str:
@@ -59,6 +84,7 @@ def model_card(config: BundleConfig, cal: Calibration, metrics: Evaluation | Non
     score = f"top {an['topk_percent']:g} % mean" if an["score"] == "topk" else an["score"]
     thr = cal.threshold(DEFAULT_SPECIFICITY)
     synthetic = bool(metrics and metrics.synthetic_data)
+    normals, population = TRAINING_POPULATION[config.dataset]
     lines = [
         f"# ImgAE-Dx model card: `{name}`",
         "",
@@ -70,13 +96,11 @@ def model_card(config: BundleConfig, cal: Calibration, metrics: Evaluation | Non
         "",
         "- **Research only.** Not a medical device; not validated for diagnosis, triage or any "
         "clinical decision.",
-        "- Unsupervised: trained on radiographs labelled *No Finding* only; it scores how unlike "
-        "those normals an image looks. Findings that look normal to it are missed, and unusual "
-        "normal images (devices, positioning, other scanners) are flagged.",
-        f"- Trained on the view cohort `{config.view}`: images of other views, "
-        "paediatric patients or other modalities are outside what it has seen.",
-        "- On real NIH ChestX-ray14 data, published unsupervised detectors reach image-level AUROC "
-        "of roughly 0.60–0.78.",
+        f"- Unsupervised: trained on {normals} only; it scores how unlike those normals an image "
+        "looks. Findings that look normal to it are missed, and unusual normal images (devices, "
+        "positioning, other scanners) are flagged.",
+        f"- Trained on the view cohort `{config.view}` of {population} are outside what it has seen.",
+        _published(config.dataset),
         "",
         "## Training data",
         "",
@@ -84,8 +108,8 @@ def model_card(config: BundleConfig, cal: Calibration, metrics: Evaluation | Non
                                                   "nothing about real X-rays)" if synthetic else ""),
         f"- Stages: {', '.join(ck.stages) or 'n/a'}; checkpoint from stage "
         f"`{ck.stage or 'n/a'}` (K = {ck.stage_k or 'n/a'})",
-        f"- Views: `{config.view}`; split: patient-disjoint train / validation / test "
-        "(official `test_list.txt`)",
+        f"- Dataset: `{config.dataset}` ({dataset_spec(config.dataset).title}); views: `{config.view}`",
+        f"- Split: {dataset_spec(config.dataset).protocol}",
         f"- Steps: {ck.step}; images seen: {_n(ck.images_seen)}; precision: {_n(ck.precision)}",
         f"- Validation loss (normal validation images) of these weights: {_n(ck.val_loss, 5)}",
         "",

@@ -96,6 +96,17 @@ class RunFolder:
                                  "(`imgae-dx train --out RUN_DIR`)")
         self.config = config_from_yaml_text(p.read_text(), str(p))
 
+    @property
+    def view(self) -> str:
+        """The view cohort the run's images were chosen in: ``data.view``, or ``all`` when its
+        ``split.csv`` records no view position (a dataset without views, which ignores the key)."""
+        from imgae_dx.run.splits import read_split_table
+
+        table = read_split_table(self.path)
+        if table is not None and len(table) and not any(table.view):
+            return "all"
+        return str(self.config.data.view)
+
     def load_model(self, name: str, *, device: Any = "cpu", adjust: Adjust | None = None) -> RunModel:
         """Model ``name`` from its ``best.pt`` (else ``last.pt``).
 
