@@ -548,6 +548,8 @@ def test_a_cut_dataset_run_cuts_parts_evaluates_and_resumes_exactly(layout, requ
 
     m = evaluate_run(ref)
     assert m.view == ("all" if layout == "zhanglab" else "PA")  # no view positions: every view is scored
+    cal = json.loads((ref / "checkpoints" / "ra" / "calibration.json").read_text())
+    assert cal["source"]["view"] == m.view
     test_boxes = 0
     if layout == "rsna":
         from imgae_dx.data.datasets import open_dataset

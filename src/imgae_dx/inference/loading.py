@@ -109,7 +109,7 @@ def load_run_models(run_dir: str | os.PathLike[str], model_name: str = "all", *,
         if notify:
             notify(f"{why}: computing it from the run's validation normals (once)")
     if stale:
-        for m, cal in zip(stale, calibrate_run(run.config, stale, progress=progress), strict=True):
+        for m, cal in zip(stale, calibrate_run(run.config, stale, view=run.view, progress=progress), strict=True):
             cals[m.name] = cal
             dest = calibration_path(run.path, m.name)
             try:

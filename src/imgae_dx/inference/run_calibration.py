@@ -82,9 +82,10 @@ def _batches(images: np.ndarray, batch_size: int) -> Iterator[torch.Tensor]:
         yield torch.from_numpy(to_unit(images[i:i + batch_size]))[:, None]
 
 
-def calibrate_run(cfg: Any, models: Sequence[RunModel], *,
+def calibrate_run(cfg: Any, models: Sequence[RunModel], *, view: str | None = None,
                   progress: bool = False) -> list[Calibration]:
-    """Calibrate ``models`` (of the run with config ``cfg``); nothing is written.
+    """Calibrate ``models`` (of the run with config ``cfg``); nothing is written. ``view``: the
+    cohort recorded in the calibration (default ``data.view``; ``all`` for images without views).
 
     Returns:
         One :class:`Calibration` per model, in order.
@@ -94,6 +95,6 @@ def calibrate_run(cfg: Any, models: Sequence[RunModel], *,
     out = []
     for m in models:
         src = CalibrationSource(checkpoint=m.checkpoint.file, step=m.checkpoint.step,
-                                stages=tuple(read), split="val", view=cfg.data.view)
+                                stages=tuple(read), split="val", view=view or cfg.data.view)
         out.append(calibrate(m.model, _batches(images, cfg.training.batch_size), source=src))
     return out
