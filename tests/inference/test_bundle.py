@@ -299,8 +299,8 @@ def test_a_pediatric_run_without_views_gets_its_own_model_card(tmp_path):
     assert cfg["dataset"] == "zhanglab" and cfg["view"] == "all"
     card = (tmp_path / "b" / "ae" / "MODEL_CARD.md").read_text()
     for text in ("`zhanglab` (ZhangLab pediatric pneumonia", "SQUID (CVPR 2023): train on train/NORMAL",
-                 "the NORMAL images only", "paediatric chest radiographs", "SQUID 0.876 at 128 px",
-                 "view cohort `all`"):
+                 "the NORMAL images only", "paediatric chest radiographs", "SQUID 0.876 at 128 px", "adult patients",
+                 "view cohort `all`:"):
         assert text in card, text
     assert "test_list.txt" not in card and "No Finding" not in card
     nih = make_run_folder(tmp_path / "nih", models=("ae",), overrides={"data.view": "PA"})  # keeps its cohort

@@ -34,16 +34,16 @@ RESIZE_TEXT = {
 }
 
 
-#: dataset → (which images are its normals, the population its images come from)
+#: dataset → (which images are its normals, where its images come from, what it has not seen)
 TRAINING_POPULATION = {
     "nih": ("the images labelled *No Finding*", "adult chest radiographs of one US hospital (NIH "
-            "Clinical Center); paediatric patients, other hospitals' scanners or other modalities"),
-    "zhanglab": ("the NORMAL images", "paediatric chest radiographs (children aged 1–5, one hospital in "
-                 "Guangzhou); adult patients, other scanners or other modalities"),
-    "rsna": ("the patients of class *Normal*", "adult chest radiographs (NIH ChestX-ray14 DICOMs as "
-             "labelled by RSNA); paediatric patients, other hospitals' scanners or other modalities"),
-    "folder": ("the images under `normal/` (or labelled normal)", "images unlike the training folder's "
-               "(other hospitals, scanners, patient groups or modalities)"),
+            "Clinical Center)", "paediatric patients, other hospitals' scanners and other modalities"),
+    "zhanglab": ("the NORMAL images", "paediatric chest radiographs (children aged 1–5, one hospital "
+                 "in Guangzhou)", "adult patients, other hospitals' scanners and other modalities"),
+    "rsna": ("the patients of class *Normal*", "adult chest radiographs (NIH ChestX-ray14 DICOMs "
+             "labelled by RSNA)", "paediatric patients, other hospitals' scanners and other modalities"),
+    "folder": ("the images under `normal/` (or labelled normal)", "the images of its training folder",
+               "images from other hospitals, scanners, patient groups or modalities"),
 }
 
 
@@ -84,7 +84,7 @@ def model_card(config: BundleConfig, cal: Calibration, metrics: Evaluation | Non
     score = f"top {an['topk_percent']:g} % mean" if an["score"] == "topk" else an["score"]
     thr = cal.threshold(DEFAULT_SPECIFICITY)
     synthetic = bool(metrics and metrics.synthetic_data)
-    normals, population = TRAINING_POPULATION[config.dataset]
+    normals, population, unseen = TRAINING_POPULATION[config.dataset]
     lines = [
         f"# ImgAE-Dx model card: `{name}`",
         "",
@@ -99,7 +99,8 @@ def model_card(config: BundleConfig, cal: Calibration, metrics: Evaluation | Non
         f"- Unsupervised: trained on {normals} only; it scores how unlike those normals an image "
         "looks. Findings that look normal to it are missed, and unusual normal images (devices, "
         "positioning, other scanners) are flagged.",
-        f"- Trained on the view cohort `{config.view}` of {population} are outside what it has seen.",
+        f"- Trained on {population}, view cohort `{config.view}`: {unseen} are outside what it "
+        "has seen.",
         _published(config.dataset),
         "",
         "## Training data",
