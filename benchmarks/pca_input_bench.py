@@ -28,8 +28,8 @@ KS = (2, 10, 50, None)  # None: the explained-variance rule (0.95, at most 128 c
 
 def load_split(archive: Path, split: str, view: str, size: int, seed: int = 0) -> tuple[np.ndarray, list]:
     """uint8 N×size×size images of one split and their records (project decoder and index)."""
+    from imgae_dx.data.datasets.nih import NIHIndex
     from imgae_dx.data.decode import decode_png
-    from imgae_dx.data.nih_index import NIHIndex
     from imgae_dx.streaming.sources import open_archive
 
     src = open_archive(str(archive))

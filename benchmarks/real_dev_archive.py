@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imgae_dx.data.nih_index import (
+from imgae_dx.data.datasets.nih import (
     BBOX_NAME,
     DATA_ENTRY_HEADER,
     DATA_ENTRY_NAME,

@@ -84,13 +84,14 @@ log = logging.getLogger(__name__)
 @dataclass
 class PassFacts:
     """What one pass over the test split saw (:meth:`CloudEvaluator.score`): the stages, the
-    archive's identity, the dataset, its synthetic marker, and the stream's counters."""
+    archive's identity, the dataset, its synthetic marker, the view cohort scored and the stream's
+    counters."""
 
     stages: list[str]
     archive: str
     dataset: str
     synthetic: bool = False
-    has_views: bool = True
+    view: str | None = None
     images: int = 0
     skipped: int = 0
     bytes_fetched: int = 0
@@ -265,7 +266,7 @@ class CloudEvaluator:
             fs, ws = open_rows(self.eval_dir / "scores.csv", fields, self.eval_dir)
             fl, wl = open_rows(self.eval_dir / "localisation.csv", LOC_FIELDS, self.eval_dir)
             facts = PassFacts(stages=stages, archive=archive.identity, dataset=index.name,
-                              synthetic=index.synthetic, has_views=index.has_views)
+                              synthetic=index.synthetic, view=index.cohort(self.cfg.data.view))
             scale = self.image_size / index.box_frame
             top = self.cfg.evaluation.top_percent_localisation
             limit = self.cfg.evaluation.max_images
@@ -446,7 +447,7 @@ class CloudEvaluator:
         result = Evaluation(
             models=models, comparisons=summary.comparisons, counts=counts, bootstrap=summary.bootstrap,
             dataset=dataset.name, dataset_title=dataset.title, protocol=dataset.protocol, split="test",
-            view=self.cfg.data.view if facts is None or facts.has_views else "all",
+            view=facts.view if facts and facts.view else self.cfg.data.view,
             stages=facts.stages if facts else stages_seen,
             source=facts.archive if facts else self.source, image_size=self.image_size,
             top_percent_localisation=ev.top_percent_localisation,

@@ -20,6 +20,7 @@ and ``export``.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -96,7 +97,7 @@ class RunFolder:
                                  "(`imgae-dx train --out RUN_DIR`)")
         self.config = config_from_yaml_text(p.read_text(), str(p))
 
-    @property
+    @functools.cached_property
     def view(self) -> str:
         """The view cohort the run's images were chosen in: ``data.view``, or ``all`` when its
         ``split.csv`` records no view position (a dataset without views, which ignores the key)."""

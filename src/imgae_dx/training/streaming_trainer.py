@@ -268,8 +268,8 @@ class StreamingTrainer:
         """After the last stage (rank 0): calibrations and the PCA baseline (:mod:`.finish`)."""
         self.data.fill_pool(self.pool, len(self.stages) - 1)
         if self.is_main:
-            val = Calibrator(self.run_dir, self.pool, self.stages,
-                             self.cfg.data.view if self.index.has_views else "all", self.rt.device)
+            val = Calibrator(self.run_dir, self.pool, self.stages, self.index.cohort(self.cfg.data.view),
+                             self.rt.device)
             for name in self.gradient_models:
                 val.calibrate_checkpoint(name, self.models[name], self.checkpointer,
                                          self.selector.state[name].best_step, self.state.progress.step)

@@ -323,6 +323,11 @@ class DatasetIndex:
             raise UserError(f"val_fraction must be in [0, 1), got {vf}")
         return (unit_hash(self.patient, sd) < vf) & (self.role == ROLE_POOL)
 
+    def cohort(self, view: str) -> str:
+        """The view cohort a run configured with ``view`` actually uses: ``all`` when the dataset
+        has no view positions (it ignores the setting), else ``view``."""
+        return view if self.has_views else "all"
+
     def view_mask(self, view: str | None = None) -> np.ndarray:
         """Bool per image: in the view cohort (every image when the dataset has no views)."""
         v = view if view is not None else (self.protocol.view if self.protocol else "PA")
