@@ -26,11 +26,11 @@
    member), and per model the operating point: sensitivity and specificity on the test split at
    the threshold calibrated on the validation normals, :func:`run_operating_point`) and, when
    the run logged to W&B, logs the comparison table and curves to the same W&B run (id from the
-   checkpoint).
+   checkpoint; :mod:`imgae_dx.evaluation.wandb_log`).
 
-Just over 500 lines on purpose: the five steps above share one resumable state (stream position,
-open CSV writers, loaded models); the pure parts already live next door (``score_files``,
-``results``, ``summary``, ``localisation``, ``operating_point``).
+The steps share one resumable state (stream position, open CSV writers, loaded models); the pure
+parts live next door (``score_files``, ``results``, ``summary``, ``localisation``,
+``operating_point``, ``wandb_log``).
 """
 
 from __future__ import annotations
@@ -51,7 +51,6 @@ import torch
 from imgae_dx.config import Config
 from imgae_dx.errors import UserError
 from imgae_dx.evaluation.localisation import box_localisation
-from imgae_dx.evaluation.metrics import CURVE_METRICS, ROC_GRID
 from imgae_dx.evaluation.operating_point import run_operating_point
 from imgae_dx.evaluation.results import (
     Evaluation,
@@ -73,6 +72,7 @@ from imgae_dx.evaluation.score_files import (
 )
 from imgae_dx.evaluation.scoring import apply_overlay, scoring_of
 from imgae_dx.evaluation.summary import summarise_scores
+from imgae_dx.evaluation.wandb_log import log_evaluation
 from imgae_dx.run.checkpoint import CheckpointSummary
 from imgae_dx.run.loader import RunFolder
 from imgae_dx.utils.atomic import atomic_write_text
@@ -464,60 +464,6 @@ class CloudEvaluator:
         self.examples = self.write_examples(table)
         return result
 
-    # ------------------------------------------------------------------ W&B
-    def log_wandb(self, result: Evaluation) -> bool:
-        """Log the comparison table and curves to the run's W&B run (if it used ``--logger wandb``).
-
-        Returns:
-            True if logged. A failure is a warning: the evaluation is already on disk.
-        """
-        if self.cfg.logging.logger != "wandb":
-            return False
-        run_id = self.wandb_run_id
-        try:
-            import wandb
-        except ImportError:
-            log.warning("the run logged to W&B but wandb is not installed (pip install wandb); "
-                        "evaluation results are in %s only", self.eval_dir)
-            return False
-        try:
-            run = wandb.init(project=self.cfg.logging.wandb_project, entity=self.cfg.logging.wandb_entity,
-                             id=run_id, resume="allow" if run_id else None, dir=str(self.run_dir),
-                             job_type="evaluation", reinit=True)
-            cols = ["stage", "model", "auroc", "auroc_lo", "auroc_hi", "auprc", "loss"]
-            tab = wandb.Table(columns=cols)
-            for row in result.table:
-                m = result.models[row.model]
-                tab.add_data(row.stage, row.model, m.auroc, m.auroc_ci[0], m.auroc_ci[1], m.auprc, row.loss)
-            payload: dict[str, Any] = {"eval/comparison": tab}
-            grid = ROC_GRID.tolist()
-            curves = {n: m.curves for n, m in result.models.items() if m.curves is not None}
-            if curves:
-                payload["eval/roc"] = wandb.plot.line_series(
-                    xs=grid, ys=[c.roc_tpr for c in curves.values()],
-                    keys=list(curves), title="ROC (test)", xname="false positive rate")
-                payload["eval/pr"] = wandb.plot.line_series(
-                    xs=grid, ys=[c.pr_precision for c in curves.values()],
-                    keys=list(curves), title="Precision-recall (test)", xname="recall")
-            for n, m in result.models.items():
-                for k in CURVE_METRICS:
-                    if m.value(k) is not None:
-                        payload[f"eval/{n}/{k}"] = m.value(k)
-            comp = result.comparison
-            if comp:
-                payload["eval/delong_p"] = comp.delong_p
-                payload["eval/bootstrap_p"] = comp.bootstrap_p
-            run.log(payload)
-            for k, v in payload.items():
-                if isinstance(v, (int, float)):
-                    run.summary[k] = v
-            run.finish()
-            return True
-        except Exception as e:  # wandb raises its own types for auth / network problems
-            log.warning("could not log the evaluation to W&B (%s: %s); results are in %s",
-                        type(e).__name__, str(e)[:200], self.eval_dir)
-            return False
-
     # ------------------------------------------------------------------ all
     def run(self) -> Evaluation:
         """Load models, score (resuming), compute and write metrics, log to W&B. Returns the
@@ -528,7 +474,8 @@ class CloudEvaluator:
             result = self.compute_metrics(facts)
         finally:
             self._archive.close()
-        self.wandb_logged = self.log_wandb(result)
+        self.wandb_logged = log_evaluation(result, self.cfg.logging, self.run_dir, self.eval_dir,
+                                           self.wandb_run_id)
         return result
 
 
