@@ -1,5 +1,9 @@
 """Validated configuration: YAML files + command-line overrides → one :class:`Config`.
 
+Over 500 lines on purpose: one schema — every section's fields with their descriptions and
+validators — and the one loader that merges and validates it; the sections refer to each other
+(the image size and the models' downsampling, RA's saliency and its embeddings).
+
 Every hyperparameter lives here (nothing hidden in code). ``load_config`` merges, in order,
 the packaged defaults (``configs/streaming_config.yaml`` and ``configs/model_configs/*.yaml``),
 an optional cloud profile (``configs/cloud_configs/{local,colab}.yaml``), an optional user file,

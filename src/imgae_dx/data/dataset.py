@@ -1,5 +1,9 @@
 """``StreamingDataset`` (``StreamingNIHDataset``): one stage's split, streamed by byte ranges.
 
+Over 500 lines on purpose: the resumable iteration and the fetch/decode engine
+(``_FetchDecodePipeline``) share one contract — what is yielded, in which order, from which
+bytes — and are tested together.
+
 Any dataset of :mod:`imgae_dx.data.datasets` (NIH, ZhangLab, a folder, …): the split's member ids
 come from its :class:`~imgae_dx.data.datasets.base.DatasetIndex`, the bytes from one archive.
 The plan of an epoch is :mod:`imgae_dx.data.planning` (pure functions); this module runs it.
@@ -29,10 +33,6 @@ rank.
 Memory is bounded by configuration: requests in flight (``requests_in_flight × max_request_mb``),
 the reassembly window (≈ ``shuffle_buffer`` + one request's images, uint8) and the cache (its own
 byte budget); all are registered with the :class:`~imgae_dx.data.memory.MemoryManager`.
-
-Over 500 lines on purpose: the resumable iteration and the fetch/decode engine
-(``_FetchDecodePipeline``) share one contract — what is yielded, in which order, from which
-bytes — and are tested together.
 """
 
 from __future__ import annotations

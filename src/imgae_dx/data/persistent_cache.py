@@ -1,5 +1,8 @@
 """``PersistentImageCache``: decoded images on disk that outlive the stage and the process.
 
+Over 500 lines on purpose: the file format, its validation, the atomic publish, the eviction
+rule and the index are one contract with other processes; they change together.
+
 Every image of the archive is decoded once per *key* — not once per stage, run or process: a
 resumed run, a later stage that replays earlier ones, or another run on the same data reads the
 cache instead of streaming and decoding again. ``cache_dir`` may be any folder, Google Drive on
@@ -39,9 +42,6 @@ the bound by at most one segment each.
 
 Reads: a lookup in two numpy arrays, one ``pread`` and a CRC-32 (≈ 10⁵ images/s from the page
 cache). Nothing per image is kept as a Python object. Thread-safe.
-
-Over 500 lines on purpose: the file format, its validation, the atomic publish, the eviction
-rule and the index are one contract with other processes; they change together.
 """
 
 from __future__ import annotations

@@ -1,5 +1,9 @@
 """``KaggleStreamClient``: a Kaggle dataset or competition as one archive read by byte ranges.
 
+Over 500 lines on purpose: one client of one API — target parsing, the SDK session, the retry and
+error mapping of every call (401/403/404, the competition rules page, 429 with Retry-After) and the
+signed-URL resolution share the same state and the same error contract.
+
 Built on Kaggle's official SDK, ``kagglesdk`` (imported lazily). A :class:`KaggleTarget` names what
 is downloaded: a dataset ``kaggle:OWNER/SLUG`` (``POST /v1/datasets.DatasetApiService/
 DownloadDataset``) or a competition's whole data ``kaggle-competition:SLUG``

@@ -1,5 +1,10 @@
 """A loopback stand-in for Kaggle's API that the real ``kagglesdk`` talks to.
 
+Over 500 lines on purpose: the server side of the same API contract as
+:mod:`imgae_dx.streaming.kaggle_client` — accounts, datasets, competitions with their rules,
+listing, download redirects and injected faults — kept in one place so a test reads the whole
+stand-in.
+
 With ``KAGGLE_API_ENVIRONMENT=TEST`` kagglesdk sends every call to
 ``http://localhost:7777/api/v1/<Service>/<Method>`` (a POST with a JSON body). This emulator binds
 127.0.0.1:7777 and answers the calls streaming needs, the way Kaggle does:
