@@ -21,6 +21,11 @@ class PublishedFigure:
     image_size: int | None = None
     auroc_high: float | None = None
 
+    @property
+    def auroc_text(self) -> str:
+        """``0.876``, or a range ``0.600–0.780``."""
+        return f"{self.auroc:.3f}" + (f"–{self.auroc_high:.3f}" if self.auroc_high is not None else "")
+
 
 _SQUID = "SQUID (Xiang et al., CVPR 2023), ZhangLab test split"
 _AE4AD = "AE4AD / MedIAnomaly (Cai et al.), RSNA"

@@ -51,8 +51,7 @@ def _published(dataset: str) -> str:
     figs = published_for(dataset)
     if not figs:
         return "- No published figures for this data: compare with the PCA baseline of the same run."
-    parts = [f"{f.method} {f.auroc:.3f}" + (f"–{f.auroc_high:.2f}" if f.auroc_high else "")
-             + (f" at {f.image_size} px" if f.image_size else "") for f in figs]
+    parts = [f"{f.method} {f.auroc_text}" + (f" at {f.image_size} px" if f.image_size else "") for f in figs]
     return ("- Published image-level AUROCs on this dataset (" + "; ".join(sorted({f.source for f in figs}))
             + "): " + ", ".join(parts) + ".")
 

@@ -216,8 +216,7 @@ def _published_html(metrics: Evaluation) -> str:
     rows = [[f"<b>{_e(n)}</b> (this run)", _num(m.auroc), _e(f"{size} px" if size else "n/a"),
              "this run's test split"] for n, m in metrics.models.items()]
     for f in figs:
-        auroc = f"{f.auroc:.3f}" + (f"–{f.auroc_high:.3f}" if f.auroc_high is not None else "")
-        rows.append([_e(f.method), auroc, _e(f"{f.image_size} px" if f.image_size else "not stated here"),
+        rows.append([_e(f.method), f.auroc_text, _e(f"{f.image_size} px" if f.image_size else "not stated here"),
                      _e(f.source)])
     note = ("<p class=muted>Published figures are as their papers report them; one measured at another "
             "image size or on another split is a guide, not a like-for-like comparison.</p>")
